@@ -1,0 +1,49 @@
+"""Assign stage: every embedded row gets a cluster and a confidence, one Ray task per shard.
+
+A shard is redone only when its assignments were made by another model or from an older commit of its
+embeddings; its marker (written last) records both.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pyarrow as pa
+
+from scaleclust.cluster.kmeans import soft_assign
+from scaleclust.config import Config
+from scaleclust.embed.writer import embedding_matrix
+from scaleclust.fit import load_centroids
+from scaleclust.parallel import map_shards
+from scaleclust.progress import Progress
+from scaleclust.rundir import RunDir
+
+
+def assign_shard(item: dict[str, Any], run: RunDir, centroids: Any, temperature: float, model_id: str) -> dict[str, Any]:
+    shard = item["shard"]
+    started = time.time()
+    table = run.read_table(run.embeddings(shard), ["key", "embedding"])
+    result = soft_assign(embedding_matrix(table["embedding"]), centroids, temperature)
+    run.write_table(run.assignments(shard), pa.table({"key": table["key"], **{k: pa.array(v) for k, v in result.items()}}))
+    marker = {"shard": shard, "rows": len(table), "model": model_id, "embed_commit": item["commit"],
+              "seconds": round(time.time() - started, 3)}
+    run.write_marker(run.assignments_marker(shard), marker)
+    return marker
+
+
+def run(cfg: Config, run: RunDir) -> dict[str, Any]:
+    started = time.time()
+    model = run.marker(run.model("model.json"))
+    if model is None:
+        raise RuntimeError("assign: no committed model; run the fit stage first")
+    embedded = run.committed("embeddings")
+    assigned = run.committed("assignments")
+    todo = [{"shard": s, "commit": m["commit"]} for s, m in sorted(embedded.items())
+            if assigned.get(s, {}).get("model") != model["model_id"] or assigned[s].get("embed_commit") != m["commit"]]
+    print(f"assign: {len(embedded)} shards, {len(embedded) - len(todo)} already assigned, {len(todo)} to do")
+    progress = Progress("assign", total=len(todo), unit="shards")
+    for marker in map_shards(assign_shard, todo, num_cpus=1, run=run, centroids=load_centroids(run),
+                             temperature=cfg.assign.temperature, model_id=model["model_id"]):
+        progress.step(rows=marker["rows"], note=marker["shard"])
+    rows = sum(m["rows"] for m in run.committed("assignments").values())
+    return {"shards": len(embedded), "assigned": rows, "seconds": round(time.time() - started, 2)}

@@ -1,0 +1,32 @@
+"""Spherical k-means (faiss) and soft assignment to centroids: the baseline method."""
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+
+def spherical_kmeans(x: np.ndarray, k: int, niter: int, restarts: int, seed: int) -> tuple[np.ndarray, float]:
+    """Cluster L2-normalised rows on the sphere; returns unit centroids (k, d) and the best objective
+    (sum of cosine similarities to the assigned centroid) over `restarts` runs."""
+    if len(x) < k:
+        raise ValueError(f"cannot fit k={k} clusters on {len(x)} rows")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, nredo=restarts, spherical=True, seed=seed,
+                      max_points_per_centroid=max(256, len(x) // k + 1), verbose=False)
+    km.train(x)
+    return km.centroids.copy(), float(km.obj[-1])
+
+
+def soft_assign(x: np.ndarray, centroids: np.ndarray, temperature: float) -> dict[str, np.ndarray]:
+    """Nearest and second-nearest centroid by cosine, with confidence = softmax(cos / T) of the first."""
+    sims = np.asarray(x, np.float32) @ np.asarray(centroids, np.float32).T
+    order = np.argsort(-sims, axis=1)[:, :2]
+    logits = (sims - sims.max(axis=1, keepdims=True)) / temperature
+    prob = np.exp(logits)
+    prob /= prob.sum(axis=1, keepdims=True)
+    rows = np.arange(len(x))
+    return {
+        "cluster": order[:, 0].astype(np.int32),
+        "confidence": prob[rows, order[:, 0]].astype(np.float32),
+        "cluster2": order[:, -1].astype(np.int32),
+    }

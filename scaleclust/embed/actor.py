@@ -1,0 +1,55 @@
+"""The encoder as a Ray Data actor: uint8 images in, fp16 L2-normalised embeddings out.
+
+Images travel as uint8 NHWC (4x smaller than float); conversion and normalisation happen on the
+actor's device. Rows that failed to decode pass through with a zero embedding and their error.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from scaleclust.config import EmbedConfig, StorageConfig
+from scaleclust.embed.encoders import load_encoder
+
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class EncodeBatch:
+    """Callable class for `Dataset.map_batches(..., compute=ActorPoolStrategy(...))`."""
+
+    def __init__(self, embed: EmbedConfig, storage: StorageConfig) -> None:
+        self.device = "cuda" if torch.cuda.is_available() and embed.gpus_per_actor > 0 else "cpu"
+        self.encoder = load_encoder(embed.model, storage, self.device)
+        prep = self.encoder.preprocess
+        self.mean = torch.tensor(prep.mean, device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(prep.std, device=self.device).view(1, 3, 1, 1) * 255
+        self.precision = embed.precision
+        self.chunk = embed.batch_size
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device == "cuda" and self.precision in AUTOCAST:
+            return torch.autocast("cuda", dtype=AUTOCAST[self.precision])
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Encode uint8 NHWC images in chunks of `batch_size`; returns fp16 (n, dim)."""
+        out = []
+        for start in range(0, len(images), self.chunk):
+            x = torch.from_numpy(images[start : start + self.chunk]).to(self.device, non_blocking=True)
+            x = (x.permute(0, 3, 1, 2).float() - self.mean) / self.std
+            with self._autocast():
+                feats = self.encoder.encode(x)
+            out.append(torch.nn.functional.normalize(feats.float(), dim=-1).half().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.encoder.dim), np.float16)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = batch.pop("image")
+        ok = batch["error"] == ""
+        embedding = np.zeros((len(images), self.encoder.dim), np.float16)
+        if ok.any():
+            embedding[ok] = self.embed(images[ok])
+        batch["embedding"] = embedding
+        return batch

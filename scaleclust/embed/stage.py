@@ -1,0 +1,100 @@
+"""Embed stage: shards -> decode (CPU tasks) -> encode (actor pool) -> per-shard Parquet + marker.
+
+Exactly once per shard: committed shards (marker present) are skipped; a pending shard's leftover
+parts from a killed run are deleted before it is redone.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import ray
+
+from scaleclust.config import Config
+from scaleclust.embed.actor import EncodeBatch
+from scaleclust.embed.encoders import model_id, preprocess_for
+from scaleclust.embed.writer import commit_shard, write_parts
+from scaleclust.progress import Progress
+from scaleclust.rundir import RunDir
+from scaleclust.sources.webdataset import decode_shard
+from scaleclust.storage import remove
+
+
+def _decode(batch: dict[str, Any], **kwargs: Any):
+    for url, shard in zip(batch["url"], batch["shard"]):
+        yield from decode_shard(str(url), str(shard), **kwargs)
+
+
+def run(cfg: Config, run: RunDir, shards: dict[str, str]) -> dict[str, Any]:
+    """Embed every shard in `shards` (url -> name) that is not committed yet."""
+    started = time.time()
+    done = run.committed("embeddings")
+    pending = {url: name for url, name in shards.items() if name not in done}
+    print(f"embed: {len(shards)} shards, {len(shards) - len(pending)} already committed, {len(pending)} to do")
+    if pending:
+        _embed(cfg, run, pending)
+    markers = run.committed("embeddings")
+    stats = {
+        "shards": len(shards),
+        "rows": sum(markers[n]["rows"] for n in shards.values() if n in markers),
+        "embedded": sum(markers[n]["embedded"] for n in shards.values() if n in markers),
+        "errors": sum(markers[n]["errors"] for n in shards.values() if n in markers),
+        "seconds": round(time.time() - started, 2),
+    }
+    print(f"embed: {stats['embedded']} embedded, {stats['errors']} skipped (see errors/), "
+          f"{stats['seconds']} s")
+    return stats
+
+
+def _embed(cfg: Config, run: RunDir, pending: dict[str, str]) -> None:
+    for name in pending.values():
+        remove(run.embedding_parts(name), run.storage, recursive=True)
+    prep = preprocess_for(cfg.embed.model)
+    model = model_id(cfg.embed.model)
+    urls = {name: url for url, name in pending.items()}
+    items = [{"url": url, "shard": name} for url, name in pending.items()]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(_decode, batch_size=1, num_cpus=cfg.embed.decode_cpus, fn_kwargs={
+        "image_size": prep.image_size, "crop_pct": prep.crop_pct, "input_cfg": cfg.input,
+        "storage": cfg.storage, "batch_rows": cfg.embed.decode_batch})
+    ds = ds.map_batches(
+        EncodeBatch, batch_size=cfg.embed.batch_size, fn_constructor_kwargs={"embed": cfg.embed, "storage": cfg.storage},
+        compute=ray.data.ActorPoolStrategy(min_size=cfg.embed.min_actors, max_size=cfg.embed.max_actors),
+        num_gpus=cfg.embed.gpus_per_actor or None, num_cpus=cfg.embed.cpus_per_actor)
+    ds = ds.map_batches(write_parts, batch_size=None, num_cpus=0.25, fn_kwargs={"run": run})
+
+    commit = ray.remote(num_cpus=0.25)(commit_shard)
+    tally: dict[str, int] = {}
+    expected: dict[str, tuple[int, float]] = {}  # shard -> (rows, start time), from the decode task
+    inflight: dict[str, ray.ObjectRef] = {}
+    committed: set[str] = set()
+    progress = Progress("embed", total=len(pending), unit="shards")
+
+    def harvest(block: bool) -> None:
+        refs = list(inflight.values())
+        ready, _ = ray.wait(refs, num_returns=len(refs) if block else 1, timeout=None if block else 0)
+        for shard, ref in list(inflight.items()):
+            if ref in ready:
+                del inflight[shard]
+                marker = ray.get(ref)
+                if marker is not None:
+                    committed.add(shard)
+                    progress.step(rows=marker["embedded"], note=f"{shard}: {marker['errors']} errors")
+
+    for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for shard, rows, total, t0 in zip(out["shard"], out["rows"], out["shard_rows"], out["t0"]):
+            shard = str(shard)
+            tally[shard] = tally.get(shard, 0) + int(rows)
+            expected.setdefault(shard, (int(total), float(t0)))
+            if tally[shard] >= expected[shard][0] and shard not in inflight and shard not in committed:
+                inflight[shard] = commit.remote(run, shard, urls[shard], *expected[shard], model)
+        if inflight:
+            harvest(block=False)
+    while inflight:
+        harvest(block=True)
+    for shard in pending.values():
+        if shard not in committed and (
+                shard not in expected or commit_shard(run, shard, urls[shard], *expected[shard], model) is None):
+            raise RuntimeError(f"embed: shard {shard} ({urls[shard]}) lost rows: got {tally.get(shard, 0)} of "
+                               f"{expected.get(shard, ('?',))[0]}; re-run to redo it")
+        remove(run.embedding_parts(shard), run.storage, recursive=True)  # parts a late retry wrote

@@ -1,0 +1,94 @@
+"""Write encoded rows as per-shard parts, then commit each shard once all its rows are in.
+
+Ray Data does not keep shard boundaries between operators, so writers write whatever rows they get as
+parts under embeddings/_parts/SHARD/, and the driver commits a shard when its row count is reached:
+the commit merges the parts (dropping rows a retried task wrote twice), writes embeddings/SHARD.parquet
+and errors/SHARD.parquet, and writes the marker last.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from scaleclust.rundir import RunDir
+from scaleclust.storage import listdir, remove
+
+METADATA = ("caption", "url", "width", "height", "label")
+
+
+def embedding_array(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    """(n, d) float16 -> Arrow fixed_size_list<halffloat>[d]."""
+    matrix = np.ascontiguousarray(matrix, dtype=np.float16)
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+
+
+def embedding_matrix(column: pa.ChunkedArray | pa.Array, dtype: Any = np.float32) -> np.ndarray:
+    """Arrow fixed_size_list column -> (n, d) numpy matrix."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    d = column.type.list_size
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, d).astype(dtype, copy=False)
+
+
+def write_parts(batch: dict[str, np.ndarray], run: RunDir) -> dict[str, np.ndarray]:
+    """Write one part per shard present in the batch; return (shard, rows, shard_rows, t0) per part."""
+    shards, rows, totals, starts = [], [], [], []
+    for shard in np.unique(batch["shard"]):
+        pick = batch["shard"] == shard
+        table = pa.table({
+            "key": pa.array(batch["key"][pick].tolist(), pa.string()),
+            "idx": pa.array(batch["idx"][pick]),
+            "embedding": embedding_array(batch["embedding"][pick]),
+            "caption": pa.array(batch["caption"][pick].tolist(), pa.string()),
+            "url": pa.array(batch["url"][pick].tolist(), pa.string()),
+            "width": pa.array(batch["width"][pick], pa.int32()),
+            "height": pa.array(batch["height"][pick], pa.int32()),
+            "label": pa.array(batch["label"][pick].tolist(), pa.string()),
+            "error": pa.array(batch["error"][pick].tolist(), pa.string()),
+        })
+        run.write_table(run.path("embeddings", "_parts", str(shard), f"{uuid.uuid4().hex}.parquet"), table)
+        shards.append(shard)
+        rows.append(int(pick.sum()))
+        totals.append(int(batch["shard_rows"][pick][0]))
+        starts.append(float(batch["t0"][pick].min()))
+    return {"shard": np.asarray(shards, dtype=object), "rows": np.asarray(rows), "shard_rows": np.asarray(totals),
+            "t0": np.asarray(starts)}
+
+
+def commit_shard(run: RunDir, shard: str, url: str, expected: int, t0: float, model: str) -> dict[str, Any] | None:
+    """Merge a shard's parts and commit it; None when rows are still missing (more parts to come)."""
+    folder = run.embedding_parts(shard)
+    parts = [run.read_table(run.path("embeddings", "_parts", shard, n)) for n in listdir(folder, run.storage)
+             if n.endswith(".parquet")]
+    if not parts:
+        return None
+    table = pa.concat_tables(parts)
+    idx = table["idx"].to_numpy()
+    _, first = np.unique(idx, return_index=True)  # sorted by idx, one row per idx
+    if len(first) < expected:
+        return None
+    table = table.take(pa.array(first))
+    failed = np.asarray(table["error"].to_pylist(), dtype=object) != ""
+    shard_col = pa.array([shard] * len(table), pa.string())
+    embedded = table.filter(pa.array(~failed)).append_column("shard", shard_col.slice(0, int((~failed).sum())))
+    embedded = embedded.select(["key", "embedding", *METADATA, "shard"])
+    errors = table.filter(pa.array(failed))
+    run.write_table(run.embeddings(shard), embedded)
+    if len(errors):
+        run.write_table(run.errors(shard), pa.table({
+            "key": errors["key"], "shard": pa.array([shard] * len(errors), pa.string()),
+            "stage": pa.array(["embed"] * len(errors), pa.string()), "error": errors["error"]}))
+    else:
+        remove(run.errors(shard), run.storage)
+    seconds = max(time.time() - t0, 1e-9)
+    marker = {"shard": shard, "url": url, "rows": len(table), "embedded": len(embedded), "errors": len(errors),
+              "seconds": round(seconds, 3), "images_per_second": round(len(embedded) / seconds, 2),
+              "model": model, "dim": embedded.schema.field("embedding").type.list_size,
+              "commit": uuid.uuid4().hex}
+    run.write_marker(run.embeddings_marker(shard), marker)
+    remove(folder, run.storage, recursive=True)
+    return marker

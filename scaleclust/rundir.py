@@ -1,0 +1,89 @@
+"""The run directory: the only contract between stages (see README, "Run directory").
+
+Paths are built here and nowhere else. A stage's output counts only once its marker exists: per-shard
+`embeddings/SHARD.done.json` and `assignments/SHARD.done.json`, and `model/model.json` for the fit.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from scaleclust.config import StorageConfig
+from scaleclust.storage import exists, filesystem, join, listdir, read_bytes, read_json, write_bytes_atomic, write_json_atomic
+
+DONE = ".done.json"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    url: str
+    storage: StorageConfig
+
+    def path(self, *parts: str) -> str:
+        return join(self.url, *parts)
+
+    # layout
+    @property
+    def config(self) -> str:
+        return self.path("config.yaml")
+
+    def embeddings(self, shard: str) -> str:
+        return self.path("embeddings", f"{shard}.parquet")
+
+    def embeddings_marker(self, shard: str) -> str:
+        return self.path("embeddings", f"{shard}{DONE}")
+
+    def embedding_parts(self, shard: str) -> str:
+        return self.path("embeddings", "_parts", shard)
+
+    def errors(self, shard: str) -> str:
+        return self.path("errors", f"{shard}.parquet")
+
+    def model(self, name: str = "") -> str:
+        return self.path("model", name) if name else self.path("model")
+
+    def assignments(self, shard: str) -> str:
+        return self.path("assignments", f"{shard}.parquet")
+
+    def assignments_marker(self, shard: str) -> str:
+        return self.path("assignments", f"{shard}{DONE}")
+
+    @property
+    def clusters(self) -> str:
+        return self.path("clusters.parquet")
+
+    @property
+    def metrics(self) -> str:
+        return self.path("metrics.json")
+
+    # markers and tables
+    def committed(self, folder: str) -> dict[str, dict[str, Any]]:
+        """Markers under `folder` ('embeddings' or 'assignments'), by shard name."""
+        names = [n for n in listdir(self.path(folder), self.storage) if n.endswith(DONE) and not n.startswith(".")]
+        return {n[: -len(DONE)]: read_json(self.path(folder, n), self.storage) for n in names}
+
+    def marker(self, url: str) -> dict[str, Any] | None:
+        return read_json(url, self.storage) if exists(url, self.storage) else None
+
+    def write_marker(self, url: str, payload: dict[str, Any]) -> None:
+        write_json_atomic(url, payload, self.storage)
+
+    def write_table(self, url: str, table: pa.Table) -> None:
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="zstd")
+        write_bytes_atomic(url, sink.getvalue(), self.storage)
+
+    def read_table(self, url: str, columns: list[str] | None = None) -> pa.Table:
+        fs, path = filesystem(url, self.storage)
+        with fs.open(path, "rb") as handle:
+            return pq.read_table(handle, columns=columns)
+
+    def read_bytes(self, url: str) -> bytes:
+        return read_bytes(url, self.storage)
+
+    def exists(self, url: str) -> bool:
+        return exists(url, self.storage)

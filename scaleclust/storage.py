@@ -1,0 +1,131 @@
+"""Filesystems for local paths, s3:// and gs:// through fsspec; shard listing; atomic commits.
+
+Every write that another stage may read goes through `write_bytes_atomic`: the bytes land under a
+temporary name and are renamed into place (a single PUT on object stores), so a killed stage never leaves
+a half-written file behind a name that readers trust.
+"""
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from typing import Any
+
+import fsspec
+from braceexpand import braceexpand
+from fsspec.core import url_to_fs
+
+from scaleclust.config import ConfigError, StorageConfig
+
+GLOB_CHARS = "*?["
+
+
+def storage_options(url: str, storage: StorageConfig) -> dict[str, Any]:
+    """fsspec options for `url`: the S3 endpoint and region from config or the AWS environment."""
+    if not url.startswith(("s3://", "s3a://")):
+        return {}
+    options: dict[str, Any] = {"anon": storage.anon}
+    endpoint = storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        options["endpoint_url"] = endpoint
+    if storage.profile:
+        options["profile"] = storage.profile
+    if storage.region:
+        options["client_kwargs"] = {"region_name": storage.region}
+    return options
+
+
+def filesystem(url: str, storage: StorageConfig) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem holding `url` and the path inside it."""
+    return url_to_fs(url, **storage_options(url, storage))
+
+
+def join(url: str, *parts: str) -> str:
+    return posixpath.join(url, *parts) if "://" in url else os.path.join(url, *parts)
+
+
+def protocol_prefix(url: str) -> str:
+    return url.split("://", 1)[0] + "://" if "://" in url else ""
+
+
+def expand_shards(patterns: list[str], storage: StorageConfig) -> list[str]:
+    """Expand brace patterns and globs into a sorted, de-duplicated list of existing shard URLs.
+
+    Raises ConfigError naming the pattern that matched nothing: a typo in a path must fail up front.
+    """
+    urls: list[str] = []
+    for pattern in patterns:
+        found: list[str] = []
+        for candidate in braceexpand(pattern):
+            fs, path = filesystem(candidate, storage)
+            prefix = protocol_prefix(candidate)
+            if any(ch in path for ch in GLOB_CHARS):
+                found += [prefix + p for p in sorted(fs.glob(path)) if fs.isfile(p)]
+            elif fs.isfile(path):
+                found.append(candidate)
+            else:
+                raise ConfigError(f"input.shards: {candidate!r} (from {pattern!r}) does not exist")
+        if not found:
+            raise ConfigError(f"input.shards: {pattern!r} matches no file")
+        urls += found
+    return sorted(dict.fromkeys(urls))
+
+
+def shard_names(urls: list[str]) -> dict[str, str]:
+    """A short, unique, stable output name per input shard: the file stem, with parent folders
+    prepended (joined by '__') only where two shards share a stem."""
+    stems = {url: [p for p in url.split("://")[-1].split("/") if p] for url in urls}
+    depth = 1
+    while True:
+        names = {url: "__".join(parts[-depth:]) for url, parts in stems.items()}
+        names = {url: name.rsplit(".", 1)[0] if "." in name.split("__")[-1] else name for url, name in names.items()}
+        if len(set(names.values())) == len(names) or depth > max(len(p) for p in stems.values()):
+            return names
+        depth += 1
+
+
+def write_bytes_atomic(url: str, data: bytes, storage: StorageConfig) -> None:
+    """Write `data` to a temporary name next to `url`, then rename it into place."""
+    fs, path = filesystem(url, storage)
+    parent = posixpath.dirname(path)
+    fs.makedirs(parent, exist_ok=True)
+    tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+    with fs.open(tmp, "wb") as handle:
+        handle.write(data)
+    fs.mv(tmp, path)
+
+
+def write_json_atomic(url: str, payload: Any, storage: StorageConfig) -> None:
+    write_bytes_atomic(url, json.dumps(payload, indent=2, sort_keys=True).encode(), storage)
+
+
+def read_bytes(url: str, storage: StorageConfig) -> bytes:
+    fs, path = filesystem(url, storage)
+    return fs.cat_file(path)
+
+
+def read_json(url: str, storage: StorageConfig) -> Any:
+    return json.loads(read_bytes(url, storage))
+
+
+def exists(url: str, storage: StorageConfig) -> bool:
+    fs, path = filesystem(url, storage)
+    return fs.exists(path)
+
+
+def listdir(url: str, storage: StorageConfig) -> list[str]:
+    """File names (not paths) directly under `url`; empty when the folder does not exist."""
+    fs, path = filesystem(url, storage)
+    try:
+        entries = fs.ls(path, detail=False, refresh=True)
+    except FileNotFoundError:
+        return []
+    return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
+
+
+def remove(url: str, storage: StorageConfig, recursive: bool = False) -> None:
+    """Delete a file or folder if it exists."""
+    fs, path = filesystem(url, storage)
+    if fs.exists(path):
+        fs.rm(path, recursive=recursive)

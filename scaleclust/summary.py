@@ -1,0 +1,113 @@
+"""Summary stage: clusters.parquet (size, exemplars, centroid) and metrics.json (counts, seconds per
+stage, ACC/NMI/ARI when the source has labels). Shards are reduced in parallel to small partials.
+"""
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from scaleclust.cluster.metrics import Contingency, scores
+from scaleclust.config import Config
+from scaleclust.embed.writer import embedding_matrix
+from scaleclust.parallel import map_shards
+from scaleclust.rundir import RunDir
+from scaleclust.storage import write_json_atomic
+
+
+class Partial:
+    """What one shard contributes: sizes, embedding sums, label counts and exemplar candidates."""
+
+    def __init__(self, k: int, dim: int) -> None:
+        self.sizes = np.zeros(k, np.int64)
+        self.sums = np.zeros((k, dim), np.float64)
+        self.confidence = np.zeros(k, np.float64)
+        self.contingency = Contingency()
+        self.exemplars: list[list[tuple[float, str]]] = [[] for _ in range(k)]
+
+    def merge(self, other: "Partial", top: int) -> None:
+        self.sizes += other.sizes
+        self.sums += other.sums
+        self.confidence += other.confidence
+        self.contingency.merge(other.contingency)
+        for mine, theirs in zip(self.exemplars, other.exemplars):
+            mine[:] = heapq.nlargest(top, mine + theirs)
+
+
+def reduce_shard(item: dict[str, Any], run: RunDir, k: int, dim: int, top: int, label: str | None) -> Partial:
+    """One shard's partial: joins its assignments to its embeddings by key."""
+    shard = item["shard"]
+    columns = ["key", "embedding"] + ([label] if label else [])
+    emb = run.read_table(run.embeddings(shard), columns)
+    asg = run.read_table(run.assignments(shard), ["key", "cluster", "confidence"])
+    if emb["key"].to_pylist() != asg["key"].to_pylist():
+        order = {key: i for i, key in enumerate(asg["key"].to_pylist())}
+        asg = asg.take(pa.array([order[key] for key in emb["key"].to_pylist()]))
+    clusters = asg["cluster"].to_numpy()
+    conf = asg["confidence"].to_numpy()
+    part = Partial(k, dim)
+    part.sizes += np.bincount(clusters, minlength=k)
+    np.add.at(part.sums, clusters, embedding_matrix(emb["embedding"], np.float64))
+    np.add.at(part.confidence, clusters, conf)
+    if label:
+        part.contingency.update(clusters, emb[label].to_pylist())
+    keys = emb["key"].to_pylist()
+    for c in np.unique(clusters):
+        idx = np.flatnonzero(clusters == c)
+        best = idx[np.argsort(-conf[idx])[:top]]
+        part.exemplars[c] = [(float(conf[i]), keys[i]) for i in best]
+    return part
+
+
+def reduce_run(run: RunDir, k: int, top: int, label: str | None) -> Partial:
+    markers = run.committed("assignments")
+    dim = run.marker(run.model("model.json"))["dim"]
+    total = Partial(k, dim)
+    for part in map_shards(reduce_shard, [{"shard": s} for s in sorted(markers)], num_cpus=1,
+                           run=run, k=k, dim=dim, top=top, label=label):
+        total.merge(part, top)
+    return total
+
+
+def record_seconds(run: RunDir, stage: str, seconds: float) -> None:
+    """Keep each stage's last duration in metrics.json, whether stages run together or one by one."""
+    metrics = run.marker(run.metrics) or {}
+    metrics.setdefault("seconds", {})[stage] = round(seconds, 2)
+    write_json_atomic(run.metrics, metrics, run.storage)
+
+
+def run(cfg: Config, run: RunDir) -> dict[str, Any]:
+    model = run.marker(run.model("model.json"))
+    k = model["k"]
+    label = "label" if cfg.input.label_field else None
+    total = reduce_run(run, k, cfg.summary.exemplars, label)
+    norms = np.linalg.norm(total.sums, axis=1, keepdims=True)
+    centroids = np.where(norms > 0, total.sums / np.maximum(norms, 1e-12), 0).astype(np.float32)
+    table = pa.table({
+        "cluster": pa.array(np.arange(k, dtype=np.int32)),
+        "size": pa.array(total.sizes),
+        "mean_confidence": pa.array((total.confidence / np.maximum(total.sizes, 1)).astype(np.float32)),
+        "name": pa.array([None] * k, pa.string()),
+        "name_score": pa.array([None] * k, pa.float32()),
+        "top_names": pa.array([[] for _ in range(k)], pa.list_(pa.string())),
+        "exemplar_keys": pa.array([[key for _, key in ex] for ex in total.exemplars], pa.list_(pa.string())),
+        "centroid": pa.FixedSizeListArray.from_arrays(pa.array(centroids.reshape(-1)), centroids.shape[1]),
+    })
+    run.write_table(run.clusters, table)
+    embedded = run.committed("embeddings")
+    metrics = run.marker(run.metrics) or {}
+    metrics["counts"] = {
+        "shards": len(embedded),
+        "rows": sum(m["rows"] for m in embedded.values()),
+        "embedded": sum(m["embedded"] for m in embedded.values()),
+        "errors": sum(m["errors"] for m in embedded.values()),
+        "assigned": int(total.sizes.sum()),
+        "clusters": k,
+        "non_empty_clusters": int((total.sizes > 0).sum()),
+    }
+    metrics["model"] = {key: model[key] for key in ("method", "k", "model_id", "sample_rows")}
+    metrics["labels"] = {"column": label, **scores(total.contingency.matrix())} if label else None
+    write_json_atomic(run.metrics, metrics, run.storage)
+    return metrics

@@ -1,0 +1,51 @@
+"""Synthetic img2dataset-layout shards for tests: three visually distinct classes with labels."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from scaleclust.sources.shard_writer import jpeg_bytes, sample_members, tar_bytes
+
+CLASSES = ("red disk", "green square", "blue stripes")
+
+
+def synthetic_image(label: int, rng: np.random.Generator) -> Image.Image:
+    """A noisy picture whose class is obvious: a red disk, a green square or blue stripes."""
+    size = int(rng.integers(48, 120))
+    base = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
+    image = Image.fromarray(base)
+    draw = ImageDraw.Draw(image)
+    lo, hi = int(size * 0.2), int(size * 0.8)
+    if label == 0:
+        draw.ellipse((lo, lo, hi, hi), fill=(230, 30, 30))
+    elif label == 1:
+        draw.rectangle((lo, lo, hi, hi), fill=(30, 220, 40))
+    else:
+        for x in range(0, size, 8):
+            draw.rectangle((x, 0, x + 3, size), fill=(40, 60, 230))
+    return image
+
+
+def synthetic_samples(shard: int, per_shard: int, seed: int) -> list[tuple[str, dict[str, bytes]]]:
+    rng = np.random.default_rng(seed * 1000 + shard)
+    samples = []
+    for i in range(per_shard):
+        label = int(rng.integers(0, len(CLASSES)))
+        key = f"{shard:05d}{i:04d}"
+        image = jpeg_bytes(synthetic_image(label, rng))
+        samples.append((key, sample_members(key, image, f"a {CLASSES[label]}",
+                                            {"url": f"http://example.invalid/{key}.jpg", "label": label})))
+    return samples
+
+
+def write_synthetic_shards(folder: Path, n_shards: int = 2, per_shard: int = 16, seed: int = 0) -> list[str]:
+    """Write n_shards tar shards of per_shard labelled samples; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for shard in range(n_shards):
+        path = folder / f"{shard:05d}.tar"
+        path.write_bytes(tar_bytes(synthetic_samples(shard, per_shard, seed)))
+        paths.append(str(path))
+    return paths
