@@ -34,21 +34,26 @@ def embedding_matrix(column: pa.ChunkedArray | pa.Array, dtype: Any = np.float32
     return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, d).astype(dtype, copy=False)
 
 
+def string_array(values: np.ndarray) -> pa.Array:
+    """Strings with nulls. Ray Data hands an all-None column back as float NaN; both mean null here."""
+    return pa.array([v if isinstance(v, str) else None for v in values.tolist()], pa.string())
+
+
 def write_parts(batch: dict[str, np.ndarray], run: RunDir) -> dict[str, np.ndarray]:
     """Write one part per shard present in the batch; return (shard, rows, shard_rows, t0) per part."""
     shards, rows, totals, starts = [], [], [], []
     for shard in np.unique(batch["shard"]):
         pick = batch["shard"] == shard
         table = pa.table({
-            "key": pa.array(batch["key"][pick].tolist(), pa.string()),
+            "key": string_array(batch["key"][pick]),
             "idx": pa.array(batch["idx"][pick]),
             "embedding": embedding_array(batch["embedding"][pick]),
-            "caption": pa.array(batch["caption"][pick].tolist(), pa.string()),
-            "url": pa.array(batch["url"][pick].tolist(), pa.string()),
+            "caption": string_array(batch["caption"][pick]),
+            "url": string_array(batch["url"][pick]),
             "width": pa.array(batch["width"][pick], pa.int32()),
             "height": pa.array(batch["height"][pick], pa.int32()),
-            "label": pa.array(batch["label"][pick].tolist(), pa.string()),
-            "error": pa.array(batch["error"][pick].tolist(), pa.string()),
+            "label": string_array(batch["label"][pick]),
+            "error": string_array(batch["error"][pick]),
         })
         run.write_table(run.path("embeddings", "_parts", str(shard), f"{uuid.uuid4().hex}.parquet"), table)
         shards.append(shard)
