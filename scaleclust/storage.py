@@ -57,6 +57,7 @@ def expand_shards(patterns: list[str], storage: StorageConfig) -> list[str]:
     urls: list[str] = []
     for pattern in patterns:
         found: list[str] = []
+        missing: list[str] = []
         for candidate in braceexpand(pattern):
             fs, path = filesystem(candidate, storage)
             prefix = protocol_prefix(candidate)
@@ -65,7 +66,10 @@ def expand_shards(patterns: list[str], storage: StorageConfig) -> list[str]:
             elif fs.isfile(path):
                 found.append(candidate)
             else:
-                raise ConfigError(f"input.shards: {candidate!r} (from {pattern!r}) does not exist")
+                missing.append(candidate)
+        if missing:
+            shown = ", ".join(repr(m) for m in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise ConfigError(f"input.shards: {len(missing)} shard(s) from {pattern!r} do not exist: {shown}")
         if not found:
             raise ConfigError(f"input.shards: {pattern!r} matches no file")
         urls += found

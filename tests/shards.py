@@ -49,3 +49,33 @@ def write_synthetic_shards(folder: Path, n_shards: int = 2, per_shard: int = 16,
         path.write_bytes(tar_bytes(synthetic_samples(shard, per_shard, seed)))
         paths.append(str(path))
     return paths
+
+
+def bad_samples() -> list[tuple[str, dict[str, bytes]]]:
+    """Good samples interleaved with: corrupt JPEG bytes, a non-image member, a sample with no image."""
+    good = synthetic_samples(8, 4, seed=1)
+    rng = np.random.default_rng(0)
+    truncated_jpeg = jpeg_bytes(synthetic_image(0, rng))[:200]
+    return [
+        good[0],
+        ("corrupt", sample_members("corrupt", b"\xff\xd8\xff\xe0 this is not a jpeg", "x", {"label": 0})),
+        good[1],
+        ("truncjpg", sample_members("truncjpg", truncated_jpeg, "x", {"label": 0})),
+        ("textfile", sample_members("textfile", b"hello, I am text", None, None, image_ext="png")),
+        ("noimage", sample_members("noimage", None, "caption only", {"label": 1})),
+        good[2],
+        good[3],
+    ]
+
+
+BAD_KEYS = {"corrupt", "truncjpg", "textfile", "noimage"}
+
+
+def write_bad_shards(folder: Path) -> list[str]:
+    """Two shards of bad input: one with bad samples among good ones, one tar cut short."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mixed, cut = folder / "bad-mixed.tar", folder / "bad-cut.tar"
+    mixed.write_bytes(tar_bytes(bad_samples()))
+    whole = tar_bytes(synthetic_samples(9, 6, seed=4))
+    cut.write_bytes(whole[: int(len(whole) * 0.6)])
+    return [str(mixed), str(cut)]

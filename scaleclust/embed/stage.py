@@ -54,7 +54,10 @@ def _embed(cfg: Config, run: RunDir, pending: dict[str, str]) -> None:
     urls = {name: url for url, name in pending.items()}
     items = [{"url": url, "shard": name} for url, name in pending.items()]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(_decode, batch_size=1, num_cpus=cfg.embed.decode_cpus, fn_kwargs={
+    # Decode runs in its own CPU tasks, sized apart from the encoder pool. A ray_remote_args_fn keeps
+    # Ray Data from fusing it into the encoder actors (it fuses ops whose plain remote args match).
+    decode_args = {"num_cpus": cfg.embed.decode_cpus}
+    ds = ds.map_batches(_decode, batch_size=1, ray_remote_args_fn=lambda: decode_args, fn_kwargs={
         "image_size": prep.image_size, "crop_pct": prep.crop_pct, "input_cfg": cfg.input,
         "storage": cfg.storage, "batch_rows": cfg.embed.decode_batch})
     ds = ds.map_batches(

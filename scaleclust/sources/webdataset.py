@@ -57,6 +57,12 @@ def parse_tar(data: bytes, shard: str) -> list[Sample]:
                 samples[f"{shard}#tar"] = Sample(f"{shard}#tar", error=f"TruncatedShard: {type(err).__name__}: {err}")
                 break
             if info is None:
+                # tarfile reads a cut header, or a cut between members, as the end of the archive;
+                # a whole tar ends with a zero block.
+                ending = data[tar.offset : tar.offset + tarfile.BLOCKSIZE]
+                if len(ending) < tarfile.BLOCKSIZE or ending.strip(b"\0"):
+                    samples[f"{shard}#tar"] = Sample(f"{shard}#tar", error=f"TruncatedShard: no end-of-archive "
+                                                     f"block at byte {tar.offset} of {len(data)}; later samples lost")
                 break
             if not info.isfile():
                 continue

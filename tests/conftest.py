@@ -1,0 +1,73 @@
+"""Shared fixtures: one local Ray for the session, a real S3 server on loopback, tiny-model configs.
+
+Fake AWS credentials are set before Ray starts so that Ray workers inherit them; they only ever reach
+the moto server on 127.0.0.1.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+                    "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "0"}.items():
+    os.environ[name] = value
+
+from scaleclust.config import Config, from_dict  # noqa: E402
+from tests.shards import write_synthetic_shards  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 API (moto's server) bound to 127.0.0.1 on a free port."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def tiny_config(run_dir: str, shards: list[str] | str, **sections: Any) -> Config:
+    """A config for the tiny random-weight open_clip model, sized for 2 CPUs."""
+    data: dict[str, Any] = {
+        "run_dir": run_dir,
+        "input": {"shards": shards, "label_field": "label"},
+        "embed": {"model": {"arch": "scaleclust-tiny"}, "batch_size": 32, "cpus_per_actor": 0.5,
+                  "decode_cpus": 0.5, "decode_batch": 16},
+        "cluster": {"k": 3, "sample_size": 1000, "restarts": 2},
+    }
+    for section, values in sections.items():
+        data[section] = {**data.get(section, {}), **values} if isinstance(values, dict) else values
+    return from_dict(data)
+
+
+@pytest.fixture
+def shards(tmp_path: Path) -> list[str]:
+    return write_synthetic_shards(tmp_path / "shards", n_shards=3, per_shard=12)
+
+
+@pytest.fixture
+def make_config() -> Callable[..., Config]:
+    return tiny_config

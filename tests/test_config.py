@@ -1,0 +1,52 @@
+"""Config: typed, strict, overridable, and every error names the field and the fix."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scaleclust.config import ConfigError, load
+
+GOOD = """
+run_dir: runs/x
+input:
+  shards: data/{00000..00003}.tar
+cluster:
+  k: 7
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_loads_defaults_and_overrides(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, GOOD), ["cluster.k=20", "embed.model.arch=ViT-L-14", "ray.address=null"])
+    assert cfg.cluster.k == 20
+    assert cfg.embed.model.arch == "ViT-L-14"
+    assert cfg.ray.address is None
+    assert cfg.input.shards == [str(Path("data/{00000..00003}.tar").resolve())]
+    assert Path(cfg.run_dir).is_absolute()
+
+
+@pytest.mark.parametrize("text, field, hint", [
+    (GOOD + "  kk: 3\n", "cluster.kk", "Did you mean 'k'?"),
+    (GOOD.replace("k: 7", "k: many"), "cluster.k", "valid integer"),
+    ("run_dir: x\n", "input", "required"),
+    (GOOD + "embed:\n  batch_size: 0\n", "embed.batch_size", "greater than 0"),
+    (GOOD + "bogus_section: {}\n", "bogus_section", "unknown field"),
+])
+def test_errors_name_the_field(tmp_path: Path, text: str, field: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(write(tmp_path, text))
+    assert f"{field}:" in str(err.value)
+    assert hint in str(err.value)
+
+
+def test_bad_override_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="expected FIELD=VALUE"):
+        load(write(tmp_path, GOOD), ["cluster.k"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "nope.yaml")

@@ -1,0 +1,43 @@
+"""Shard listing (braces, globs) and atomic writes, on local disk and on a real S3 server."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+import pytest
+
+from scaleclust.config import ConfigError, StorageConfig
+from scaleclust.storage import expand_shards, listdir, read_json, shard_names, write_json_atomic
+
+
+def test_braces_and_globs(tmp_path: Path) -> None:
+    for i in range(4):
+        (tmp_path / f"{i:05d}.tar").write_bytes(b"x")
+    (tmp_path / "00000.parquet").write_bytes(b"sidecar")
+    s = StorageConfig()
+    assert [Path(u).name for u in expand_shards([str(tmp_path / "{00000..00002}.tar")], s)] == \
+        ["00000.tar", "00001.tar", "00002.tar"]
+    assert len(expand_shards([str(tmp_path / "*.tar"), str(tmp_path / "00001.tar")], s)) == 4
+    with pytest.raises(ConfigError, match=r"6 shard\(s\) .* do not exist: .*00004.tar.* and 3 more"):
+        expand_shards([str(tmp_path / "{00000..00009}.tar")], s)
+    with pytest.raises(ConfigError, match="matches no file"):
+        expand_shards([str(tmp_path / "*.tgz")], s)
+
+
+def test_shard_names_are_unique_and_stable() -> None:
+    assert shard_names(["/a/00000.tar", "/a/00001.tar"]) == {"/a/00000.tar": "00000", "/a/00001.tar": "00001"}
+    names = shard_names(["s3://b/x/00000.tar", "s3://b/y/00000.tar"])
+    assert sorted(names.values()) == ["x__00000", "y__00000"]
+
+
+def test_s3_listing_and_atomic_json(s3_endpoint: str) -> None:
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.create_bucket(Bucket="listing")
+    for i in range(3):
+        client.put_object(Bucket="listing", Key=f"shards/{i:05d}.tar", Body=b"x")
+    s = StorageConfig(endpoint_url=s3_endpoint)
+    assert expand_shards(["s3://listing/shards/*.tar"], s) == [f"s3://listing/shards/{i:05d}.tar" for i in range(3)]
+    assert len(expand_shards(["s3://listing/shards/{00000..00001}.tar"], s)) == 2
+    write_json_atomic("s3://listing/run/m.done.json", {"rows": 3}, s)
+    assert read_json("s3://listing/run/m.done.json", s) == {"rows": 3}
+    assert listdir("s3://listing/run", s) == ["m.done.json"]  # no temporary left behind
