@@ -1,0 +1,1 @@
+"""Sharded faiss IVF index: choose, train, add, fan-out search, kNN graph, near-duplicates."""

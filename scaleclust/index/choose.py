@@ -1,0 +1,128 @@
+"""Choose the index type and size from the row count, dimension and a memory budget.
+
+The returned :class:`IndexSpec` keeps the bytes-per-vector arithmetic so that a manifest can show why
+an index was chosen. Metric is always inner product on L2-normalised vectors (cosine similarity).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+Kind = Literal["ivf_flat", "ivf_fp16", "ivf_pq"]
+
+ID_BYTES = 8  # faiss stores one int64 id next to every code in the inverted lists
+PQ_NBITS = 8  # one byte per sub-quantizer code: 256 centroids each
+MIN_POINTS_PER_CENTROID = 39  # below this faiss warns that k-means is under-trained
+PQ_M_CHOICES = (96, 64, 48, 32, 24, 16, 8)
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """What to build and what it costs. ``code_bytes`` is per vector; ids are stored beside codes."""
+
+    kind: Kind
+    d: int
+    n: int
+    nlist: int
+    code_bytes: int
+    pq_m: int = 0
+    budget_bytes: int | None = None
+    metric: str = "inner_product"
+
+    @property
+    def bytes_per_vector(self) -> int:
+        """Code plus id: d*4 (flat), d*2 (fp16) or M (PQ, 8-bit codes), + 8."""
+        return self.code_bytes + ID_BYTES
+
+    @property
+    def fixed_bytes(self) -> int:
+        """Coarse centroids (nlist*d*4) plus PQ codebooks (256*d*4) when PQ is used."""
+        codebooks = (1 << PQ_NBITS) * self.d * 4 if self.kind == "ivf_pq" else 0
+        return self.nlist * self.d * 4 + codebooks
+
+    @property
+    def total_bytes(self) -> int:
+        """Estimated resident size of the whole index: n * bytes_per_vector + fixed_bytes."""
+        return self.n * self.bytes_per_vector + self.fixed_bytes
+
+    @property
+    def factory(self) -> str:
+        """faiss.index_factory string for this spec."""
+        codes = {  # np: skip polysemous training (slow, and Hamming filtering is unused)
+            "ivf_flat": "Flat", "ivf_fp16": "SQfp16", "ivf_pq": f"PQ{self.pq_m}x{PQ_NBITS}np"}
+        return f"IVF{self.nlist},{codes[self.kind]}"
+
+    @property
+    def train_rows(self) -> int:
+        """Rows to train on: ~64 per coarse centroid (and >= 39*256 to train 8-bit PQ), at most n."""
+        want = 64 * self.nlist
+        if self.kind == "ivf_pq":
+            want = max(want, MIN_POINTS_PER_CENTROID * (1 << PQ_NBITS))
+        return min(self.n, want)
+
+    def to_dict(self) -> dict:
+        """Fields plus the derived figures and the arithmetic as text, for manifest.json."""
+        return asdict(self) | {
+            "factory": self.factory,
+            "id_bytes": ID_BYTES,
+            "bytes_per_vector": self.bytes_per_vector,
+            "fixed_bytes": self.fixed_bytes,
+            "total_bytes": self.total_bytes,
+            "train_rows": self.train_rows,
+            "arithmetic": f"{self.n} * ({self.code_bytes} + {ID_BYTES}) + {self.fixed_bytes}"
+            f" = {self.total_bytes} bytes",
+        }
+
+
+def default_nlist(n: int) -> int:
+    """~4*sqrt(n) inverted lists, at least 1, at most n/39 (so k-means has data) and 65536."""
+    return max(1, min(round(4 * math.sqrt(n)), n // MIN_POINTS_PER_CENTROID, 65536))
+
+
+def code_bytes(kind: Kind, d: int, pq_m: int = 0) -> int:
+    """Bytes of one vector's code for an index kind."""
+    return {"ivf_flat": 4 * d, "ivf_fp16": 2 * d, "ivf_pq": pq_m}[kind]
+
+
+def choose_index(
+    n: int,
+    d: int,
+    budget_bytes: int | None = None,
+    *,
+    kind: Kind | None = None,
+    nlist: int | None = None,
+    pq_m: int | None = None,
+    fp16: bool = False,
+    max_pq_m: int = 64,
+) -> IndexSpec:
+    """Pick the index for n vectors of dimension d.
+
+    With ``kind`` given (from config) it is used as is. Otherwise: IVF-Flat (IVF-fp16 when ``fp16``)
+    if it fits ``budget_bytes`` (or no budget is given), else IVF-PQ with the largest M <= max_pq_m
+    that divides d and fits. Raises ValueError, naming the smallest budget that would work, when
+    even PQ8 does not fit.
+    """
+    nlist = nlist or default_nlist(n)
+
+    def spec(k: Kind, m: int = 0) -> IndexSpec:
+        return IndexSpec(k, d, n, nlist, code_bytes(k, d, m), m, budget_bytes)
+
+    pq = [spec("ivf_pq", m) for m in ([pq_m] if pq_m else PQ_M_CHOICES) if m <= max_pq_m or pq_m]
+    pq = [s for s in pq if d % s.pq_m == 0]
+    if kind == "ivf_pq" or (kind is None and pq_m):
+        if not pq:
+            raise ValueError(f"index.pq_m: no sub-quantizer count divides d={d}; pick M dividing d")
+        return pq[0]
+    if kind is not None:
+        return spec(kind)
+    flat = spec("ivf_fp16" if fp16 else "ivf_flat")
+    if budget_bytes is None or flat.total_bytes <= budget_bytes:
+        return flat
+    fitting = [s for s in pq if s.total_bytes <= budget_bytes]
+    if not fitting:
+        need = min((s.total_bytes for s in pq), default=flat.total_bytes)
+        raise ValueError(f"index.memory_budget={budget_bytes} bytes is too small for {n} x {d}: "
+                         f"the smallest candidate needs {need} bytes; raise the budget or shard further")
+    return fitting[0]

@@ -1,0 +1,65 @@
+"""Fan-out search over per-shard (or per-group) IVF indexes that share one trained quantizer.
+
+The queries are assigned to their ``nprobe`` nearest coarse centroids once, with the first index's
+quantizer; every index is then scanned with that assignment (``search_preassigned``) and the
+per-index top-k lists are merged exactly. Because the indexes are copies of one trained index, the
+result equals one unsharded index over the same data. Indexes may come from a generator that
+loads them one at a time, so a searcher holds one index plus a (queries x k) result in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import faiss
+import numpy as np
+
+from scaleclust.index.build import from_bytes, unit_float32
+from scaleclust.index.device import to_device
+
+Result = tuple[np.ndarray, np.ndarray]  # (sims float32 (nq, k), ids int64 (nq, k)); missing: -inf, -1
+
+
+def empty_result(nq: int, k: int) -> Result:
+    """A result with no neighbours yet: sims -inf, ids -1."""
+    return np.full((nq, k), -np.inf, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64)
+
+
+def merge_topk(a: Result, b: Result, k: int) -> Result:
+    """Exact top-k of two results by descending similarity, ties to the smaller id, missing last."""
+    sims = np.concatenate([a[0], b[0]], axis=1)
+    ids = np.concatenate([a[1], b[1]], axis=1)
+    sims = np.where(ids < 0, -np.inf, sims).astype(np.float32)
+    order = np.lexsort((ids, -sims), axis=1)[:, :k]
+    return np.take_along_axis(sims, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
+def as_index(item: faiss.Index | bytes) -> faiss.IndexIVFInterface:
+    """Accept an IVF index (used where it lives) or its bytes (loaded onto the GPU when present)."""
+    index = to_device(from_bytes(item)) if isinstance(item, bytes | bytearray | memoryview) else item
+    if not isinstance(index, faiss.IndexIVFInterface):
+        raise TypeError(f"expected an IVF index, got {type(index).__name__}")
+    return index
+
+
+def search(
+    indexes: Iterable[faiss.Index | bytes], queries: np.ndarray, k: int, nprobe: int
+) -> Result:
+    """Top-k neighbours of ``queries`` over all indexes: (sims (nq, k), ids (nq, k)) best first.
+
+    Queries are L2-normalised here. ``nprobe`` is set on each index as it is searched; all indexes
+    must come from the same trained index (checked: same nlist).
+    """
+    q = unit_float32(queries)
+    best = empty_result(len(q), k)
+    coarse = None
+    for item in indexes:
+        index = as_index(item)
+        if coarse is None:
+            nlist = index.nlist
+            coarse = index.quantizer.search(q, min(nprobe, nlist))
+        elif index.nlist != nlist:
+            raise ValueError(f"indexes were trained separately: nlist {index.nlist} != {nlist}")
+        index.nprobe = coarse[1].shape[1]
+        best = merge_topk(best, index.search_preassigned(q, k, coarse[1], coarse[0]), k)
+    return best

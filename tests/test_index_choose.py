@@ -1,0 +1,44 @@
+"""Index choice from a memory budget, and its bytes-per-vector arithmetic."""
+
+import pytest
+
+from scaleclust.index.choose import choose_index, default_nlist
+
+
+def test_flat_when_it_fits_and_arithmetic():
+    spec = choose_index(1_000_000, 512, budget_bytes=4 * 2**30)
+    assert spec.kind == "ivf_flat" and spec.factory == f"IVF{spec.nlist},Flat"
+    assert spec.bytes_per_vector == 512 * 4 + 8
+    assert spec.total_bytes == 1_000_000 * 2056 + spec.nlist * 512 * 4
+    assert spec.to_dict()["arithmetic"].endswith(f"= {spec.total_bytes} bytes")
+
+
+def test_flips_to_pq_when_budget_is_small():
+    n, d = 1_000_000, 512
+    spec = choose_index(n, d, budget_bytes=100 * 10**6)  # flat needs ~2 GB
+    assert spec.kind == "ivf_pq" and spec.pq_m == 64
+    assert spec.bytes_per_vector == 64 + 8  # M one-byte codes + int64 id
+    assert spec.fixed_bytes == spec.nlist * d * 4 + 256 * d * 4  # centroids + PQ codebooks
+    assert spec.total_bytes <= 100 * 10**6
+    smaller = choose_index(n, d, budget_bytes=50 * 10**6)
+    assert smaller.kind == "ivf_pq" and smaller.pq_m == 32 and smaller.bytes_per_vector == 40
+    assert smaller.factory == f"IVF{smaller.nlist},PQ32x8np"
+
+
+def test_fp16_and_config_overrides():
+    assert choose_index(10**6, 512, budget_bytes=1_100 * 10**6, fp16=True).bytes_per_vector == 1032
+    spec = choose_index(10**6, 512, kind="ivf_pq", pq_m=16, nlist=1024)
+    assert (spec.kind, spec.pq_m, spec.nlist, spec.factory) == ("ivf_pq", 16, 1024, "IVF1024,PQ16x8np")
+    with pytest.raises(ValueError, match="pq_m"):
+        choose_index(1000, 100, kind="ivf_pq", pq_m=48)
+
+
+def test_budget_too_small_names_the_field():
+    with pytest.raises(ValueError, match="memory_budget"):
+        choose_index(10**6, 512, budget_bytes=10**6)
+
+
+def test_nlist_grows_with_sqrt_n_and_is_clamped():
+    assert default_nlist(1_000_000) == 4000
+    assert default_nlist(1000) == 25  # 1000 // 39: enough points per centroid
+    assert default_nlist(10) == 1
