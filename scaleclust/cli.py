@@ -84,7 +84,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = run.marker(run.model("model.json"))
     if model is None:
         raise ConfigError(f"{args.run_dir}: no committed model to evaluate")
-    ray.init(include_dashboard=False, num_cpus=4) if not ray.is_initialized() else None
+    ray.init(address="local", include_dashboard=False, num_cpus=4) if not ray.is_initialized() else None
     result = scores(reduce_run(run, model["k"], 1, args.labels).contingency.matrix())
     print(json.dumps({"column": args.labels, **result}, indent=2))
     return 0

@@ -20,6 +20,6 @@ def ensure_ray(cfg: Config) -> None:
     if cfg.ray.address:
         ray.init(address=cfg.ray.address, log_to_driver=True)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False)
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = os.environ.get("SCALECLUST_PROGRESS_BARS", "0") == "1"
