@@ -28,7 +28,8 @@ def test_flips_to_pq_when_budget_is_small():
 def test_fp16_and_config_overrides():
     assert choose_index(10**6, 512, budget_bytes=1_100 * 10**6, fp16=True).bytes_per_vector == 1032
     spec = choose_index(10**6, 512, kind="ivf_pq", pq_m=16, nlist=1024)
-    assert (spec.kind, spec.pq_m, spec.nlist, spec.factory) == ("ivf_pq", 16, 1024, "IVF1024,PQ16x8np")
+    assert (spec.kind, spec.pq_m, spec.nlist) == ("ivf_pq", 16, 1024)
+    assert spec.factory == "IVF1024,PQ16x8np"
     with pytest.raises(ValueError, match="pq_m"):
         choose_index(1000, 100, kind="ivf_pq", pq_m=48)
 

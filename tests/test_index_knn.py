@@ -1,4 +1,4 @@
-"""kNN graph of the training sample over the sharded index: self excluded, recall vs exact search."""
+"""kNN graph of a sample over the sharded index: self excluded, recall against exact search."""
 
 import faiss
 import numpy as np

@@ -24,7 +24,8 @@ def data():
 def build_shards(x: np.ndarray, spec) -> tuple[bytes, list[bytes], IdRanges]:
     empty = train(x[:4096], spec)  # 64 per list; fewer than faiss wants for PQ, to stay fast
     ranges = IdRanges.from_counts([f"shard-{i:03d}" for i in range(len(COUNTS))], COUNTS)
-    parts = [add(empty, x[lo:hi], int(lo)) for lo, hi in zip(ranges.offsets[:-1], ranges.offsets[1:])]
+    offsets = ranges.offsets
+    parts = [add(empty, x[lo:hi], int(lo)) for lo, hi in zip(offsets[:-1], offsets[1:])]
     return empty, parts, ranges
 
 

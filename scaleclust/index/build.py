@@ -1,7 +1,8 @@
 """Train an empty IVF index once on a sample; add each embeddings shard into its own copy.
 
 Everything crosses process boundaries as bytes (faiss.serialize_index), so a Ray stage only moves
-bytes: ``train(sample) -> bytes``, ``add(empty, vectors, first_id) -> bytes``, ``merge(parts) -> bytes``.
+bytes: ``train(sample) -> bytes``, ``add(empty, vectors, first_id) -> bytes``,
+``merge(parts) -> bytes``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def train(sample: np.ndarray, spec: IndexSpec) -> bytes:
 
 
 def add(empty_index: bytes, vectors: np.ndarray, first_id: int) -> bytes:
-    """Add one shard's vectors with ids first_id .. first_id+len-1 to a copy of the trained index."""
+    """Add one shard's vectors, ids first_id .. first_id+len-1, to a copy of the trained index."""
     x = unit_float32(vectors)
     index = to_device(from_bytes(empty_index))
     if index.ntotal:

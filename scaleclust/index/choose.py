@@ -1,7 +1,7 @@
 """Choose the index type and size from the row count, dimension and a memory budget.
 
-The returned :class:`IndexSpec` keeps the bytes-per-vector arithmetic so that a manifest can show why
-an index was chosen. Metric is always inner product on L2-normalised vectors (cosine similarity).
+The returned :class:`IndexSpec` keeps the bytes-per-vector arithmetic so that a manifest can show
+why an index was chosen. The metric is always inner product on L2-normalised vectors (cosine).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ PQ_M_CHOICES = (96, 64, 48, 32, 24, 16, 8)
 
 @dataclass(frozen=True)
 class IndexSpec:
-    """What to build and what it costs. ``code_bytes`` is per vector; ids are stored beside codes."""
+    """What to build and its cost; ``code_bytes`` is per vector, ids are stored beside codes."""
 
     kind: Kind
     d: int
@@ -56,7 +56,7 @@ class IndexSpec:
 
     @property
     def train_rows(self) -> int:
-        """Rows to train on: ~64 per coarse centroid (and >= 39*256 to train 8-bit PQ), at most n."""
+        """Rows to train on: ~64 per coarse centroid (>= 39*256 for 8-bit PQ), at most n."""
         want = 64 * self.nlist
         if self.kind == "ivf_pq":
             want = max(want, MIN_POINTS_PER_CENTROID * (1 << PQ_NBITS))
@@ -124,5 +124,5 @@ def choose_index(
     if not fitting:
         need = min((s.total_bytes for s in pq), default=flat.total_bytes)
         raise ValueError(f"index.memory_budget={budget_bytes} bytes is too small for {n} x {d}: "
-                         f"the smallest candidate needs {need} bytes; raise the budget or shard further")
+                         f"the smallest candidate needs {need} bytes; raise it or shard more")
     return fitting[0]

@@ -20,7 +20,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from scaleclust.index.build import unit_float32
-from scaleclust.index.search import as_index
+from scaleclust.index.search import preassigned
 
 
 @dataclass(frozen=True)
@@ -89,14 +89,11 @@ def pairs_from_index(
     q = unit_float32(vectors)
     ids = np.asarray(ids, np.int64)
     radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))  # faiss keeps sim > r
-    coarse, found = None, []
-    for item in indexes:
-        index = as_index(item)
-        if coarse is None:
-            coarse = index.quantizer.search(q, min(nprobe, index.nlist))
-        index.nprobe = coarse[1].shape[1]
-        lims, sims, hits = index.range_search_preassigned(q, radius, coarse[1], coarse[0])
-        found.append(Pairs(np.repeat(ids, np.diff(lims).astype(np.int64)), hits, sims).above(threshold))
+    found = []
+    for index, centroid_ids, centroid_sims in preassigned(indexes, q, nprobe):
+        lims, sims, hits = index.range_search_preassigned(q, radius, centroid_ids, centroid_sims)
+        rows = np.repeat(ids, np.diff(lims).astype(np.int64))
+        found.append(Pairs(rows, hits, sims).above(threshold))
     return Pairs.concat(found)
 
 
@@ -133,5 +130,5 @@ def group_duplicates(pairs: Pairs) -> Duplicates:
 
 
 def removal_counts(pairs: Pairs, thresholds: Sequence[float]) -> dict[float, int]:
-    """Rows that would be dropped at each threshold (pairs must have been found at <= the lowest)."""
+    """Rows dropped at each threshold (the pairs must have been found at <= the lowest one)."""
     return {float(t): group_duplicates(pairs.above(t)).n_removed for t in thresholds}

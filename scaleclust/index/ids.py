@@ -1,4 +1,4 @@
-"""Global int64 ids for sharded embeddings: shard i owns the contiguous range [offsets[i], offsets[i+1]).
+"""Global int64 ids for sharded embeddings: shard i owns ids offsets[i] .. offsets[i+1]-1.
 
 Ids are assigned in shard order, so id -> (shard, row) is a binary search over the offsets and the
 manifest stores only the shard names and their row counts, never one entry per vector.
@@ -43,7 +43,7 @@ class IdRanges:
         return int(self.offsets[self.shards.index(shard)])
 
     def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Map global ids to (shard position, row within shard); raises on ids outside [0, total)."""
+        """Map global ids to (shard position, row in shard); raises on ids outside [0, total)."""
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= self.total):
             raise ValueError(f"ids must lie in [0, {self.total}); -1 marks a missing neighbour")

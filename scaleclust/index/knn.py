@@ -28,7 +28,7 @@ def knn_graph(
 
 
 def exact_search(shards: Iterable[tuple[int, np.ndarray]], queries: np.ndarray, k: int) -> Result:
-    """Exact top-k by inner product (IndexFlatIP) over (first_id, vectors) shards, merged exactly."""
+    """Exact top-k by inner product (IndexFlatIP) over (first_id, vectors) shards, merged."""
     q = unit_float32(queries)
     best = empty_result(len(q), k)
     for first_id, vectors in shards:

@@ -9,7 +9,7 @@ loads them one at a time, so a searcher holds one index plus a (queries x k) res
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import faiss
 import numpy as np
@@ -17,7 +17,8 @@ import numpy as np
 from scaleclust.index.build import from_bytes, unit_float32
 from scaleclust.index.device import to_device
 
-Result = tuple[np.ndarray, np.ndarray]  # (sims float32 (nq, k), ids int64 (nq, k)); missing: -inf, -1
+# (sims float32 (nq, k), ids int64 (nq, k)); a missing neighbour is sim -inf, id -1
+Result = tuple[np.ndarray, np.ndarray]
 
 
 def empty_result(nq: int, k: int) -> Result:
@@ -36,10 +37,31 @@ def merge_topk(a: Result, b: Result, k: int) -> Result:
 
 def as_index(item: faiss.Index | bytes) -> faiss.IndexIVFInterface:
     """Accept an IVF index (used where it lives) or its bytes (loaded onto the GPU when present)."""
-    index = to_device(from_bytes(item)) if isinstance(item, bytes | bytearray | memoryview) else item
+    is_bytes = isinstance(item, bytes | bytearray | memoryview)
+    index = to_device(from_bytes(item)) if is_bytes else item
     if not isinstance(index, faiss.IndexIVFInterface):
         raise TypeError(f"expected an IVF index, got {type(index).__name__}")
     return index
+
+
+def preassigned(
+    indexes: Iterable[faiss.Index | bytes], queries: np.ndarray, nprobe: int
+) -> Iterator[tuple[faiss.IndexIVFInterface, np.ndarray, np.ndarray]]:
+    """Yield (index, centroid ids, centroid sims) with the queries' one shared coarse assignment.
+
+    The assignment is computed with the first index's quantizer; each index gets ``nprobe`` set.
+    All indexes must be copies of one trained index (checked: same nlist).
+    """
+    coarse = None
+    for item in indexes:
+        index = as_index(item)
+        if coarse is None:
+            nlist = index.nlist
+            coarse = index.quantizer.search(queries, min(nprobe, nlist))
+        elif index.nlist != nlist:
+            raise ValueError(f"indexes were trained separately: nlist {index.nlist} != {nlist}")
+        index.nprobe = coarse[1].shape[1]
+        yield index, coarse[1], coarse[0]
 
 
 def search(
@@ -47,19 +69,10 @@ def search(
 ) -> Result:
     """Top-k neighbours of ``queries`` over all indexes: (sims (nq, k), ids (nq, k)) best first.
 
-    Queries are L2-normalised here. ``nprobe`` is set on each index as it is searched; all indexes
-    must come from the same trained index (checked: same nlist).
+    Queries are L2-normalised here; ``nprobe`` is set on each index as it is searched.
     """
     q = unit_float32(queries)
     best = empty_result(len(q), k)
-    coarse = None
-    for item in indexes:
-        index = as_index(item)
-        if coarse is None:
-            nlist = index.nlist
-            coarse = index.quantizer.search(q, min(nprobe, nlist))
-        elif index.nlist != nlist:
-            raise ValueError(f"indexes were trained separately: nlist {index.nlist} != {nlist}")
-        index.nprobe = coarse[1].shape[1]
-        best = merge_topk(best, index.search_preassigned(q, k, coarse[1], coarse[0]), k)
+    for index, centroid_ids, centroid_sims in preassigned(indexes, q, nprobe):
+        best = merge_topk(best, index.search_preassigned(q, k, centroid_ids, centroid_sims), k)
     return best
