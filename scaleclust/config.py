@@ -32,6 +32,8 @@ class StorageConfig(Strict):
     region: str | None = None
     profile: str | None = None
     anon: bool = False
+    retries: int = Field(4, ge=0, description="retries of a failed read before it is recorded as an error")
+    retry_backoff: float = Field(1.0, ge=0, description="seconds before the first retry; doubles each time")
 
 
 class InputConfig(Strict):

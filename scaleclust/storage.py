@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import time
 import uuid
 from typing import Any
 
@@ -105,8 +106,22 @@ def write_json_atomic(url: str, payload: Any, storage: StorageConfig) -> None:
 
 
 def read_bytes(url: str, storage: StorageConfig) -> bytes:
+    """Read a whole object, retrying transient failures with exponential backoff.
+
+    A missing file or a permission error is not transient and raises at once.
+    """
     fs, path = filesystem(url, storage)
-    return fs.cat_file(path)
+    attempt = 0
+    while True:
+        try:
+            return fs.cat_file(path)
+        except (FileNotFoundError, PermissionError, IsADirectoryError):
+            raise
+        except Exception:  # network and server errors of every fsspec backend
+            if attempt >= storage.retries:
+                raise
+            time.sleep(storage.retry_backoff * 2**attempt)
+            attempt += 1
 
 
 def read_json(url: str, storage: StorageConfig) -> Any:

@@ -4,10 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import boto3
+import fsspec
 import pytest
+from fsspec.implementations.local import LocalFileSystem
 
 from scaleclust.config import ConfigError, StorageConfig
-from scaleclust.storage import expand_shards, listdir, read_json, shard_names, write_json_atomic
+from scaleclust.storage import expand_shards, listdir, read_bytes, read_json, shard_names, write_json_atomic
 
 
 def test_braces_and_globs(tmp_path: Path) -> None:
@@ -41,3 +43,30 @@ def test_s3_listing_and_atomic_json(s3_endpoint: str) -> None:
     write_json_atomic("s3://listing/run/m.done.json", {"rows": 3}, s)
     assert read_json("s3://listing/run/m.done.json", s) == {"rows": 3}
     assert listdir("s3://listing/run", s) == ["m.done.json"]  # no temporary left behind
+
+
+class FlakyFileSystem(LocalFileSystem):
+    """Local files behind a connection that drops the first `failures` reads of each file."""
+
+    protocol = "flaky"
+    failures = 2
+    calls: dict[str, int] = {}
+
+    def cat_file(self, path, start=None, end=None, **kwargs):
+        path = self._strip_protocol(path)
+        FlakyFileSystem.calls[path] = FlakyFileSystem.calls.get(path, 0) + 1
+        if FlakyFileSystem.calls[path] <= FlakyFileSystem.failures:
+            raise ConnectionError(f"connection reset while reading {path}")
+        return super().cat_file(path, start=start, end=end, **kwargs)
+
+
+def test_transient_read_errors_are_retried_then_raised(tmp_path: Path) -> None:
+    fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
+    (tmp_path / "a.bin").write_bytes(b"payload")
+    url = f"flaky://{tmp_path}/a.bin"
+    assert read_bytes(url, StorageConfig(retries=2, retry_backoff=0.01)) == b"payload"
+    FlakyFileSystem.calls.clear()
+    with pytest.raises(ConnectionError):
+        read_bytes(url, StorageConfig(retries=1, retry_backoff=0.01))
+    with pytest.raises(FileNotFoundError):  # not transient: no retry
+        read_bytes(f"flaky://{tmp_path}/missing.bin", StorageConfig(retries=5, retry_backoff=10))
