@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -37,10 +37,14 @@ class StorageConfig(Strict):
 
 
 class InputConfig(Strict):
-    """Where the images are: WebDataset shards in img2dataset layout (KEY.jpg, KEY.txt, KEY.json)."""
+    """Where the images are: WebDataset shards in img2dataset layout (KEY.jpg, KEY.txt, KEY.json), or
+    image folders."""
 
-    shards: list[str] = Field(..., description="URLs, brace patterns ({00000..00099}) or globs")
-    label_field: str | None = Field(None, description="KEY.json field with a class label, for metrics")
+    format: Literal["webdataset", "image_folder"] = "webdataset"
+    shards: list[str] = Field(..., description="shard URLs (or folders), brace patterns ({00000..00099}), globs")
+    label_field: str | None = Field(
+        None, description="KEY.json field (or KEY.cls) with a class label, for metrics; 'folder' = parent folder")
+    files_per_shard: int = Field(1000, gt=0, description="image_folder: keys per shard")
     key: Literal["member", "shard_member"] = Field(
         "member", description="sample key: the member name (img2dataset keys), or shard/member"
     )
@@ -79,6 +83,14 @@ class EmbedConfig(Strict):
     decode_cpus: float = Field(1.0, gt=0, description="CPUs per decode task (one task per shard)")
     decode_batch: int = Field(256, gt=0, description="decoded images per block handed to the encoder")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype on GPU")
+    text: bool = Field(False, description="also embed captions with the CLIP text tower (open_clip only)")
+
+    @model_validator(mode="after")
+    def _text_needs_clip(self) -> "EmbedConfig":
+        if self.text and self.model.kind != "open_clip":
+            raise ValueError("text: caption embeddings need an open_clip model (a text tower); "
+                             "set embed.text=false or use embed.model.kind=open_clip")
+        return self
 
 
 class ClusterConfig(Strict):

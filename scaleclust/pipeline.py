@@ -8,11 +8,13 @@ from typing import Any
 import yaml
 
 from scaleclust import assign, fit, summary
-from scaleclust.config import Config, ConfigError
+from scaleclust.config import Config, ConfigError, StorageConfig
 from scaleclust.embed import stage as embed
 from scaleclust.ray_setup import ensure_ray
 from scaleclust.rundir import RunDir
-from scaleclust.storage import expand_shards, shard_names, write_bytes_atomic
+from scaleclust.config import from_dict
+from scaleclust.sources import ShardSpec, plan
+from scaleclust.storage import write_bytes_atomic
 
 VERSIONED = ("scaleclust", "torch", "ray", "open_clip_torch", "timm", "faiss-cpu", "pyarrow")
 
@@ -27,26 +29,35 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def prepare(cfg: Config) -> tuple[RunDir, dict[str, str]]:
-    """Resolve the input shards and record the resolved config in RUN/config.yaml.
+def prepare(cfg: Config) -> tuple[RunDir, dict[str, ShardSpec]]:
+    """Plan the input shards and record the resolved config in RUN/config.yaml.
 
     Fails (before any Ray work) when no shard matches, or when the run directory holds embeddings of
     another model: mixing embedding spaces would silently ruin the clustering.
     """
-    urls = expand_shards(cfg.input.shards, cfg.storage)
-    shards = shard_names(urls)
+    shards = plan(cfg.input, cfg.storage)
     run = RunDir(cfg.run_dir, cfg.storage)
     if run.exists(run.config):
         previous = yaml.safe_load(run.read_bytes(run.config))["config"]["embed"]["model"]
         if previous != cfg.embed.model.model_dump(mode="json"):
             raise ConfigError(f"embed.model: {cfg.run_dir} holds embeddings of {previous}; "
                               f"use a new run_dir for another model")
-    record = {"config": cfg.model_dump(mode="json"), "shards": shards, "versions": _versions()}
+    record = {"config": cfg.model_dump(mode="json"), "versions": _versions(),
+              "shards": {name: {"urls": list(spec.urls), "root": spec.root} for name, spec in shards.items()}}
     write_bytes_atomic(run.config, yaml.safe_dump(record, sort_keys=False).encode(), cfg.storage)
     return run, shards
 
 
-def run_stage(name: str, cfg: Config, run: RunDir, shards: dict[str, str]) -> dict[str, Any]:
+def recorded(run_url: str, storage: StorageConfig | None = None) -> tuple[Config, RunDir, dict[str, ShardSpec]]:
+    """The config and shard plan a run directory was last prepared with."""
+    probe = RunDir(run_url, storage or StorageConfig())
+    record = yaml.safe_load(probe.read_bytes(probe.config))
+    cfg = from_dict(record["config"])
+    shards = {name: ShardSpec(tuple(spec["urls"]), spec["root"]) for name, spec in record["shards"].items()}
+    return cfg, RunDir(run_url, storage or cfg.storage), shards
+
+
+def run_stage(name: str, cfg: Config, run: RunDir, shards: dict[str, ShardSpec]) -> dict[str, Any]:
     """Run one stage by name and record its duration in metrics.json."""
     started = time.time()
     if name == "embed":

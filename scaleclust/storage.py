@@ -50,11 +50,13 @@ def protocol_prefix(url: str) -> str:
     return url.split("://", 1)[0] + "://" if "://" in url else ""
 
 
-def expand_shards(patterns: list[str], storage: StorageConfig) -> list[str]:
-    """Expand brace patterns and globs into a sorted, de-duplicated list of existing shard URLs.
+def expand_shards(patterns: list[str], storage: StorageConfig, dirs: bool = False) -> list[str]:
+    """Expand brace patterns and globs into a sorted, de-duplicated list of existing URLs: files, or
+    folders when `dirs` (image-folder roots).
 
-    Raises ConfigError naming the pattern that matched nothing: a typo in a path must fail up front.
+    Raises ConfigError naming what matched nothing: a typo in a path must fail up front.
     """
+    wanted = "isdir" if dirs else "isfile"
     urls: list[str] = []
     for pattern in patterns:
         found: list[str] = []
@@ -63,8 +65,8 @@ def expand_shards(patterns: list[str], storage: StorageConfig) -> list[str]:
             fs, path = filesystem(candidate, storage)
             prefix = protocol_prefix(candidate)
             if any(ch in path for ch in GLOB_CHARS):
-                found += [prefix + p for p in sorted(fs.glob(path)) if fs.isfile(p)]
-            elif fs.isfile(path):
+                found += [prefix + p for p in sorted(fs.glob(path)) if getattr(fs, wanted)(p)]
+            elif getattr(fs, wanted)(path):
                 found.append(candidate)
             else:
                 missing.append(candidate)

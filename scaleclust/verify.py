@@ -9,15 +9,12 @@ Runs in one process, shard by shard; keys are held as 64-bit hashes for the cros
 from __future__ import annotations
 
 import hashlib
-from typing import Any
-
 import numpy as np
-import yaml
 
-from scaleclust.config import from_dict
+from scaleclust.config import StorageConfig
+from scaleclust.pipeline import recorded
 from scaleclust.rundir import RunDir
-from scaleclust.sources.webdataset import shard_keys
-from scaleclust.storage import StorageConfig
+from scaleclust.sources import describe, shard_keys
 
 
 def _hashes(keys: list[str]) -> np.ndarray:
@@ -27,21 +24,18 @@ def _hashes(keys: list[str]) -> np.ndarray:
 
 def verify(url: str, storage: StorageConfig | None = None, deep: bool = False) -> list[str]:
     """Return the list of violated invariants (empty when the run is consistent)."""
-    run = RunDir(url, storage or StorageConfig())
-    if not run.exists(run.config):
+    probe = RunDir(url, storage or StorageConfig())
+    if not probe.exists(probe.config):
         return [f"{url}: no config.yaml; not a run directory"]
-    resolved: dict[str, Any] = yaml.safe_load(run.read_bytes(run.config))
-    cfg = from_dict(resolved["config"])
-    run = RunDir(url, storage or cfg.storage)
-    shards: dict[str, str] = resolved["shards"]
+    cfg, run, shards = recorded(url, storage)
     problems: list[str] = []
     embedded = run.committed("embeddings")
     assigned = run.committed("assignments")
     seen: list[np.ndarray] = []
-    for shard_url, shard in sorted(shards.items(), key=lambda kv: kv[1]):
+    for shard, spec in sorted(shards.items()):
         marker = embedded.get(shard)
         if marker is None:
-            problems.append(f"shard {shard} ({shard_url}): not committed (no embeddings/{shard}.done.json)")
+            problems.append(f"shard {shard} ({describe(spec)}): not committed (no embeddings/{shard}.done.json)")
             continue
         keys = run.read_table(run.embeddings(shard), ["key"])["key"].to_pylist()
         errors = run.read_table(run.errors(shard), ["key"])["key"].to_pylist() if marker["errors"] else []
@@ -49,7 +43,7 @@ def verify(url: str, storage: StorageConfig | None = None, deep: bool = False) -
             problems.append(f"shard {shard}: {len(keys)} embedded + {len(errors)} errors on disk, marker says "
                             f"{marker['embedded']} + {marker['errors']}")
         if deep:
-            inputs = shard_keys(shard_url, shard, cfg.input, run.storage)
+            inputs = shard_keys(shard, spec, cfg.input, run.storage)
             if sorted(inputs) != sorted(keys + errors):
                 missing = set(inputs) - set(keys + errors)
                 extra = set(keys + errors) - set(inputs)

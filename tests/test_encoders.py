@@ -72,3 +72,23 @@ def test_actor_normalises_like_open_clip() -> None:
         want = actor.encoder.encode(theirs).numpy()
     assert np.abs(ours - want).max() < 2e-3
     assert np.allclose(np.linalg.norm(ours, axis=1), 1, atol=2e-3)
+
+
+def test_caption_embeddings_from_the_text_tower() -> None:
+    actor = EncodeBatch(EmbedConfig(model=ModelConfig(arch="scaleclust-tiny"), text=True, batch_size=2), StorageConfig())
+    pixels = np.zeros((3, 64, 64, 3), np.uint8)
+    batch = actor({"image": pixels, "error": np.asarray(["", "", "bad"], object),
+                   "caption": np.asarray(["a red disk", None, "a green square"], object)})
+    assert batch["has_text"].tolist() == [True, False, False]
+    with torch.no_grad():
+        want = actor.encoder.encode_text(["a red disk"]).numpy()[0]
+    assert np.abs(batch["text_embedding"][0].astype(np.float32) - want).max() < 2e-3
+    assert not batch["text_embedding"][1:].any()
+
+
+def test_text_needs_a_clip_model() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="caption embeddings need an open_clip model"):
+        EmbedConfig(model=ModelConfig(kind="timm", arch="efficientnet_lite0"), text=True)

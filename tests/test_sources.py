@@ -6,7 +6,9 @@ import pytest
 
 from scaleclust.config import InputConfig, StorageConfig
 from scaleclust.sources.shard_writer import sample_members, tar_bytes
-from scaleclust.sources.webdataset import decode_shard, parse_tar, resize_center_crop
+from scaleclust.sources import ShardSpec, read_samples
+from scaleclust.sources.decode import decode_shard, resize_center_crop
+from scaleclust.sources.webdataset import parse_tar
 from tests.shards import bad_samples, synthetic_image, synthetic_samples
 
 
@@ -14,8 +16,9 @@ def rows_of(data: bytes, tmp_path, batch_rows: int = 3) -> dict[str, list]:
     path = tmp_path / "00007.tar"
     path.write_bytes(data)
     out: dict[str, list] = {}
-    for batch in decode_shard(str(path), "00007", 32, 1.0, InputConfig(shards=[str(path)], label_field="label"),
-                              StorageConfig(), batch_rows):
+    samples = read_samples("00007", ShardSpec((str(path),)), StorageConfig())
+    for batch in decode_shard("00007", samples, 32, 1.0, InputConfig(shards=[str(path)], label_field="label"),
+                              batch_rows):
         for name, values in batch.items():
             out.setdefault(name, []).extend(list(values))
     return out

@@ -6,6 +6,7 @@ actor's device. Rows that failed to decode pass through with a zero embedding an
 from __future__ import annotations
 
 import contextlib
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ class EncodeBatch:
         self.std = torch.tensor(prep.std, device=self.device).view(1, 3, 1, 1) * 255
         self.precision = embed.precision
         self.chunk = embed.batch_size
+        self.text = embed.text
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.device == "cuda" and self.precision in AUTOCAST:
@@ -34,22 +36,34 @@ class EncodeBatch:
         return contextlib.nullcontext()
 
     @torch.inference_mode()
-    def embed(self, images: np.ndarray) -> np.ndarray:
-        """Encode uint8 NHWC images in chunks of `batch_size`; returns fp16 (n, dim)."""
+    def _chunked(self, items: Any, encode: Callable[[Any], torch.Tensor]) -> np.ndarray:
+        """Run `encode` over `items` in chunks of `batch_size`; fp16 L2-normalised (n, dim)."""
         out = []
-        for start in range(0, len(images), self.chunk):
-            x = torch.from_numpy(images[start : start + self.chunk]).to(self.device, non_blocking=True)
-            x = (x.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        for start in range(0, len(items), self.chunk):
             with self._autocast():
-                feats = self.encoder.encode(x)
+                feats = encode(items[start : start + self.chunk])
             out.append(torch.nn.functional.normalize(feats.float(), dim=-1).half().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.encoder.dim), np.float16)
+
+    def _images(self, chunk: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(chunk).to(self.device, non_blocking=True)
+        return self.encoder.encode((x.permute(0, 3, 1, 2).float() - self.mean) / self.std)
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Encode uint8 NHWC images; returns fp16 (n, dim)."""
+        return self._chunked(images, self._images)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = batch.pop("image")
         ok = batch["error"] == ""
-        embedding = np.zeros((len(images), self.encoder.dim), np.float16)
+        batch["embedding"] = np.zeros((len(images), self.encoder.dim), np.float16)
         if ok.any():
-            embedding[ok] = self.embed(images[ok])
-        batch["embedding"] = embedding
+            batch["embedding"][ok] = self.embed(images[ok])
+        if self.text:
+            has_text = ok & np.asarray([isinstance(c, str) and c != "" for c in batch["caption"]])
+            batch["text_embedding"] = np.zeros_like(batch["embedding"])
+            if has_text.any():
+                batch["text_embedding"][has_text] = self._chunked(list(batch["caption"][has_text]),
+                                                                  self.encoder.encode_text)
+            batch["has_text"] = has_text
         return batch

@@ -46,6 +46,7 @@ class Encoder:
     preprocess: Preprocess
     encode: Callable[[torch.Tensor], torch.Tensor]
     dim: int
+    encode_text: Callable[[list[str]], torch.Tensor] | None = None  # CLIP models: captions -> features
 
 
 def register_packaged_configs() -> None:
@@ -117,7 +118,12 @@ def _load_open_clip(cfg: ModelConfig, storage: StorageConfig, device: str) -> En
     size = pcfg["size"] if isinstance(pcfg["size"], int) else pcfg["size"][-1]
     prep = Preprocess(size, 1.0, tuple(pcfg["mean"]), tuple(pcfg["std"]))
     dim = model.visual.output_dim
-    return Encoder(model, prep, lambda x: model.encode_image(x, normalize=True), dim)
+    tokenizer = open_clip.get_tokenizer(cfg.arch)
+
+    def encode_text(texts: list[str]) -> torch.Tensor:
+        return model.encode_text(tokenizer(texts).to(device), normalize=True)
+
+    return Encoder(model, prep, lambda x: model.encode_image(x, normalize=True), dim, encode_text)
 
 
 def _load_timm(cfg: ModelConfig, storage: StorageConfig, device: str) -> Encoder:

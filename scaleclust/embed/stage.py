@@ -10,35 +10,37 @@ from typing import Any
 
 import ray
 
-from scaleclust.config import Config
+from scaleclust.config import Config, StorageConfig
 from scaleclust.embed.actor import EncodeBatch
 from scaleclust.embed.encoders import model_id, preprocess_for
 from scaleclust.embed.writer import commit_shard, write_parts
 from scaleclust.progress import Progress
 from scaleclust.rundir import RunDir
-from scaleclust.sources.webdataset import decode_shard
+from scaleclust.sources import ShardSpec, describe, read_samples
+from scaleclust.sources.decode import decode_shard
 from scaleclust.storage import remove
 
 
-def _decode(batch: dict[str, Any], **kwargs: Any):
-    for url, shard in zip(batch["url"], batch["shard"]):
-        yield from decode_shard(str(url), str(shard), **kwargs)
+def _decode(batch: dict[str, Any], storage: StorageConfig, **kwargs: Any):
+    for shard, urls, root in zip(batch["shard"], batch["urls"], batch["root"]):
+        samples = read_samples(str(shard), ShardSpec(tuple(urls), str(root)), storage)
+        yield from decode_shard(str(shard), samples, **kwargs)
 
 
-def run(cfg: Config, run: RunDir, shards: dict[str, str]) -> dict[str, Any]:
-    """Embed every shard in `shards` (url -> name) that is not committed yet."""
+def run(cfg: Config, run: RunDir, shards: dict[str, ShardSpec]) -> dict[str, Any]:
+    """Embed every shard in `shards` (name -> spec) that is not committed yet."""
     started = time.time()
     done = run.committed("embeddings")
-    pending = {url: name for url, name in shards.items() if name not in done}
+    pending = {name: spec for name, spec in shards.items() if name not in done}
     print(f"embed: {len(shards)} shards, {len(shards) - len(pending)} already committed, {len(pending)} to do")
     if pending:
         _embed(cfg, run, pending)
     markers = run.committed("embeddings")
     stats = {
         "shards": len(shards),
-        "rows": sum(markers[n]["rows"] for n in shards.values() if n in markers),
-        "embedded": sum(markers[n]["embedded"] for n in shards.values() if n in markers),
-        "errors": sum(markers[n]["errors"] for n in shards.values() if n in markers),
+        "rows": sum(markers[n]["rows"] for n in shards if n in markers),
+        "embedded": sum(markers[n]["embedded"] for n in shards if n in markers),
+        "errors": sum(markers[n]["errors"] for n in shards if n in markers),
         "seconds": round(time.time() - started, 2),
     }
     print(f"embed: {stats['embedded']} embedded, {stats['errors']} skipped (see errors/), "
@@ -46,13 +48,13 @@ def run(cfg: Config, run: RunDir, shards: dict[str, str]) -> dict[str, Any]:
     return stats
 
 
-def _embed(cfg: Config, run: RunDir, pending: dict[str, str]) -> None:
-    for name in pending.values():
+def _embed(cfg: Config, run: RunDir, pending: dict[str, ShardSpec]) -> None:
+    for name in pending:
         remove(run.embedding_parts(name), run.storage, recursive=True)
     prep = preprocess_for(cfg.embed.model)
     model = model_id(cfg.embed.model)
-    urls = {name: url for url, name in pending.items()}
-    items = [{"url": url, "shard": name} for url, name in pending.items()]
+    source = {name: describe(spec) for name, spec in pending.items()}
+    items = [{"shard": name, "urls": list(spec.urls), "root": spec.root} for name, spec in pending.items()]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # Decode runs in its own CPU tasks, sized apart from the encoder pool. A ray_remote_args_fn keeps
     # Ray Data from fusing it into the encoder actors (it fuses ops whose plain remote args match).
@@ -90,14 +92,14 @@ def _embed(cfg: Config, run: RunDir, pending: dict[str, str]) -> None:
             tally[shard] = tally.get(shard, 0) + int(rows)
             expected.setdefault(shard, (int(total), float(t0)))
             if tally[shard] >= expected[shard][0] and shard not in inflight and shard not in committed:
-                inflight[shard] = commit.remote(run, shard, urls[shard], *expected[shard], model)
+                inflight[shard] = commit.remote(run, shard, source[shard], *expected[shard], model)
         if inflight:
             harvest(block=False)
     while inflight:
         harvest(block=True)
-    for shard in pending.values():
+    for shard in pending:
         if shard not in committed and (
-                shard not in expected or commit_shard(run, shard, urls[shard], *expected[shard], model) is None):
-            raise RuntimeError(f"embed: shard {shard} ({urls[shard]}) lost rows: got {tally.get(shard, 0)} of "
+                shard not in expected or commit_shard(run, shard, source[shard], *expected[shard], model) is None):
+            raise RuntimeError(f"embed: shard {shard} ({source[shard]}) lost rows: got {tally.get(shard, 0)} of "
                                f"{expected.get(shard, ('?',))[0]}; re-run to redo it")
         remove(run.embedding_parts(shard), run.storage, recursive=True)  # parts a late retry wrote

@@ -20,10 +20,11 @@ from scaleclust.storage import listdir, remove
 METADATA = ("caption", "url", "width", "height", "label")
 
 
-def embedding_array(matrix: np.ndarray) -> pa.FixedSizeListArray:
-    """(n, d) float16 -> Arrow fixed_size_list<halffloat>[d]."""
+def embedding_array(matrix: np.ndarray, valid: np.ndarray | None = None) -> pa.FixedSizeListArray:
+    """(n, d) float16 -> Arrow fixed_size_list<halffloat>[d]; rows where `valid` is False are null."""
     matrix = np.ascontiguousarray(matrix, dtype=np.float16)
-    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+    mask = None if valid is None else pa.array(~np.asarray(valid, bool))
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1], mask=mask)
 
 
 def embedding_matrix(column: pa.ChunkedArray | pa.Array, dtype: Any = np.float32) -> np.ndarray:
@@ -55,6 +56,9 @@ def write_parts(batch: dict[str, np.ndarray], run: RunDir) -> dict[str, np.ndarr
             "label": string_array(batch["label"][pick]),
             "error": string_array(batch["error"][pick]),
         })
+        if "text_embedding" in batch:
+            table = table.append_column("text_embedding", embedding_array(batch["text_embedding"][pick],
+                                                                          batch["has_text"][pick]))
         run.write_table(run.path("embeddings", "_parts", str(shard), f"{uuid.uuid4().hex}.parquet"), table)
         shards.append(shard)
         rows.append(int(pick.sum()))
@@ -80,7 +84,8 @@ def commit_shard(run: RunDir, shard: str, url: str, expected: int, t0: float, mo
     failed = np.asarray(table["error"].to_pylist(), dtype=object) != ""
     shard_col = pa.array([shard] * len(table), pa.string())
     embedded = table.filter(pa.array(~failed)).append_column("shard", shard_col.slice(0, int((~failed).sum())))
-    embedded = embedded.select(["key", "embedding", *METADATA, "shard"])
+    text = ["text_embedding"] if "text_embedding" in embedded.column_names else []
+    embedded = embedded.select(["key", "embedding", *text, *METADATA, "shard"])
     errors = table.filter(pa.array(failed))
     run.write_table(run.embeddings(shard), embedded)
     if len(errors):

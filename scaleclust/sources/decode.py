@@ -1,0 +1,123 @@
+"""Turn a shard's samples into rows for the encoder: every sample yields exactly one row, either a
+decoded, resized image or an error that says why not."""
+from __future__ import annotations
+
+import io
+import json
+import time
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image
+
+from scaleclust.config import InputConfig
+from scaleclust.sources.webdataset import Sample
+
+Image.MAX_IMAGE_PIXELS = 200_000_000  # LAION has large images; still refuse decompression bombs
+
+def resize_center_crop(image: Image.Image, size: int, crop_pct: float = 1.0) -> np.ndarray:
+    """Resize the shorter side to size/crop_pct (bicubic), center-crop size x size: uint8 HxWx3.
+
+    Matches torchvision's Resize(int) + CenterCrop used by open_clip and timm eval transforms.
+    """
+    scale_to = int(size / crop_pct) if crop_pct != 1.0 else size
+    width, height = image.size
+    if width <= height:
+        new_w, new_h = scale_to, int(scale_to * height / width)
+    else:
+        new_w, new_h = int(scale_to * width / height), scale_to
+    image = image.resize((new_w, new_h), Image.BICUBIC)
+    top = int(round((new_h - size) / 2.0))
+    left = int(round((new_w - size) / 2.0))
+    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def decode_image(data: bytes, size: int, crop_pct: float) -> tuple[np.ndarray, int, int]:
+    """Decode image bytes fully (truncation raises here, not later) to RGB, resized and cropped."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        width, height = image.size
+        rgb = image.convert("RGB")
+    return resize_center_crop(rgb, size, crop_pct), width, height
+
+
+def _metadata(sample: Sample, label_field: str | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    if "json" in sample.members:
+        try:
+            meta = json.loads(sample.members["json"])
+        except (ValueError, UnicodeDecodeError):
+            meta = {}
+    caption = sample.members.get("txt")
+    if label_field == "folder":  # image folders: the class is the parent folder (cats/001 -> cats)
+        label = sample.key.rpartition("/")[0] or None
+    else:
+        label = meta.get(label_field) if label_field else None
+    if label is None and label_field and "cls" in sample.members:
+        label = sample.members["cls"].decode(errors="replace").strip()
+    return {
+        "caption": caption.decode(errors="replace") if caption is not None else meta.get("caption"),
+        "url": meta.get("url"),
+        "label": None if label is None else str(label),
+    }
+
+
+def output_key(sample_key: str, shard: str, input_cfg: InputConfig) -> str:
+    """The dataset-wide key: the member key, or shard/member when the config asks (shard pseudo-keys
+    such as SHARD#tar already name their shard)."""
+    if input_cfg.key == "shard_member" and "#" not in sample_key:
+        return f"{shard}/{sample_key}"
+    return sample_key
+
+
+ROW_COLUMNS = ("key", "shard", "idx", "shard_rows", "t0", "image", "caption", "url", "width", "height", "label", "error")
+
+
+def decode_shard(
+    shard: str, samples: list[Sample], image_size: int, crop_pct: float, input_cfg: InputConfig, batch_rows: int,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Read one shard and yield column batches of decoded rows (see ROW_COLUMNS).
+
+    Every sample yields one row; rows that could not be decoded carry a zero image and `error`.
+    `shard_rows` (the shard's total row count) lets the writer know when a shard is complete.
+    """
+    t0 = time.time()
+    extensions = [e.lower() for e in input_cfg.image_extensions]
+    rows: list[dict[str, Any]] = []
+    for idx, sample in enumerate(samples):
+        key = output_key(sample.key, shard, input_cfg)
+        row = {"key": key, "shard": shard, "idx": idx, "shard_rows": len(samples), "t0": t0,
+               "width": -1, "height": -1, "error": sample.error, **_metadata(sample, input_cfg.label_field)}
+        image = np.zeros((image_size, image_size, 3), dtype=np.uint8)
+        if not row["error"]:
+            ext = next((e for e in extensions if e in sample.members), None)
+            if ext is None:
+                found = ", ".join(sorted(sample.members)) or "nothing"
+                row["error"] = f"NoImage: no member with an image extension {extensions} (found: {found})"
+            else:
+                try:
+                    image, row["width"], row["height"] = decode_image(sample.members[ext], image_size, crop_pct)
+                except Exception as err:  # PIL raises many types for bad bytes
+                    row["error"] = f"ImageDecodeError: {key}.{ext}: {type(err).__name__}: {err}"
+        row["image"] = image
+        rows.append(row)
+        if len(rows) == batch_rows:
+            yield _to_columns(rows)
+            rows = []
+    if rows:
+        yield _to_columns(rows)
+
+
+def _to_columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    columns: dict[str, np.ndarray] = {}
+    for name in ROW_COLUMNS:
+        values = [r[name] for r in rows]
+        if name == "image":
+            columns[name] = np.stack(values)
+        elif name in ("idx", "shard_rows", "width", "height"):
+            columns[name] = np.asarray(values, dtype=np.int64)
+        elif name == "t0":
+            columns[name] = np.asarray(values, dtype=np.float64)
+        else:
+            columns[name] = np.asarray(values, dtype=object)
+    return columns
