@@ -12,6 +12,7 @@ import ray
 
 from scaleclust.config import Config, StorageConfig
 from scaleclust.embed.actor import EncodeBatch
+from scaleclust.embed.dedupe import resolve_duplicates
 from scaleclust.embed.encoders import model_id, preprocess_for
 from scaleclust.embed.writer import commit_shard, write_parts
 from scaleclust.progress import Progress
@@ -35,6 +36,10 @@ def run(cfg: Config, run: RunDir, shards: dict[str, ShardSpec]) -> dict[str, Any
     print(f"embed: {len(shards)} shards, {len(shards) - len(pending)} already committed, {len(pending)} to do")
     if pending:
         _embed(cfg, run, pending)
+        if cfg.input.key == "member":  # shard_member keys cannot collide across shards
+            moved = resolve_duplicates(run, sorted(run.committed("embeddings")))
+            if moved:
+                print(f"embed: {moved} rows had keys already embedded from another shard; see errors/")
     markers = run.committed("embeddings")
     stats = {
         "shards": len(shards),

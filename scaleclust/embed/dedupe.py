@@ -1,0 +1,69 @@
+"""Keys are unique across the dataset: a key that several shards contain is kept in the first shard
+(by name) and recorded in errors/ of the others ("DuplicateKey: kept in shard S"), so nothing silently
+disappears and every key stays exactly once in embeddings ∪ errors.
+
+The check groups all keys with a distributed Ray Data shuffle (no process holds every key); only the
+duplicates come back to the driver. A shard that loses rows is recommitted with a new marker, so its
+assignments are redone.
+"""
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+from scaleclust.rundir import RunDir
+from scaleclust.storage import filesystem
+
+
+def _groups_with_duplicates(group: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+    if len(group["key"]) < 2:
+        return {"key": [], "shards": []}
+    return {"key": [str(group["key"][0])], "shards": [sorted(str(s) for s in group["shard"])]}
+
+
+def find_duplicates(run: RunDir, shards: list[str]) -> dict[str, list[str]]:
+    """Key -> the sorted shards that contain it, for keys found in more than one row."""
+    fs, _ = filesystem(run.url, run.storage)
+    paths = [filesystem(run.embeddings(s), run.storage)[1] for s in shards]
+    ds = ray.data.read_parquet(paths, columns=["key", "shard"], filesystem=PyFileSystem(FSSpecHandler(fs)))
+    found = ds.groupby("key").map_groups(_groups_with_duplicates, batch_format="numpy")
+    return {row["key"]: list(row["shards"]) for row in found.iter_rows()}
+
+
+def drop_duplicates(run: RunDir, shard: str, kept_in: dict[str, str]) -> dict[str, Any]:
+    """Move the rows of `kept_in` (key -> shard that keeps it) from this shard's embeddings to its
+    errors, then recommit the shard. Errors are written first: a kill in between leaves the key still
+    embedded here, and the next check moves it again without recording it twice."""
+    table = run.read_table(run.embeddings(shard))
+    drop = np.isin(np.asarray(table["key"].to_pylist(), dtype=object), list(kept_in))
+    marker = run.marker(run.embeddings_marker(shard))
+    old = run.read_table(run.errors(shard)) if marker["errors"] else None
+    recorded = set(old["key"].to_pylist()) if old is not None else set()
+    keys = [k for k in table.filter(pa.array(drop))["key"].to_pylist() if k not in recorded]
+    new = pa.table({"key": pa.array(keys, pa.string()), "shard": pa.array([shard] * len(keys), pa.string()),
+                    "stage": pa.array(["embed"] * len(keys), pa.string()),
+                    "error": pa.array([f"DuplicateKey: kept in shard {kept_in[k]}" for k in keys], pa.string())})
+    errors = pa.concat_tables([old, new]) if old is not None else new
+    kept = table.filter(pa.array(~drop))
+    run.write_table(run.errors(shard), errors)
+    run.write_table(run.embeddings(shard), kept)
+    marker.update(embedded=len(kept), errors=len(errors), commit=uuid.uuid4().hex)
+    run.write_marker(run.embeddings_marker(shard), marker)
+    return marker
+
+
+def resolve_duplicates(run: RunDir, shards: list[str]) -> int:
+    """Find keys held by several shards and keep each in its first shard; returns how many moved."""
+    duplicates = find_duplicates(run, shards)
+    moves: dict[str, dict[str, str]] = {}
+    for key, holders in duplicates.items():
+        for shard in holders[1:]:
+            moves.setdefault(shard, {})[key] = holders[0]
+    for shard, kept_in in sorted(moves.items()):
+        drop_duplicates(run, shard, kept_in)
+    return sum(len(v) for v in moves.values())
