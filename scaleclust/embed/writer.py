@@ -87,18 +87,26 @@ def commit_shard(run: RunDir, shard: str, url: str, expected: int, t0: float, mo
     text = ["text_embedding"] if "text_embedding" in embedded.column_names else []
     embedded = embedded.select(["key", "embedding", *text, *METADATA, "shard"])
     errors = table.filter(pa.array(failed))
+    marker = write_commit(run, shard, url, embedded, errors.select(["key", "error"]), "embed", t0, model)
+    remove(folder, run.storage, recursive=True)
+    return marker
+
+
+def write_commit(run: RunDir, shard: str, url: str, embedded: pa.Table, errors: pa.Table, stage: str, t0: float,
+                 model: str) -> dict[str, Any]:
+    """Write a shard's embeddings and its errors (`errors`: key, error; none removes the file), then its
+    marker last: the commit. Shared by every source that produces embeddings."""
     run.write_table(run.embeddings(shard), embedded)
     if len(errors):
         run.write_table(run.errors(shard), pa.table({
             "key": errors["key"], "shard": pa.array([shard] * len(errors), pa.string()),
-            "stage": pa.array(["embed"] * len(errors), pa.string()), "error": errors["error"]}))
+            "stage": pa.array([stage] * len(errors), pa.string()), "error": errors["error"]}))
     else:
         remove(run.errors(shard), run.storage)
     seconds = max(time.time() - t0, 1e-9)
-    marker = {"shard": shard, "url": url, "rows": len(table), "embedded": len(embedded), "errors": len(errors),
-              "seconds": round(seconds, 3), "images_per_second": round(len(embedded) / seconds, 2),
-              "model": model, "dim": embedded.schema.field("embedding").type.list_size,
-              "commit": uuid.uuid4().hex}
+    marker = {"shard": shard, "url": url, "rows": len(embedded) + len(errors), "embedded": len(embedded),
+              "errors": len(errors), "seconds": round(seconds, 3),
+              "images_per_second": round(len(embedded) / seconds, 2), "model": model,
+              "dim": embedded.schema.field("embedding").type.list_size, "commit": uuid.uuid4().hex}
     run.write_marker(run.embeddings_marker(shard), marker)
-    remove(folder, run.storage, recursive=True)
     return marker
