@@ -82,10 +82,14 @@ class MLC:
 
 @torch.no_grad()
 def head_features(head: nn.Module, x: torch.Tensor | np.ndarray, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Z and C of every row (eval mode, in batches): float32 arrays (n, d)."""
-    module = unwrap(head).eval()
+    """Z and C of every row, in eval mode (BatchNorm running statistics) and in batches: float32
+    arrays (n, d). The head's train/eval mode is restored afterwards."""
+    module = unwrap(head)
+    training = module.training
+    module.eval()
     x = torch.as_tensor(np.asarray(x, dtype=np.float32))
     parts = [module(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    module.train(training)
     return (torch.cat([p[0] for p in parts]).numpy(), torch.cat([p[1] for p in parts]).numpy())
 
 
