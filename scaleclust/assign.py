@@ -10,21 +10,22 @@ from typing import Any
 
 import pyarrow as pa
 
-from scaleclust.cluster.kmeans import soft_assign
 from scaleclust.config import Config
 from scaleclust.embed.writer import embedding_matrix
-from scaleclust.fit import load_centroids
+from scaleclust.fit import load_assigner
 from scaleclust.parallel import map_shards
 from scaleclust.progress import Progress
 from scaleclust.rundir import RunDir
 
 
-def assign_shard(item: dict[str, Any], run: RunDir, centroids: Any, temperature: float, model_id: str) -> dict[str, Any]:
+def assign_shard(item: dict[str, Any], run: RunDir, temperature: float, model_id: str) -> dict[str, Any]:
     shard = item["shard"]
     started = time.time()
     table = run.read_table(run.embeddings(shard), ["key", "embedding"])
-    result = soft_assign(embedding_matrix(table["embedding"]), centroids, temperature)
-    run.write_table(run.assignments(shard), pa.table({"key": table["key"], **{k: pa.array(v) for k, v in result.items()}}))
+    cluster, confidence, second = load_assigner(run, model_id, temperature)(embedding_matrix(table["embedding"]))
+    run.write_table(run.assignments(shard), pa.table({
+        "key": table["key"], "cluster": pa.array(cluster, pa.int32()), "confidence": pa.array(confidence, pa.float32()),
+        "cluster2": pa.array(second, pa.int32())}))
     marker = {"shard": shard, "rows": len(table), "model": model_id, "embed_commit": item["commit"],
               "seconds": round(time.time() - started, 3)}
     run.write_marker(run.assignments_marker(shard), marker)
@@ -42,8 +43,8 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
             if assigned.get(s, {}).get("model") != model["model_id"] or assigned[s].get("embed_commit") != m["commit"]]
     print(f"assign: {len(embedded)} shards, {len(embedded) - len(todo)} already assigned, {len(todo)} to do")
     progress = Progress("assign", total=len(todo), unit="shards")
-    for marker in map_shards(assign_shard, todo, num_cpus=1, run=run, centroids=load_centroids(run),
-                             temperature=cfg.assign.temperature, model_id=model["model_id"]):
+    for marker in map_shards(assign_shard, todo, num_cpus=1, run=run, temperature=cfg.assign.temperature,
+                             model_id=model["model_id"]):
         progress.step(rows=marker["rows"], note=marker["shard"])
     rows = sum(m["rows"] for m in run.committed("assignments").values())
     return {"shards": len(embedded), "assigned": rows, "seconds": round(time.time() - started, 2)}

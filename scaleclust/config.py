@@ -93,13 +93,42 @@ class EmbedConfig(Strict):
         return self
 
 
+class TrainConfig(Strict):
+    """Ray Train (TorchTrainer, DDP) settings for learned methods."""
+
+    workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    checkpoint_every: int = Field(100, gt=0, description="steps between checkpoints under model/train/")
+    max_failures: int = Field(2, ge=0, description="worker failures survived by restarting from the last checkpoint")
+
+
 class ClusterConfig(Strict):
-    method: Literal["kmeans"] = "kmeans"
-    k: int = Field(10, ge=2)
+    method: Literal["kmeans", "mlc"] = "kmeans"
+    k: int | Literal["auto"] = Field(10, description="clusters, or 'auto' (mlc): minimum coding length over k_candidates")
+    k_candidates: list[int] = Field(default_factory=lambda: list(range(5, 51, 5)))
     sample_size: int = Field(1_000_000, gt=0, description="rows the fit stage trains on")
     niter: int = Field(25, gt=0)
     restarts: int = Field(3, gt=0, description="k-means restarts; the lowest objective wins")
     seed: int = 0
+    mlc: dict[str, Any] = Field(default_factory=dict, description="MLC hyper-parameters (fields of "
+                                "scaleclust.cluster.mlc.MLCConfig), checked by the fit stage before any work")
+    assign_sample: int = Field(5000, gt=0, description="mlc: rows spectral-clustered to fit the cluster subspaces")
+    subspace_rank: int = Field(4, gt=0, description="mlc: rank of each cluster's subspace")
+    train: TrainConfig = TrainConfig()
+
+    @field_validator("k")
+    @classmethod
+    def _k_at_least_two(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 2:
+            raise ValueError("k must be at least 2 (or 'auto')")
+        return value
+
+    @model_validator(mode="after")
+    def _auto_needs_mlc(self) -> "ClusterConfig":
+        if self.k == "auto" and self.method != "mlc":
+            raise ValueError("k: 'auto' (coding-length selection) needs method 'mlc'; give kmeans a number")
+        return self
 
 
 class AssignConfig(Strict):

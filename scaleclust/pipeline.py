@@ -35,6 +35,7 @@ def prepare(cfg: Config) -> tuple[RunDir, dict[str, ShardSpec]]:
     Fails (before any Ray work) when no shard matches, or when the run directory holds embeddings of
     another model: mixing embedding spaces would silently ruin the clustering.
     """
+    fit.check(cfg)
     shards = plan(cfg.input, cfg.storage)
     run = RunDir(cfg.run_dir, cfg.storage)
     if run.exists(run.config):

@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 import fsspec
+import pyarrow.fs
 from braceexpand import braceexpand
 from fsspec.core import url_to_fs
 
@@ -40,6 +41,12 @@ def storage_options(url: str, storage: StorageConfig) -> dict[str, Any]:
 def filesystem(url: str, storage: StorageConfig) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem holding `url` and the path inside it."""
     return url_to_fs(url, **storage_options(url, storage))
+
+
+def arrow_filesystem(url: str, storage: StorageConfig) -> tuple[pyarrow.fs.FileSystem, str]:
+    """A pyarrow filesystem over the same fsspec filesystem, for Ray Data reads and Ray Train storage."""
+    fs, path = filesystem(url, storage)
+    return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)), path
 
 
 def join(url: str, *parts: str) -> str:

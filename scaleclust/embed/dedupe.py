@@ -14,10 +14,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import ray
-from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from scaleclust.rundir import RunDir
-from scaleclust.storage import filesystem
+from scaleclust.storage import arrow_filesystem
 
 
 def _groups_with_duplicates(group: dict[str, np.ndarray]) -> dict[str, list[Any]]:
@@ -28,9 +27,9 @@ def _groups_with_duplicates(group: dict[str, np.ndarray]) -> dict[str, list[Any]
 
 def find_duplicates(run: RunDir, shards: list[str]) -> dict[str, list[str]]:
     """Key -> the sorted shards that contain it, for keys found in more than one row."""
-    fs, _ = filesystem(run.url, run.storage)
-    paths = [filesystem(run.embeddings(s), run.storage)[1] for s in shards]
-    ds = ray.data.read_parquet(paths, columns=["key", "shard"], filesystem=PyFileSystem(FSSpecHandler(fs)))
+    fs, _ = arrow_filesystem(run.url, run.storage)
+    paths = [arrow_filesystem(run.embeddings(s), run.storage)[1] for s in shards]
+    ds = ray.data.read_parquet(paths, columns=["key", "shard"], filesystem=fs)
     found = ds.groupby("key").map_groups(_groups_with_duplicates, batch_format="numpy")
     return {row["key"]: list(row["shards"]) for row in found.iter_rows()}
 

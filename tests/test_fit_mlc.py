@@ -1,0 +1,84 @@
+"""MLC trained with Ray Train (2 workers, DDP on gloo) inside the pipeline, and a fit killed mid-way
+that resumes from its checkpoint to the same number of steps and a loss no worse than an unbroken run's."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scaleclust.config import from_dict
+from scaleclust.pipeline import prepare, run_all, run_stage
+from scaleclust.rundir import RunDir
+from scaleclust.verify import verify
+from tests.shards import write_synthetic_shards
+
+MLC = {"hidden": 64, "out_dim": 16, "batch_size": 16, "steps": 40, "warmup_steps": 10, "lr": 0.05, "eta": 0.2}
+TRAIN = {"workers": 2, "cpus_per_worker": 0.5, "checkpoint_every": 20}
+
+
+def mlc_config(tmp_path: Path, run: str, **cluster) -> dict:
+    return {"run_dir": str(tmp_path / run), "input": {"shards": str(tmp_path / "shards" / "*.tar"), "label_field": "label"},
+            "embed": {"model": {"arch": "scaleclust-tiny"}, "cpus_per_actor": 0.5, "decode_cpus": 0.5},
+            "cluster": {"method": "mlc", "k": 3, "sample_size": 1000, "assign_sample": 500, "mlc": MLC,
+                        "train": TRAIN, **cluster}}
+
+
+@pytest.mark.usefixtures("ray_local")
+@pytest.mark.timeout(400)
+def test_mlc_pipeline_with_ray_train(tmp_path: Path) -> None:
+    write_synthetic_shards(tmp_path / "shards", n_shards=4, per_shard=30)
+    cfg = from_dict(mlc_config(tmp_path, "run"))
+    metrics = run_all(cfg)
+    assert verify(cfg.run_dir, deep=True) == []
+    model = RunDir(cfg.run_dir, cfg.storage).marker(RunDir(cfg.run_dir, cfg.storage).model("model.json"))
+    assert model["method"] == "mlc" and model["k"] == 3
+    assert model["train"]["steps"] == 40 and model["train"]["workers"] == 2 and model["train"]["starts"] == [0]
+    assert metrics["counts"]["assigned"] == 120
+    assert metrics["labels"]["acc"] > 0.6  # three visually distinct classes; chance is 1/3
+
+
+@pytest.mark.timeout(600)
+def test_killed_fit_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    write_synthetic_shards(tmp_path / "shards", n_shards=4, per_shard=30)
+    slow = {**MLC, "steps": 150}
+    data = mlc_config(tmp_path, "run", mlc=slow, train={**TRAIN, "checkpoint_every": 25})
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(data))
+    cli = [sys.executable, "-m", "scaleclust.cli"]
+    done = subprocess.run([*cli, "embed", str(tmp_path / "job.yaml")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shutil.copytree(tmp_path / "run", tmp_path / "unbroken")
+    train_dir = tmp_path / "run" / "model" / "train"
+
+    proc = subprocess.Popen([*cli, "fit", str(tmp_path / "job.yaml")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(train_dir.glob("*/checkpoint_*/state.pt")):
+        assert proc.poll() is None, "the fit ended before it could be killed"
+        time.sleep(0.2)
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "run" / "model" / "model.json").exists(), "kill must land mid-fit"
+
+    done = subprocess.run([*cli, "fit", str(tmp_path / "job.yaml")], capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = RunDir(str(tmp_path / "run"), from_dict(data).storage)
+    facts = resumed.marker(resumed.model("model.json"))["train"]
+    assert facts["steps"] == 150
+    assert len(facts["starts"]) == 2 and facts["starts"][1] > 0, facts["starts"]  # resumed, not restarted
+
+    unbroken_cfg = from_dict({**data, "run_dir": str(tmp_path / "unbroken")})
+    done = subprocess.run([*cli, "fit", str(tmp_path / "job.yaml"), "--set", f"run_dir={tmp_path / 'unbroken'}"],
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    unbroken = RunDir(unbroken_cfg.run_dir, unbroken_cfg.storage)
+    reference = unbroken.marker(unbroken.model("model.json"))["train"]
+    assert reference["starts"] == [0] and reference["steps"] == 150
+    assert facts["final_loss"] <= reference["final_loss"] + 0.05 * abs(reference["final_loss"]) + 0.05
