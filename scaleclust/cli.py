@@ -90,6 +90,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from scaleclust.export import export_laion
+    from scaleclust.pipeline import recorded
+
+    cfg, run, _ = recorded(args.run_dir.rstrip("/"))
+    written = export_laion(run, args.out.rstrip("/"), cfg.storage)
+    print(f"export: {len(written)} files in LAION layout (img_emb/, metadata/ with cluster and confidence) "
+          f"under {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scaleclust", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--labels", default="label", help="column of embeddings/*.parquet holding the labels")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("export", help="write the embeddings (+ clusters) in LAION's img_emb/ + metadata/ layout")
+    p.add_argument("run_dir")
+    p.add_argument("out", help="output folder or URL (same storage settings as the run)")
+    p.set_defaults(func=cmd_export)
     try:
         from scaleclust.submit import add_commands
     except ImportError:

@@ -37,14 +37,16 @@ class StorageConfig(Strict):
 
 
 class InputConfig(Strict):
-    """Where the images are: WebDataset shards in img2dataset layout (KEY.jpg, KEY.txt, KEY.json), or
-    image folders."""
+    """Where the images are: WebDataset shards in img2dataset layout (KEY.jpg, KEY.txt, KEY.json), image
+    folders, or precomputed LAION embedding dumps (which skip the encoder)."""
 
-    format: Literal["webdataset", "image_folder"] = "webdataset"
+    format: Literal["webdataset", "image_folder", "laion_embeddings"] = "webdataset"
     shards: list[str] = Field(..., description="shard URLs (or folders), brace patterns ({00000..00099}), globs")
     label_field: str | None = Field(
         None, description="KEY.json field (or KEY.cls) with a class label, for metrics; 'folder' = parent folder")
     files_per_shard: int = Field(1000, gt=0, description="image_folder: keys per shard")
+    key_column: str | None = Field(None, description="laion_embeddings: metadata column with the keys "
+                                   "(default: key, else image_path, else PART/row)")
     key: Literal["member", "shard_member"] = Field(
         "member", description="sample key: the member name (img2dataset keys), or shard/member"
     )

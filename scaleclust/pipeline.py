@@ -44,7 +44,8 @@ def prepare(cfg: Config) -> tuple[RunDir, dict[str, ShardSpec]]:
             raise ConfigError(f"embed.model: {cfg.run_dir} holds embeddings of {previous}; "
                               f"use a new run_dir for another model")
     record = {"config": cfg.model_dump(mode="json"), "versions": _versions(),
-              "shards": {name: {"urls": list(spec.urls), "root": spec.root} for name, spec in shards.items()}}
+              "shards": {name: {"urls": list(spec.urls), "root": spec.root, "kind": spec.kind}
+                         for name, spec in shards.items()}}
     write_bytes_atomic(run.config, yaml.safe_dump(record, sort_keys=False).encode(), cfg.storage)
     return run, shards
 
@@ -54,7 +55,7 @@ def recorded(run_url: str, storage: StorageConfig | None = None) -> tuple[Config
     probe = RunDir(run_url, storage or StorageConfig())
     record = yaml.safe_load(probe.read_bytes(probe.config))
     cfg = from_dict(record["config"])
-    shards = {name: ShardSpec(tuple(spec["urls"]), spec["root"]) for name, spec in record["shards"].items()}
+    shards = {name: ShardSpec(tuple(spec["urls"]), spec["root"], spec["kind"]) for name, spec in record["shards"].items()}
     return cfg, RunDir(run_url, storage or cfg.storage), shards
 
 

@@ -17,7 +17,9 @@ from scaleclust.embed.encoders import model_id, preprocess_for
 from scaleclust.embed.writer import commit_shard, write_parts
 from scaleclust.progress import Progress
 from scaleclust.rundir import RunDir
-from scaleclust.sources import ShardSpec, describe, read_samples
+from scaleclust.parallel import map_shards
+from scaleclust.sources import ShardSpec, describe, laion_part, read_samples
+from scaleclust.sources.laion import ingest_part
 from scaleclust.sources.decode import decode_shard
 from scaleclust.storage import remove
 
@@ -35,7 +37,10 @@ def run(cfg: Config, run: RunDir, shards: dict[str, ShardSpec]) -> dict[str, Any
     pending = {name: spec for name, spec in shards.items() if name not in done}
     print(f"embed: {len(shards)} shards, {len(shards) - len(pending)} already committed, {len(pending)} to do")
     if pending:
-        _embed(cfg, run, pending)
+        if cfg.input.format == "laion_embeddings":
+            _ingest(cfg, run, pending)
+        else:
+            _embed(cfg, run, pending)
         if cfg.input.key == "member":  # shard_member keys cannot collide across shards
             moved = resolve_duplicates(run, sorted(run.committed("embeddings")))
             if moved:
@@ -51,6 +56,31 @@ def run(cfg: Config, run: RunDir, shards: dict[str, ShardSpec]) -> dict[str, Any
     print(f"embed: {stats['embedded']} embedded, {stats['errors']} skipped (see errors/), "
           f"{stats['seconds']} s")
     return stats
+
+
+def _ingest_one(item: dict[str, Any], run: RunDir, key_column: str | None, model: str) -> dict[str, Any]:
+    """Commit one LAION part; a part whose files disagree is reported, not allowed to stop the others."""
+    try:
+        return ingest_part(run, laion_part(item["shard"], ShardSpec(tuple(item["urls"]), kind="laion")), key_column, model)
+    except (ValueError, OSError) as err:
+        return {"shard": item["shard"], "failed": f"{type(err).__name__}: {err}"}
+
+
+def _ingest(cfg: Config, run: RunDir, pending: dict[str, ShardSpec]) -> None:
+    """LAION embedding dumps: each part becomes a committed shard without the encoder."""
+    items = [{"shard": name, "urls": list(spec.urls)} for name, spec in pending.items()]
+    progress = Progress("embed", total=len(items), unit="parts")
+    failed = []
+    for marker in map_shards(_ingest_one, items, num_cpus=1, run=run, key_column=cfg.input.key_column,
+                             model=model_id(cfg.embed.model)):
+        if "failed" in marker:
+            failed.append(f"{marker['shard']}: {marker['failed']}")
+            print(f"embed: part {failed[-1]}")
+        else:
+            progress.step(rows=marker["embedded"], note=f"{marker['shard']}: {marker['errors']} errors")
+    if failed:
+        raise RuntimeError(f"embed: {len(failed)} part(s) could not be read (the others are committed): "
+                           + "; ".join(failed))
 
 
 def _embed(cfg: Config, run: RunDir, pending: dict[str, ShardSpec]) -> None:
