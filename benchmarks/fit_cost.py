@@ -2,6 +2,9 @@
 
     python benchmarks/fit_cost.py [--batch 1024] [--dims 128 512] [--repeats 2]
 
+On a shared machine run it with OMP_NUM_THREADS=1: oversubscribed torch thread pools make wall-clock
+figures swing several-fold between runs.
+
 Each (variant, d) runs in its own subprocess so memory figures do not mix. Time: best wall-clock of
 `repeats` + 1 steps. Memory: the child's peak resident set (Linux VmHWM, reset through
 /proc/self/clear_refs once a tiny step has loaded kernels and thread pools) minus its resident set at
