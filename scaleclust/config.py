@@ -116,14 +116,17 @@ class ClusterConfig(Strict):
     mlc: dict[str, Any] = Field(default_factory=dict, description="MLC hyper-parameters (fields of "
                                 "scaleclust.cluster.mlc.MLCConfig), checked by the fit stage before any work")
     assign_sample: int = Field(5000, gt=0, description="mlc: rows spectral-clustered to fit the cluster subspaces")
-    subspace_rank: int = Field(4, gt=0, description="mlc: rank of each cluster's subspace")
+    subspace_rank: int = Field(1, gt=0, description="mlc: rank of each cluster's subspace (1: its principal direction)")
     train: TrainConfig = TrainConfig()
 
-    @field_validator("k")
+    @field_validator("k", mode="before")
     @classmethod
-    def _k_at_least_two(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 2:
-            raise ValueError("k must be at least 2 (or 'auto')")
+    def _k_number_or_auto(cls, value: Any) -> int | str:
+        """One clear message instead of one per member of the int | 'auto' union."""
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise ValueError("Input should be a valid integer >= 2, or 'auto'")
         return value
 
     @model_validator(mode="after")
