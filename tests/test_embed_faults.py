@@ -21,12 +21,27 @@ from tests.shards import write_synthetic_shards
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.timeout(400)]
 
 
+def parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def descends_from_us(pid: int) -> bool:
+    """True for processes of this test's own Ray (started in-process), never another job's on the machine."""
+    while pid > 1:
+        if pid == os.getpid():
+            return True
+        pid = parent(pid)
+    return False
+
+
 def encoder_pids() -> list[int]:
-    """Processes of encoder actors: Ray titles them after the actor class (Linux /proc)."""
+    """This test's encoder actor processes: Ray titles them after the actor class (Linux /proc)."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and b"EncodeBatch" in (entry / "cmdline").read_bytes():
+            if entry.name.isdigit() and b"EncodeBatch" in (entry / "cmdline").read_bytes() \
+                    and descends_from_us(int(entry.name)):
                 found.append(int(entry.name))
         except OSError:
             continue
