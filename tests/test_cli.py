@@ -2,6 +2,7 @@
 (SIGKILL) and run again ends with every key exactly once."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -68,3 +69,10 @@ def test_killed_run_resumes_with_each_key_once(tmp_path: Path) -> None:
     assert verify(str(tmp_path / "run"), deep=True) == []
     check = subprocess.run([*CLI, "verify", str(tmp_path / "run"), "--deep"], capture_output=True, text=True, timeout=120)
     assert check.returncode == 0 and "verify: ok" in check.stdout
+    scored = subprocess.run([*CLI, "eval", str(tmp_path / "run"), "--labels", "label"], capture_output=True,
+                            text=True, timeout=120)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    got = json.loads(scored.stdout[scored.stdout.index("{"):])
+    want = json.loads((tmp_path / "run" / "metrics.json").read_text())["labels"]
+    assert got["n"] == want["n"] == 6 * 24
+    assert abs(got["acc"] - want["acc"]) < 1e-9 and abs(got["nmi"] - want["nmi"]) < 1e-9
