@@ -6,7 +6,11 @@ the moto server on 127.0.0.1.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -19,6 +23,24 @@ for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "te
 
 from scaleclust.config import Config, from_dict  # noqa: E402
 from tests.shards import write_synthetic_shards  # noqa: E402
+
+
+@contextmanager
+def private_ray_env() -> Iterator[dict[str, str]]:
+    """Environment for a CLI subprocess whose Ray lives under its own temp dir. A test that SIGKILLs
+    the driver orphans Ray's daemons (they run in their own sessions); on exit, every process whose
+    command line names that dir is killed, so nothing outlives the test."""
+    folder = tempfile.mkdtemp(prefix="scr", dir="/tmp")  # short: Ray's socket paths have a length limit
+    try:
+        yield {**os.environ, "RAY_TMPDIR": folder}
+    finally:
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and folder.encode() in (entry / "cmdline").read_bytes():
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except OSError:
+                continue
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def free_port() -> int:

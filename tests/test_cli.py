@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from scaleclust.verify import verify
+from tests.conftest import private_ray_env
 from tests.shards import write_synthetic_shards
 
 CLI = [sys.executable, "-m", "scaleclust.cli"]
@@ -45,19 +46,25 @@ def test_bad_config_fails_before_ray_starts(tmp_path: Path, overrides: list[str]
     assert not (tmp_path / "run" / "embeddings").exists()
 
 
-@pytest.mark.timeout(400)
-def test_killed_run_resumes_with_each_key_once(tmp_path: Path) -> None:
-    write_synthetic_shards(tmp_path / "shards", n_shards=6, per_shard=24)
-    cfg = config_file(tmp_path, str(tmp_path / "shards" / "*.tar"), ray={"num_cpus": 2})
-    embeddings = tmp_path / "run" / "embeddings"
-    proc = subprocess.Popen([*CLI, "run", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+def killed_mid_embed(proc: subprocess.Popen, embeddings: Path) -> None:
+    """SIGKILL the run's process group as soon as its first shard is committed."""
     deadline = time.time() + 240
     while time.time() < deadline and not list(embeddings.glob("*.done.json")):
         assert proc.poll() is None, "the run ended before it could be killed"
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+@pytest.mark.timeout(400)
+def test_killed_run_resumes_with_each_key_once(tmp_path: Path) -> None:
+    write_synthetic_shards(tmp_path / "shards", n_shards=6, per_shard=24)
+    cfg = config_file(tmp_path, str(tmp_path / "shards" / "*.tar"), ray={"num_cpus": 2})
+    embeddings = tmp_path / "run" / "embeddings"
+    with private_ray_env() as env:
+        proc = subprocess.Popen([*CLI, "run", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True, env=env)
+        killed_mid_embed(proc, embeddings)
     committed = len(list(embeddings.glob("*.done.json")))
     assert 1 <= committed < 6, "kill must land mid-embed"
     done = subprocess.run([*CLI, "run", str(cfg)], capture_output=True, text=True, timeout=300)

@@ -17,6 +17,7 @@ from scaleclust.config import from_dict
 from scaleclust.pipeline import prepare, run_all, run_stage
 from scaleclust.rundir import RunDir
 from scaleclust.verify import verify
+from tests.conftest import private_ray_env
 from tests.shards import write_synthetic_shards
 
 MLC = {"hidden": 64, "out_dim": 16, "batch_size": 16, "steps": 40, "warmup_steps": 10, "lr": 0.05, "eta": 0.2}
@@ -56,15 +57,16 @@ def test_killed_fit_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     shutil.copytree(tmp_path / "run", tmp_path / "unbroken")
     train_dir = tmp_path / "run" / "model" / "train"
 
-    proc = subprocess.Popen([*cli, "fit", str(tmp_path / "job.yaml")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(train_dir.glob("*/checkpoint_*/state.pt")):
-        assert proc.poll() is None, "the fit ended before it could be killed"
-        time.sleep(0.2)
-    time.sleep(2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    with private_ray_env() as env:
+        proc = subprocess.Popen([*cli, "fit", str(tmp_path / "job.yaml")], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+        deadline = time.time() + 300
+        while time.time() < deadline and not list(train_dir.glob("*/checkpoint_*/state.pt")):
+            assert proc.poll() is None, "the fit ended before it could be killed"
+            time.sleep(0.2)
+        time.sleep(2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     assert not (tmp_path / "run" / "model" / "model.json").exists(), "kill must land mid-fit"
 
     done = subprocess.run([*cli, "fit", str(tmp_path / "job.yaml")], capture_output=True, text=True, timeout=400)
