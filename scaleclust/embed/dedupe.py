@@ -14,24 +14,39 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import ray
+from ray.data.expressions import col
 
+from scaleclust.parallel import map_shards
 from scaleclust.rundir import RunDir
 from scaleclust.storage import arrow_filesystem
 
 
-def _groups_with_duplicates(group: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-    if len(group["key"]) < 2:
-        return {"key": [], "shards": []}
-    return {"key": [str(group["key"][0])], "shards": [sorted(str(s) for s in group["shard"])]}
+ROWS_PER_PARTITION = 1_000_000
 
 
-def find_duplicates(run: RunDir, shards: list[str]) -> dict[str, list[str]]:
-    """Key -> the sorted shards that contain it, for keys found in more than one row."""
+def _holders(item: dict[str, Any], run: RunDir, keys: frozenset[str]) -> tuple[str, list[str]]:
+    """The repeated keys this shard holds."""
+    found = [k for k in run.read_table(run.embeddings(item["shard"]), ["key"])["key"].to_pylist() if k in keys]
+    return item["shard"], found
+
+
+def find_duplicates(run: RunDir, shards: list[str], rows: int) -> dict[str, list[str]]:
+    """Key -> the sorted shards that contain it, for keys found in more than one row.
+
+    Counting runs as a distributed shuffle with one partition per ~million rows; only the repeated keys
+    come back, and one task per shard then says which of them it holds."""
     fs, _ = arrow_filesystem(run.url, run.storage)
     paths = [arrow_filesystem(run.embeddings(s), run.storage)[1] for s in shards]
-    ds = ray.data.read_parquet(paths, columns=["key", "shard"], filesystem=fs)
-    found = ds.groupby("key").map_groups(_groups_with_duplicates, batch_format="numpy")
-    return {row["key"]: list(row["shards"]) for row in found.iter_rows()}
+    ds = ray.data.read_parquet(paths, columns=["key"], filesystem=fs)
+    counts = ds.groupby("key", num_partitions=max(1, rows // ROWS_PER_PARTITION)).count()
+    repeated = frozenset(row["key"] for row in counts.filter(expr=col("count()") > 1).iter_rows())
+    if not repeated:
+        return {}
+    holders: dict[str, list[str]] = {}
+    for shard, keys in map_shards(_holders, [{"shard": s} for s in shards], num_cpus=0.5, run=run, keys=repeated):
+        for key in keys:
+            holders.setdefault(key, []).append(shard)
+    return {key: sorted(found) for key, found in holders.items()}
 
 
 def drop_duplicates(run: RunDir, shard: str, kept_in: dict[str, str]) -> dict[str, Any]:
@@ -56,9 +71,13 @@ def drop_duplicates(run: RunDir, shard: str, kept_in: dict[str, str]) -> dict[st
     return marker
 
 
-def resolve_duplicates(run: RunDir, shards: list[str]) -> int:
-    """Find keys held by several shards and keep each in its first shard; returns how many moved."""
-    duplicates = find_duplicates(run, shards)
+def resolve_duplicates(run: RunDir) -> int:
+    """Find keys held by several committed shards and keep each in its first shard; returns how many
+    rows moved to errors."""
+    markers = {s: m for s, m in run.committed("embeddings").items() if m["embedded"]}  # empty files: no schema
+    if not markers:
+        return 0
+    duplicates = find_duplicates(run, sorted(markers), sum(m["embedded"] for m in markers.values()))
     moves: dict[str, dict[str, str]] = {}
     for key, holders in duplicates.items():
         for shard in holders[1:]:

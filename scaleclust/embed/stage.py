@@ -25,8 +25,8 @@ from scaleclust.storage import remove
 
 
 def _decode(batch: dict[str, Any], storage: StorageConfig, **kwargs: Any):
-    for shard, urls, root in zip(batch["shard"], batch["urls"], batch["root"]):
-        samples = read_samples(str(shard), ShardSpec(tuple(urls), str(root)), storage)
+    for shard, urls, root, kind in zip(batch["shard"], batch["urls"], batch["root"], batch["kind"]):
+        samples = read_samples(str(shard), ShardSpec(tuple(urls), str(root), str(kind)), storage)
         yield from decode_shard(str(shard), samples, **kwargs)
 
 
@@ -42,7 +42,7 @@ def run(cfg: Config, run: RunDir, shards: dict[str, ShardSpec]) -> dict[str, Any
         else:
             _embed(cfg, run, pending)
         if cfg.input.key == "member":  # shard_member keys cannot collide across shards
-            moved = resolve_duplicates(run, sorted(run.committed("embeddings")))
+            moved = resolve_duplicates(run)
             if moved:
                 print(f"embed: {moved} rows had keys already embedded from another shard; see errors/")
     markers = run.committed("embeddings")
@@ -89,7 +89,8 @@ def _embed(cfg: Config, run: RunDir, pending: dict[str, ShardSpec]) -> None:
     prep = preprocess_for(cfg.embed.model)
     model = model_id(cfg.embed.model)
     source = {name: describe(spec) for name, spec in pending.items()}
-    items = [{"shard": name, "urls": list(spec.urls), "root": spec.root} for name, spec in pending.items()]
+    items = [{"shard": name, "urls": list(spec.urls), "root": spec.root, "kind": spec.kind}
+             for name, spec in pending.items()]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # Decode runs in its own CPU tasks, sized apart from the encoder pool. A ray_remote_args_fn keeps
     # Ray Data from fusing it into the encoder actors (it fuses ops whose plain remote args match).
