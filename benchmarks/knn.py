@@ -1,0 +1,101 @@
+"""Benchmark the sharded IVF index against exact search, side by side in one run.
+
+For IVF-Flat and IVF-PQ on clustered synthetic unit vectors: build time (train + add per shard),
+bytes per vector (the spec's arithmetic and the serialised size), queries/s and recall@10 at
+several nprobe, with exact search (IndexFlatIP over the same shards) timed on a query subset.
+
+    python benchmarks/knn.py            # 1M x 512 (several minutes)
+    python benchmarks/knn.py --small    # 100k x 512 (about a minute)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import faiss
+import numpy as np
+
+from scaleclust.index.build import add, from_bytes, train
+from scaleclust.index.choose import choose_index
+from scaleclust.index.knn import exact_search, recall_at_k
+from scaleclust.index.search import search
+from scaleclust.index.synthetic import clustered_vectors
+
+K = 10
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--n", type=int, default=1_000_000, help="indexed vectors")
+    p.add_argument("--d", type=int, default=512)
+    p.add_argument("--clusters", type=int, default=0, help="synthetic clusters (default n/1000)")
+    p.add_argument("--noise", type=float, default=1.0, help="cos to centre ~1/sqrt(1+noise^2)")
+    p.add_argument("--rank", type=int, default=0,
+                   help="cluster spread in a rank-r subspace (0: isotropic, hardest for PQ)")
+    p.add_argument("--queries", type=int, default=10_000, help="held-out queries for queries/s")
+    p.add_argument("--exact-queries", type=int, default=1000, help="subset timed with exact search")
+    p.add_argument("--shards", type=int, default=4)
+    p.add_argument("--nprobe", default="4,8,16,32,64")
+    p.add_argument("--kinds", default="ivf_flat,ivf_pq")
+    p.add_argument("--pq-m", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1, help="faiss threads, same for IVF and exact")
+    p.add_argument("--small", action="store_true", help="n=100k, 2000 queries, 500 exact")
+    args = p.parse_args()
+    if args.small:
+        args.n, args.queries, args.exact_queries = 100_000, 2000, 500
+    args.clusters = args.clusters or max(10, args.n // 1000)
+    return args
+
+
+def timed(fn, *a):
+    """(result, seconds) of fn(*a)."""
+    t = time.perf_counter()
+    out = fn(*a)
+    return out, time.perf_counter() - t
+
+
+def main() -> None:
+    args = parse_args()
+    faiss.omp_set_num_threads(args.threads)
+    (x, _), gen_s = timed(
+        clustered_vectors, args.n + args.queries, args.d, args.clusters, args.noise, args.rank)
+    x, queries = x[: args.n], x[args.n:]
+    bounds = np.linspace(0, args.n, args.shards + 1).astype(np.int64)
+    shards = [(int(lo), x[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    print(f"data: {args.n} x {args.d} ({args.clusters} clusters, noise {args.noise},"
+          f" rank {args.rank or 'full'}) in {gen_s:.1f} s;"
+          f" {args.shards} shards, {args.queries} queries, {args.threads} faiss thread(s)")
+
+    eq = queries[: args.exact_queries]
+    (_, exact_ids), exact_s = timed(exact_search, shards, eq, K)
+    exact_qps = len(eq) / exact_s
+    print(f"exact IndexFlatIP: {len(eq)} queries in {exact_s:.1f} s = {exact_qps:.0f} queries/s\n")
+
+    print(f"{'index':<22}{'train s':>8}{'add s':>8}{'B/vec':>7}{'file B/vec':>11}{'nprobe':>7}"
+          f"{'recall@10':>10}{'queries/s':>10}{'x exact':>9}")
+    best = []
+    for kind in args.kinds.split(","):
+        spec = choose_index(args.n, args.d, kind=kind, pq_m=args.pq_m if kind == "ivf_pq" else None)
+        empty, train_s = timed(train, x[: spec.train_rows], spec)
+        t = time.perf_counter()
+        parts = [add(empty, v, first) for first, v in shards]
+        add_s = time.perf_counter() - t
+        file_bpv = sum(len(p) for p in parts) / args.n
+        indexes = [from_bytes(p) for p in parts]
+        del parts
+        for nprobe in map(int, args.nprobe.split(",")):
+            (_, ids), s = timed(search, indexes, queries, K, nprobe)
+            recall, qps = recall_at_k(ids[: len(eq)], exact_ids), len(queries) / s
+            print(f"{spec.factory:<22}{train_s:>8.1f}{add_s:>8.1f}{spec.bytes_per_vector:>7}"
+                  f"{file_bpv:>11.1f}{nprobe:>7}{recall:>10.3f}{qps:>10.0f}{qps / exact_qps:>9.1f}")
+            if recall >= 0.95 and qps >= 5 * exact_qps:
+                best.append((spec.factory, nprobe, recall, qps / exact_qps))
+        del indexes
+        print(f"  bytes/vector arithmetic: {spec.to_dict()['arithmetic']}")
+    goal = ", ".join(f"{f} nprobe {p}: recall {r:.3f} at {x:.0f}x" for f, p, r, x in best)
+    print(f"\ngoal recall@10 >= 0.95 at >= 5x exact speed: {goal or 'NOT MET'}")
+
+
+if __name__ == "__main__":
+    main()
