@@ -19,7 +19,6 @@ import tempfile
 from pathlib import Path
 
 import faiss
-import numpy as np
 
 from scaleclust.index.build import add, from_bytes, train
 from scaleclust.index.choose import choose_index

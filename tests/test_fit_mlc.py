@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from scaleclust.config import from_dict
-from scaleclust.pipeline import prepare, run_all, run_stage
+from scaleclust.pipeline import run_all
 from scaleclust.rundir import RunDir
 from scaleclust.verify import verify
 from tests.conftest import private_ray_env

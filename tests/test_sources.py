@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from scaleclust.config import InputConfig, StorageConfig
-from scaleclust.sources.shard_writer import sample_members, tar_bytes
+from scaleclust.sources.shard_writer import tar_bytes
 from scaleclust.sources import ShardSpec, read_samples
 from scaleclust.sources.decode import decode_shard, resize_center_crop
 from scaleclust.sources.webdataset import parse_tar
