@@ -149,6 +149,23 @@ class RayConfig(Strict):
     num_cpus: int | None = Field(None, gt=0, description="CPUs of the local Ray (default: max(4, cores))")
 
 
+class IndexConfig(Strict):
+    """The sharded faiss IVF index (index stage), its kNN graph (neighbors stage), dedup and search."""
+
+    kind: Literal["auto", "ivf_flat", "ivf_fp16", "ivf_pq"] = Field(
+        "auto", description="auto: IVF-Flat when it fits memory_budget_gb, else IVF-PQ with the largest M that fits")
+    memory_budget_gb: float | None = Field(None, gt=0, description="whole-index memory budget for kind=auto; "
+                                           "null = no limit (IVF-Flat)")
+    nlist: int | None = Field(None, gt=0, description="inverted lists; null = ~4*sqrt(rows), at most rows/39")
+    pq_m: int | None = Field(None, gt=0, description="ivf_pq: sub-quantizers (bytes per code), must divide the dim")
+    nprobe: int = Field(16, gt=0, description="inverted lists scanned per query")
+    shards_per_searcher: int = Field(8, gt=0, description="shard indexes held by one search actor")
+    k: int = Field(10, gt=0, description="neighbours per row in the kNN graph")
+    queries: int = Field(100_000, gt=0, description="rows (a uniform sample) whose kNN graph is written to neighbors/")
+    recall_queries: int = Field(1000, gt=0, description="of those, rows searched exactly to measure recall@k")
+    seed: int = Field(0, description="seed of the training sample and the query samples")
+
+
 class Config(Strict):
     run_dir: str
     input: InputConfig
@@ -158,6 +175,7 @@ class Config(Strict):
     cluster: ClusterConfig = ClusterConfig()
     assign: AssignConfig = AssignConfig()
     summary: SummaryConfig = SummaryConfig()
+    index: IndexConfig = IndexConfig()
 
     @field_validator("run_dir")
     @classmethod

@@ -1,0 +1,151 @@
+"""Index stage: train the IVF index once on a sample, add every committed embeddings shard in parallel.
+
+Layout under RUN/index/: trained.faiss (the empty trained index), shards/SHARD.COMMIT.faiss (one per
+embeddings commit, so re-adding a changed shard never overwrites a file the current manifest names) and
+manifest.json, written last: the spec and its bytes-per-vector arithmetic, each shard's contiguous
+global id range and the embeddings commit it was built from, and the next free id. A later run adds
+only shards missing from the manifest (or whose embeddings changed) under new ids, without retraining.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+
+from scaleclust.config import Config
+from scaleclust.embed.writer import embedding_matrix
+from scaleclust.index import build
+from scaleclust.index.choose import IndexSpec, choose_index
+from scaleclust.parallel import map_shards
+from scaleclust.rundir import RunDir
+from scaleclust.sample import sample_embeddings
+from scaleclust.storage import listdir, remove, write_bytes_atomic, write_json_atomic
+
+GB = 1 << 30
+
+
+def manifest_url(run: RunDir) -> str:
+    return run.path("index", "manifest.json")
+
+
+def trained_url(run: RunDir) -> str:
+    return run.path("index", "trained.faiss")
+
+
+def shard_file(shard: str, commit: str) -> str:
+    """Index file of one embeddings commit, relative to RUN/index/."""
+    return f"shards/{shard}.{commit}.faiss"
+
+
+def load_manifest(run: RunDir) -> dict[str, Any]:
+    """The committed manifest; raises when the index stage has not run."""
+    manifest = run.marker(manifest_url(run))
+    if manifest is None:
+        raise RuntimeError(f"{run.url}: no index/manifest.json; run `scaleclust index CONFIG` first")
+    return manifest
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """The manifest's id ranges (gaps allowed where a shard was re-added): id -> (shard, row)."""
+
+    shards: tuple[str, ...]
+    first: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def of(cls, manifest: dict[str, Any]) -> Ranges:
+        entries = sorted(manifest["shards"].items(), key=lambda e: e[1]["first_id"])
+        return cls(tuple(s for s, _ in entries), np.array([e["first_id"] for _, e in entries], np.int64),
+                   np.array([e["count"] for _, e in entries], np.int64))
+
+    def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position in self.shards, row in that shard) per id; raises on an id in no range."""
+        ids = np.asarray(ids, np.int64)
+        pos = np.searchsorted(self.first, ids, side="right") - 1
+        row = ids - self.first[np.maximum(pos, 0)]
+        if ids.size and ((pos < 0) | (row >= self.counts[np.maximum(pos, 0)])).any():
+            raise ValueError("an id lies in no shard's range of the manifest")
+        return pos, row
+
+
+def ids_to_keys(run: RunDir, manifest: dict[str, Any], ids: np.ndarray) -> np.ndarray:
+    """Keys of global ids (any shape; -1 -> None), reading one shard's key column at a time."""
+    flat = np.asarray(ids, np.int64).reshape(-1)
+    keys = np.full(flat.shape, None, dtype=object)
+    valid = np.flatnonzero(flat >= 0)
+    ranges = Ranges.of(manifest)
+    pos, row = ranges.locate(flat[valid])
+    for p in np.unique(pos):
+        mine = pos == p
+        column = run.read_table(run.embeddings(ranges.shards[p]), ["key"])["key"]
+        keys[valid[mine]] = np.asarray(column.take(row[mine]).to_pylist(), dtype=object)
+    return keys.reshape(np.shape(ids))
+
+
+def shard_vectors(run: RunDir, manifest: dict[str, Any]):
+    """(first_id, float32 vectors) per indexed shard, read one at a time (for exact search)."""
+    for shard, entry in sorted(manifest["shards"].items(), key=lambda e: e[1]["first_id"]):
+        yield entry["first_id"], embedding_matrix(run.read_table(run.embeddings(shard), ["embedding"])["embedding"])
+
+
+@ray.remote(num_cpus=1)
+def _train(run: RunDir, markers: dict[str, dict[str, Any]], spec: IndexSpec, seed: int) -> None:
+    """Train on a uniform sample of spec.train_rows rows and write RUN/index/trained.faiss."""
+    sample, _ = sample_embeddings(run, markers, spec.train_rows, seed)
+    write_bytes_atomic(trained_url(run), build.train(sample, spec), run.storage)
+
+
+def add_shard(item: dict[str, Any], run: RunDir) -> str:
+    """Add one embeddings shard to a copy of the trained index under ids first_id.. (a Ray task)."""
+    vectors = embedding_matrix(run.read_table(run.embeddings(item["shard"]), ["embedding"])["embedding"])
+    if len(vectors) != item["count"]:
+        raise RuntimeError(f"index: {item['shard']} has {len(vectors)} rows, its marker says {item['count']}")
+    data = build.add(run.read_bytes(trained_url(run)), vectors, item["first_id"])
+    write_bytes_atomic(run.path("index", item["file"]), data, run.storage)
+    return str(item["shard"])
+
+
+def choose(cfg: Config, n: int, d: int) -> IndexSpec:
+    """The index for n x d from the config: a fixed kind, or the memory budget (kind auto)."""
+    budget = int(cfg.index.memory_budget_gb * GB) if cfg.index.memory_budget_gb else None
+    kind = None if cfg.index.kind == "auto" else cfg.index.kind
+    return choose_index(n, d, budget, kind=kind, nlist=cfg.index.nlist, pq_m=cfg.index.pq_m)
+
+
+def run(cfg: Config, run: RunDir) -> dict[str, Any]:
+    """Train once (when no manifest exists), then add the committed shards the manifest lacks."""
+    started = time.time()
+    embedded = {s: m for s, m in run.committed("embeddings").items() if m["embedded"] > 0}
+    if not embedded:
+        raise RuntimeError("index: no committed embeddings; run the embed stage first")
+    manifest = run.marker(manifest_url(run))
+    trained = manifest is None
+    if trained:
+        spec = choose(cfg, sum(m["embedded"] for m in embedded.values()), next(iter(embedded.values()))["dim"])
+        print(f"index: training {spec.factory} on {spec.train_rows} rows ({spec.to_dict()['arithmetic']})")
+        ray.get(_train.remote(run, embedded, spec, cfg.index.seed))
+        manifest = {"spec": spec.to_dict(), "trained": "trained.faiss", "shards": {}, "next_id": 0}
+        write_json_atomic(manifest_url(run), manifest, run.storage)  # resumable: training is committed
+    shards = {s: e for s, e in manifest["shards"].items() if embedded.get(s, {}).get("commit") == e["commit"]}
+    todo, next_id = [], manifest["next_id"]
+    for shard in sorted(set(embedded) - set(shards)):
+        marker = embedded[shard]
+        todo.append({"shard": shard, "first_id": next_id, "count": marker["embedded"], "commit": marker["commit"],
+                     "file": shard_file(shard, marker["commit"])})
+        next_id += marker["embedded"]
+    print(f"index: {len(embedded)} shards, {len(shards)} already indexed, {len(todo)} to add")
+    entries = {item["shard"]: {k: item[k] for k in ("first_id", "count", "commit", "file")} for item in todo}
+    for shard in map_shards(add_shard, todo, num_cpus=1, run=run):
+        shards[shard] = entries[shard]
+    manifest = {**manifest, "shards": shards, "next_id": next_id, "rows": sum(e["count"] for e in shards.values())}
+    write_json_atomic(manifest_url(run), manifest, run.storage)
+    named = {e["file"].rpartition("/")[2] for e in shards.values()}
+    for name in listdir(run.path("index", "shards"), run.storage):
+        if name not in named:  # files of dropped entries or of a killed run: nothing refers to them
+            remove(run.path("index", "shards", name), run.storage)
+    return {"trained": trained, "shards": len(shards), "added": len(todo), "rows": manifest["rows"],
+            "next_id": next_id, "type": manifest["spec"]["factory"], "seconds": round(time.time() - started, 2)}
