@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("out", help="output folder or URL (same storage settings as the run)")
     p.set_defaults(func=cmd_export)
+    from scaleclust.index.cli import add_commands as add_index_commands
+    add_index_commands(sub)
     try:
         from scaleclust.submit import add_commands
     except ImportError:

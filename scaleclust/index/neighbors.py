@@ -1,0 +1,81 @@
+"""Neighbors stage: the kNN graph of a uniform sample of rows against the whole index, and its recall.
+
+Writes RUN/neighbors/part-NNNNN.parquet (key, neighbor_keys, sims; the row itself excluded) in parts of
+at most PART_ROWS rows, then neighbors/done.json last. Every run also measures recall@k of the fan-out
+search against exact search (the shards streamed one by one) and merges it into metrics.json.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from scaleclust.config import Config
+from scaleclust.index.knn import drop_self, exact_search, recall_at_k
+from scaleclust.index.searcher import fan_out, searchers
+from scaleclust.index.stage import ids_to_keys, load_manifest, shard_vectors
+from scaleclust.rundir import RunDir
+from scaleclust.sample import sample_embeddings
+from scaleclust.storage import remove, write_json_atomic
+
+PART_ROWS = 10_000
+
+
+def sample_rows(run: RunDir, manifest: dict[str, Any], n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A uniform sample of indexed rows: (vectors, global ids, keys)."""
+    markers = {s: {"embedded": e["count"], "dim": manifest["spec"]["d"]} for s, e in manifest["shards"].items()}
+    vectors, extra = sample_embeddings(run, markers, n, seed, columns=("key", "shard"))
+    ids = np.empty(len(vectors), np.int64)
+    shard_of = np.asarray(extra["shard"], dtype=object)
+    for shard in np.unique(shard_of):
+        rows = {k: i for i, k in enumerate(run.read_table(run.embeddings(shard), ["key"])["key"].to_pylist())}
+        mine = np.flatnonzero(shard_of == shard)
+        ids[mine] = [manifest["shards"][shard]["first_id"] + rows[extra["key"][i]] for i in mine]
+    return vectors, ids, extra["key"]
+
+
+def record_metrics(run: RunDir, name: str, values: dict[str, Any]) -> None:
+    """Merge one section into metrics.json, keeping every other key."""
+    metrics = run.marker(run.metrics) or {}
+    metrics[name] = values
+    write_json_atomic(run.metrics, metrics, run.storage)
+
+
+def run(cfg: Config, run: RunDir) -> dict[str, Any]:
+    """Write the kNN graph (unless committed for this index and config) and record recall@k."""
+    started = time.time()
+    manifest = load_manifest(run)
+    k, nprobe = cfg.index.k, cfg.index.nprobe
+    vectors, ids, keys = sample_rows(run, manifest, cfg.index.queries, cfg.index.seed)
+    done_url = run.path("neighbors", "done.json")
+    wanted = {"rows": len(ids), "k": k, "nprobe": nprobe, "seed": cfg.index.seed, "index_next_id": manifest["next_id"],
+              "index_rows": manifest["rows"]}
+    done = run.marker(done_url)
+    with searchers(run, manifest, cfg.index.shards_per_searcher) as actors:
+        if done is None or {f: done.get(f) for f in wanted} != wanted:
+            remove(run.path("neighbors"), run.storage, recursive=True)
+            parts = 0
+            for start in range(0, len(ids), PART_ROWS):
+                q, qid = vectors[start:start + PART_ROWS], ids[start:start + PART_ROWS]
+                sims, found = drop_self(fan_out(actors, q, k + 1, nprobe), qid, k)
+                run.write_table(run.path("neighbors", f"part-{parts:05d}.parquet"), pa.table({
+                    "key": pa.array(keys[start:start + PART_ROWS], pa.string()),
+                    "neighbor_keys": pa.array([[n for n in row if n is not None]
+                                               for row in ids_to_keys(run, manifest, found)], pa.list_(pa.string())),
+                    "sims": pa.array([s[f >= 0].tolist() for s, f in zip(sims, found)], pa.list_(pa.float32()))}))
+                parts += 1
+            done = {**wanted, "parts": parts}
+            run.write_marker(done_url, done)
+        rng = np.random.default_rng(cfg.index.seed)
+        pick = np.sort(rng.choice(len(ids), size=min(cfg.index.recall_queries, len(ids)), replace=False))
+        approx = drop_self(fan_out(actors, vectors[pick], k + 1, nprobe), ids[pick], k)
+    exact = drop_self(exact_search(shard_vectors(run, manifest), vectors[pick], k + 1), ids[pick], k)
+    recall = recall_at_k(approx[1], exact[1])
+    metrics = {"recall_at_k": round(recall, 4), "k": k, "nprobe": nprobe, "recall_queries": len(pick),
+               "graph_rows": done["rows"], "parts": done["parts"], "index": manifest["spec"]["factory"]}
+    record_metrics(run, "neighbors", metrics)
+    print(f"neighbors: {done['rows']} rows x {k} neighbours in {done['parts']} part(s); "
+          f"recall@{k} {recall:.3f} on {len(pick)} queries (nprobe {nprobe})")
+    return {**metrics, "seconds": round(time.time() - started, 2)}

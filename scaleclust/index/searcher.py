@@ -1,0 +1,67 @@
+"""Fan-out search: Ray actors each hold a group of shard indexes; the driver merges their top-k.
+
+Every shard index is a copy of one trained index, so merging the groups' exact top-k lists gives the
+same answer as one unsharded index (see scaleclust.index.search). Ids map back to keys shard by shard.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import numpy as np
+import ray
+
+from scaleclust.index.dedup import Pairs, pairs_from_index
+from scaleclust.index.search import Result, as_index, empty_result, merge_topk, search
+from scaleclust.index.stage import ids_to_keys, load_manifest
+from scaleclust.rundir import RunDir
+
+SEARCHER_CPUS = 0.5  # faiss threads itself; a fraction keeps 2-core machines from starving other tasks
+
+
+@ray.remote(num_cpus=SEARCHER_CPUS)
+class Searcher:
+    """Holds the indexes of a group of shards (loaded from the run directory, on the GPU if any)."""
+
+    def __init__(self, run: RunDir, files: list[str]) -> None:
+        self.indexes = [as_index(run.read_bytes(run.path("index", f))) for f in files]
+
+    def search(self, queries: np.ndarray, k: int, nprobe: int) -> Result:
+        """Top-k (sims, ids) of the queries over this group."""
+        return search(self.indexes, queries, k, nprobe)
+
+    def pairs(self, vectors: np.ndarray, ids: np.ndarray, threshold: float, nprobe: int) -> Pairs:
+        """Pairs with cosine >= threshold between the vectors (global ids) and this group."""
+        return pairs_from_index(self.indexes, vectors, ids, threshold, nprobe)
+
+
+@contextmanager
+def searchers(run: RunDir, manifest: dict[str, Any], per_actor: int) -> Iterator[list[Any]]:
+    """Start one Searcher per group of `per_actor` shards (in id order); kill them on exit."""
+    files = [e["file"] for e in sorted(manifest["shards"].values(), key=lambda e: e["first_id"])]
+    groups = max(1, math.ceil(len(files) / per_actor))
+    actors = [Searcher.remote(run, files[g * per_actor:(g + 1) * per_actor]) for g in range(groups)]
+    try:
+        yield actors
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
+def fan_out(actors: list[Any], queries: np.ndarray, k: int, nprobe: int) -> Result:
+    """Search every actor's group and merge the top-k lists exactly."""
+    best = empty_result(len(queries), k)
+    for result in ray.get([a.search.remote(queries, k, nprobe) for a in actors]):
+        best = merge_topk(best, result, k)
+    return best
+
+
+def search_run(run: RunDir, queries: np.ndarray, k: int, nprobe: int = 16,
+               per_actor: int = 8) -> list[tuple[list[str], np.ndarray]]:
+    """Nearest keys and cosine similarities of each query over the run's whole index."""
+    manifest = load_manifest(run)
+    with searchers(run, manifest, per_actor) as actors:
+        sims, ids = fan_out(actors, np.atleast_2d(queries), k, nprobe)
+    keys = ids_to_keys(run, manifest, ids)
+    return [(list(row[found >= 0]), s[found >= 0]) for row, s, found in zip(keys, sims, ids)]

@@ -1,0 +1,147 @@
+"""Index, neighbors, dedup and search stages on one pipeline run of the tiny model (shared per module)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from scaleclust.cli import main
+from scaleclust.index import build, neighbors, stage
+from scaleclust.index.search import search
+from scaleclust.index.searcher import fan_out, searchers
+from scaleclust.pipeline import prepare, run_all, run_stage
+from scaleclust.rundir import RunDir
+from scaleclust.sources.shard_writer import jpeg_bytes, sample_members, tar_bytes
+from tests.conftest import tiny_config
+from tests.shards import synthetic_image, write_synthetic_shards
+
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.timeout(300)]
+
+INDEX = {"nlist": 4, "nprobe": 2, "shards_per_searcher": 2, "k": 5, "queries": 60, "recall_queries": 40}
+PLANTED = 3
+
+
+def write_duplicate_shard(folder: Path) -> list[tuple[str, str]]:
+    """A shard of PLANTED images and, for each, a resized and re-encoded JPEG copy; the (original, copy) keys."""
+    rng = np.random.default_rng(7)
+    samples, pairs = [], []
+    for i in range(PLANTED):
+        image = synthetic_image(i % 3, rng)
+        copy = image.resize((int(image.width * 0.8), int(image.height * 0.8)), Image.BILINEAR)
+        for key, picture, quality in ((f"orig{i}", image, 90), (f"copy{i}", copy, 60)):
+            samples.append((key, sample_members(key, jpeg_bytes(picture, quality), "x", {"label": i % 3})))
+        (folder / f"orig{i}.jpg").write_bytes(jpeg_bytes(image, 90))
+        pairs.append((f"orig{i}", f"copy{i}"))
+    (folder / "dups.tar").write_bytes(tar_bytes(samples))
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("index")
+    shards = write_synthetic_shards(folder / "shards", n_shards=3, per_shard=20)
+    pairs = write_duplicate_shard(folder / "shards")
+    cfg = tiny_config(str(folder / "run"), shards + [str(folder / "shards" / "dups.tar")], index=INDEX)
+    run_all(cfg)
+    run = RunDir(cfg.run_dir, cfg.storage)
+    result = stage.run(cfg, run)
+    return {"cfg": cfg, "run": run, "pairs": pairs, "folder": folder, "result": result}
+
+
+def test_sharded_search_equals_one_unsharded_index(indexed: dict[str, Any]) -> None:
+    run = indexed["run"]
+    manifest = stage.load_manifest(run)
+    assert indexed["result"]["trained"] and len(manifest["shards"]) == 4 > INDEX["shards_per_searcher"]
+    assert manifest["spec"]["nlist"] == 4 and "bytes_per_vector" in manifest["spec"]
+    vectors = np.concatenate([v for _, v in stage.shard_vectors(run, manifest)])
+    assert manifest["next_id"] == manifest["rows"] == len(vectors)
+    whole = build.add(run.read_bytes(stage.trained_url(run)), vectors, 0)
+    queries = vectors[::5]
+    expected = search([whole], queries, 7, nprobe=2)
+    with searchers(run, manifest, INDEX["shards_per_searcher"]) as actors:
+        assert len(actors) == 2
+        sims, ids = fan_out(actors, queries, 7, nprobe=2)
+    np.testing.assert_array_equal(ids, expected[1])
+    np.testing.assert_allclose(sims, expected[0], rtol=1e-5, atol=1e-6)
+    assert stage.run(indexed["cfg"], run)["added"] == 0  # idempotent: nothing new to add
+
+
+def test_neighbors_graph_and_recall(indexed: dict[str, Any]) -> None:
+    run = indexed["run"]
+    result = neighbors.run(indexed["cfg"], run)
+    graph = pq.read_table(run.path("neighbors", "part-00000.parquet")).to_pylist()
+    assert run.exists(run.path("neighbors", "done.json")) and len(graph) == INDEX["queries"]
+    assert len({row["key"] for row in graph}) == len(graph)
+    for row in graph:
+        assert len(row["neighbor_keys"]) == INDEX["k"] and row["key"] not in row["neighbor_keys"]
+        assert row["sims"] == sorted(row["sims"], reverse=True)
+    metrics = run.marker(run.metrics)
+    assert "counts" in metrics and "seconds" in metrics  # merged, not replaced
+    assert metrics["neighbors"]["recall_at_k"] == result["recall_at_k"] >= 0.9
+    assert metrics["neighbors"]["recall_queries"] == INDEX["recall_queries"]
+
+
+@pytest.mark.parametrize("scope", ["cluster", "all"])
+def test_planted_near_duplicates_one_keeper_per_group(indexed: dict[str, Any], scope: str, capsys) -> None:
+    run = indexed["run"]
+    assert main(["dedup", indexed["cfg"].run_dir, "--threshold", "0.98", "--scope", scope]) == 0
+    assert "0.990" in capsys.readouterr().out
+    rows = pq.read_table(run.path("duplicates.parquet")).to_pylist()
+    group = {r["key"]: r["group"] for r in rows}
+    for original, copy in indexed["pairs"]:
+        assert original in group and group[original] == group.get(copy)
+    by_group: dict[int, list[dict]] = {}
+    for r in rows:
+        by_group.setdefault(r["group"], []).append(r)
+    # The tiny random-weight model maps a whole class to cosine > 0.99, so groups are at least class-sized;
+    # the three classes must still stay apart.
+    assert len(by_group) >= 3
+    for members in by_group.values():
+        keepers = [m["key"] for m in members if m["is_keeper"]]
+        assert len(keepers) == 1 and all(m["keeper_key"] == keepers[0] for m in members)
+        assert all(m["max_sim"] >= 0.98 for m in members)
+
+
+def test_search_by_key_image_and_text(indexed: dict[str, Any], capsys) -> None:
+    run_dir = indexed["cfg"].run_dir
+    key = pq.read_table(indexed["run"].embeddings("00001"), columns=["key"])["key"][3].as_py()
+    assert main(["search", run_dir, "--key", key, "--k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and lines[1].split()[-1] == key and float(lines[1].split()[1]) > 0.999
+    image = str(indexed["folder"] / "shards" / "orig0.jpg")
+    assert main(["search", run_dir, "--image", image, "--k", "2"]) == 0
+    top = capsys.readouterr().out.splitlines()[1].split()
+    assert top[-1] in indexed["pairs"][0] and float(top[1]) > 0.99  # the same preprocessing as embed
+    assert main(["search", run_dir, "--text", "a red disk", "--k", "2"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+def test_incremental_add_without_retraining(indexed: dict[str, Any]) -> None:
+    """A nightly shard is added under new ids; a re-embedded shard is re-added under a new range."""
+    cfg, run = indexed["cfg"], indexed["run"]
+    trained = run.read_bytes(stage.trained_url(run))
+    before = stage.load_manifest(run)
+    new = write_synthetic_shards(indexed["folder"] / "nightly", n_shards=4, per_shard=10)[3:]
+    cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"shards": cfg.input.shards + new})})
+    Path(run.embeddings_marker("00000")).unlink()  # as if 00000 were re-embedded: a new commit
+    run, planned = prepare(cfg)
+    run_stage("embed", cfg, run, planned)
+    result = stage.run(cfg, run)
+    after = stage.load_manifest(run)
+    assert not result["trained"] and result["added"] == 2
+    assert run.read_bytes(stage.trained_url(run)) == trained
+    kept = set(before["shards"]) - {"00000"}
+    assert {s: after["shards"][s] for s in kept} == {s: before["shards"][s] for s in kept}
+    assert after["shards"]["00000"]["first_id"] == before["next_id"]  # sorted: 00000 before 00003
+    assert after["shards"]["00003"]["first_id"] == before["next_id"] + 20
+    assert after["shards"]["00003"]["count"] == 10 and after["next_id"] == before["next_id"] + 30
+    files = sorted(Path(run.path("index", "shards")).iterdir())
+    assert [f"shards/{f.name}" for f in files] == sorted(e["file"] for e in after["shards"].values())
+    keys = stage.ids_to_keys(run, after, np.array([before["next_id"], before["next_id"] + 20]))
+    assert keys[0].startswith("00000") and keys[1].startswith("00003")
+    with pytest.raises(ValueError):
+        stage.ids_to_keys(run, after, np.array([before["shards"]["00000"]["first_id"]]))  # dropped range
