@@ -159,7 +159,8 @@ class IndexConfig(Strict):
     nlist: int | None = Field(None, gt=0, description="inverted lists; null = ~4*sqrt(rows), at most rows/39")
     pq_m: int | None = Field(None, gt=0, description="ivf_pq: sub-quantizers (bytes per code), must divide the dim")
     nprobe: int = Field(16, gt=0, description="inverted lists scanned per query")
-    shards_per_searcher: int = Field(8, gt=0, description="shard indexes held by one search actor")
+    shards_per_searcher: int = Field(256, gt=0, description="shard indexes held by one search actor; it holds "
+                                     "about this x rows per shard x bytes_per_vector (manifest.json)")
     k: int = Field(10, gt=0, description="neighbours per row in the kNN graph")
     queries: int = Field(100_000, gt=0, description="rows (a uniform sample) whose kNN graph is written to neighbors/")
     recall_queries: int = Field(1000, gt=0, description="of those, rows searched exactly to measure recall@k")

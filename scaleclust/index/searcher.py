@@ -58,7 +58,7 @@ def fan_out(actors: list[Any], queries: np.ndarray, k: int, nprobe: int) -> Resu
 
 
 def search_run(run: RunDir, queries: np.ndarray, k: int, nprobe: int = 16,
-               per_actor: int = 8) -> list[tuple[list[str], np.ndarray]]:
+               per_actor: int = 256) -> list[tuple[list[str], np.ndarray]]:
     """Nearest keys and cosine similarities of each query over the run's whole index."""
     manifest = load_manifest(run)
     with searchers(run, manifest, per_actor) as actors:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import ray
@@ -86,7 +86,7 @@ def ids_to_keys(run: RunDir, manifest: dict[str, Any], ids: np.ndarray) -> np.nd
     return keys.reshape(np.shape(ids))
 
 
-def shard_vectors(run: RunDir, manifest: dict[str, Any]):
+def shard_vectors(run: RunDir, manifest: dict[str, Any]) -> Iterator[tuple[int, np.ndarray]]:
     """(first_id, float32 vectors) per indexed shard, read one at a time (for exact search)."""
     for shard, entry in sorted(manifest["shards"].items(), key=lambda e: e[1]["first_id"]):
         yield entry["first_id"], embedding_matrix(run.read_table(run.embeddings(shard), ["embedding"])["embedding"])
@@ -128,8 +128,11 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
         spec = choose(cfg, sum(m["embedded"] for m in embedded.values()), next(iter(embedded.values()))["dim"])
         print(f"index: training {spec.factory} on {spec.train_rows} rows ({spec.to_dict()['arithmetic']})")
         ray.get(_train.remote(run, embedded, spec, cfg.index.seed))
-        manifest = {"spec": spec.to_dict(), "trained": "trained.faiss", "shards": {}, "next_id": 0}
+        manifest = {"spec": spec.to_dict(), "trained": "trained.faiss", "shards": {}, "next_id": 0, "rows": 0}
         write_json_atomic(manifest_url(run), manifest, run.storage)  # resumable: training is committed
+    else:
+        print(f"index: adding to the trained {manifest['spec']['factory']} (index.kind/nlist/pq_m apply only to "
+              f"a new index: remove {run.path('index')} to retrain)")
     shards = {s: e for s, e in manifest["shards"].items() if embedded.get(s, {}).get("commit") == e["commit"]}
     todo, next_id = [], manifest["next_id"]
     for shard in sorted(set(embedded) - set(shards)):
