@@ -46,7 +46,7 @@ def measure(run: RunDir, rows: int, workers: int, steps: int) -> float:
     method = MLC(MLCConfig(hidden=512, out_dim=32, batch_size=512, steps=steps, warmup_steps=steps // 2))
     dataset = embeddings_dataset(run, markers, rows, seed=0)
     settings = TrainConfig(workers=workers, cpus_per_worker=1, checkpoint_every=steps, max_failures=0)
-    _, facts = train(run, f"epoch-{rows}-{workers}-{time.time_ns()}", method, DIM, dataset, rows, settings, seed=0)
+    _, facts = train(run, f"epoch-{rows}-{workers}-{time.time_ns()}", method, DIM, dataset, settings, seed=0)
     return facts["rows_per_second"] * workers
 
 

@@ -116,10 +116,9 @@ def _fit_mlc(run: RunDir, cluster: ClusterConfig, markers: dict[str, dict[str, A
     started = time.time()
     method = build_mlc(cluster)
     dim = next(iter(markers.values()))["dim"]
-    rows = min(cluster.sample_size, sum(m["embedded"] for m in markers.values()))
     name = "fit-" + hashlib.sha1(json.dumps(fit_params(cluster), sort_keys=True).encode()).hexdigest()[:12]
     dataset = embeddings_dataset(run, markers, cluster.sample_size, cluster.seed)
-    state, facts = train(run, name, method, dim, dataset, rows, cluster.train, cluster.seed)
+    state, facts = train(run, name, method, dim, dataset, cluster.train, cluster.seed)
     print(f"fit: trained {facts['steps']} steps on {facts['workers']} workers, final loss {facts['final_loss']:.4f}")
     task = ray.remote(num_cpus=1)(_fit_mlc_assigner)
     return ray.get(task.remote(run, cluster, markers, state, facts, started))

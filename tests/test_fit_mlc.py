@@ -1,5 +1,5 @@
 """MLC trained with Ray Train (2 workers, DDP on gloo) inside the pipeline, and a fit killed mid-way
-that resumes from its checkpoint to the same number of steps and a loss no worse than an unbroken run's."""
+that resumes from its checkpoint to the same number of steps and the unbroken run's loss."""
 from __future__ import annotations
 
 import os
@@ -83,4 +83,6 @@ def test_killed_fit_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     unbroken = RunDir(unbroken_cfg.run_dir, unbroken_cfg.storage)
     reference = unbroken.marker(unbroken.model("model.json"))["train"]
     assert reference["starts"] == [0] and reference["steps"] == 150
-    assert facts["final_loss"] <= reference["final_loss"] + 0.05 * abs(reference["final_loss"]) + 0.05
+    # A fit is deterministic given its seed (same rows per rank, epoch order from (seed, rank, epoch)), so
+    # the resumed run retraces the unbroken one; independent seeds differ by ~0.5 here.
+    assert facts["final_loss"] == pytest.approx(reference["final_loss"], rel=1e-4, abs=1e-6)

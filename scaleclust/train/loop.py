@@ -17,7 +17,7 @@ import pyarrow as pa
 import ray
 import ray.train
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from scaleclust.cluster.method import Method, unwrap
@@ -33,12 +33,15 @@ def _as_matrix(batch: pa.Table) -> dict[str, Any]:
     return {"x": embedding_matrix(batch["embedding"], np.float16)}
 
 
-def embeddings_dataset(run: RunDir, markers: dict[str, dict[str, Any]], sample_size: int, seed: int) -> ray.data.Dataset:
+def embeddings_dataset(run: RunDir, markers: dict[str, dict[str, Any]], sample_size: int,
+                       seed: int) -> ray.data.MaterializedDataset:
     """A uniform random sample of about `sample_size` committed rows as fp16 rows `x`, materialised in
-    the object store once (bounded by sample_size) so every epoch streams from memory, not storage."""
+    the object store once (bounded by sample_size). Blocks keep shard order and the sample is seeded, so
+    every attempt of a fit sees the same rows in the same order: a resumed fit retraces an unbroken one."""
     fs, _ = arrow_filesystem(run.url, run.storage)
     paths = [arrow_filesystem(run.embeddings(s), run.storage)[1] for s in sorted(markers)]
     ds = ray.data.read_parquet(paths, columns=["embedding"], filesystem=fs)
+    ds.context.execution_options.preserve_order = True
     total = sum(m["embedded"] for m in markers.values())
     if sample_size < total:
         ds = ds.random_sample(sample_size / total, seed=seed)
@@ -54,26 +57,27 @@ def _save(head: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, lo
 
 
 class WorkerSample:
-    """A worker's share of the sample: streamed once through Ray Data, then kept (fp16, bounded by
-    sample_size / workers) and reshuffled for every later epoch, so small samples do not pay Ray Data's
-    per-epoch start-up on every pass."""
+    """A worker's share of the sample, read once through Ray Data and kept (fp16, bounded by
+    sample_size / workers), then replayed in a fresh permutation each epoch. Epoch e's order depends
+    only on (seed, rank, e), so a run resumed at step s sees exactly the batches an unbroken run sees
+    from step s on, and small samples do not pay Ray Data's per-epoch start-up on every pass."""
 
-    def __init__(self, shard: Any, batch_size: int, seed: int) -> None:
-        self.shard, self.batch_size = shard, batch_size
-        self.cache: list[torch.Tensor] = []
-        self.generator = torch.Generator().manual_seed(seed)
+    def __init__(self, shard: Any, batch_size: int, seed: int, rank: int) -> None:
+        self.rows = torch.cat([b["x"] for b in shard.iter_torch_batches(batch_size=4096)])
+        self.batch_size, self.seed, self.rank = batch_size, seed, rank
+        self.per_epoch = len(self.rows) // batch_size
+        if self.per_epoch == 0:
+            raise ValueError(f"a worker's share of the sample holds {len(self.rows)} rows, fewer than the batch "
+                             f"size {batch_size}; lower the method's batch_size or raise cluster.sample_size")
 
-    def __call__(self) -> Iterator[torch.Tensor]:
-        if not self.cache:
-            for batch in self.shard.iter_torch_batches(batch_size=self.batch_size, drop_last=True,
-                                                       local_shuffle_buffer_size=4 * self.batch_size):
-                self.cache.append(batch["x"])
-                yield batch["x"]
-            return
-        rows = torch.cat(self.cache)
-        order = torch.randperm(len(rows), generator=self.generator)
-        for start in range(0, len(rows) - self.batch_size + 1, self.batch_size):
-            yield rows[order[start : start + self.batch_size]]
+    def batches(self, step: int) -> Iterator[torch.Tensor]:
+        """Batches from global step `step` on, without end."""
+        epoch, skip = divmod(step, self.per_epoch)
+        while True:
+            order = torch.from_numpy(np.random.default_rng([self.seed, self.rank, epoch]).permutation(len(self.rows)))
+            for i in range(skip, self.per_epoch):
+                yield self.rows[order[i * self.batch_size : (i + 1) * self.batch_size]]
+            epoch, skip = epoch + 1, 0
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -94,36 +98,32 @@ def train_worker(config: dict[str, Any]) -> None:
     step, losses = int(state["step"]), list(state["losses"])
     starts = [*state["starts"], step]  # where each attempt began: a resumed run shows two
     rank = ray.train.get_context().get_world_rank()
-    batches_of = WorkerSample(ray.train.get_dataset_shard("train"), config["batch_size"], config["seed"] + rank)
+    sample = WorkerSample(ray.train.get_dataset_shard(f"train_{rank}"), config["batch_size"], config["seed"], rank)
     head.train()
     started, rows = time.time(), 0
-    while step < method.steps:
-        batches = 0
-        for x in batches_of():
-            x = x.to(ray.train.torch.get_device(), dtype=torch.float32)
-            loss, stats = method.loss(head, x, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            method.on_step(head, step)
-            step, batches, rows = step + 1, batches + 1, rows + len(x)
-            losses.append(float(stats["loss"]))
-            if step % config["checkpoint_every"] == 0 or step == method.steps:
-                metrics = {"step": step, "loss": losses[-1], "rows_per_second": rows / (time.time() - started)}
-                folder = _save(head, optimizer, step, losses, starts) if rank == 0 else None
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
-            if step >= method.steps:
-                break
-        if batches == 0:
-            raise ValueError(f"a worker's share of the sample holds fewer than {config['batch_size']} rows; "
-                             "lower the method's batch_size or raise cluster.sample_size")
+    for x in sample.batches(step):
+        if step >= method.steps:
+            break
+        x = x.to(ray.train.torch.get_device(), dtype=torch.float32)
+        loss, stats = method.loss(head, x, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        method.on_step(head, step)
+        step, rows = step + 1, rows + len(x)
+        losses.append(float(stats["loss"]))
+        if step % config["checkpoint_every"] == 0 or step == method.steps:
+            metrics = {"step": step, "loss": losses[-1], "rows_per_second": rows / (time.time() - started)}
+            folder = _save(head, optimizer, step, losses, starts) if rank == 0 else None
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
 
 
-def train(run: RunDir, name: str, method: Method, in_dim: int, dataset: ray.data.Dataset, rows: int,
+def train(run: RunDir, name: str, method: Method, in_dim: int, dataset: ray.data.MaterializedDataset,
           settings: TrainConfig, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Fit the method's head with Ray Train as run `name` (the same name resumes); returns the final head
     state dict and training facts."""
-    batch_size = min(method.batch_size, rows // settings.workers)
+    shares = dataset.split(settings.workers, equal=True)  # by block order: the same rows per rank every attempt
+    batch_size = max(1, min(method.batch_size, shares[0].count()))
     fs, path = arrow_filesystem(run.model("train"), run.storage)
     trainer = TorchTrainer(
         train_worker,
@@ -131,7 +131,8 @@ def train(run: RunDir, name: str, method: Method, in_dim: int, dataset: ray.data
                            "checkpoint_every": settings.checkpoint_every},
         scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=settings.use_gpu,
                                      resources_per_worker={"CPU": settings.cpus_per_worker}),
-        datasets={"train": dataset},
+        datasets={f"train_{rank}": share for rank, share in enumerate(shares)},
+        dataset_config=DataConfig(datasets_to_split=[]),
         run_config=RunConfig(name=name, storage_path=path, storage_filesystem=fs,
                              failure_config=FailureConfig(max_failures=settings.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
