@@ -1,4 +1,5 @@
-"""Command line: `scaleclust run CONFIG` (all stages), one sub-command per stage, verify, eval."""
+"""Command line: `scaleclust run CONFIG` (all stages), one sub-command per stage, verify, eval, export; the
+index commands (scaleclust.index.cli) and submit/status/logs for Ray clusters (scaleclust.submit)."""
 from __future__ import annotations
 
 import argparse
@@ -101,14 +102,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The CONFIG argument and its --set overrides."""
+    p.add_argument("config", help="YAML config (see jobs/demo.yaml)")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a field, e.g. cluster.k=20")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scaleclust", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("config", help="YAML config (see jobs/demo.yaml)")
-        p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a field, e.g. cluster.k=20")
-        return p
 
     with_config(sub.add_parser("run", help="all stages: embed, fit, assign, summary")).set_defaults(func=cmd_run)
     for stage in ("embed", "fit", "assign", "summary"):
@@ -127,13 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output folder or URL (same storage settings as the run)")
     p.set_defaults(func=cmd_export)
     from scaleclust.index.cli import add_commands as add_index_commands
+    from scaleclust.submit import add_commands as add_submit_commands
     add_index_commands(sub)
-    try:
-        from scaleclust.submit import add_commands
-    except ImportError:
-        pass
-    else:
-        add_commands(sub)
+    add_submit_commands(sub, with_config)
     return parser
 
 

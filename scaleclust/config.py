@@ -145,7 +145,8 @@ class SummaryConfig(Strict):
 
 
 class RayConfig(Strict):
-    address: str | None = Field(None, description="None starts a local Ray; 'auto' or ray://HOST:10001 joins one")
+    address: str | None = Field(None, description="'auto' or ray://HOST:10001 joins a cluster; None joins RAY_ADDRESS "
+                                    "(set inside a Ray job) or starts a local Ray")
     num_cpus: int | None = Field(None, gt=0, description="CPUs of the local Ray (default: max(4, cores))")
 
 
@@ -216,8 +217,8 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
     return cfg
 
 
-def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load a YAML config and apply `--set` overrides."""
+def read(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """A YAML config file as written, with `--set` overrides applied, not yet validated."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
@@ -229,7 +230,12 @@ def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: the top level must be a mapping of sections (run_dir, input, ...)")
     for assignment in overrides:
         apply_override(data, assignment)
-    return from_dict(data, str(path))
+    return data
+
+
+def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML config and apply `--set` overrides."""
+    return from_dict(read(path, overrides), str(path))
 
 
 def dump(cfg: Config) -> str:

@@ -9,7 +9,9 @@ from scaleclust.config import Config
 
 
 def ensure_ray(cfg: Config) -> None:
-    """Join the configured cluster, or start a local one; a no-op when Ray is already up.
+    """Join the configured cluster, else the one named by RAY_ADDRESS (set for a Ray job's entrypoint,
+    so a submitted job runs on the cluster it was submitted to), else start a local one; a no-op when Ray
+    is already up.
 
     A local Ray gets at least 4 logical CPUs: on a 2-core laptop, an encoder actor and Train workers
     at 1 CPU each would otherwise take every slot and leave the read tasks waiting forever.
@@ -17,8 +19,9 @@ def ensure_ray(cfg: Config) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, log_to_driver=True)
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
     else:
         ray.init(address="local", num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False)
     ctx = ray.data.DataContext.get_current()

@@ -1,0 +1,147 @@
+"""`scaleclust submit | status | logs`: run a job on a remote Ray cluster through its Job API.
+
+The laptop validates the config (a bad one fails here, before anything is sent), packs the working
+directory into the job's runtime env (so the cluster runs this checkout's code), submits
+`python -m scaleclust.cli run CONFIG --set ...`, streams the logs and exits with the job's final
+status. Inside the job the CLI joins the cluster through RAY_ADDRESS, which Ray sets for entrypoints.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from scaleclust import fit
+from scaleclust.config import ConfigError, from_dict, read
+
+# Never shipped: environments, local data and runs, build and VCS debris.
+EXCLUDES = [".git", ".venv", ".ci-venv", "venv", "/data/", "/runs/", "__pycache__", "*.egg-info", ".pytest_cache"]
+EXIT = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 1}
+
+
+def dashboard_address(address: str | None) -> str:
+    """The Job API address from --address, RAY_API_SERVER_ADDRESS or an http RAY_ADDRESS."""
+    for value in (address, os.environ.get("RAY_API_SERVER_ADDRESS"), os.environ.get("RAY_ADDRESS")):
+        if value and value.startswith(("http://", "https://")):
+            return value
+    raise ConfigError("no Ray Job API address: pass --address http://HEAD:8265 (the head's dashboard port) "
+                      "or set RAY_API_SERVER_ADDRESS")
+
+
+def _client(address: str | None) -> Any:
+    from ray.job_submission import JobSubmissionClient
+
+    url = dashboard_address(address)
+    try:
+        return JobSubmissionClient(url)
+    except ConnectionError as err:
+        raise SystemExit(f"scaleclust: cannot reach the Ray Job API at {url}: {err}") from None
+
+
+def entrypoint(config: Path, working_dir: Path, overrides: list[str]) -> str:
+    """The job's command, with the config named relative to the shipped working directory."""
+    config, working_dir = config.resolve(), working_dir.resolve()
+    if not config.is_relative_to(working_dir):
+        raise ConfigError(f"{config} is outside the working directory {working_dir}, so the cluster would not "
+                          "receive it; move it there or pass --working-dir")
+    args = ["python", "-m", "scaleclust.cli", "run", str(config.relative_to(working_dir))]
+    for assignment in overrides:
+        args += ["--set", assignment]
+    return shlex.join(args)
+
+
+def check_portable(data: dict[str, Any]) -> None:
+    """Refuse relative local paths (as written, before they were made absolute here): on the cluster
+    they would resolve inside the job's temporary working directory, and the run would vanish with it."""
+    shards = data["input"]["shards"]
+    named = [("run_dir", data["run_dir"])] + [("input.shards", s) for s in ([shards] if isinstance(shards, str) else shards)]
+    for field, value in named:
+        if "://" not in value and not os.path.isabs(os.path.expanduser(value)):
+            raise ConfigError(f"{field}: {value!r} is a relative local path; a submitted job needs a URL "
+                              f"(s3://...) or an absolute path the cluster shares, e.g. --set {field}=s3://BUCKET/...")
+
+
+async def _stream(client: Any, job_id: str) -> None:
+    async for lines in client.tail_job_logs(job_id):
+        print(lines, end="", flush=True)
+
+
+def follow(client: Any, job_id: str) -> str:
+    """Print the job's logs until it ends; its final status."""
+    try:
+        asyncio.run(_stream(client, job_id))
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the job goes on: scaleclust status {job_id}", file=sys.stderr)
+        raise
+    while (status := str(client.get_job_status(job_id).value)) not in EXIT:  # logs end a moment before status
+        time.sleep(0.5)
+    return status
+
+
+def report(client: Any, job_id: str) -> int:
+    """Print the job's status line; its exit code (0 succeeded or still going, 1 failed or stopped)."""
+    info = client.get_job_info(job_id)
+    status = str(info.status.value)
+    print(f"job {job_id}: {status}" + (f": {info.message}" if info.message else ""),
+          file=sys.stderr if status in ("FAILED", "STOPPED") else sys.stdout)
+    return EXIT.get(status, 0)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    config, overrides = Path(args.config), args.set or []
+    data = read(config, overrides)
+    fit.check(from_dict(data, str(config)))  # a bad config fails here, before the cluster is contacted
+    check_portable(data)
+    command = entrypoint(config, Path(args.working_dir), overrides)
+    client = _client(args.address)
+    runtime_env: dict[str, Any] = {"working_dir": str(Path(args.working_dir).resolve()), "excludes": EXCLUDES}
+    if args.pip:
+        runtime_env["pip"] = args.pip
+    job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env,
+                               submission_id=args.job_id or f"scaleclust-{config.stem}-{time.strftime('%Y%m%d-%H%M%S')}",
+                               metadata={"config": str(config), "tool": "scaleclust"})
+    print(f"submitted {job_id}: {command}", flush=True)
+    if args.no_wait:
+        print(f"follow it: scaleclust logs {job_id} --follow; scaleclust status {job_id}")
+        return 0
+    follow(client, job_id)
+    return report(client, job_id)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    return report(_client(args.address), args.job_id)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    client = _client(args.address)
+    if not args.follow:
+        print(client.get_job_logs(args.job_id), end="")
+        return 0
+    follow(client, args.job_id)
+    return report(client, args.job_id)
+
+
+def add_commands(sub: Any, config_arguments: Callable[[argparse.ArgumentParser], argparse.ArgumentParser]) -> None:
+    """submit / status / logs sub-commands."""
+    def with_address(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--address", help="Job API of the cluster, http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS)")
+        return p
+
+    p = with_address(config_arguments(sub.add_parser("submit", help="run all stages as a job on a Ray cluster")))
+    p.add_argument("--working-dir", default=".", help="directory shipped to the cluster (default: the current one)")
+    p.add_argument("--pip", action="append", metavar="REQUIREMENT", help="extra pip requirement of the job's env")
+    p.add_argument("--job-id", help="submission id (default: scaleclust-CONFIG-TIMESTAMP)")
+    p.add_argument("--no-wait", action="store_true", help="return after submitting instead of streaming logs")
+    p.set_defaults(func=cmd_submit)
+    p = with_address(sub.add_parser("status", help="a submitted job's status (exit 1 when it failed)"))
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_status)
+    p = with_address(sub.add_parser("logs", help="a submitted job's logs"))
+    p.add_argument("job_id")
+    p.add_argument("--follow", action="store_true", help="stream until the job ends; exit with its status")
+    p.set_defaults(func=cmd_logs)
