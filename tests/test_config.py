@@ -50,3 +50,12 @@ def test_bad_override_and_missing_file(tmp_path: Path) -> None:
         load(write(tmp_path, GOOD), ["cluster.k"])
     with pytest.raises(ConfigError, match="does not exist"):
         load(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("job", sorted(p.name for p in (Path(__file__).parents[1] / "jobs").glob("*.yaml")))
+def test_shipped_job_configs_are_valid(job: str) -> None:
+    from scaleclust import fit
+
+    cfg = load(Path(__file__).parents[1] / "jobs" / job)
+    fit.check(cfg)  # method parameters too (cluster.mlc is checked against MLCConfig)
+    assert cfg.input.shards and cfg.run_dir
