@@ -88,7 +88,10 @@ class EmbedConfig(Strict):
     text: bool = Field(False, description="also embed captions with the CLIP text tower (open_clip only)")
 
     @model_validator(mode="after")
-    def _text_needs_clip(self) -> "EmbedConfig":
+    def _consistent(self) -> "EmbedConfig":
+        if self.min_actors > self.max_actors:
+            raise ValueError(f"min_actors: {self.min_actors} exceeds max_actors {self.max_actors}; raise "
+                             "embed.max_actors or lower embed.min_actors")
         if self.text and self.model.kind != "open_clip":
             raise ValueError("text: caption embeddings need an open_clip model (a text tower); "
                              "set embed.text=false or use embed.model.kind=open_clip")

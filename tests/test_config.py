@@ -37,6 +37,7 @@ def test_loads_defaults_and_overrides(tmp_path: Path) -> None:
     ("run_dir: x\n", "input", "required"),
     (GOOD + "embed:\n  batch_size: 0\n", "embed.batch_size", "greater than 0"),
     (GOOD + "bogus_section: {}\n", "bogus_section", "unknown field"),
+    (GOOD + "embed:\n  min_actors: 8\n  max_actors: 4\n", "embed", "min_actors: 8 exceeds max_actors 4"),
 ])
 def test_errors_name_the_field(tmp_path: Path, text: str, field: str, hint: str) -> None:
     with pytest.raises(ConfigError) as err:
