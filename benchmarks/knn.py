@@ -1,11 +1,15 @@
 """Benchmark the sharded IVF index against exact search, side by side in one run.
 
-For IVF-Flat and IVF-PQ on clustered synthetic unit vectors: build time (train + add per shard),
-bytes per vector (the spec's arithmetic and the serialised size), queries/s and recall@10 at
-several nprobe, with exact search (IndexFlatIP over the same shards) timed on a query subset.
+For IVF-Flat and IVF-PQ on clustered synthetic unit vectors, or on a run's real embeddings (--run):
+build time (train + add per shard), bytes per vector (the spec's arithmetic and the serialised size),
+queries/s and recall@10 at several nprobe, with exact search (IndexFlatIP over the same shards) timed
+on a query subset.
 
     python benchmarks/knn.py            # 1M x 512 (several minutes)
     python benchmarks/knn.py --small    # 100k x 512 (about a minute)
+    python benchmarks/knn.py --run runs/demo --queries 1000 --exact-queries 1000 --pq-m 64
+        # a run's embeddings (after `make demo`: 5,000 MNIST digits by EfficientNet-Lite0, d = 1280);
+        # a random --queries rows are held out as queries, the rest indexed
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ import time
 import faiss
 import numpy as np
 
+from scaleclust.config import StorageConfig
+from scaleclust.embed.writer import embedding_matrix
 from scaleclust.index.build import add, from_bytes, train
 from scaleclust.index.choose import choose_index
 from scaleclust.index.knn import exact_search, recall_at_k
 from scaleclust.index.search import search
 from scaleclust.index.synthetic import clustered_vectors
+from scaleclust.rundir import RunDir
 
 K = 10
 
@@ -41,6 +48,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--pq-m", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="faiss threads, same for IVF and exact")
     p.add_argument("--small", action="store_true", help="n=100k, 2000 queries, 500 exact")
+    p.add_argument("--run", help="use this run directory's committed embeddings instead of synthetic data")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out queries (--run)")
     args = p.parse_args()
     if args.small:
         args.n, args.queries, args.exact_queries = 100_000, 2000, 500
@@ -55,17 +64,32 @@ def timed(fn, *a):
     return out, time.perf_counter() - t
 
 
+def run_embeddings(url: str, queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indexed, held-out queries): a run's committed embeddings (float32, unit norm), shuffled."""
+    run = RunDir(url, StorageConfig())
+    x = np.concatenate([embedding_matrix(run.read_table(run.embeddings(s), ["embedding"])["embedding"])
+                        for s, m in sorted(run.committed("embeddings").items()) if m["embedded"]])
+    x = x[np.random.default_rng(seed).permutation(len(x))]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x[queries:], x[:queries]
+
+
 def main() -> None:
     args = parse_args()
     faiss.omp_set_num_threads(args.threads)
-    (x, _), gen_s = timed(
-        clustered_vectors, args.n + args.queries, args.d, args.clusters, args.noise, args.rank)
-    x, queries = x[: args.n], x[args.n:]
+    if args.run:
+        (x, queries), gen_s = timed(run_embeddings, args.run, args.queries, args.seed)
+        args.n, args.d = x.shape
+        source = f"embeddings of {args.run}"
+    else:
+        (x, _), gen_s = timed(
+            clustered_vectors, args.n + args.queries, args.d, args.clusters, args.noise, args.rank)
+        x, queries = x[: args.n], x[args.n:]
+        source = f"{args.clusters} clusters, noise {args.noise}, rank {args.rank or 'full'}"
     bounds = np.linspace(0, args.n, args.shards + 1).astype(np.int64)
     shards = [(int(lo), x[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
-    print(f"data: {args.n} x {args.d} ({args.clusters} clusters, noise {args.noise},"
-          f" rank {args.rank or 'full'}) in {gen_s:.1f} s;"
-          f" {args.shards} shards, {args.queries} queries, {args.threads} faiss thread(s)")
+    print(f"data: {args.n} x {args.d} ({source}) in {gen_s:.1f} s;"
+          f" {args.shards} shards, {len(queries)} queries, {args.threads} faiss thread(s)")
 
     eq = queries[: args.exact_queries]
     (_, exact_ids), exact_s = timed(exact_search, shards, eq, K)

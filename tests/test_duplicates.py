@@ -2,10 +2,12 @@
 DuplicateKey error in the other shard; the run keeps its invariants and a re-run changes nothing."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
+from scaleclust.embed.dedupe import find_duplicates
 from scaleclust.pipeline import run_all
 from scaleclust.rundir import RunDir
 from scaleclust.sources.shard_writer import tar_bytes
@@ -33,3 +35,20 @@ def test_keys_repeated_across_shards(tmp_path: Path, make_config) -> None:
     before = run.committed("embeddings")
     run_all(cfg)
     assert run.committed("embeddings") == before
+
+
+def test_one_task_and_the_shuffle_find_the_same_duplicates(tmp_path: Path, make_config) -> None:
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    (folder / "a.tar").write_bytes(tar_bytes(synthetic_samples(0, 8, seed=3)))
+    (folder / "b.tar").write_bytes(tar_bytes(synthetic_samples(1, 8, seed=3)))
+    cfg = make_config(str(tmp_path / "run"), str(folder / "*.tar"))
+    run_all(cfg)
+    run = RunDir(cfg.run_dir, cfg.storage)
+    shutil.copy(run.embeddings("a"), run.embeddings("c"))  # shard c: a copy of a, committed behind the stage's back
+    shutil.copy(run.embeddings_marker("a"), run.embeddings_marker("c"))
+    a_keys = run.read_table(run.embeddings("a"), ["key"])["key"].to_pylist()
+    expected = {key: ["a", "c"] for key in a_keys}
+    assert len(expected) == 8
+    assert find_duplicates(run, ["a", "b", "c"], 24) == expected  # one task
+    assert find_duplicates(run, ["a", "b", "c"], 24, keys_per_task=5) == expected  # a 5-partition shuffle

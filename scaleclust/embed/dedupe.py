@@ -2,7 +2,8 @@
 (by name) and recorded in errors/ of the others ("DuplicateKey: kept in shard S"), so nothing silently
 disappears and every key stays exactly once in embeddings ∪ errors.
 
-The check groups all keys with a distributed Ray Data shuffle (no process holds every key); only the
+Keys are counted in partitions of at most KEYS_PER_TASK rows, so no process holds more keys than that:
+one partition is a single Ray task, more are a distributed Ray Data shuffle (groupby). Only the
 duplicates come back to the driver. A shard that loses rows is recommitted with a new marker, so its
 assignments are redone.
 """
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 from ray.data.expressions import col
 
@@ -21,7 +23,25 @@ from scaleclust.rundir import RunDir
 from scaleclust.storage import arrow_filesystem
 
 
-ROWS_PER_PARTITION = 1_000_000
+KEYS_PER_TASK = 2_000_000  # keys one process counts (~100 MB); a shuffle's start-up costs seconds
+
+
+@ray.remote(num_cpus=0.5)
+def _repeated_in_one_task(run: RunDir, shards: list[str]) -> frozenset[str]:
+    keys = pa.chunked_array([run.read_table(run.embeddings(s), ["key"])["key"].combine_chunks() for s in shards])
+    counts = pc.value_counts(keys)
+    return frozenset(counts.field("values").filter(pc.greater(counts.field("counts"), 1)).to_pylist())
+
+
+def repeated_keys(run: RunDir, shards: list[str], rows: int, keys_per_task: int = KEYS_PER_TASK) -> frozenset[str]:
+    """Keys found in more than one row of these shards (`rows` in all)."""
+    partitions = -(-rows // keys_per_task)
+    if partitions <= 1:
+        return ray.get(_repeated_in_one_task.remote(run, shards))
+    fs, _ = arrow_filesystem(run.url, run.storage)
+    paths = [arrow_filesystem(run.embeddings(s), run.storage)[1] for s in shards]
+    counts = ray.data.read_parquet(paths, columns=["key"], filesystem=fs).groupby("key", num_partitions=partitions).count()
+    return frozenset(row["key"] for row in counts.filter(expr=col("count()") > 1).iter_rows())
 
 
 def _holders(item: dict[str, Any], run: RunDir, keys: frozenset[str]) -> tuple[str, list[str]]:
@@ -30,16 +50,11 @@ def _holders(item: dict[str, Any], run: RunDir, keys: frozenset[str]) -> tuple[s
     return item["shard"], found
 
 
-def find_duplicates(run: RunDir, shards: list[str], rows: int) -> dict[str, list[str]]:
-    """Key -> the sorted shards that contain it, for keys found in more than one row.
-
-    Counting runs as a distributed shuffle with one partition per ~million rows; only the repeated keys
-    come back, and one task per shard then says which of them it holds."""
-    fs, _ = arrow_filesystem(run.url, run.storage)
-    paths = [arrow_filesystem(run.embeddings(s), run.storage)[1] for s in shards]
-    ds = ray.data.read_parquet(paths, columns=["key"], filesystem=fs)
-    counts = ds.groupby("key", num_partitions=max(1, rows // ROWS_PER_PARTITION)).count()
-    repeated = frozenset(row["key"] for row in counts.filter(expr=col("count()") > 1).iter_rows())
+def find_duplicates(run: RunDir, shards: list[str], rows: int,
+                    keys_per_task: int = KEYS_PER_TASK) -> dict[str, list[str]]:
+    """Key -> the sorted shards that contain it, for keys found in more than one row: the repeated keys
+    are counted (`repeated_keys`), then one task per shard says which of them it holds."""
+    repeated = repeated_keys(run, shards, rows, keys_per_task)
     if not repeated:
         return {}
     holders: dict[str, list[str]] = {}
