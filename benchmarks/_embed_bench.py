@@ -28,6 +28,7 @@ MODELS: dict[str, dict[str, Any]] = {
     "tiny": {"kind": "open_clip", "arch": "scaleclust-tiny"},
     "effnet": {"kind": "timm", "arch": "efficientnet_lite0", "pretrained": "package:efficientnet_lite0"},
     "vitb32": {"kind": "open_clip", "arch": "ViT-B-32"},
+    "vitl14": {"kind": "open_clip", "arch": "ViT-L-14"},  # random weights: the same compute as pretrained
 }
 
 
