@@ -77,7 +77,7 @@ def follow(client: Any, job_id: str) -> str:
         asyncio.run(_stream(client, job_id))
     except KeyboardInterrupt:
         print(f"\nstopped following; the job goes on: scaleclust status {job_id}", file=sys.stderr)
-        raise
+        raise SystemExit(130) from None
     while (status := str(client.get_job_status(job_id).value)) not in EXIT:  # logs end a moment before status
         time.sleep(0.5)
     return status
