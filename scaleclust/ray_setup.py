@@ -19,7 +19,9 @@ def ensure_ray(cfg: Config) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    joined = os.environ.get("RAY_ADDRESS", "")
+    # An http(s) RAY_ADDRESS names a Job API (as for `scaleclust submit`), not a cluster to join.
+    address = cfg.ray.address or (None if joined.startswith(("http://", "https://")) else joined)
     if address:
         ray.init(address=address, log_to_driver=True)
     else:

@@ -97,3 +97,16 @@ def test_bad_configs_fail_before_contacting_the_cluster(tmp_path: Path) -> None:
                                       "--set", f"run_dir={tmp_path}/run", "--set", f"input.shards={tmp_path}/*.tar"],
                                      cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert unreachable_run.returncode == 1 and f"cannot reach the Ray Job API at {unreachable}" in unreachable_run.stderr
+
+
+@pytest.mark.timeout(120)
+def test_an_http_ray_address_is_not_joined_by_a_local_run() -> None:
+    """RAY_ADDRESS=http://HEAD:8265 (set for `submit`) names the Job API: a local `run` starts its own Ray."""
+    probe = ("from scaleclust.config import from_dict; from scaleclust.ray_setup import ensure_ray; import ray; "
+             "ensure_ray(from_dict({'run_dir': '/tmp/x', 'input': {'shards': '/tmp/x/*.tar'}, 'ray': {'num_cpus': 3}})); "
+             "print('cpus', ray.cluster_resources()['CPU'])")
+    with private_ray_env() as env:
+        done = subprocess.run([sys.executable, "-c", probe], env={**env, "RAY_ADDRESS": f"http://127.0.0.1:{free_port()}"},
+                              capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "cpus 3.0" in done.stdout
