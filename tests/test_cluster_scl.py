@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from scaleclust.cluster.scl import cluster_contrastive_loss, consistent_neighbours
+from scaleclust.cluster.scl import cluster_contrastive_loss, consistent_neighbors
 
 
 def test_three_rows_value_and_gradient_pull_positives_in_and_push_negatives_out():
@@ -28,7 +28,7 @@ def test_neighbours_are_positives_only_when_consistent():
     nbrs = torch.tensor([[[0.6, 0.8]], [[0.0, 1.0]]])                  # s = 1.2 and 2 at tau = 0.5
     every = cluster_contrastive_loss(f, labels, nbrs, temperature=0.5)
     assert every.item() == pytest.approx((math.log(1 + math.exp(-1.2)) + math.log(1 + math.exp(-2))) / 2, rel=1e-6)
-    mask = consistent_neighbours(labels, torch.tensor([[0], [0]]))     # row 1's neighbour is in cluster 0
+    mask = consistent_neighbors(labels, torch.tensor([[0], [0]]))     # row 1's neighbour is in cluster 0
     assert mask.tolist() == [[True], [False]]
     kept = cluster_contrastive_loss(f, labels, nbrs, mask, temperature=0.5)
     assert kept.item() == pytest.approx(math.log(1 + math.exp(-1.2)), rel=1e-6)
@@ -56,11 +56,11 @@ def test_unlabelled_rows_take_no_part_and_no_anchor_gives_zero_without_nan():
 @pytest.mark.parametrize("call,message", [
     (lambda: cluster_contrastive_loss(torch.rand(3, 2), torch.tensor([0, 1])), r"labels must have shape \(b,\) = \(3\)"),
     (lambda: cluster_contrastive_loss(torch.rand(3, 2), torch.tensor([0, 1, 1]), torch.rand(3, 4, 5)),
-     r"neighbours must have shape \(b, m, p\) = \(3, \?, 2\), got \(3, 4, 5\)"),
+     r"neighbors must have shape \(b, m, p\) = \(3, \?, 2\), got \(3, 4, 5\)"),
     (lambda: cluster_contrastive_loss(torch.rand(3, 2), torch.tensor([0, 1, 1]), torch.rand(3, 4, 2),
-                                      torch.ones(3, 5, dtype=torch.bool)), r"neighbour_mask must have shape \(b, m\)"),
+                                      torch.ones(3, 5, dtype=torch.bool)), r"neighbor_mask must have shape \(b, m\)"),
     (lambda: cluster_contrastive_loss(torch.rand(3, 2), torch.tensor([0, 1, 1]), temperature=0), r"temperature"),
-    (lambda: consistent_neighbours(torch.tensor([0, 1]), torch.zeros(3, 2)), r"neighbour_labels must have shape"),
+    (lambda: consistent_neighbors(torch.tensor([0, 1]), torch.zeros(3, 2)), r"neighbor_labels must have shape"),
 ])
 def test_bad_shapes_are_named(call, message):
     with pytest.raises(ValueError, match=message):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from scaleclust.cluster.spice import neighbour_labels, prototype_labels, reliable_set
+from scaleclust.cluster.spice import neighbor_labels, prototype_labels, reliable_set
 
 
 def planted(k: int, per: int, d: int, seed: int, noise: float = 0.05) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -68,7 +68,7 @@ def test_neighbour_labels_use_the_head_in_eval_mode_and_restore_it():
     head[1].running_mean.fill_(0.5)
     before = head[1].running_mean.clone()
     nbrs = torch.randn(5, 4, 8)
-    got = neighbour_labels(head, nbrs)
+    got = neighbor_labels(head, nbrs)
     assert got.shape == (5, 4) and head.training
     assert torch.equal(head[1].running_mean, before)                 # no statistics from neighbours
     head.eval()
@@ -86,7 +86,7 @@ def test_neighbour_labels_of_a_multi_head_module():
 
     head = TwoHeads()
     nbrs = torch.randn(5, 4, 8)
-    got = neighbour_labels(head, nbrs)
+    got = neighbor_labels(head, nbrs)
     assert got.shape == (2, 5, 4)
     assert torch.equal(got[1], head.heads[1](nbrs).argmax(-1))
 
@@ -95,9 +95,9 @@ def test_neighbour_labels_of_a_multi_head_module():
     (lambda: prototype_labels(torch.rand(10, 3), torch.rand(9, 4)), r"x must have shape \(B, d\) = \(10, \?\), got \(9, 4\)"),
     (lambda: prototype_labels(torch.rand(10), torch.rand(10, 4)), r"q must have shape \(B, K\)"),
     (lambda: prototype_labels(torch.rand(2, 3), torch.rand(2, 4)), r"at least K=3 rows, got 2"),
-    (lambda: reliable_set(torch.rand(6, 3), torch.zeros(5, 4, dtype=torch.long)), r"neighbour_labels must have shape \(b, m\) = \(6, \?\), got \(5, 4\)"),
-    (lambda: neighbour_labels(nn.Linear(8, 3), torch.rand(5, 8)), r"neighbours must have shape \(b, m, d\)"),
-    (lambda: neighbour_labels(nn.Identity(), torch.rand(5, 2, 8, 1)), r"neighbours must have shape"),
+    (lambda: reliable_set(torch.rand(6, 3), torch.zeros(5, 4, dtype=torch.long)), r"neighbor_labels must have shape \(b, m\) = \(6, \?\), got \(5, 4\)"),
+    (lambda: neighbor_labels(nn.Linear(8, 3), torch.rand(5, 8)), r"neighbors must have shape \(b, m, d\)"),
+    (lambda: neighbor_labels(nn.Identity(), torch.rand(5, 2, 8, 1)), r"neighbors must have shape"),
 ])
 def test_bad_shapes_are_named(call, message):
     with pytest.raises(ValueError, match=message):

@@ -8,7 +8,7 @@ of it, on frozen embeddings (no image augmentations, hence no instance-level vie
 - Pseudo-clusters: one label per batch row (the cluster head's argmax, or -1 for a row that should
   take no part).
 - Consistency condition (the consensus of visual similarity and cluster boundaries): neighbour n of
-  row i counts as a positive of i only when n's predicted cluster equals i's (`consistent_neighbours`).
+  row i counts as a positive of i only when n's predicted cluster equals i's (`consistent_neighbors`).
 - Loss, SupCon-style with temperature tau, for each labelled anchor i with positives
   P(i) = {batch rows j != i of i's cluster} + {i's consistent neighbours} and
   negatives N(i) = {batch rows of another cluster}:
@@ -23,20 +23,20 @@ import torch
 from scaleclust.cluster.shapes import check_shape
 
 
-def consistent_neighbours(labels: torch.Tensor, neighbour_labels: torch.Tensor) -> torch.Tensor:
+def consistent_neighbors(labels: torch.Tensor, neighbor_labels: torch.Tensor) -> torch.Tensor:
     """bool (b, m): neighbour n of row i shares i's (non-negative) cluster label."""
     check_shape("labels", labels, (None,), "(b,)")
-    check_shape("neighbour_labels", neighbour_labels, (labels.shape[0], None), "(b, m)")
-    return (neighbour_labels == labels[:, None]) & (labels[:, None] >= 0)
+    check_shape("neighbor_labels", neighbor_labels, (labels.shape[0], None), "(b, m)")
+    return (neighbor_labels == labels[:, None]) & (labels[:, None] >= 0)
 
 
-def cluster_contrastive_loss(f: torch.Tensor, labels: torch.Tensor, neighbours: torch.Tensor | None = None,
-                             neighbour_mask: torch.Tensor | None = None, temperature: float = 0.1) -> torch.Tensor:
+def cluster_contrastive_loss(f: torch.Tensor, labels: torch.Tensor, neighbors: torch.Tensor | None = None,
+                             neighbor_mask: torch.Tensor | None = None, temperature: float = 0.1) -> torch.Tensor:
     """The SupCon-style cluster-aware loss of the module docstring: a scalar.
 
     f (b, p): unit projected features of the batch; labels (b,): pseudo-clusters (-1: left out);
-    neighbours (b, m, p): unit projected features of each row's neighbours; neighbour_mask (b, m): which
-    neighbours are positives (default all; pass `consistent_neighbours(...)` for SCL's condition).
+    neighbors (b, m, p): unit projected features of each row's neighbours; neighbor_mask (b, m): which
+    neighbours are positives (default all; pass `consistent_neighbors(...)` for SCL's condition).
     """
     check_shape("f", f, (None, None), "(b, p)")
     b, p = f.shape
@@ -50,16 +50,16 @@ def cluster_contrastive_loss(f: torch.Tensor, labels: torch.Tensor, neighbours: 
     pos = [same & pair]
     cand = [pair]                                                          # P(i) + N(i) among the batch
     logits = [f @ f.T / temperature]                                       # (b, b)
-    if neighbours is not None:
-        check_shape("neighbours", neighbours, (b, None, p), "(b, m, p)")
-        m = neighbours.shape[1]
-        if neighbour_mask is None:
-            neighbour_mask = torch.ones(b, m, dtype=torch.bool, device=f.device)
-        check_shape("neighbour_mask", neighbour_mask, (b, m), "(b, m)")
-        nbr_pos = neighbour_mask.bool() & labelled[:, None]
+    if neighbors is not None:
+        check_shape("neighbors", neighbors, (b, None, p), "(b, m, p)")
+        m = neighbors.shape[1]
+        if neighbor_mask is None:
+            neighbor_mask = torch.ones(b, m, dtype=torch.bool, device=f.device)
+        check_shape("neighbor_mask", neighbor_mask, (b, m), "(b, m)")
+        nbr_pos = neighbor_mask.bool() & labelled[:, None]
         pos.append(nbr_pos)
         cand.append(nbr_pos)
-        logits.append(torch.einsum("bp,bmp->bm", f, neighbours) / temperature)
+        logits.append(torch.einsum("bp,bmp->bm", f, neighbors) / temperature)
     pos_mask, cand_mask, s = torch.cat(pos, 1), torch.cat(cand, 1), torch.cat(logits, 1)
     anchors = pos_mask.any(1)
     if not anchors.any():

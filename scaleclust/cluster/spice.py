@@ -10,7 +10,7 @@ Reliable set (the self-training stage): row i is reliable when at least `agreeme
 default; the paper says 0.99) of its m neighbours' predicted labels equal its own AND max_c q_ic >=
 `confidence` (0.99). The set is balanced per cluster: every cluster keeps at most as many rows as the
 smallest non-empty cluster, its most confident ones. Neighbour labels come from the neighbours'
-embeddings through the same head (`neighbour_labels`): at fit time neighbours travel with their rows
+embeddings through the same head (`neighbor_labels`): at fit time neighbours travel with their rows
 as embeddings, never as ids into a global table.
 """
 from __future__ import annotations
@@ -49,16 +49,16 @@ def prototype_labels(q: torch.Tensor, x: torch.Tensor, top_fraction: float = 0.5
 
 
 @torch.no_grad()
-def neighbour_labels(head: nn.Module, neighbours: torch.Tensor) -> torch.Tensor:
+def neighbor_labels(head: nn.Module, neighbors: torch.Tensor) -> torch.Tensor:
     """Predicted labels of every row's neighbours, from their embeddings (b, m, d), by the head in eval
     mode (its mode is restored): int64 (b, m), or (H, b, m) for a head whose output is (H, n, K)."""
-    check_shape("neighbours", neighbours, (None, None, None), "(b, m, d)")
-    b, m, d = neighbours.shape
+    check_shape("neighbors", neighbors, (None, None, None), "(b, m, d)")
+    b, m, d = neighbors.shape
     module = unwrap(head)
     training = module.training
     module.eval()
     try:
-        logits = module(neighbours.reshape(b * m, d))
+        logits = module(neighbors.reshape(b * m, d))
     finally:
         module.train(training)
     if not isinstance(logits, torch.Tensor) or logits.dim() not in (2, 3) or logits.shape[-2] != b * m:
@@ -67,21 +67,21 @@ def neighbour_labels(head: nn.Module, neighbours: torch.Tensor) -> torch.Tensor:
     return logits.argmax(-1).reshape(*logits.shape[:-2], b, m)
 
 
-def reliable_set(q: torch.Tensor, neighbour_labels: torch.Tensor, agreement: float = 0.9,
+def reliable_set(q: torch.Tensor, neighbor_labels: torch.Tensor, agreement: float = 0.9,
                  confidence: float = 0.99, balance: bool = True) -> torch.Tensor:
     """SPICE's reliable rows of a batch: bool (b,).
 
-    q (b, K): cluster probabilities; neighbour_labels (b, m): the predicted labels of each row's m
+    q (b, K): cluster probabilities; neighbor_labels (b, m): the predicted labels of each row's m
     neighbours. Reliable: share(neighbour label == own argmax) >= agreement and max q >= confidence;
     with balance, each cluster keeps its most confident min_c(n_c > 0) reliable rows (ties: first row).
     """
     check_shape("q", q, (None, None), "(b, K)")
     b, k = q.shape
-    check_shape("neighbour_labels", neighbour_labels, (b, None), "(b, m)")
-    if neighbour_labels.shape[1] == 0:
-        raise ValueError("neighbour_labels has no neighbours per row (m = 0)")
+    check_shape("neighbor_labels", neighbor_labels, (b, None), "(b, m)")
+    if neighbor_labels.shape[1] == 0:
+        raise ValueError("neighbor_labels has no neighbours per row (m = 0)")
     conf, labels = q.detach().max(1)
-    agree = (neighbour_labels == labels[:, None]).float().mean(1)
+    agree = (neighbor_labels == labels[:, None]).float().mean(1)
     reliable = (agree >= agreement) & (conf >= confidence)
     if not balance or not reliable.any():
         return reliable
