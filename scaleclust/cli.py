@@ -107,11 +107,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from scaleclust.config import apply_override, from_dict
+    from scaleclust.config import StorageConfig, absolute_url, apply_override, from_dict
     from scaleclust.pipeline import recorded, run_stage
     from scaleclust.ray_setup import ensure_ray
+    from scaleclust.rundir import RunDir
 
-    cfg, run, shards = recorded(args.run_dir.rstrip("/"))
+    probe = RunDir(absolute_url(args.run_dir), StorageConfig())
+    if not probe.exists(probe.config) or not probe.exists(probe.clusters):
+        raise ConfigError(f"{args.run_dir}: not a run directory with clusters (no config.yaml or clusters.parquet); "
+                          f"run `scaleclust run CONFIG` first")
+    cfg, run, shards = recorded(probe.url)
     data = cfg.model_dump(mode="json")
     for assignment in args.set or []:
         if not assignment.startswith("label."):

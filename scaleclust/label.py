@@ -26,7 +26,7 @@ from scaleclust.parallel import map_shards
 from scaleclust.rundir import RunDir
 from scaleclust.semantic.space import CLASSIFIER, SemanticSpace, build_space, is_current, load_space, space_names
 
-LOGIT_ROWS = 1024  # voters scored at a time: bounds the (rows, nouns) logits matrix
+LOGIT_ROWS = 256  # voters scored at a time: bounds the (rows, nouns) logits matrix (~70 MB at 68k nouns)
 _CACHE: dict[str, SemanticSpace] = {}  # one space per worker process, reused across its shards
 
 
@@ -108,12 +108,19 @@ def _build(cfg: Config, run: RunDir) -> None:
 
 def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     started = time.time()
-    k = run.marker(run.model("model.json"))["k"]
+    model = run.marker(run.model("model.json"))
+    k = model["k"]
     if not run.exists(run.clusters):
         raise RuntimeError(f"label: {run.clusters} does not exist; run the summary stage first")
     if not is_current(cfg, run):
         task = ray.remote(num_cpus=cfg.embed.cpus_per_actor, num_gpus=cfg.embed.gpus_per_actor)(_build)
         ray.get(task.remote(cfg, run))
+    space = run.marker(run.semantic("space.json"))
+    if space["dim"] != model["dim"]:
+        reason = (f"the embeddings are {model['dim']}-d but {space['signature']['model']} (embed.model) maps nouns "
+                  f"to {space['dim']}-d: the embeddings were made by another model, so clusters stay unnamed")
+        print(f"label: {reason}", flush=True)
+        return {"skipped": reason}
     names = space_names(run)
     voters = select_voters(run, cfg.label.votes)
     items = [{"shard": shard, "voters": rows} for shard, rows in sorted(voters.items())]

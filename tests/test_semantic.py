@@ -18,7 +18,6 @@ from scaleclust.semantic.vocab import load_vocabulary
 from scaleclust.sources.decode import decode_image
 from scaleclust.sources.shard_writer import jpeg_bytes
 
-NOUNS = str(Path(__file__).parent / "nouns.txt")
 CATS = {"n02123045", "n02123159", "n02123394", "n02123597", "n02124075"}  # ImageNet's domestic cats
 COFFEE = {"n07920052", "n07929519"}  # espresso, coffee
 
@@ -41,7 +40,7 @@ def test_wordnet_nouns_load_from_debian_files_and_planted_generic_nouns_are_drop
 def tiny(tmp_path: Path, **label):
     from tests.conftest import tiny_config
 
-    return tiny_config(str(tmp_path / "run"), str(tmp_path / "x.tar"), label={"vocabulary": NOUNS, **label})
+    return tiny_config(str(tmp_path / "run"), str(tmp_path / "x.tar"), label=label)
 
 
 def test_text_space_is_the_text_tower_over_prompts_and_is_built_once(tmp_path: Path) -> None:

@@ -40,8 +40,8 @@ CLASSIFIER = "classifier"
 @dataclass
 class SemanticSpace:
     """Nouns (names, ids) as vectors (V, d) float32 in the image-embedding space, with a bias (V,)
-    float32 and a logit scale. kind 'text' (CLIP text tower) or 'classifier' (a classifier's weights,
-    whose logits need each row's feature norm)."""
+    float32 and a logit scale. kind 'text': CLIP text-tower embeddings (unit vectors); 'classifier': a
+    classifier's weight rows (not unit vectors), whose logits need each row's feature norm."""
 
     names: list[str]
     ids: list[str]
