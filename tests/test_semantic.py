@@ -52,7 +52,7 @@ def test_text_space_is_the_text_tower_over_prompts_and_is_built_once(tmp_path: P
     with torch.no_grad():
         want = encoder.encode_text(["a photo of a cat", "a photo of a newspaper"]).numpy()
     assert np.allclose(space.vectors[[0, -1]], want, atol=1e-5)
-    assert np.isclose(space.scale, float(encoder.model.logit_scale.exp()))
+    assert np.isclose(space.scale, float(encoder.model.logit_scale.detach().exp()))
     first = run.marker(run.semantic("space.json"))
     again = build_space(cfg, run)  # reused: same marker, same vectors
     assert run.marker(run.semantic("space.json")) == first and np.array_equal(again.vectors, space.vectors)
