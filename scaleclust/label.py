@@ -49,6 +49,7 @@ def shard_candidates(item: dict[str, Any], run: RunDir, n: int) -> dict[str, Any
 def select_voters(run: RunDir, n: int) -> dict[str, dict[str, int]]:
     """shard -> {key: cluster} of the n most confident rows of every cluster over all shards."""
     shards = sorted(run.committed("assignments"))
+    number = {name: i for i, name in enumerate(shards)}
     cluster = np.zeros(0, np.int64)
     confidence = np.zeros(0, np.float32)
     shard = np.zeros(0, np.int64)
@@ -56,7 +57,7 @@ def select_voters(run: RunDir, n: int) -> dict[str, dict[str, int]]:
     for part in map_shards(shard_candidates, [{"shard": s} for s in shards], num_cpus=0.5, run=run, n=n):
         cluster = np.concatenate([cluster, part["cluster"]])
         confidence = np.concatenate([confidence, part["confidence"]])
-        shard = np.concatenate([shard, np.full(len(part["key"]), shards.index(part["shard"]))])
+        shard = np.concatenate([shard, np.full(len(part["key"]), number[part["shard"]])])
         keys = np.concatenate([keys, np.asarray(part["key"], object)])
         # shards arrive in completion order: rank by (confidence, shard, key) so ties do not depend on it
         order = np.lexsort((keys.astype(str), shard, -confidence, cluster))
