@@ -15,16 +15,20 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def print_clusters(run_url: str, storage: Any, limit: int = 30) -> None:
-    """A table of the largest clusters: size, confidence, name (when named) and exemplar keys."""
+    """A table of the largest clusters: size, confidence, name and its score (once named), the runner-up
+    names, and exemplar keys."""
     from scaleclust.rundir import RunDir
 
     run = RunDir(run_url, storage)
-    table = run.read_table(run.clusters, ["cluster", "size", "mean_confidence", "name", "exemplar_keys"])
+    table = run.read_table(run.clusters, ["cluster", "size", "mean_confidence", "name", "name_score", "top_names",
+                                          "exemplar_keys"])
     rows = sorted(table.to_pylist(), key=lambda r: -r["size"])
-    print(f"{'cluster':>7} {'size':>8} {'conf':>5}  {'name':<20} exemplars")
+    print(f"{'cluster':>7} {'size':>8} {'conf':>5}  {'name':<28} {'score':>5}  {'runners-up':<36} exemplars")
     for row in rows[:limit]:
-        print(f"{row['cluster']:>7} {row['size']:>8} {row['mean_confidence']:>5.2f}  {row['name'] or '-':<20} "
-              f"{', '.join(row['exemplar_keys'][:4])}")
+        score = "" if row["name_score"] is None else f"{row['name_score']:.2f}"
+        runners = ", ".join(row["top_names"][:4] if row["name"] in (None, "?") else row["top_names"][1:4])[:36]
+        print(f"{row['cluster']:>7} {row['size']:>8} {row['mean_confidence']:>5.2f}  {(row['name'] or '-')[:28]:<28} "
+              f"{score:>5}  {runners:<36} {', '.join(row['exemplar_keys'][:3])}")
     if len(rows) > limit:
         print(f"... {len(rows) - limit} more in {run.clusters}")
 
@@ -102,6 +106,31 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label(args: argparse.Namespace) -> int:
+    from scaleclust.config import StorageConfig, absolute_url, apply_override, from_dict
+    from scaleclust.pipeline import recorded, run_stage
+    from scaleclust.ray_setup import ensure_ray
+    from scaleclust.rundir import RunDir
+
+    probe = RunDir(absolute_url(args.run_dir), StorageConfig())
+    if not probe.exists(probe.config) or not probe.exists(probe.clusters):
+        raise ConfigError(f"{args.run_dir}: not a run directory with clusters (no config.yaml or clusters.parquet); "
+                          f"run `scaleclust run CONFIG` first")
+    cfg, run, shards = recorded(probe.url)
+    data = cfg.model_dump(mode="json")
+    for assignment in args.set or []:
+        if not assignment.startswith("label."):
+            raise ConfigError(f"--set {assignment}: only label.* fields can change after a run; the others are "
+                              f"recorded in {run.config}")
+        apply_override(data, assignment)
+    cfg = from_dict(data, f"{run.config} with --set")
+    ensure_ray(cfg)
+    result = run_stage("label", cfg, run, shards)
+    print_clusters(run.url, cfg.storage)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
 def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The CONFIG argument and its --set overrides."""
     p.add_argument("config", help="YAML config (see jobs/demo.yaml)")
@@ -113,10 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scaleclust", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    with_config(sub.add_parser("run", help="all stages: embed, fit, assign, summary")).set_defaults(func=cmd_run)
+    with_config(sub.add_parser("run", help="all stages: embed, fit, assign, summary, label")).set_defaults(func=cmd_run)
     for stage in ("embed", "fit", "assign", "summary"):
         p = with_config(sub.add_parser(stage, help=f"only the {stage} stage"))
         p.set_defaults(func=cmd_stage, stage=stage)
+    p = sub.add_parser("label", help="(re)name the clusters of a run, with its recorded config")
+    p.add_argument("run_dir")
+    p.add_argument("--set", action="append", metavar="label.FIELD=VALUE", help="override a label field, "
+                   "e.g. label.min_score=0.2")
+    p.set_defaults(func=cmd_label)
     p = sub.add_parser("verify", help="check the run directory's invariants")
     p.add_argument("run_dir")
     p.add_argument("--deep", action="store_true", help="re-read input shards and compare keys one by one")

@@ -147,6 +147,37 @@ class SummaryConfig(Strict):
     exemplars: int = Field(8, ge=1, description="keys nearest each centroid listed in clusters.parquet")
 
 
+class LabelConfig(Strict):
+    """Cluster naming (label stage): each cluster's most confident rows vote in a semantic space of nouns.
+    CLIP models embed the vocabulary with their text tower; classifier encoders (timm) name with their own
+    class weights and label set (ImageNet synsets), so `vocabulary`, `prompt` and `generic_gamma` apply to
+    CLIP models only."""
+
+    vocabulary: str = Field("wordnet", description="'wordnet' (first lemma of every noun synset in "
+                            "wordnet_file) or a text file/URL of nouns, one per line ('ID<TAB>NOUN' or 'NOUN')")
+    wordnet_file: str = Field("/usr/share/wordnet/data.noun", description="WordNet 3.0 data.noun "
+                              "(Debian package wordnet-base)")
+    prompt: str = Field("a photo of a {}", description="text-tower prompt; {} is replaced by the noun")
+    generic_gamma: float = Field(0.05, ge=0, lt=1, description="drop nouns whose cosine to the mean noun "
+                                 "embedding is >= 1 - generic_gamma (SIC's gamma_u); 0 keeps all")
+    text_batch: int = Field(256, gt=0, description="prompts per text-tower call when the space is built")
+    votes: int = Field(200, gt=0, description="most confident rows per cluster that vote")
+    top: int = Field(5, gt=0, description="names each voting row votes for (its top softmax probabilities)")
+    min_score: float = Field(0.1, ge=0, le=1, description="below this name_score a cluster is named '?'")
+
+    @field_validator("prompt")
+    @classmethod
+    def _has_slot(cls, value: str) -> str:
+        if value.count("{}") != 1:
+            raise ValueError("the prompt needs exactly one {} where the noun goes, e.g. 'a photo of a {}'")
+        return value
+
+    @field_validator("vocabulary", "wordnet_file")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return value if value == "wordnet" else absolute_url(value)
+
+
 class RayConfig(Strict):
     address: str | None = Field(None, description="'auto' or ray://HOST:10001 joins a cluster; None joins RAY_ADDRESS "
                                     "(set inside a Ray job) or starts a local Ray")
@@ -181,6 +212,7 @@ class Config(Strict):
     assign: AssignConfig = AssignConfig()
     summary: SummaryConfig = SummaryConfig()
     index: IndexConfig = IndexConfig()
+    label: LabelConfig = LabelConfig()
 
     @field_validator("run_dir")
     @classmethod

@@ -1,4 +1,4 @@
-"""Run the stages in order over one run directory: prepare -> embed -> fit -> assign -> summary."""
+"""Run the stages in order over one run directory: prepare -> embed -> fit -> assign -> summary -> label."""
 from __future__ import annotations
 
 import time
@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from scaleclust import assign, fit, summary
+from scaleclust import assign, fit, label, summary
 from scaleclust.config import Config, ConfigError, StorageConfig
 from scaleclust.embed import stage as embed
 from scaleclust.ray_setup import ensure_ray
@@ -70,13 +70,15 @@ def run_stage(name: str, cfg: Config, run: RunDir, shards: dict[str, ShardSpec])
         result = assign.run(cfg, run)
     elif name == "summary":
         result = summary.run(cfg, run)
+    elif name == "label":
+        result = label.run(cfg, run)
     else:
         raise ValueError(f"unknown stage {name!r}")
     summary.record_seconds(run, name, time.time() - started)
     return result
 
 
-STAGES = ("embed", "fit", "assign", "summary")
+STAGES = ("embed", "fit", "assign", "summary", "label")
 
 
 def run_all(cfg: Config) -> dict[str, Any]:

@@ -52,6 +52,10 @@ class RunDir:
     def assignments_marker(self, shard: str) -> str:
         return self.path("assignments", f"{shard}{DONE}")
 
+    def semantic(self, name: str) -> str:
+        """RUN/semantic/NAME: the semantic space clusters are named in (space.json is its marker)."""
+        return self.path("semantic", name)
+
     @property
     def clusters(self) -> str:
         return self.path("clusters.parquet")

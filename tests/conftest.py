@@ -71,6 +71,11 @@ def s3_endpoint() -> Iterator[str]:
     server.stop()
 
 
+# A 60-noun vocabulary for the label stage: WordNet's 67,893 prompts through even the tiny text tower take
+# minutes on a CPU. Every test config that runs the label stage with an open_clip model should use it.
+NOUNS = str(Path(__file__).parent / "nouns.txt")
+
+
 def tiny_config(run_dir: str, shards: list[str] | str, **sections: Any) -> Config:
     """A config for the tiny random-weight open_clip model, sized for 2 CPUs."""
     data: dict[str, Any] = {
@@ -79,6 +84,7 @@ def tiny_config(run_dir: str, shards: list[str] | str, **sections: Any) -> Confi
         "embed": {"model": {"arch": "scaleclust-tiny"}, "batch_size": 32, "cpus_per_actor": 0.5,
                   "decode_cpus": 0.5, "decode_batch": 16},
         "cluster": {"k": 3, "sample_size": 1000, "restarts": 2},
+        "label": {"vocabulary": NOUNS},
     }
     for section, values in sections.items():
         data[section] = {**data.get(section, {}), **values} if isinstance(values, dict) else values

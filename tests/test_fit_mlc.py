@@ -17,7 +17,7 @@ from scaleclust.config import from_dict
 from scaleclust.pipeline import run_all
 from scaleclust.rundir import RunDir
 from scaleclust.verify import verify
-from tests.conftest import private_ray_env
+from tests.conftest import NOUNS, private_ray_env
 from tests.shards import write_synthetic_shards
 
 MLC = {"hidden": 64, "out_dim": 16, "batch_size": 16, "steps": 40, "warmup_steps": 10, "lr": 0.05, "eta": 0.2}
@@ -28,7 +28,7 @@ def mlc_config(tmp_path: Path, run: str, **cluster) -> dict:
     return {"run_dir": str(tmp_path / run), "input": {"shards": str(tmp_path / "shards" / "*.tar"), "label_field": "label"},
             "embed": {"model": {"arch": "scaleclust-tiny"}, "cpus_per_actor": 0.5, "decode_cpus": 0.5},
             "cluster": {"method": "mlc", "k": 3, "sample_size": 1000, "assign_sample": 500, "mlc": MLC,
-                        "train": TRAIN, **cluster}}
+                        "train": TRAIN, **cluster}, "label": {"vocabulary": NOUNS}}
 
 
 @pytest.mark.usefixtures("ray_local")

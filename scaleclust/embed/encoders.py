@@ -40,7 +40,8 @@ class Preprocess:
 
 @dataclass
 class Encoder:
-    """A loaded image encoder: float NCHW (already normalised) in, L2-normalised features out."""
+    """A loaded image encoder: float NCHW (already normalised) in, features out (not L2-normalised: the
+    actor normalises them and keeps their norm)."""
 
     model: nn.Module
     preprocess: Preprocess
@@ -123,7 +124,7 @@ def _load_open_clip(cfg: ModelConfig, storage: StorageConfig, device: str) -> En
     def encode_text(texts: list[str]) -> torch.Tensor:
         return model.encode_text(tokenizer(texts).to(device), normalize=True)
 
-    return Encoder(model, prep, lambda x: model.encode_image(x, normalize=True), dim, encode_text)
+    return Encoder(model, prep, model.encode_image, dim, encode_text)
 
 
 def _load_timm(cfg: ModelConfig, storage: StorageConfig, device: str) -> Encoder:
@@ -134,10 +135,29 @@ def _load_timm(cfg: ModelConfig, storage: StorageConfig, device: str) -> Encoder
         _load_weights(model, _timm_weights_path(cfg.pretrained, storage))
     model.eval().to(device)
 
-    def encode(x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.normalize(model(x).float(), dim=-1)
+    return Encoder(model, preprocess_for(cfg), model, model.num_features)
 
-    return Encoder(model, preprocess_for(cfg), encode, model.num_features)
+
+def classifier_head(cfg: ModelConfig, storage: StorageConfig) -> tuple[torch.Tensor, torch.Tensor, str | None]:
+    """A timm model's classifier over the pooled features the encoder embeds: weight (C, d), bias (C,),
+    and the name of its label set (e.g. 'imagenet-1k'; None when timm cannot tell)."""
+    import timm
+    from timm.data import infer_imagenet_subset
+
+    torch.manual_seed(RANDOM_INIT_SEED)
+    model = timm.create_model(cfg.arch, pretrained=False)
+    head = model.get_classifier()
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"embed.model: {cfg.arch} has no linear classifier to name clusters with")
+    if cfg.pretrained:
+        path = _timm_weights_path(cfg.pretrained, storage)
+        try:
+            _load_weights(model, path)
+        except ValueError as err:
+            raise ValueError(f"embed.model.pretrained: naming with a classifier encoder needs its classifier "
+                             f"weights, and {cfg.pretrained} has none that fit: {err}") from None
+    head = model.get_classifier()
+    return head.weight.detach().float(), head.bias.detach().float(), infer_imagenet_subset(model)
 
 
 def _timm_weights_path(pretrained: str, storage: StorageConfig) -> str:

@@ -49,6 +49,7 @@ def write_parts(batch: dict[str, np.ndarray], run: RunDir) -> dict[str, np.ndarr
             "key": string_array(batch["key"][pick]),
             "idx": pa.array(batch["idx"][pick]),
             "embedding": embedding_array(batch["embedding"][pick]),
+            "embedding_norm": pa.array(batch["embedding_norm"][pick], pa.float32()),
             "caption": string_array(batch["caption"][pick]),
             "url": string_array(batch["url"][pick]),
             "width": pa.array(batch["width"][pick], pa.int32()),
@@ -85,7 +86,7 @@ def commit_shard(run: RunDir, shard: str, url: str, expected: int, t0: float, mo
     shard_col = pa.array([shard] * len(table), pa.string())
     embedded = table.filter(pa.array(~failed)).append_column("shard", shard_col.slice(0, int((~failed).sum())))
     text = ["text_embedding"] if "text_embedding" in embedded.column_names else []
-    embedded = embedded.select(["key", "embedding", *text, *METADATA, "shard"])
+    embedded = embedded.select(["key", "embedding", "embedding_norm", *text, *METADATA, "shard"])
     errors = table.filter(pa.array(failed))
     marker = write_commit(run, shard, url, embedded, errors.select(["key", "error"]), "embed", t0, model)
     remove(folder, run.storage, recursive=True)
