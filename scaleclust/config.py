@@ -139,7 +139,8 @@ class MLCSettings(Strict):
 
 class ClusterConfig(Strict):
     method: Literal["kmeans", "mlc"] = "kmeans"
-    k: int | Literal["auto"] = Field(10, description="clusters, or 'auto' (mlc): minimum coding length over k_candidates")
+    k: int | Literal["auto"] = Field(10, description="clusters, or 'auto' (mlc): the candidate of k_candidates "
+                                   "whose clusterings agree most across halves of the assign sample")
     k_candidates: list[int] = Field(default_factory=lambda: list(range(5, 51, 5)))
     sample_size: int = Field(1_000_000, gt=0, description="rows the fit stage trains on")
     niter: int = Field(25, gt=0)
