@@ -1,14 +1,13 @@
 """Fit stage: learn the clustering on a sample of the embeddings; commit model/ with model.json last.
 
 kmeans: spherical k-means in one Ray task. mlc: the MLC head trained with Ray Train (scaleclust.train),
-then, in one Ray task, the number of clusters (k: auto, by coding length), spectral clustering of a
-sample's membership and one subspace per cluster, which assign uses for every row. A committed model
+then, in one Ray task, the number of clusters (k: auto, by stability across halves of a sample),
+spectral clustering of a sample's membership and one subspace per cluster, which assign uses for every
+row. A committed model
 whose parameters match the config is reused; changed parameters refit.
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import hashlib
 import io
 import json
@@ -20,11 +19,11 @@ import numpy as np
 import ray
 import torch
 
-from scaleclust.cluster.coding_length import choose_k
 from scaleclust.cluster.kmeans import soft_assign, spherical_kmeans
-from scaleclust.cluster.mlc import MLC, MLCConfig, cluster_sample, fit_assigner, head_features
+from scaleclust.cluster.mlc import MLC, MLCConfig, fit_assigner, head_features
+from scaleclust.cluster.stability import choose_k_by_stability
 from scaleclust.cluster.subspaces import SubspaceAssigner
-from scaleclust.config import ClusterConfig, Config, ConfigError
+from scaleclust.config import ClusterConfig, Config
 from scaleclust.rundir import RunDir
 from scaleclust.sample import sample_embeddings
 from scaleclust.storage import write_bytes_atomic
@@ -32,22 +31,26 @@ from scaleclust.storage import write_bytes_atomic
 Assigner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
+# Settings that say how a fit runs, not what it computes: they may change between a killed fit and its
+# re-run, which then resumes from the checkpoint (and a committed model is reused). `workers` is not one
+# of them: each worker trains on its own share of the sample with its own batches, so the worker count
+# changes the result. `use_gpu` is not either: a checkpoint holds tensors of the device it was saved on.
+OPERATIONAL = {"train": ("checkpoint_every", "max_failures", "cpus_per_worker")}
+
+
 def fit_params(cluster: ClusterConfig) -> dict[str, Any]:
-    return cluster.model_dump(mode="json")
+    """The fit's identity: the `cluster` section less its operational settings. It names the Ray Train
+    run (so the same identity resumes) and decides whether a committed model is reused."""
+    params = cluster.model_dump(mode="json")
+    for section, names in OPERATIONAL.items():
+        for name in names:
+            params[section].pop(name)
+    return params
 
 
 def build_mlc(cluster: ClusterConfig) -> MLC:
-    """The MLC method from `cluster.mlc`; an unknown field is a config error that names it."""
-    known = [f.name for f in dataclasses.fields(MLCConfig)]
-    for name in cluster.mlc:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"Did you mean '{close[0]}'?" if close else f"Valid fields: {', '.join(known)}."
-            raise ConfigError(f"cluster.mlc.{name}: unknown MLC field. {hint}")
-    try:
-        return MLC(MLCConfig(**cluster.mlc))
-    except TypeError as err:
-        raise ConfigError(f"cluster.mlc: {err}") from None
+    """The MLC method from the validated `cluster.mlc` section."""
+    return MLC(MLCConfig(**cluster.mlc.model_dump()))
 
 
 def check(cfg: Config) -> None:
@@ -92,13 +95,15 @@ def _fit_mlc_assigner(run: RunDir, cluster: ClusterConfig, markers: dict[str, di
     head = method.head(x.shape[1])
     head.load_state_dict(state)
     head.eval()
-    lengths: dict[int, float] = {}
+    stabilities: dict[int, float] = {}
     k = cluster.k
     if k == "auto":
-        z, _ = head_features(head, x)
-        candidates = [c for c in cluster.k_candidates if 2 <= c < len(x)]
-        k, lengths = choose_k(z, candidates, lambda c: cluster_sample(head, x, c, method.config, cluster.seed),
-                              method.config.eps2)
+        _, c = head_features(head, x)
+        candidates = [n for n in cluster.k_candidates if 2 <= n <= len(x) // 4]  # each half holds >= 2n rows
+        if not candidates:
+            raise ValueError(f"cluster.k_candidates: none fits the {len(x)}-row assign sample (at most "
+                             f"{len(x) // 4}); raise cluster.assign_sample or lower the candidates")
+        k, stabilities = choose_k_by_stability(c, candidates, seed=cluster.seed)
     assigner, _ = fit_assigner(head, x, k, method.config, cluster.seed, rank=cluster.subspace_rank)
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -106,7 +111,7 @@ def _fit_mlc_assigner(run: RunDir, cluster: ClusterConfig, markers: dict[str, di
     _save_npy(run, "subspaces.npy", assigner.subspaces.bases)
     return _commit(run, cluster, started, k=int(k), dim=int(x.shape[1]), space=assigner.space,
                    sample_rows=min(cluster.sample_size, sum(m["embedded"] for m in markers.values())),
-                   assign_sample_rows=int(len(x)), coding_lengths={str(c): v for c, v in lengths.items()},
+                   assign_sample_rows=int(len(x)), k_stability={str(n): v for n, v in stabilities.items()},
                    train=facts)
 
 
