@@ -73,10 +73,11 @@ class ClusterHeads(nn.Module):
 
 
 class SCAN:
-    """Loss of a batch (rows x, neighbours' embeddings (b, m, d)): the sum over heads of SCAN's loss;
-    after `steps`, each head adds class-balanced cross-entropy of its own confident rows' labels on
-    those rows' neighbours (the neighbour is the rows' augmented view on frozen features). Per-head
-    losses are logged as `head{h}`: the head with the lowest over the last steps is kept."""
+    """Loss of a batch (rows x, neighbours' embeddings (b, m, d)): the sum over heads of SCAN's loss
+    with one neighbour drawn per row; after `steps`, each head adds class-balanced cross-entropy of its
+    own confident rows' labels on those rows' drawn neighbours (on frozen features the neighbour is the
+    row's augmented view). Per-head SCAN losses are logged as `head{h}`: the lowest over the last
+    steps picks the head that assigns."""
 
     def __init__(self, config: ScanConfig, k: int) -> None:
         self.config, self.k = config, k
@@ -94,22 +95,23 @@ class SCAN:
              neighbors: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         if neighbors is None:
             raise ValueError("SCAN needs each row's neighbours' embeddings (b, m, d)")
-        b, m, d = neighbors.shape
-        logits = head(x)                                             # (H, b, K)
-        nlogits = head(neighbors.reshape(b * m, d)).view(-1, b, m, self.k)
+        b, m, _ = neighbors.shape
+        # one neighbour per row and step, as SCAN draws them; seeded by the step so a resumed fit
+        # draws what the unbroken one drew
+        pick = torch.randint(m, (b,), generator=torch.Generator().manual_seed(step)).to(x.device)
+        both = head(torch.cat([x, neighbors[torch.arange(b, device=x.device), pick]]))   # (H, 2b, K)
+        logits, nlogits = both[:, :b], both[:, b:]
         total = x.new_zeros(())
         stats: dict[str, float] = {}
-        for h in range(len(logits)):
-            loss, cons, ent = scan_loss(logits[h], nlogits[h], self.config.entropy_weight)
+        for h in range(len(both)):
+            loss, _, _ = scan_loss(logits[h], nlogits[h].unsqueeze(1), self.config.entropy_weight)
             stats[f"head{h}"] = loss.item()
             if step >= self.config.steps:
                 mask, target = confident_targets(logits[h].detach().softmax(-1), self.config.threshold)
-                ce = balanced_cross_entropy(nlogits[h].reshape(b * m, -1), target.repeat_interleave(m),
-                                            mask.repeat_interleave(m))
                 stats[f"confident{h}"] = float(mask.float().mean())
-                loss = loss + ce
+                loss = loss + balanced_cross_entropy(nlogits[h], target, mask)
             total = total + loss
-        stats["loss"] = total.item() / len(logits)
+        stats["loss"] = total.item() / len(both)
         return total, stats
 
     def on_step(self, head: nn.Module, step: int) -> None:
