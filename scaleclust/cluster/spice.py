@@ -1,0 +1,97 @@
+"""SPICE's pseudo-labellers on frozen embeddings (Niu et al., TIP 2022).
+
+Prototype pseudo-labels (the head-training stage): for each cluster c, the top ceil(0.5 B/K) rows of
+the batch by q[:, c] define a prototype p_c = normalise(mean of their embeddings); the floor(B/K) rows
+nearest p_c (cosine) are labelled c. A row claimed by several prototypes takes the one it is most
+similar to (ties: the lowest cluster index); unclaimed rows get -1. The head is then trained with
+cross-entropy on the labelled rows (`F.cross_entropy(..., ignore_index=-1)`).
+
+Reliable set (the self-training stage): row i is reliable when at least `agreement` (0.9, the code
+default; the paper says 0.99) of its m neighbours' predicted labels equal its own AND max_c q_ic >=
+`confidence` (0.99). The set is balanced per cluster: every cluster keeps at most as many rows as the
+smallest non-empty cluster, its most confident ones. Neighbour labels come from the neighbours'
+embeddings through the same head (`neighbour_labels`): at fit time neighbours travel with their rows
+as embeddings, never as ids into a global table.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from scaleclust.cluster.method import unwrap
+from scaleclust.cluster.shapes import check_shape
+
+
+def prototype_labels(q: torch.Tensor, x: torch.Tensor, top_fraction: float = 0.5) -> torch.Tensor:
+    """SPICE prototype pseudo-labels of one batch: int64 (B,), a cluster in [0, K) or -1.
+
+    q (B, K): cluster probabilities of the batch's rows; x (B, d): their embeddings (normalised here).
+    """
+    check_shape("q", q, (None, None), "(B, K)")
+    b, k = q.shape
+    check_shape("x", x, (b, None), "(B, d)")
+    if b < k:
+        raise ValueError(f"prototype labels need a batch of at least K={k} rows, got {b}")
+    if not 0 < top_fraction <= k:
+        raise ValueError(f"top_fraction must be in (0, K={k}], got {top_fraction}")
+    x = nn.functional.normalize(x.detach(), dim=1)
+    n_top = min(b, math.ceil(top_fraction * b / k))
+    top = torch.argsort(q.detach(), dim=0, descending=True, stable=True)[:n_top]       # (n_top, K)
+    prototypes = nn.functional.normalize(x[top].mean(0), dim=1)                          # (K, d)
+    sim = x @ prototypes.T                                                               # (B, K)
+    nearest = torch.argsort(sim, dim=0, descending=True, stable=True)[: b // k]         # (B/K, K)
+    claimed = torch.zeros_like(sim, dtype=torch.bool)
+    claimed.scatter_(0, nearest, True)
+    best = torch.where(claimed, sim, torch.full_like(sim, -math.inf)).argmax(1)         # first max wins
+    return torch.where(claimed.any(1), best, torch.full_like(best, -1))
+
+
+@torch.no_grad()
+def neighbour_labels(head: nn.Module, neighbours: torch.Tensor) -> torch.Tensor:
+    """Predicted labels of every row's neighbours, from their embeddings (b, m, d), by the head in eval
+    mode (its mode is restored): int64 (b, m), or (H, b, m) for a head whose output is (H, n, K)."""
+    check_shape("neighbours", neighbours, (None, None, None), "(b, m, d)")
+    b, m, d = neighbours.shape
+    module = unwrap(head)
+    training = module.training
+    module.eval()
+    try:
+        logits = module(neighbours.reshape(b * m, d))
+    finally:
+        module.train(training)
+    if not isinstance(logits, torch.Tensor) or logits.dim() not in (2, 3) or logits.shape[-2] != b * m:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"head must map (n, d) to logits (n, K) or (H, n, K); for n={b * m} it gave {got}")
+    return logits.argmax(-1).reshape(*logits.shape[:-2], b, m)
+
+
+def reliable_set(q: torch.Tensor, neighbour_labels: torch.Tensor, agreement: float = 0.9,
+                 confidence: float = 0.99, balance: bool = True) -> torch.Tensor:
+    """SPICE's reliable rows of a batch: bool (b,).
+
+    q (b, K): cluster probabilities; neighbour_labels (b, m): the predicted labels of each row's m
+    neighbours. Reliable: share(neighbour label == own argmax) >= agreement and max q >= confidence;
+    with balance, each cluster keeps its most confident min_c(n_c > 0) reliable rows (ties: first row).
+    """
+    check_shape("q", q, (None, None), "(b, K)")
+    b, k = q.shape
+    check_shape("neighbour_labels", neighbour_labels, (b, None), "(b, m)")
+    if neighbour_labels.shape[1] == 0:
+        raise ValueError("neighbour_labels has no neighbours per row (m = 0)")
+    conf, labels = q.detach().max(1)
+    agree = (neighbour_labels == labels[:, None]).float().mean(1)
+    reliable = (agree >= agreement) & (conf >= confidence)
+    if not balance or not reliable.any():
+        return reliable
+    counts = torch.bincount(labels[reliable], minlength=k)
+    cap = int(counts[counts > 0].min())
+    # Rank rows within their cluster by confidence (reliable first), then keep the first `cap` of each.
+    score = torch.where(reliable, conf, torch.full_like(conf, -1.0))
+    order = torch.argsort(score, descending=True, stable=True)
+    order = order[torch.argsort(labels[order], stable=True)]                 # grouped by cluster, by score
+    start = torch.cumsum(torch.bincount(labels, minlength=k), 0) - torch.bincount(labels, minlength=k)
+    rank = torch.empty_like(labels)
+    rank[order] = torch.arange(b) - start[labels[order]]
+    return reliable & (rank < cap)
