@@ -9,14 +9,16 @@ defaults, the same on every set; no label is used for any choice, labels only sc
 - kmeans: faiss spherical k-means, 10 restarts (as `make demo` configured it before SCAN).
 - mlc: MLCConfig() defaults, fitted with the same Method object the Ray Train loop drives, every row
   assigned by the nearest-subspace rule fitted on a 2,000-row sample.
-- scan: ScanConfig() defaults; each row's neighbours come from an IVF index chosen and searched as the
-  index stage does (IVF-Flat, nlist ~4 sqrt(n), nprobe 16), never from exact all-pairs kNN.
+- scan, spice: ScanConfig() / SpiceConfig() defaults; each row's neighbours come from an IVF index
+  chosen and searched as the index stage does (IVF-Flat, nlist ~4 sqrt(n), nprobe 16), never from
+  exact all-pairs kNN; the head with the lowest loss over the last steps assigns.
 
-    .venv/bin/python benchmarks/quality.py RUN_DIR [RUN_DIR ...] [--methods kmeans mlc scan] [--seeds 0 1 2]
+    .venv/bin/python benchmarks/quality.py RUN_DIR [RUN_DIR ...] [--methods kmeans mlc scan spice] [--seeds 0 1 2] [--jobs N]
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import time
 from pathlib import Path
 from typing import Callable
@@ -29,7 +31,8 @@ from scaleclust.cluster.local_fit import fit
 from scaleclust.cluster.metrics import Contingency, scores
 from scaleclust.cluster.mlc import MLC, MLCConfig, fit_assigner
 from scaleclust.cluster.scan import SCAN, HeadAssigner, select_head
-from scaleclust.config import IndexConfig, ScanConfig, StorageConfig
+from scaleclust.cluster.spice_method import SPICE
+from scaleclust.config import IndexConfig, ScanConfig, SpiceConfig, StorageConfig
 from scaleclust.embed.writer import embedding_matrix
 from scaleclust.index.build import add, train
 from scaleclust.index.choose import choose_index
@@ -74,16 +77,24 @@ def run_mlc(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     return assigner.assign(x)[0]
 
 
-def run_scan(x: np.ndarray, k: int, seed: int, config: ScanConfig | None = None) -> np.ndarray:
-    config = config or ScanConfig()
-    near = index_neighbors(x, config.neighbors, seed)
+def run_with_neighbors(method: SCAN | SPICE, x: np.ndarray, seed: int) -> np.ndarray:
+    """Train a neighbour method on all rows (neighbours from the IVF index), assign with its lowest-loss head."""
+    near = index_neighbors(x, method.neighbors, seed)
     stats: list[dict[str, float]] = []
-    head = fit(torch.from_numpy(x), SCAN(config, k), seed, log=lambda step, s: stats.append(s),
-               neighbors=torch.from_numpy(near))
-    return HeadAssigner(head, select_head(stats[-config.select_steps:], config.heads)).assign(x)[0]
+    head = fit(torch.from_numpy(x), method, seed, log=lambda step, s: stats.append(s), neighbors=torch.from_numpy(near))
+    return HeadAssigner(head, select_head(stats[-method.config.select_steps:], method.config.heads)).assign(x)[0]
 
 
-METHODS: dict[str, Callable[[np.ndarray, int, int], np.ndarray]] = {"kmeans": run_kmeans, "mlc": run_mlc, "scan": run_scan}
+def run_scan(x: np.ndarray, k: int, seed: int, config: ScanConfig | None = None) -> np.ndarray:
+    return run_with_neighbors(SCAN(config or ScanConfig(), k), x, seed)
+
+
+def run_spice(x: np.ndarray, k: int, seed: int, config: SpiceConfig | None = None) -> np.ndarray:
+    return run_with_neighbors(SPICE(config or SpiceConfig(), k), x, seed)
+
+
+METHODS: dict[str, Callable[[np.ndarray, int, int], np.ndarray]] = {
+    "kmeans": run_kmeans, "mlc": run_mlc, "scan": run_scan, "spice": run_spice}
 
 
 def evaluate(clusters: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -92,43 +103,49 @@ def evaluate(clusters: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return scores(table.matrix())
 
 
+def one_fit(task: tuple[str, str, int]) -> tuple[str, str, int, dict[str, float], float]:
+    """One (data set, method, seed) fit, scored; runs in its own process."""
+    torch.set_num_threads(1)  # comparable timings on a shared machine
+    run_dir, method, seed = task
+    x, labels = load_set(run_dir)
+    started = time.time()
+    clusters = METHODS[method](x, len(set(labels.tolist())), seed)
+    seconds = time.time() - started
+    result = evaluate(clusters, labels)
+    print(f"  {Path(run_dir).name} {method} seed {seed}: ACC {result['acc']:.3f} NMI {result['nmi']:.3f} "
+          f"ARI {result['ari']:.3f} ({seconds:.0f} s)", flush=True)
+    return run_dir, method, seed, result, seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run directories with committed, labelled embeddings")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=1, help="fits run at once, one process each")
     args = parser.parse_args()
-    torch.set_num_threads(1)  # comparable timings on a shared 2-CPU machine
-    rows = []
-    for run_dir in args.runs:
-        x, labels = load_set(run_dir)
-        k, name = len(set(labels.tolist())), Path(run_dir).name
-        print(f"{name}: {len(x)} rows, d = {x.shape[1]}, k = {k}", flush=True)
-        acc_by_method = {}
-        for method in args.methods:
-            results, seconds = [], []
-            for seed in args.seeds:
-                started = time.time()
-                clusters = METHODS[method](x, k, seed)
-                seconds.append(time.time() - started)
-                results.append(evaluate(clusters, labels))
-                print(f"  {method} seed {seed}: ACC {results[-1]['acc']:.3f} NMI {results[-1]['nmi']:.3f} "
-                      f"ARI {results[-1]['ari']:.3f} ({seconds[-1]:.0f} s)", flush=True)
-            cells = {m: np.asarray([r[m] for r in results]) for m in ("acc", "nmi", "ari")}
-            acc_by_method[method] = cells["acc"]
-            rows.append((name, method, cells, float(np.mean(seconds))))
-        best = max(acc_by_method, key=lambda m: acc_by_method[m].mean())
-        others = [m for m in acc_by_method if m != best]
-        if others:
-            spread = max(np.ptp(v) for v in acc_by_method.values())
-            margin = min(acc_by_method[best].mean() - acc_by_method[m].mean() for m in others)
-            print(f"  best {best}: ahead of the next by {margin:+.3f} ACC; largest spread over seeds {spread:.3f}; "
-                  f"ahead by more than the spread: {'yes' if margin > spread else 'no'}", flush=True)
+    tasks = [(r, m, s) for r in args.runs for m in args.methods for s in args.seeds]
+    with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+        done = pool.map(one_fit, tasks, chunksize=1)
     print(f"\n| data set | method | ACC | NMI | ARI | s per fit |   (mean ± std over seeds {args.seeds})")
     print("|---|---|---|---|---|---|")
-    for name, method, cells, seconds in rows:
-        print(f"| {name} | {method} | " + " | ".join(f"{cells[m].mean():.3f} ± {cells[m].std():.3f}"
-                                                  for m in ("acc", "nmi", "ari")) + f" | {seconds:.0f} |")
+    verdicts = []
+    for run_dir in args.runs:
+        name, acc = Path(run_dir).name, {}
+        for method in args.methods:
+            mine = [d for d in done if d[0] == run_dir and d[1] == method]
+            cells = {m: np.asarray([d[3][m] for d in mine]) for m in ("acc", "nmi", "ari")}
+            acc[method] = cells["acc"]
+            print(f"| {name} | {method} | " + " | ".join(f"{cells[m].mean():.3f} ± {cells[m].std():.3f}"
+                                                      for m in ("acc", "nmi", "ari"))
+                  + f" | {np.mean([d[4] for d in mine]):.0f} |")
+        best = max(acc, key=lambda m: acc[m].mean())
+        if len(acc) > 1:
+            spread = max(np.ptp(v) for v in acc.values())
+            margin = min(acc[best].mean() - acc[m].mean() for m in acc if m != best)
+            verdicts.append(f"{name}: best {best}, ahead of the next by {margin:+.3f} ACC; largest spread over "
+                            f"seeds {spread:.3f}; ahead by more than the spread: {'yes' if margin > spread else 'no'}")
+    print("\n" + "\n".join(verdicts))
 
 
 if __name__ == "__main__":
