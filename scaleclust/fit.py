@@ -24,6 +24,7 @@ from scaleclust.cluster.coding_length import choose_k
 from scaleclust.cluster.kmeans import soft_assign, spherical_kmeans
 from scaleclust.cluster.mlc import MLC, MLCConfig, cluster_sample, fit_assigner, head_features
 from scaleclust.cluster.scan import SCAN, HeadAssigner, select_head
+from scaleclust.cluster.spice_method import SPICE
 from scaleclust.cluster.subspaces import SubspaceAssigner
 from scaleclust.config import ClusterConfig, Config
 from scaleclust.rundir import RunDir
@@ -55,7 +56,7 @@ def build_mlc(cluster: ClusterConfig) -> MLC:
     return MLC(MLCConfig(**cluster.mlc.model_dump()))
 
 
-NEIGHBOR_METHODS = ("scan",)
+NEIGHBOR_METHODS = ("scan", "spice")
 
 
 def needs_index(cluster: ClusterConfig) -> bool:
@@ -63,8 +64,10 @@ def needs_index(cluster: ClusterConfig) -> bool:
     return cluster.method in NEIGHBOR_METHODS
 
 
-def build_neighbor_method(cluster: ClusterConfig) -> SCAN:
+def build_neighbor_method(cluster: ClusterConfig) -> SCAN | SPICE:
     """The neighbour-trained method named by cluster.method, from its config section."""
+    if cluster.method == "spice":
+        return SPICE(cluster.spice, int(cluster.k))
     return SCAN(cluster.scan, int(cluster.k))
 
 
@@ -167,15 +170,16 @@ def _fit_with_neighbors(run: RunDir, cfg: Config, markers: dict[str, dict[str, A
     with searchers(run, manifest, cfg.index.shards_per_searcher) as actors:
         neighbors = IndexNeighbors(actors, method.neighbors, cfg.index.nprobe)
         state, facts = train(run, name, method, dim, dataset, cluster.train, cluster.seed, neighbors)
-    recent = facts.pop("recent_stats")[-cluster.scan.select_steps:]
-    chosen = select_head(recent, cluster.scan.heads)
+    settings = method.config
+    recent = facts.pop("recent_stats")[-settings.select_steps:]
+    chosen = select_head(recent, settings.heads)
     print(f"fit: trained {facts['steps']} steps on {facts['workers']} workers, final loss {facts['final_loss']:.4f}; "
-          f"head {chosen} of {cluster.scan.heads} has the lowest loss")
+          f"head {chosen} of {settings.heads} has the lowest loss")
     buffer = io.BytesIO()
     torch.save(state, buffer)
     write_bytes_atomic(run.model("head.pt"), buffer.getvalue(), run.storage)
     return _commit(run, cluster, started, k=int(cluster.k), dim=int(dim), head=chosen,
-                   head_losses=[round(float(np.mean([s[f"head{h}"] for s in recent])), 5) for h in range(cluster.scan.heads)],
+                   head_losses=[round(float(np.mean([s[f"head{h}"] for s in recent])), 5) for h in range(settings.heads)],
                    sample_rows=min(cluster.sample_size, sum(m["embedded"] for m in markers.values())),
                    neighbors={"m": method.neighbors, "nprobe": cfg.index.nprobe, "index": manifest["spec"]["factory"]},
                    train=facts)
