@@ -3,8 +3,9 @@
 kmeans: spherical k-means in one Ray task. mlc: the MLC head trained with Ray Train (scaleclust.train),
 then, in one Ray task, the number of clusters (k: auto, by stability across halves of a sample),
 spectral clustering of a sample's membership and one subspace per cluster, which assign uses for every
-row. A committed model
-whose parameters match the config is reused; changed parameters refit.
+row. scan: cluster heads trained with Ray Train on the sample and each sampled row's neighbours,
+fetched from the index stage's search actors; the head with the lowest loss assigns every row. A
+committed model whose parameters match the config is reused; changed parameters refit.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ import torch
 
 from scaleclust.cluster.kmeans import soft_assign, spherical_kmeans
 from scaleclust.cluster.mlc import MLC, MLCConfig, fit_assigner, head_features
+from scaleclust.cluster.scan import SCAN, HeadAssigner, select_head
+from scaleclust.cluster.spice_method import SPICE
 from scaleclust.cluster.stability import choose_k_by_stability
 from scaleclust.cluster.subspaces import SubspaceAssigner
 from scaleclust.config import ClusterConfig, Config
@@ -51,6 +54,21 @@ def fit_params(cluster: ClusterConfig) -> dict[str, Any]:
 def build_mlc(cluster: ClusterConfig) -> MLC:
     """The MLC method from the validated `cluster.mlc` section."""
     return MLC(MLCConfig(**cluster.mlc.model_dump()))
+
+
+NEIGHBOR_METHODS = ("scan", "spice")
+
+
+def needs_index(cluster: ClusterConfig) -> bool:
+    """Whether the method trains on neighbours from the index (so the index stage runs before fit)."""
+    return cluster.method in NEIGHBOR_METHODS
+
+
+def build_neighbor_method(cluster: ClusterConfig) -> SCAN | SPICE:
+    """The neighbour-trained method named by cluster.method, from its config section."""
+    if cluster.method == "spice":
+        return SPICE(cluster.spice, int(cluster.k))
+    return SCAN(cluster.scan, int(cluster.k))
 
 
 def check(cfg: Config) -> None:
@@ -121,12 +139,52 @@ def _fit_mlc(run: RunDir, cluster: ClusterConfig, markers: dict[str, dict[str, A
     started = time.time()
     method = build_mlc(cluster)
     dim = next(iter(markers.values()))["dim"]
-    name = "fit-" + hashlib.sha1(json.dumps(fit_params(cluster), sort_keys=True).encode()).hexdigest()[:12]
+    name = _train_name(fit_params(cluster))
     dataset = embeddings_dataset(run, markers, cluster.sample_size, cluster.seed)
     state, facts = train(run, name, method, dim, dataset, cluster.train, cluster.seed)
+    facts.pop("recent_stats")
     print(f"fit: trained {facts['steps']} steps on {facts['workers']} workers, final loss {facts['final_loss']:.4f}")
     task = ray.remote(num_cpus=1)(_fit_mlc_assigner)
     return ray.get(task.remote(run, cluster, markers, state, facts, started))
+
+
+def _train_name(params: dict[str, Any]) -> str:
+    return "fit-" + hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _fit_with_neighbors(run: RunDir, cfg: Config, markers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Train the cluster heads on the sample with each row's neighbours from the index, keep the head
+    with the lowest loss over the last steps (no labels), commit head.pt and model.json."""
+    from scaleclust.index.searcher import IndexNeighbors, searchers
+    from scaleclust.index.stage import load_manifest
+    from scaleclust.train.loop import embeddings_dataset, train
+
+    started, cluster = time.time(), cfg.cluster
+    manifest = load_manifest(run)
+    stale = sorted(s for s, m in markers.items() if m["embedded"] and manifest["shards"].get(s, {}).get("commit") != m["commit"])
+    if stale:
+        raise RuntimeError(f"fit: the index lacks the current embeddings of {len(stale)} shard(s) ({stale[0]}, ...); "
+                           "run the index stage first (`scaleclust index CONFIG`)")
+    method = build_neighbor_method(cluster)
+    dim = next(iter(markers.values()))["dim"]
+    name = _train_name({**fit_params(cluster), "nprobe": cfg.index.nprobe, "index_next_id": manifest["next_id"]})
+    dataset = embeddings_dataset(run, markers, cluster.sample_size, cluster.seed)
+    with searchers(run, manifest, cfg.index.shards_per_searcher) as actors:
+        neighbors = IndexNeighbors(actors, method.neighbors, cfg.index.nprobe)
+        state, facts = train(run, name, method, dim, dataset, cluster.train, cluster.seed, neighbors)
+    settings = method.config
+    recent = facts.pop("recent_stats")[-settings.select_steps:]
+    chosen = select_head(recent, settings.heads)
+    print(f"fit: trained {facts['steps']} steps on {facts['workers']} workers, final loss {facts['final_loss']:.4f}; "
+          f"head {chosen} of {settings.heads} has the lowest loss")
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes_atomic(run.model("head.pt"), buffer.getvalue(), run.storage)
+    return _commit(run, cluster, started, k=int(cluster.k), dim=int(dim), head=chosen,
+                   head_losses=[round(float(np.mean([s[f"head{h}"] for s in recent])), 5) for h in range(settings.heads)],
+                   sample_rows=min(cluster.sample_size, sum(m["embedded"] for m in markers.values())),
+                   neighbors={"m": method.neighbors, "nprobe": cfg.index.nprobe, "index": manifest["spec"]["factory"]},
+                   train=facts)
 
 
 def run(cfg: Config, run: RunDir) -> dict[str, Any]:
@@ -140,6 +198,8 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
         raise RuntimeError("fit: no committed embeddings; run the embed stage first")
     if cfg.cluster.method == "mlc":
         meta = _fit_mlc(run, cfg.cluster, markers)
+    elif needs_index(cfg.cluster):
+        meta = _fit_with_neighbors(run, cfg, markers)
     else:
         meta = ray.get(ray.remote(num_cpus=1)(_fit_kmeans).remote(run, cfg.cluster, markers))
     print(f"fit: {meta['method']} k={meta['k']} on {meta['sample_rows']} rows in {meta['seconds']} s")
@@ -171,6 +231,10 @@ def _load_assigner(run: RunDir, model_id: str, temperature: float) -> Assigner:
             return out["cluster"], out["confidence"], out["cluster2"]
 
         return by_centroid
+    if meta["method"] in NEIGHBOR_METHODS:
+        head = build_neighbor_method(ClusterConfig.model_validate(meta["params"])).head(meta["dim"])
+        head.load_state_dict(torch.load(io.BytesIO(run.read_bytes(run.model("head.pt"))), weights_only=True))
+        return HeadAssigner(head, int(meta["head"])).assign
     method = build_mlc(ClusterConfig.model_validate(meta["params"]))
     head = method.head(meta["dim"])
     head.load_state_dict(torch.load(io.BytesIO(run.read_bytes(run.model("head.pt"))), weights_only=True))

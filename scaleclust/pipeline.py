@@ -72,6 +72,9 @@ def run_stage(name: str, cfg: Config, run: RunDir, shards: dict[str, ShardSpec])
         result = summary.run(cfg, run)
     elif name == "label":
         result = label.run(cfg, run)
+    elif name == "index":
+        from scaleclust.index import stage as index_stage
+        result = index_stage.run(cfg, run)
     else:
         raise ValueError(f"unknown stage {name!r}")
     summary.record_seconds(run, name, time.time() - started)
@@ -86,5 +89,7 @@ def run_all(cfg: Config) -> dict[str, Any]:
     run, shards = prepare(cfg)
     ensure_ray(cfg)
     for name in STAGES:
+        if name == "fit" and fit.needs_index(cfg.cluster):
+            run_stage("index", cfg, run, shards)  # the method trains on neighbours from the index
         run_stage(name, cfg, run, shards)
     return run.marker(run.metrics)

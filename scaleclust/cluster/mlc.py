@@ -50,6 +50,7 @@ class MLC:
         self.config = config
         self.steps = config.steps
         self.batch_size = config.batch_size
+        self.neighbors = 0
 
     def head(self, in_dim: int) -> SubspaceClusterHead:
         return SubspaceClusterHead(in_dim, self.config.hidden, self.config.out_dim)
@@ -64,7 +65,8 @@ class MLC:
                                 {"params": c_params, "weight_decay": cfg.weight_decay_c}],
                                lr=cfg.lr, momentum=cfg.momentum)
 
-    def loss(self, head: nn.Module, x: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, head: nn.Module, x: torch.Tensor, step: int,
+             neighbors: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
         z, c = head(x)
         rate = coding_rate(z, cfg.eps2)

@@ -19,6 +19,8 @@ from scaleclust.index.device import to_device
 
 # (sims float32 (nq, k), ids int64 (nq, k)); a missing neighbour is sim -inf, id -1
 Result = tuple[np.ndarray, np.ndarray]
+# Result plus each neighbour's vector, float16 (nq, k, d)
+VectorResult = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def empty_result(nq: int, k: int) -> Result:
@@ -33,6 +35,29 @@ def merge_topk(a: Result, b: Result, k: int) -> Result:
     sims = np.where(ids < 0, -np.inf, sims).astype(np.float32)
     order = np.lexsort((ids, -sims), axis=1)[:, :k]
     return np.take_along_axis(sims, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
+def merge_topk_vectors(a: VectorResult, b: VectorResult, k: int) -> VectorResult:
+    """merge_topk that carries each neighbour's vector (nq, k, d) along with its id."""
+    sims, ids = merge_topk(a[:2], b[:2], k)
+    both = np.concatenate([a[1], b[1]], axis=1)
+    vectors = np.concatenate([a[2], b[2]], axis=1)
+    # position of each kept id among the concatenated candidates (ids are unique per row, -1 repeats)
+    pos = np.argmax(both[:, None, :] == ids[:, :, None], axis=2)
+    return sims, ids, np.take_along_axis(vectors, pos[:, :, None], axis=1)
+
+
+def reconstruct(index: faiss.IndexIVFInterface, ids: np.ndarray) -> np.ndarray:
+    """float16 vectors (ids.shape + (d,)) of ids held by this index (zeros for -1): exact for Flat and
+    fp16 lists, PQ's decoding for IVF-PQ. Builds the index's id map on first use."""
+    if index.direct_map.type != faiss.DirectMap.Hashtable:
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)
+    flat = np.asarray(ids, np.int64).reshape(-1)
+    out = np.zeros((len(flat), index.d), np.float16)
+    found = flat >= 0
+    if found.any():
+        out[found] = index.reconstruct_batch(flat[found]).astype(np.float16)
+    return out.reshape(*np.shape(ids), index.d)
 
 
 def as_index(item: faiss.Index | bytes) -> faiss.IndexIVFInterface:
@@ -75,4 +100,14 @@ def search(
     best = empty_result(len(q), k)
     for index, centroid_ids, centroid_sims in preassigned(indexes, q, nprobe):
         best = merge_topk(best, index.search_preassigned(q, k, centroid_ids, centroid_sims), k)
+    return best
+
+
+def search_vectors(indexes: Iterable[faiss.Index | bytes], queries: np.ndarray, k: int, nprobe: int) -> VectorResult:
+    """:func:`search` that also returns each neighbour's vector, reconstructed from the index holding it."""
+    q = unit_float32(queries)
+    best = (*empty_result(len(q), k), np.zeros((len(q), k, q.shape[1]), np.float16))
+    for index, centroid_ids, centroid_sims in preassigned(indexes, q, nprobe):
+        sims, ids = index.search_preassigned(q, k, centroid_ids, centroid_sims)
+        best = merge_topk_vectors(best, (sims, ids, reconstruct(index, ids)), k)
     return best

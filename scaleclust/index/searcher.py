@@ -13,7 +13,8 @@ import numpy as np
 import ray
 
 from scaleclust.index.dedup import Pairs, pairs_from_index
-from scaleclust.index.search import Result, as_index, empty_result, merge_topk, search
+from scaleclust.index.search import (Result, VectorResult, as_index, empty_result, merge_topk, merge_topk_vectors,
+                                     search, search_vectors)
 from scaleclust.index.stage import ids_to_keys, load_manifest
 from scaleclust.rundir import RunDir
 
@@ -30,6 +31,10 @@ class Searcher:
     def search(self, queries: np.ndarray, k: int, nprobe: int) -> Result:
         """Top-k (sims, ids) of the queries over this group."""
         return search(self.indexes, queries, k, nprobe)
+
+    def search_vectors(self, queries: np.ndarray, k: int, nprobe: int) -> VectorResult:
+        """Top-k (sims, ids, vectors float16) of the queries over this group."""
+        return search_vectors(self.indexes, queries, k, nprobe)
 
     def pairs(self, vectors: np.ndarray, ids: np.ndarray, threshold: float, nprobe: int) -> Pairs:
         """Pairs with cosine >= threshold between the vectors (global ids) and this group."""
@@ -55,6 +60,32 @@ def fan_out(actors: list[Any], queries: np.ndarray, k: int, nprobe: int) -> Resu
     for result in ray.get([a.search.remote(queries, k, nprobe) for a in actors]):
         best = merge_topk(best, result, k)
     return best
+
+
+def fan_out_vectors(actors: list[Any], queries: np.ndarray, k: int, nprobe: int) -> VectorResult:
+    """fan_out that also brings each neighbour's vector (float16) from the actor holding it."""
+    d = np.shape(queries)[1]
+    best = (*empty_result(len(queries), k), np.zeros((len(queries), k, d), np.float16))
+    for result in ray.get([a.search_vectors.remote(queries, k, nprobe) for a in actors]):
+        best = merge_topk_vectors(best, result, k)
+    return best
+
+
+class IndexNeighbors:
+    """The embeddings of each row's m nearest other rows of the whole index, fetched from the search
+    actors: rows (b, d) -> (b, m, d) float16. Picklable (it holds actor handles), so a Ray Train worker
+    calls it on its own share of the sample. The rows must be indexed rows: the first hit (the row
+    itself, or an identical duplicate) is dropped."""
+
+    def __init__(self, actors: list[Any], m: int, nprobe: int) -> None:
+        self.actors, self.m, self.nprobe = actors, m, nprobe
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        _, ids, vectors = fan_out_vectors(self.actors, np.asarray(rows, np.float32), self.m + 1, self.nprobe)
+        if (ids[:, 1:] < 0).any():
+            raise RuntimeError(f"the index holds fewer than {self.m + 1} rows near some queries; raise "
+                               f"index.nprobe or lower the method's neighbors")
+        return vectors[:, 1:]
 
 
 def search_run(run: RunDir, queries: np.ndarray, k: int, nprobe: int = 16,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +27,7 @@ from scaleclust.rundir import RunDir
 from scaleclust.storage import arrow_filesystem
 
 STATE = "state.pt"
+KEEP_STATS = 50  # last steps' stats kept in the checkpoint (label-free head selection reads them)
 
 
 def _as_matrix(batch: pa.Table) -> dict[str, Any]:
@@ -49,10 +50,10 @@ def embeddings_dataset(run: RunDir, markers: dict[str, dict[str, Any]], sample_s
 
 
 def _save(head: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, losses: list[float],
-          starts: list[int]) -> str:
+          starts: list[int], stats: list[dict[str, float]]) -> str:
     folder = tempfile.mkdtemp(prefix="scaleclust-ckpt-")
     torch.save({"head": unwrap(head).state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "losses": losses, "starts": starts}, os.path.join(folder, STATE))
+                "losses": losses, "starts": starts, "stats": stats}, os.path.join(folder, STATE))
     return folder
 
 
@@ -60,23 +61,31 @@ class WorkerSample:
     """A worker's share of the sample, read once through Ray Data and kept (fp16, bounded by
     sample_size / workers), then replayed in a fresh permutation each epoch. Epoch e's order depends
     only on (seed, rank, e), so a run resumed at step s sees exactly the batches an unbroken run sees
-    from step s on, and small samples do not pay Ray Data's per-epoch start-up on every pass."""
+    from step s on, and small samples do not pay Ray Data's per-epoch start-up on every pass.
 
-    def __init__(self, shard: Any, batch_size: int, seed: int, rank: int) -> None:
+    With `neighbors` (rows -> their neighbours' embeddings (b, m, d) from the index), each row's
+    neighbours are fetched once, in chunks, and kept beside it: the share is self-contained and holds
+    rows x (1 + m) x d fp16, bounded by sample_size / workers, never by the dataset."""
+
+    def __init__(self, shard: Any, batch_size: int, seed: int, rank: int,
+                 neighbors: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         self.rows = torch.cat([b["x"] for b in shard.iter_torch_batches(batch_size=4096)])
+        self.near = None if neighbors is None else torch.cat(
+            [torch.from_numpy(neighbors(self.rows[i:i + 4096].numpy())) for i in range(0, len(self.rows), 4096)])
         self.batch_size, self.seed, self.rank = batch_size, seed, rank
         self.per_epoch = len(self.rows) // batch_size
         if self.per_epoch == 0:
             raise ValueError(f"a worker's share of the sample holds {len(self.rows)} rows, fewer than the batch "
                              f"size {batch_size}; lower the method's batch_size or raise cluster.sample_size")
 
-    def batches(self, step: int) -> Iterator[torch.Tensor]:
-        """Batches from global step `step` on, without end."""
+    def batches(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(rows, their neighbours or None) batches from global step `step` on, without end."""
         epoch, skip = divmod(step, self.per_epoch)
         while True:
             order = torch.from_numpy(np.random.default_rng([self.seed, self.rank, epoch]).permutation(len(self.rows)))
             for i in range(skip, self.per_epoch):
-                yield self.rows[order[i * self.batch_size : (i + 1) * self.batch_size]]
+                pick = order[i * self.batch_size : (i + 1) * self.batch_size]
+                yield self.rows[pick], None if self.near is None else self.near[pick]
             epoch, skip = epoch + 1, 0
 
 
@@ -85,7 +94,7 @@ def train_worker(config: dict[str, Any]) -> None:
     method: Method = config["method"]
     torch.manual_seed(config["seed"])
     head = method.head(config["in_dim"])
-    state: dict[str, Any] = {"step": 0, "losses": [], "starts": []}
+    state: dict[str, Any] = {"step": 0, "losses": [], "starts": [], "stats": []}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
@@ -95,40 +104,49 @@ def train_worker(config: dict[str, Any]) -> None:
     optimizer = method.optimizer(head)
     if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
-    step, losses = int(state["step"]), list(state["losses"])
+    step, losses, kept = int(state["step"]), list(state["losses"]), list(state["stats"])
     starts = [*state["starts"], step]  # where each attempt began: a resumed run shows two
     rank = ray.train.get_context().get_world_rank()
-    sample = WorkerSample(ray.train.get_dataset_shard(f"train_{rank}"), config["batch_size"], config["seed"], rank)
+    sample = WorkerSample(ray.train.get_dataset_shard(f"train_{rank}"), config["batch_size"], config["seed"], rank,
+                          config.get("neighbors"))
     head.train()
     started, rows = time.time(), 0
-    for x in sample.batches(step):
+    device = ray.train.torch.get_device()
+    for x, near in sample.batches(step):
         if step >= method.steps:
             break
-        x = x.to(ray.train.torch.get_device(), dtype=torch.float32)
-        loss, stats = method.loss(head, x, step)
+        x = x.to(device, dtype=torch.float32)
+        near = None if near is None else near.to(device, dtype=torch.float32)
+        loss, stats = method.loss(head, x, step, near)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         method.on_step(head, step)
         step, rows = step + 1, rows + len(x)
         losses.append(float(stats["loss"]))
+        kept = [*kept[1 - KEEP_STATS:], {name: float(v) for name, v in stats.items()}]
         if step % config["checkpoint_every"] == 0 or step == method.steps:
             metrics = {"step": step, "loss": losses[-1], "rows_per_second": rows / (time.time() - started)}
-            folder = _save(head, optimizer, step, losses, starts) if rank == 0 else None
+            folder = _save(head, optimizer, step, losses, starts, kept) if rank == 0 else None
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
 
 
 def train(run: RunDir, name: str, method: Method, in_dim: int, dataset: ray.data.MaterializedDataset,
-          settings: TrainConfig, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+          settings: TrainConfig, seed: int, neighbors: Callable[[np.ndarray], np.ndarray] | None = None,
+          ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Fit the method's head with Ray Train as run `name` (the same name resumes); returns the final head
-    state dict and training facts."""
+    state dict and training facts (with `recent_stats`: rank 0's stats of the last steps).
+    `neighbors` maps rows to their neighbours' embeddings, for methods with neighbors > 0."""
+    if method.neighbors and neighbors is None:
+        raise ValueError("this method trains on neighbours: pass the index's neighbour lookup")
     shares = dataset.split(settings.workers, equal=True)  # by block order: the same rows per rank every attempt
     batch_size = max(1, min(method.batch_size, shares[0].count()))
     fs, path = arrow_filesystem(run.model("train"), run.storage)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"method": method, "in_dim": in_dim, "seed": seed, "batch_size": batch_size,
-                           "checkpoint_every": settings.checkpoint_every},
+                           "checkpoint_every": settings.checkpoint_every,
+                           "neighbors": neighbors if method.neighbors else None},
         scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=settings.use_gpu,
                                      resources_per_worker={"CPU": settings.cpus_per_worker}),
         datasets={f"train_{rank}": share for rank, share in enumerate(shares)},
@@ -143,4 +161,5 @@ def train(run: RunDir, name: str, method: Method, in_dim: int, dataset: ray.data
     tail = state["losses"][-10:]
     return state["head"], {"steps": int(state["step"]), "starts": state["starts"], "batch_size": batch_size,
                            "workers": settings.workers,
-                           "final_loss": sum(tail) / len(tail), "rows_per_second": result.metrics.get("rows_per_second")}
+                           "final_loss": sum(tail) / len(tail), "rows_per_second": result.metrics.get("rows_per_second"),
+                           "recent_stats": state.get("stats", [])}
