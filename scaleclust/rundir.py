@@ -78,9 +78,16 @@ class RunDir:
         write_bytes_atomic(url, sink.getvalue(), self.storage)
 
     def read_table(self, url: str, columns: list[str] | None = None) -> pa.Table:
+        """Read `columns` of a Parquet file on this thread, through the synchronous reader.
+
+        pq.read_table over a Python file object scans with Arrow's thread pools, and a pool thread can
+        still hold (and later close) the file after the call returns; at interpreter exit that thread
+        then needs the GIL of a finalizing interpreter and the process aborts ("terminate called without
+        an active exception", exit 134). Reading on the calling thread and closing the reader here leaves
+        no Arrow thread with a Python object."""
         fs, path = filesystem(url, self.storage)
-        with fs.open(path, "rb") as handle:
-            return pq.read_table(handle, columns=columns)
+        with fs.open(path, "rb") as handle, pq.ParquetFile(handle) as parquet:
+            return parquet.read(columns=columns, use_threads=False)
 
     def read_bytes(self, url: str) -> bytes:
         return read_bytes(url, self.storage)

@@ -90,11 +90,11 @@ def test_bad_configs_fail_before_contacting_the_cluster(tmp_path: Path) -> None:
     outside = tmp_path / "job.yaml"
     outside.write_text((REPO / "jobs" / "demo.yaml").read_text())
     moved = subprocess.run([*CLI, "submit", str(outside), "--address", unreachable, "--set", f"run_dir={tmp_path}/run",
-                            "--set", f"input.shards={tmp_path}/*.tar"], cwd=REPO, env=env, capture_output=True,
+                            "--set", f"input.shards={tmp_path}/shards/*.tar"], cwd=REPO, env=env, capture_output=True,
                            text=True, timeout=60)
     assert moved.returncode == 2 and "outside the working directory" in moved.stderr
     unreachable_run = subprocess.run([*CLI, "submit", "jobs/demo.yaml", "--address", unreachable,
-                                      "--set", f"run_dir={tmp_path}/run", "--set", f"input.shards={tmp_path}/*.tar"],
+                                      "--set", f"run_dir={tmp_path}/run", "--set", f"input.shards={tmp_path}/shards/*.tar"],
                                      cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert unreachable_run.returncode == 1 and f"cannot reach the Ray Job API at {unreachable}" in unreachable_run.stderr
 

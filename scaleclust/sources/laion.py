@@ -73,6 +73,15 @@ def load_npy(url: str, storage: StorageConfig) -> np.ndarray:
     return matrix
 
 
+def npy_rows(url: str, storage: StorageConfig) -> int:
+    """The row count of a .npy file, from its header alone (a few hundred bytes)."""
+    fs, path = filesystem(url, storage)
+    with fs.open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        shape, _, _ = np.lib.format._read_array_header(handle, version)
+    return int(shape[0]) if shape else 0
+
+
 def part_keys(metadata: pa.Table, part: LaionPart, key_column: str | None) -> list[str]:
     """Row keys: `key_column`, else `key`, else `image_path`; a missing or null key is PART/row."""
     column = key_column or next((c for c in ("key", "image_path") if c in metadata.column_names), None)
@@ -85,12 +94,11 @@ def read_metadata(part: LaionPart, key_column: str | None, storage: StorageConfi
     Raises ValueError when an explicit `key_column` is not among them."""
     wanted = {key_column, "key", "image_path", *PASSTHROUGH}
     fs, path = filesystem(part.metadata_url, storage)
-    with fs.open(path, "rb") as handle:
-        parquet = pq.ParquetFile(handle)
+    with fs.open(path, "rb") as handle, pq.ParquetFile(handle) as parquet:  # on this thread: see RunDir.read_table
         names = parquet.schema_arrow.names
         if key_column is not None and key_column not in names:
             raise ValueError(f"{part.metadata_url}: key column {key_column!r} not found (columns: {', '.join(names)})")
-        return parquet.read(columns=[c for c in names if c in wanted])
+        return parquet.read(columns=[c for c in names if c in wanted], use_threads=False)
 
 
 def normalise(matrix: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
