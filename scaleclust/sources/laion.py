@@ -78,7 +78,8 @@ def npy_rows(url: str, storage: StorageConfig) -> int:
     fs, path = filesystem(url, storage)
     with fs.open(path, "rb") as handle:
         version = np.lib.format.read_magic(handle)
-        shape, _, _ = np.lib.format._read_array_header(handle, version)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, _ = header(handle)
     return int(shape[0]) if shape else 0
 
 
