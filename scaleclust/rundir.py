@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scaleclust.config import StorageConfig
-from scaleclust.storage import exists, filesystem, join, listdir, read_bytes, read_json, write_bytes_atomic, write_json_atomic
+from scaleclust.storage import arrow_source, exists, join, listdir, read_bytes, read_json, write_bytes_atomic, write_json_atomic
 
 DONE = ".done.json"
 
@@ -78,16 +78,9 @@ class RunDir:
         write_bytes_atomic(url, sink.getvalue(), self.storage)
 
     def read_table(self, url: str, columns: list[str] | None = None) -> pa.Table:
-        """Read `columns` of a Parquet file on this thread, through the synchronous reader.
-
-        pq.read_table over a Python file object scans with Arrow's thread pools, and a pool thread can
-        still hold (and later close) the file after the call returns; at interpreter exit that thread
-        then needs the GIL of a finalizing interpreter and the process aborts ("terminate called without
-        an active exception", exit 134). Reading on the calling thread and closing the reader here leaves
-        no Arrow thread with a Python object."""
-        fs, path = filesystem(url, self.storage)
-        with fs.open(path, "rb") as handle, pq.ParquetFile(handle) as parquet:
-            return parquet.read(columns=columns, use_threads=False)
+        """Read `columns` of a Parquet file from a native Arrow source (see storage.arrow_source)."""
+        with arrow_source(url, self.storage) as source, pq.ParquetFile(source) as parquet:
+            return parquet.read(columns=columns)
 
     def read_bytes(self, url: str) -> bytes:
         return read_bytes(url, self.storage)

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from scaleclust.config import ConfigError, StorageConfig
 from scaleclust.embed.writer import embedding_array, write_commit
 from scaleclust.rundir import RunDir
-from scaleclust.storage import filesystem, join, listdir, read_bytes
+from scaleclust.storage import arrow_source, filesystem, join, listdir, read_bytes
 
 KINDS = {"img_emb": r"img_emb_(\d+)\.npy", "metadata": r"metadata_(\d+)\.parquet", "text_emb": r"text_emb_(\d+)\.npy"}
 MIN_NORM = 1e-6  # below this an embedding has no direction to normalise to
@@ -94,12 +94,11 @@ def read_metadata(part: LaionPart, key_column: str | None, storage: StorageConfi
     """The metadata columns we use (a dump may carry many more, e.g. exif), those present.
     Raises ValueError when an explicit `key_column` is not among them."""
     wanted = {key_column, "key", "image_path", *PASSTHROUGH}
-    fs, path = filesystem(part.metadata_url, storage)
-    with fs.open(path, "rb") as handle, pq.ParquetFile(handle) as parquet:  # on this thread: see RunDir.read_table
+    with arrow_source(part.metadata_url, storage) as source, pq.ParquetFile(source) as parquet:
         names = parquet.schema_arrow.names
         if key_column is not None and key_column not in names:
             raise ValueError(f"{part.metadata_url}: key column {key_column!r} not found (columns: {', '.join(names)})")
-        return parquet.read(columns=[c for c in names if c in wanted], use_threads=False)
+        return parquet.read(columns=[c for c in names if c in wanted])
 
 
 def normalise(matrix: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
