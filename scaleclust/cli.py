@@ -52,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print_clusters(cfg.run_dir, cfg.storage)
     print_metrics(metrics)
     print(f"scaleclust: done; run directory {cfg.run_dir}")
-    return 0
+    return retry_exit(metrics.get("counts", {}).get("retryable", 0))
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
@@ -64,13 +64,54 @@ def cmd_stage(args: argparse.Namespace) -> int:
     ensure_ray(cfg)
     result = run_stage(args.stage, cfg, run, shards)
     print(json.dumps(result, indent=2, default=str))
-    return 0
+    return retry_exit(result.get("retryable", 0))
+
+
+def retry_exit(retryable: int) -> int:
+    """Exit 1 while rows failed for reasons that may pass, so a scheduler notices and runs again."""
+    if not retryable:
+        return 0
+    print(f"scaleclust: {retryable} row(s) failed for reasons that may pass (missing object, read failure; "
+          "see errors/); run the same command again to retry them", file=sys.stderr)
+    return 1
+
+
+def run_storage(args: argparse.Namespace) -> Any:
+    """Storage settings for a command that takes a RUN: --endpoint-url (and friends) when given, else
+    None, so the run's recorded settings (or the AWS environment) apply."""
+    from scaleclust.config import StorageConfig
+
+    given = {"endpoint_url": args.endpoint_url, "region": args.region, "profile": args.profile}
+    given = {key: value for key, value in given.items() if value is not None}
+    return StorageConfig(**given, anon=args.anon) if given or args.anon else None
+
+
+def open_run(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(config, RunDir, shards) of the RUN argument; a run directory that cannot be reached is a one-line
+    error naming it and the option that names its endpoint."""
+    from scaleclust.pipeline import recorded
+
+    url = args.run_dir.rstrip("/")
+    reachable(url, run_storage(args))
+    return recorded(url, run_storage(args))
+
+
+def reachable(url: str, storage: Any) -> None:
+    from scaleclust.config import StorageConfig
+    from scaleclust.storage import exists
+
+    try:
+        exists(url, storage or StorageConfig())
+    except Exception as err:  # unreachable endpoint, no credentials: name the run and the fix
+        raise ConfigError(f"{url}: cannot reach the run directory ({type(err).__name__}: {err}); for an "
+                          "S3-compatible server pass --endpoint-url URL (or set AWS_ENDPOINT_URL)") from None
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from scaleclust.verify import verify
 
-    problems = verify(args.run_dir, deep=args.deep)
+    reachable(args.run_dir.rstrip("/"), run_storage(args))
+    problems = verify(args.run_dir.rstrip("/"), run_storage(args), deep=args.deep)
     for problem in problems:
         print(f"verify: {problem}")
     print(f"verify: {'FAILED, ' + str(len(problems)) + ' problem(s)' if problems else 'ok'}")
@@ -81,11 +122,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import ray
 
     from scaleclust.cluster.metrics import scores
-    from scaleclust.config import StorageConfig
-    from scaleclust.rundir import RunDir
     from scaleclust.summary import reduce_run
 
-    run = RunDir(args.run_dir.rstrip("/"), StorageConfig())
+    _, run, _ = open_run(args)
     model = run.marker(run.model("model.json"))
     if model is None:
         raise ConfigError(f"{args.run_dir}: no committed model to evaluate")
@@ -97,26 +136,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from scaleclust.export import export_laion
-    from scaleclust.pipeline import recorded
 
-    cfg, run, _ = recorded(args.run_dir.rstrip("/"))
-    written = export_laion(run, args.out.rstrip("/"), cfg.storage)
+    _, run, _ = open_run(args)
+    written = export_laion(run, args.out.rstrip("/"), run.storage)
     print(f"export: {len(written)} files in LAION layout (img_emb/, metadata/ with cluster and confidence) "
           f"under {args.out}")
     return 0
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from scaleclust.config import StorageConfig, absolute_url, apply_override, from_dict
-    from scaleclust.pipeline import recorded, run_stage
+    from scaleclust.config import apply_override, from_dict
+    from scaleclust.pipeline import run_stage
     from scaleclust.ray_setup import ensure_ray
-    from scaleclust.rundir import RunDir
 
-    probe = RunDir(absolute_url(args.run_dir), StorageConfig())
-    if not probe.exists(probe.config) or not probe.exists(probe.clusters):
-        raise ConfigError(f"{args.run_dir}: not a run directory with clusters (no config.yaml or clusters.parquet); "
-                          f"run `scaleclust run CONFIG` first")
-    cfg, run, shards = recorded(probe.url)
+    cfg, run, shards = open_run(args)
+    if not run.exists(run.clusters):
+        raise ConfigError(f"{args.run_dir}: no clusters.parquet yet; run `scaleclust run CONFIG` first")
     data = cfg.model_dump(mode="json")
     for assignment in args.set or []:
         if not assignment.startswith("label."):
@@ -129,6 +164,16 @@ def cmd_label(args: argparse.Namespace) -> int:
     print_clusters(run.url, cfg.storage)
     print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+def with_storage(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The RUN argument and the storage options to reach it (default: the run's recorded settings)."""
+    p.add_argument("run_dir", help="run directory or URL (s3://BUCKET/runs/NAME)")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint of the run (default: AWS_ENDPOINT_URL or AWS)")
+    p.add_argument("--region", help="S3 region")
+    p.add_argument("--profile", help="AWS profile holding the credentials")
+    p.add_argument("--anon", action="store_true", help="read without credentials (public buckets)")
+    return p
 
 
 def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -146,21 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in ("embed", "fit", "assign", "summary"):
         p = with_config(sub.add_parser(stage, help=f"only the {stage} stage"))
         p.set_defaults(func=cmd_stage, stage=stage)
-    p = sub.add_parser("label", help="(re)name the clusters of a run, with its recorded config")
-    p.add_argument("run_dir")
+    p = with_storage(sub.add_parser("label", help="(re)name the clusters of a run, with its recorded config"))
     p.add_argument("--set", action="append", metavar="label.FIELD=VALUE", help="override a label field, "
                    "e.g. label.min_score=0.2")
     p.set_defaults(func=cmd_label)
-    p = sub.add_parser("verify", help="check the run directory's invariants")
-    p.add_argument("run_dir")
+    p = with_storage(sub.add_parser("verify", help="check the run directory's invariants"))
     p.add_argument("--deep", action="store_true", help="re-read input shards and compare keys one by one")
     p.set_defaults(func=cmd_verify)
-    p = sub.add_parser("eval", help="ACC/NMI/ARI of the assignments against a label column")
-    p.add_argument("run_dir")
+    p = with_storage(sub.add_parser("eval", help="ACC/NMI/ARI of the assignments against a label column"))
     p.add_argument("--labels", default="label", help="column of embeddings/*.parquet holding the labels")
     p.set_defaults(func=cmd_eval)
-    p = sub.add_parser("export", help="write the embeddings (+ clusters) in LAION's img_emb/ + metadata/ layout")
-    p.add_argument("run_dir")
+    p = with_storage(sub.add_parser("export", help="write the embeddings (+ clusters) in LAION's img_emb/ + metadata/ layout"))
     p.add_argument("out", help="output folder or URL (same storage settings as the run)")
     p.set_defaults(func=cmd_export)
     from scaleclust.index.cli import add_commands as add_index_commands

@@ -84,6 +84,8 @@ class EmbedConfig(Strict):
     cpus_per_actor: float = Field(1.0, gt=0)
     decode_cpus: float = Field(1.0, gt=0, description="CPUs per decode task (one task per shard)")
     decode_batch: int = Field(256, gt=0, description="decoded images per block handed to the encoder")
+    max_image_pixels: int = Field(64_000_000, gt=0, description="images declaring more pixels are refused "
+                                  "before decoding (an errors/ row): bounds a decode task's memory")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype on GPU")
     text: bool = Field(False, description="also embed captions with the CLIP text tower (open_clip only)")
 
@@ -315,23 +317,55 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
     except ValidationError as err:
         raise ConfigError(_explain(err, source)) from None
     cfg.input.shards = [absolute_url(s) for s in cfg.input.shards]
+    check_run_dir_outside_inputs(cfg)
     return cfg
+
+
+def input_folder(pattern: str, fmt: str) -> str:
+    """The folder an input pattern reads from: the fixed part before any glob or brace, and for
+    webdataset the folder holding the shard files."""
+    cut = min([pattern.find(c) for c in "*?[{" if c in pattern] or [-1])
+    if cut >= 0:
+        return pattern[: pattern.rfind("/", 0, cut)]
+    return pattern.rstrip("/").rsplit("/", 1)[0] if fmt == "webdataset" else pattern.rstrip("/")
+
+
+def check_run_dir_outside_inputs(cfg: Config) -> None:
+    """A run directory inside an input folder would mix the run's files with the input (and an image
+    folder would read them back as images): refuse it before any work starts."""
+    for pattern in cfg.input.shards:
+        folder = input_folder(pattern, cfg.input.format)
+        if folder and (cfg.run_dir == folder or cfg.run_dir.startswith(folder.rstrip("/") + "/")):
+            raise ConfigError(f"run_dir: {cfg.run_dir!r} is inside the input folder {folder!r} (input.shards "
+                              f"{pattern!r}); choose a run_dir outside the input")
 
 
 def read(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """A YAML config file as written, with `--set` overrides applied, not yet validated."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    data = _parse_yaml(Path(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (run_dir, input, ...)")
     for assignment in overrides:
         apply_override(data, assignment)
     return data
+
+
+def _parse_yaml(file: Path) -> Any:
+    """The YAML document in `file`, or a one-line ConfigError saying why it is not a config."""
+    if file.is_dir():
+        raise ConfigError(f"config file {str(file)!r} is a directory; give a YAML file (e.g. jobs/demo.yaml)")
+    if not file.is_file():
+        raise ConfigError(f"config file {str(file)!r} does not exist")
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {str(file)!r} is not a text YAML file (byte {err.start} is not UTF-8)") from None
+    except OSError as err:
+        raise ConfigError(f"config file {str(file)!r} cannot be read: {err.strerror}") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{file}: not valid YAML: {' '.join(str(err).split())}") from None
 
 
 def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:

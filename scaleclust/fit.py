@@ -75,6 +75,16 @@ def check(cfg: Config) -> None:
     """Validate what the config alone cannot (method parameters) before any work starts."""
     if cfg.cluster.method == "mlc":
         build_mlc(cfg.cluster)
+    if isinstance(cfg.cluster.k, int) and cfg.cluster.sample_size < cfg.cluster.k:
+        raise ConfigError(f"cluster.k: {cfg.cluster.k} clusters exceed cluster.sample_size={cfg.cluster.sample_size} "
+                          "rows to fit them on; lower cluster.k or raise cluster.sample_size")
+
+
+def check_rows(cluster: ClusterConfig, rows: int, where: str) -> None:
+    """cluster.k against the rows there are to cluster, as soon as their number is known."""
+    if isinstance(cluster.k, int) and rows < cluster.k:
+        raise ConfigError(f"cluster.k: {cluster.k} clusters exceed the {rows} rows {where}; lower cluster.k "
+                          "or add input")
 
 
 def _save_npy(run: RunDir, name: str, array: np.ndarray) -> None:
@@ -196,6 +206,7 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     markers = run.committed("embeddings")
     if not markers:
         raise RuntimeError("fit: no committed embeddings; run the embed stage first")
+    check_rows(cfg.cluster, sum(m["embedded"] for m in markers.values()), "embedded")
     if cfg.cluster.method == "mlc":
         meta = _fit_mlc(run, cfg.cluster, markers)
     elif needs_index(cfg.cluster):

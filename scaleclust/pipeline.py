@@ -14,6 +14,7 @@ from scaleclust.ray_setup import ensure_ray
 from scaleclust.rundir import RunDir
 from scaleclust.config import from_dict
 from scaleclust.sources import ShardSpec, plan
+from scaleclust.sources.laion import npy_rows
 from scaleclust.storage import write_bytes_atomic
 
 VERSIONED = ("scaleclust", "torch", "ray", "open_clip_torch", "timm", "faiss-cpu", "pyarrow")
@@ -46,8 +47,27 @@ def prepare(cfg: Config) -> tuple[RunDir, dict[str, ShardSpec]]:
     record = {"config": cfg.model_dump(mode="json"), "versions": _versions(),
               "shards": {name: {"urls": list(spec.urls), "root": spec.root, "kind": spec.kind}
                          for name, spec in shards.items()}}
+    rows = known_rows(cfg, run, shards)
+    if rows is not None:
+        fit.check_rows(cfg.cluster, rows, "in the input")
     write_bytes_atomic(run.config, yaml.safe_dump(record, sort_keys=False).encode(), cfg.storage)
     return run, shards
+
+
+def known_rows(cfg: Config, run: RunDir, shards: dict[str, ShardSpec]) -> int | None:
+    """How many rows the input holds when that is known before embedding: every shard committed by an
+    earlier run, or LAION parts (their .npy headers); None for shards still to be decoded. Stops reading
+    headers once cluster.k rows are found."""
+    committed = run.committed("embeddings")
+    rows = sum(committed[name]["embedded"] for name in shards if name in committed)
+    todo = [spec for name, spec in shards.items() if name not in committed]
+    if todo and cfg.input.format != "laion_embeddings":
+        return None
+    for spec in todo:
+        if isinstance(cfg.cluster.k, int) and rows >= cfg.cluster.k:
+            break
+        rows += npy_rows(spec.urls[0], cfg.storage)
+    return rows
 
 
 def recorded(run_url: str, storage: StorageConfig | None = None) -> tuple[Config, RunDir, dict[str, ShardSpec]]:

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scaleclust.config import StorageConfig
-from scaleclust.storage import exists, filesystem, join, listdir, read_bytes, read_json, write_bytes_atomic, write_json_atomic
+from scaleclust.storage import arrow_source, exists, join, listdir, read_bytes, read_json, write_bytes_atomic, write_json_atomic
 
 DONE = ".done.json"
 
@@ -82,9 +82,9 @@ class RunDir:
         write_bytes_atomic(url, sink.getvalue(), self.storage)
 
     def read_table(self, url: str, columns: list[str] | None = None) -> pa.Table:
-        fs, path = filesystem(url, self.storage)
-        with fs.open(path, "rb") as handle:
-            return pq.read_table(handle, columns=columns)
+        """Read `columns` of a Parquet file from a native Arrow source (see storage.arrow_source)."""
+        with arrow_source(url, self.storage) as source, pq.ParquetFile(source) as parquet:
+            return parquet.read(columns=columns)
 
     def read_bytes(self, url: str) -> bytes:
         return read_bytes(url, self.storage)

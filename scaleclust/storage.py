@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 import fsspec
+import pyarrow
 import pyarrow.fs
 from braceexpand import braceexpand
 from fsspec.core import url_to_fs
@@ -131,6 +132,18 @@ def read_bytes(url: str, storage: StorageConfig) -> bytes:
                 raise
             time.sleep(storage.retry_backoff * 2**attempt)
             attempt += 1
+
+
+def arrow_source(url: str, storage: StorageConfig) -> pyarrow.NativeFile:
+    """A file Arrow reads natively: the OS file when local, else the object's bytes (read with retries).
+
+    Never an fsspec file object: Arrow's reader threads would call back into Python through it, and one
+    still holding it at interpreter exit aborts the process ("terminate called without an active
+    exception", exit 134) when it reaches for the GIL of a finalizing interpreter."""
+    fs, path = filesystem(url, storage)
+    if "file" in fs.protocol:
+        return pyarrow.OSFile(path)
+    return pyarrow.BufferReader(read_bytes(url, storage))
 
 
 def read_json(url: str, storage: StorageConfig) -> Any:

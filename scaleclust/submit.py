@@ -1,7 +1,8 @@
 """`scaleclust submit | status | logs`: run a job on a remote Ray cluster through its Job API.
 
-The laptop validates the config (a bad one fails here, before anything is sent), packs the working
-directory into the job's runtime env (so the cluster runs this checkout's code), submits
+The laptop validates the config (a bad one fails here, before anything is sent), packs what the job needs
+(the package, jobs/, the config and any --include; never a known secret file unless --allow-secret) into
+the job's runtime env (so the cluster runs this checkout's code), prints that manifest, submits
 `python -m scaleclust.cli run CONFIG --set ...`, streams the logs and exits with the job's final
 status. Inside the job the CLI joins the cluster through RAY_ADDRESS, which Ray sets for entrypoints.
 """
@@ -9,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fnmatch
 import os
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -19,8 +23,11 @@ from typing import Any, Callable
 from scaleclust import fit
 from scaleclust.config import ConfigError, from_dict, read
 
-# Never shipped: environments, local data and runs, build and VCS debris.
-EXCLUDES = [".git", ".venv", ".ci-venv", "venv", "/data/", "/runs/", "__pycache__", "*.egg-info", ".pytest_cache"]
+SHIPPED = ("scaleclust", "jobs")  # what every job needs: the package and the job configs
+DEBRIS = ("__pycache__", "*.pyc", "*.egg-info", ".pytest_cache")  # skipped inside what is shipped
+# Known secret files: refused even when named, unless --allow-secret. Matched against every path part.
+SECRETS = (".env", ".env.*", ".envrc", ".aws", ".netrc", ".ssh", ".pypirc", ".docker", ".git", "*.pem", "*.key",
+           "*.p12", "id_*", "*credentials*", "*service-account*.json", "*service_account*.json")
 EXIT = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 1}
 
 
@@ -66,6 +73,68 @@ def check_portable(data: dict[str, Any]) -> None:
                               f"(s3://...) or an absolute path the cluster shares, e.g. --set {field}=s3://BUCKET/...")
 
 
+def is_secret(root: Path, relative: Path) -> bool:
+    """A known secret file by name (any part of its path below `root`), or a JSON file holding a private
+    key (a cloud service-account key)."""
+    if any(fnmatch.fnmatch(part, pattern) for part in relative.parts for pattern in SECRETS):
+        return True
+    return relative.suffix == ".json" and _holds_private_key(root / relative)
+
+
+def _holds_private_key(path: Path) -> bool:
+    try:
+        return path.stat().st_size < 1_000_000 and '"private_key"' in path.read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def _files(root: Path, entry: Path) -> list[Path]:
+    """The files under `entry` (or `entry` itself), relative to `root`, without build debris."""
+    found = [entry] if entry.is_file() else sorted(p for p in entry.rglob("*") if p.is_file())
+    relative = [p.relative_to(root) for p in found]
+    return [r for r in relative if not any(fnmatch.fnmatch(part, d) for part in r.parts for d in DEBRIS)]
+
+
+def pack(working_dir: Path, config: Path, includes: list[str], allow_secret: bool, into: Path) -> list[tuple[str, int]]:
+    """Copy what the job needs into `into`: the package, the job configs, the config and each --include
+    (paths inside the working directory). Refuses known secret files, even when named, unless
+    `allow_secret`. Returns the manifest: (shipped entry, bytes) per entry."""
+    root = working_dir.resolve()
+    entries = [root / name for name in SHIPPED if (root / name).exists()] + [config.resolve()]
+    for name in includes:
+        path = (root / name).resolve()
+        if not path.is_relative_to(root) or not path.exists():
+            raise ConfigError(f"--include {name}: not a file or folder inside the working directory {root}")
+        entries.append(path)
+    manifest: dict[str, int] = {}
+    secrets: list[str] = []
+    copied: set[Path] = set()
+    for entry in dict.fromkeys(entries):
+        for relative in _files(root, entry):
+            if relative in copied:
+                continue
+            copied.add(relative)
+            if is_secret(root, relative) and not allow_secret:
+                secrets.append(str(relative))
+                continue
+            (into / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / relative, into / relative)
+            top = str(entry.relative_to(root)) + ("/" if entry.is_dir() else "")
+            manifest[top] = manifest.get(top, 0) + (root / relative).stat().st_size
+    if secrets:
+        raise ConfigError(f"refusing to ship secret file(s): {', '.join(secrets[:5])}"
+                          f"{f' and {len(secrets) - 5} more' if len(secrets) > 5 else ''}; remove them from what "
+                          "is shipped, or pass --allow-secret if the job truly needs them")
+    return list(manifest.items())
+
+
+def print_manifest(manifest: list[tuple[str, int]], files: int) -> None:
+    total = sum(size for _, size in manifest)
+    print(f"submit: shipping {files} files, {total / 1024:.1f} KiB:")
+    for entry, size in manifest:
+        print(f"  {entry}  {size / 1024:.1f} KiB")
+
+
 async def _stream(client: Any, job_id: str) -> None:
     async for lines in client.tail_job_logs(job_id):
         print(lines, end="", flush=True)
@@ -98,13 +167,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
     fit.check(from_dict(data, str(config)))  # a bad config fails here, before the cluster is contacted
     check_portable(data)
     command = entrypoint(config, Path(args.working_dir), overrides)
-    client = _client(args.address)
-    runtime_env: dict[str, Any] = {"working_dir": str(Path(args.working_dir).resolve()), "excludes": EXCLUDES}
-    if args.pip:
-        runtime_env["pip"] = args.pip
-    job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env,
-                               submission_id=args.job_id or f"scaleclust-{config.stem}-{time.strftime('%Y%m%d-%H%M%S')}",
-                               metadata={"config": str(config), "tool": "scaleclust"})
+    with tempfile.TemporaryDirectory(prefix="scaleclust-submit-") as staging:
+        manifest = pack(Path(args.working_dir), config, args.include or [], args.allow_secret, Path(staging))
+        print_manifest(manifest, sum(1 for p in Path(staging).rglob("*") if p.is_file()))
+        client = _client(args.address)
+        runtime_env: dict[str, Any] = {"working_dir": staging}
+        if args.pip:
+            runtime_env["pip"] = args.pip
+        job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env,
+                                   submission_id=args.job_id or f"scaleclust-{config.stem}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                   metadata={"config": str(config), "tool": "scaleclust"})
     print(f"submitted {job_id}: {command}", flush=True)
     if args.no_wait:
         print(f"follow it: scaleclust logs {job_id} --follow; scaleclust status {job_id}")
@@ -133,7 +205,11 @@ def add_commands(sub: Any, config_arguments: Callable[[argparse.ArgumentParser],
         return p
 
     p = with_address(config_arguments(sub.add_parser("submit", help="run all stages as a job on a Ray cluster")))
-    p.add_argument("--working-dir", default=".", help="directory shipped to the cluster (default: the current one)")
+    p.add_argument("--working-dir", default=".", help="directory holding the package and jobs/ (default: the current one)")
+    p.add_argument("--include", action="append", metavar="PATH", help="also ship this file or folder of the working "
+                   "directory (default: only scaleclust/, jobs/ and the config)")
+    p.add_argument("--allow-secret", action="store_true", help="ship known secret files (.env, keys, credentials) "
+                   "that --include names; refused otherwise")
     p.add_argument("--pip", action="append", metavar="REQUIREMENT", help="extra pip requirement of the job's env")
     p.add_argument("--job-id", help="submission id (default: scaleclust-CONFIG-TIMESTAMP)")
     p.add_argument("--no-wait", action="store_true", help="return after submitting instead of streaming logs")

@@ -103,6 +103,7 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
         "rows": sum(m["rows"] for m in embedded.values()),
         "embedded": sum(m["embedded"] for m in embedded.values()),
         "errors": sum(m["errors"] for m in embedded.values()),
+        "retryable": sum(m.get("retryable", 0) for m in embedded.values()),
         "assigned": int(total.sizes.sum()),
         "clusters": k,
         "non_empty_clusters": int((total.sizes > 0).sum()),

@@ -6,7 +6,9 @@
   its repeats are errors);
 - each embedded key is unique across the dataset (a key that the input repeats in several shards is
   embedded once and recorded as DuplicateKey in the other shards' errors);
-- each embedded key appears exactly once in assignments.
+- each embedded key appears exactly once in assignments;
+- no shard holds failures that may pass (a read that failed, a missing object: see scaleclust.failures);
+  errors that are facts about the data (corrupt image, bad tar) are expected and not problems.
 Runs in one process, shard by shard; keys are held as 64-bit hashes for the cross-shard check.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import numpy as np
 
 from scaleclust.config import StorageConfig
+from scaleclust.failures import count_retryable, reasons
 from scaleclust.pipeline import recorded
 from scaleclust.rundir import RunDir
 from scaleclust.sources import describe, shard_keys
@@ -41,7 +44,12 @@ def verify(url: str, storage: StorageConfig | None = None, deep: bool = False) -
             problems.append(f"shard {shard} ({describe(spec)}): not committed (no embeddings/{shard}.done.json)")
             continue
         keys = run.read_table(run.embeddings(shard), ["key"])["key"].to_pylist()
-        errors = run.read_table(run.errors(shard), ["key"])["key"].to_pylist() if marker["errors"] else []
+        failed = run.read_table(run.errors(shard), ["key", "error"]) if marker["errors"] else None
+        errors = failed["key"].to_pylist() if failed is not None else []
+        retry = count_retryable(failed["error"].to_pylist()) if failed is not None else 0
+        if retry:
+            problems.append(f"shard {shard}: {retry} row(s) failed for reasons that may pass "
+                            f"({reasons(failed['error'].to_pylist(), 1)}); run the embed stage again to retry them")
         if (len(keys), len(errors)) != (marker["embedded"], marker["errors"]):
             problems.append(f"shard {shard}: {len(keys)} embedded + {len(errors)} errors on disk, marker says "
                             f"{marker['embedded']} + {marker['errors']}")

@@ -1,6 +1,6 @@
 """MLC trained with Ray Train (2 workers, DDP on gloo) inside the pipeline, and a fit killed mid-way
-that resumes from its checkpoint (with max_failures and checkpoint_every changed) to the same number of
-steps and the unbroken run's loss."""
+that resumes from its newest complete checkpoint (with max_failures and checkpoint_every changed) to the
+same number of steps and the unbroken run's loss, keeping only the newest checkpoints."""
 from __future__ import annotations
 
 import os
@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from scaleclust.config import from_dict
@@ -46,6 +47,17 @@ def test_mlc_pipeline_with_ray_train(tmp_path: Path) -> None:
     assert metrics["labels"]["acc"] > 0.6  # three visually distinct classes; chance is 1/3
 
 
+def newest_complete_step(train_dir: Path) -> int:
+    """The highest step among checkpoints whose state file loads whole (a kill may cut one short)."""
+    steps = []
+    for state in train_dir.glob("*/checkpoint_step_*/state.pt"):
+        try:
+            steps.append(int(torch.load(state, weights_only=True)["step"]))
+        except (RuntimeError, EOFError, OSError):
+            continue
+    return max(steps)
+
+
 @pytest.mark.timeout(600)
 def test_killed_fit_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     write_synthetic_shards(tmp_path / "shards", n_shards=4, per_shard=30)
@@ -69,6 +81,7 @@ def test_killed_fit_resumes_from_its_checkpoint(tmp_path: Path) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (tmp_path / "run" / "model" / "model.json").exists(), "kill must land mid-fit"
+    newest = newest_complete_step(train_dir)
 
     # Operational settings changed between the attempts (as after a crash) still resume the same fit.
     knobs = ["--set", "cluster.train.max_failures=5", "--set", "cluster.train.checkpoint_every=40"]
@@ -79,6 +92,9 @@ def test_killed_fit_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     facts = resumed.marker(resumed.model("model.json"))["train"]
     assert facts["steps"] == 150
     assert len(facts["starts"]) == 2 and facts["starts"][1] > 0, facts["starts"]  # resumed, not restarted
+    assert facts["starts"][1] == newest  # from the newest complete checkpoint, not an older one
+    left = sorted(p.name for p in train_dir.glob("*/checkpoint_*"))
+    assert left == ["checkpoint_step_00000125", "checkpoint_step_00000150"]  # only the newest KEEP stay
 
     unbroken_cfg = from_dict({**data, "run_dir": str(tmp_path / "unbroken")})
     done = subprocess.run([*cli, "fit", str(tmp_path / "job.yaml"), "--set", f"run_dir={tmp_path / 'unbroken'}"],

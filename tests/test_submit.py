@@ -4,12 +4,14 @@ with its error; a bad config or a relative run_dir fails before the cluster is c
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from scaleclust.verify import verify
 from tests.conftest import NOUNS, free_port, private_ray_env
@@ -90,11 +92,11 @@ def test_bad_configs_fail_before_contacting_the_cluster(tmp_path: Path) -> None:
     outside = tmp_path / "job.yaml"
     outside.write_text((REPO / "jobs" / "demo.yaml").read_text())
     moved = subprocess.run([*CLI, "submit", str(outside), "--address", unreachable, "--set", f"run_dir={tmp_path}/run",
-                            "--set", f"input.shards={tmp_path}/*.tar"], cwd=REPO, env=env, capture_output=True,
+                            "--set", f"input.shards={tmp_path}/shards/*.tar"], cwd=REPO, env=env, capture_output=True,
                            text=True, timeout=60)
     assert moved.returncode == 2 and "outside the working directory" in moved.stderr
     unreachable_run = subprocess.run([*CLI, "submit", "jobs/demo.yaml", "--address", unreachable,
-                                      "--set", f"run_dir={tmp_path}/run", "--set", f"input.shards={tmp_path}/*.tar"],
+                                      "--set", f"run_dir={tmp_path}/run", "--set", f"input.shards={tmp_path}/shards/*.tar"],
                                      cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert unreachable_run.returncode == 1 and f"cannot reach the Ray Job API at {unreachable}" in unreachable_run.stderr
 
@@ -110,3 +112,61 @@ def test_an_http_ray_address_is_not_joined_by_a_local_run() -> None:
                               capture_output=True, text=True, timeout=100)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "cpus 3.0" in done.stdout
+
+
+SECRET_FILES = {".env": "AWS_SECRET_ACCESS_KEY=abc", ".env.local": "TOKEN=1", ".aws/credentials": "[default]",
+                ".netrc": "machine x login y password z", "id_rsa": "-----BEGIN OPENSSH PRIVATE KEY-----",
+                "service-account.json": '{"type": "service_account", "private_key": "-----BEGIN"}',
+                "gcp-key.json": '{"private_key": "-----BEGIN PRIVATE KEY-----"}', ".git/config": "[core]",
+                "tls.pem": "-----BEGIN CERTIFICATE-----", "jobs/db_credentials.yaml": "password: x"}
+
+
+def project_with_secrets(root: Path) -> Path:
+    """A working directory as a user has it: the package, a job config, notes, data and secret files."""
+    for relative, text in {**SECRET_FILES, "scaleclust/__init__.py": "", "scaleclust/cli.py": "print()",
+                           "scaleclust/__pycache__/cli.cpython-311.pyc": "x", "jobs/job.yaml": "run_dir: s3://b/r\n",
+                           "notes.md": "hello", "data/big.bin": "0" * 5000}.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text)
+    return root
+
+
+def test_pack_ships_the_package_and_jobs_never_a_secret(tmp_path: Path) -> None:
+    from scaleclust.config import ConfigError
+    from scaleclust.submit import pack
+
+    root = project_with_secrets(tmp_path / "work")
+    with pytest.raises(ConfigError, match=r"refusing to ship secret file\(s\): jobs/db_credentials.yaml"):
+        pack(root, root / "jobs" / "job.yaml", [], False, tmp_path / "out0")  # a secret among the job configs
+    (root / "jobs" / "db_credentials.yaml").unlink()
+    manifest = pack(root, root / "jobs" / "job.yaml", ["notes.md"], False, tmp_path / "out1")
+    shipped = sorted(str(p.relative_to(tmp_path / "out1")) for p in (tmp_path / "out1").rglob("*") if p.is_file())
+    assert shipped == ["jobs/job.yaml", "notes.md", "scaleclust/__init__.py", "scaleclust/cli.py"]
+    assert [entry for entry, _ in manifest] == ["scaleclust/", "jobs/", "notes.md"]
+    for name in [n for n in SECRET_FILES if n != "jobs/db_credentials.yaml"]:  # named explicitly: still refused
+        with pytest.raises(ConfigError, match="--allow-secret"):
+            pack(root, root / "jobs" / "job.yaml", [name], False, tmp_path / f"out-{name.replace('/', '_')}")
+    pack(root, root / "jobs" / "job.yaml", ["id_rsa"], True, tmp_path / "out2")
+    assert (tmp_path / "out2" / "id_rsa").exists()
+
+
+def test_submit_prints_its_manifest_and_refuses_a_named_secret(tmp_path: Path) -> None:
+    root = project_with_secrets(tmp_path / "work")
+    (root / "jobs" / "db_credentials.yaml").unlink()
+    (root / "scaleclust").rename(tmp_path / "unused")
+    shutil.copytree(REPO / "scaleclust", root / "scaleclust", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "jobs" / "job.yaml").write_text(yaml.safe_dump({"run_dir": "s3://bucket/runs/x",
+                                                             "input": {"shards": "s3://bucket/shards/*.tar"}}))
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    base = [*CLI, "submit", "jobs/job.yaml", "--address", unreachable]
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([*base, "--include", "notes.md"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "cannot reach the Ray Job API" in done.stderr  # packed before contacting
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("submit: shipping ") and "KiB" in lines[0]
+    assert [line.split()[0] for line in lines[1:]] == ["scaleclust/", "jobs/", "notes.md"]
+    assert not any(name in done.stdout for name in SECRET_FILES)
+    refused = subprocess.run([*base, "--include", ".aws"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip() == ("scaleclust: config error: refusing to ship secret file(s): .aws/credentials; remove "
+                                      "them from what is shipped, or pass --allow-secret if the job truly needs them")

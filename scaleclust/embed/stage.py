@@ -1,7 +1,8 @@
 """Embed stage: shards -> decode (CPU tasks) -> encode (actor pool) -> per-shard Parquet + marker.
 
 Exactly once per shard: committed shards (marker present) are skipped; a pending shard's leftover
-parts from a killed run are deleted before it is redone.
+parts from a killed run are deleted before it is redone. A shard committed with failures that may pass
+(scaleclust.failures) is uncommitted and redone whole.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from scaleclust.embed.actor import EncodeBatch
 from scaleclust.embed.dedupe import resolve_duplicates
 from scaleclust.embed.encoders import model_id, preprocess_for
 from scaleclust.embed.writer import commit_shard, write_parts
+from scaleclust.failures import count_retryable, needs_retry
 from scaleclust.progress import Progress
 from scaleclust.rundir import RunDir
 from scaleclust.parallel import map_shards
@@ -30,12 +32,24 @@ def _decode(batch: dict[str, Any], storage: StorageConfig, **kwargs: Any):
         yield from decode_shard(str(shard), samples, **kwargs)
 
 
+def _to_retry(run: RunDir, shard: str, marker: dict[str, Any]) -> bool:
+    """Whether a committed shard holds failures that may pass; markers of older versions lack the count,
+    so their errors/ rows are read."""
+    if "retryable" not in marker and marker.get("errors"):
+        return count_retryable(run.read_table(run.errors(shard), ["error"])["error"].to_pylist()) > 0
+    return needs_retry(marker)
+
+
 def run(cfg: Config, run: RunDir, shards: dict[str, ShardSpec]) -> dict[str, Any]:
     """Embed every shard in `shards` (name -> spec) that is not committed yet."""
     started = time.time()
     done = run.committed("embeddings")
-    pending = {name: spec for name, spec in shards.items() if name not in done}
-    print(f"embed: {len(shards)} shards, {len(shards) - len(pending)} already committed, {len(pending)} to do")
+    retry = sorted(name for name in shards if name in done and _to_retry(run, name, done[name]))
+    pending = {name: spec for name, spec in shards.items() if name not in done or name in retry}
+    print(f"embed: {len(shards)} shards, {len(shards) - len(pending)} already committed, {len(pending)} to do"
+          + (f" ({len(retry)} to retry after failures that may pass)" if retry else ""))
+    for name in retry:  # uncommit first: a kill during the redo leaves the shard pending, never half-old
+        remove(run.embeddings_marker(name), run.storage)
     if pending:
         if cfg.input.format == "laion_embeddings":
             _ingest(cfg, run, pending)
@@ -51,10 +65,16 @@ def run(cfg: Config, run: RunDir, shards: dict[str, ShardSpec]) -> dict[str, Any
         "rows": sum(markers[n]["rows"] for n in shards if n in markers),
         "embedded": sum(markers[n]["embedded"] for n in shards if n in markers),
         "errors": sum(markers[n]["errors"] for n in shards if n in markers),
+        "retryable": sum(markers[n].get("retryable", 0) for n in shards if n in markers),
         "seconds": round(time.time() - started, 2),
     }
     print(f"embed: {stats['embedded']} embedded, {stats['errors']} skipped (see errors/), "
           f"{stats['seconds']} s")
+    failing = {n: markers[n] for n in shards if n in markers and needs_retry(markers[n])}
+    if failing:
+        print(f"embed: {len(failing)} shard(s) still fail for reasons that may pass, "
+              f"{stats['retryable']} row(s): " + "; ".join(f"{n}: {m['retry_reasons']}" for n, m in sorted(failing.items())[:5])
+              + "; run again to retry them")
     return stats
 
 
@@ -97,7 +117,8 @@ def _embed(cfg: Config, run: RunDir, pending: dict[str, ShardSpec]) -> None:
     decode_args = {"num_cpus": cfg.embed.decode_cpus}
     ds = ds.map_batches(_decode, batch_size=1, ray_remote_args_fn=lambda: decode_args, fn_kwargs={
         "image_size": prep.image_size, "crop_pct": prep.crop_pct, "input_cfg": cfg.input,
-        "storage": cfg.storage, "batch_rows": cfg.embed.decode_batch})
+        "storage": cfg.storage, "batch_rows": cfg.embed.decode_batch,
+        "max_pixels": cfg.embed.max_image_pixels})
     ds = ds.map_batches(
         EncodeBatch, batch_size=cfg.embed.batch_size, fn_constructor_kwargs={"embed": cfg.embed, "storage": cfg.storage},
         compute=ray.data.ActorPoolStrategy(min_size=cfg.embed.min_actors, max_size=cfg.embed.max_actors),

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from scaleclust.failures import count_retryable, reasons
 from scaleclust.rundir import RunDir
 from scaleclust.storage import listdir, remove
 
@@ -96,7 +97,8 @@ def commit_shard(run: RunDir, shard: str, url: str, expected: int, t0: float, mo
 def write_commit(run: RunDir, shard: str, url: str, embedded: pa.Table, errors: pa.Table, stage: str, t0: float,
                  model: str) -> dict[str, Any]:
     """Write a shard's embeddings and its errors (`errors`: key, error; none removes the file), then its
-    marker last: the commit. Shared by every source that produces embeddings."""
+    marker last: the commit. Shared by every source that produces embeddings. The marker counts the
+    errors that may pass (`retryable`, see scaleclust.failures): the next embed run redoes such a shard."""
     run.write_table(run.embeddings(shard), embedded)
     if len(errors):
         run.write_table(run.errors(shard), pa.table({
@@ -105,7 +107,8 @@ def write_commit(run: RunDir, shard: str, url: str, embedded: pa.Table, errors: 
     else:
         remove(run.errors(shard), run.storage)
     seconds = max(time.time() - t0, 1e-9)
-    marker = {"shard": shard, "url": url, "rows": len(embedded) + len(errors), "embedded": len(embedded),
+    failed = errors["error"].to_pylist()
+    marker = {"retryable": count_retryable(failed), "retry_reasons": reasons(failed),"shard": shard, "url": url, "rows": len(embedded) + len(errors), "embedded": len(embedded),
               "errors": len(errors), "seconds": round(seconds, 3),
               "images_per_second": round(len(embedded) / seconds, 2), "model": model,
               "dim": embedded.schema.field("embedding").type.list_size, "commit": uuid.uuid4().hex}

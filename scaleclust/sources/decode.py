@@ -13,7 +13,13 @@ from PIL import Image
 from scaleclust.config import InputConfig
 from scaleclust.sources.webdataset import Sample
 
-Image.MAX_IMAGE_PIXELS = 200_000_000  # LAION has large images; still refuse decompression bombs
+Image.MAX_IMAGE_PIXELS = 200_000_000  # PIL's own bomb check; decode_image applies the (lower) configured limit
+MAX_PIXELS = 64_000_000  # default embed.max_image_pixels: above any web photo, ~200 MB as RGB
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header declares more pixels than the configured limit: refused before decoding."""
+
 
 def resize_center_crop(image: Image.Image, size: int, crop_pct: float = 1.0) -> np.ndarray:
     """Resize the shorter side to size/crop_pct (bicubic), center-crop size x size: uint8 HxWx3.
@@ -32,11 +38,24 @@ def resize_center_crop(image: Image.Image, size: int, crop_pct: float = 1.0) -> 
     return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
-def decode_image(data: bytes, size: int, crop_pct: float) -> tuple[np.ndarray, int, int]:
-    """Decode image bytes fully (truncation raises here, not later) to RGB, resized and cropped."""
+def decode_image(data: bytes, size: int, crop_pct: float, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, int, int]:
+    """Decode image bytes fully (truncation raises here, not later) to RGB, resized and cropped; returns
+    the image and its original width and height.
+
+    Memory is bounded by `max_pixels` whatever the bytes claim: the size is read from the header and an
+    image over the limit raises ImageTooLarge before any pixel is decoded (a small PNG can declare
+    20000 x 20000). A JPEG is decoded in draft mode, scaled by 1/2, 1/4 or 1/8 in the DCT domain to no
+    less than the resize target, so a large photo never exists at full size in memory.
+    """
     with Image.open(io.BytesIO(data)) as image:
-        image.load()
         width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLarge(f"{width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
+                                "(embed.max_image_pixels)")
+        if image.format == "JPEG":
+            target = int(size / crop_pct) if crop_pct != 1.0 else size
+            image.draft("RGB", (target, target))
+        image.load()
         rgb = image.convert("RGB")
     return resize_center_crop(rgb, size, crop_pct), width, height
 
@@ -75,6 +94,7 @@ ROW_COLUMNS = ("key", "shard", "idx", "shard_rows", "t0", "image", "caption", "u
 
 def decode_shard(
     shard: str, samples: list[Sample], image_size: int, crop_pct: float, input_cfg: InputConfig, batch_rows: int,
+    max_pixels: int = MAX_PIXELS,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Read one shard and yield column batches of decoded rows (see ROW_COLUMNS).
 
@@ -96,7 +116,10 @@ def decode_shard(
                 row["error"] = f"NoImage: no member with an image extension {extensions} (found: {found})"
             else:
                 try:
-                    image, row["width"], row["height"] = decode_image(sample.members[ext], image_size, crop_pct)
+                    image, row["width"], row["height"] = decode_image(sample.members[ext], image_size, crop_pct,
+                                                                      max_pixels)
+                except (ImageTooLarge, Image.DecompressionBombError) as err:
+                    row["error"] = f"ImageTooLarge: {key}.{ext}: {err}"
                 except Exception as err:  # PIL raises many types for bad bytes
                     row["error"] = f"ImageDecodeError: {key}.{ext}: {type(err).__name__}: {err}"
         row["image"] = image

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from scaleclust.config import ConfigError, StorageConfig
 from scaleclust.embed.writer import embedding_array, write_commit
 from scaleclust.rundir import RunDir
-from scaleclust.storage import filesystem, join, listdir, read_bytes
+from scaleclust.storage import arrow_source, filesystem, join, listdir, read_bytes
 
 KINDS = {"img_emb": r"img_emb_(\d+)\.npy", "metadata": r"metadata_(\d+)\.parquet", "text_emb": r"text_emb_(\d+)\.npy"}
 MIN_NORM = 1e-6  # below this an embedding has no direction to normalise to
@@ -73,6 +73,16 @@ def load_npy(url: str, storage: StorageConfig) -> np.ndarray:
     return matrix
 
 
+def npy_rows(url: str, storage: StorageConfig) -> int:
+    """The row count of a .npy file, from its header alone (a few hundred bytes)."""
+    fs, path = filesystem(url, storage)
+    with fs.open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, _ = header(handle)
+    return int(shape[0]) if shape else 0
+
+
 def part_keys(metadata: pa.Table, part: LaionPart, key_column: str | None) -> list[str]:
     """Row keys: `key_column`, else `key`, else `image_path`; a missing or null key is PART/row."""
     column = key_column or next((c for c in ("key", "image_path") if c in metadata.column_names), None)
@@ -84,9 +94,7 @@ def read_metadata(part: LaionPart, key_column: str | None, storage: StorageConfi
     """The metadata columns we use (a dump may carry many more, e.g. exif), those present.
     Raises ValueError when an explicit `key_column` is not among them."""
     wanted = {key_column, "key", "image_path", *PASSTHROUGH}
-    fs, path = filesystem(part.metadata_url, storage)
-    with fs.open(path, "rb") as handle:
-        parquet = pq.ParquetFile(handle)
+    with arrow_source(part.metadata_url, storage) as source, pq.ParquetFile(source) as parquet:
         names = parquet.schema_arrow.names
         if key_column is not None and key_column not in names:
             raise ValueError(f"{part.metadata_url}: key column {key_column!r} not found (columns: {', '.join(names)})")

@@ -2,12 +2,18 @@
 streamed from the run directory by Ray Data, checkpoints under RUN/model/train/ every N steps.
 
 Resuming is by name: a run with the same method parameters (same name under the same storage path)
-continues from its last checkpoint, whether a worker died (FailureConfig) or the whole job did (Ray
-Train restores a run when the trainer is created again with the same name and storage path).
+continues from its newest complete checkpoint, whether a worker died (FailureConfig) or the whole job
+did. Checkpoint folders are named by step (checkpoint_step_00000120) and workers find the newest one on
+storage themselves: Ray Train's own record of its checkpoints is written after the upload, so a job
+killed in between would resume from an older one and never delete the newer. After a fit only the
+newest KEEP checkpoints stay.
 """
 from __future__ import annotations
 
+import io
 import os
+import pickle
+import re
 import tempfile
 import time
 from typing import Any, Callable, Iterator
@@ -24,10 +30,12 @@ from scaleclust.cluster.method import Method, unwrap
 from scaleclust.config import TrainConfig
 from scaleclust.embed.writer import embedding_matrix
 from scaleclust.rundir import RunDir
-from scaleclust.storage import arrow_filesystem
+from scaleclust.storage import arrow_filesystem, join, listdir, read_bytes, remove
 
 STATE = "state.pt"
 KEEP_STATS = 50  # last steps' stats kept in the checkpoint (label-free head selection reads them)
+KEEP = 2  # checkpoints kept under model/train/NAME/
+CHECKPOINT = re.compile(r"checkpoint_step_(\d+)")
 
 
 def _as_matrix(batch: pa.Table) -> dict[str, Any]:
@@ -55,6 +63,29 @@ def _save(head: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, lo
     torch.save({"head": unwrap(head).state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "losses": losses, "starts": starts, "stats": stats}, os.path.join(folder, STATE))
     return folder
+
+
+def checkpoints(run: RunDir, name: str) -> list[tuple[int, str]]:
+    """(step, URL) of fit `name`'s checkpoint folders, newest first."""
+    folder = join(run.model("train"), name)
+    found = ((CHECKPOINT.fullmatch(entry), entry) for entry in listdir(folder, run.storage))
+    return sorted(((int(m.group(1)), join(folder, entry)) for m, entry in found if m), reverse=True)
+
+
+def newest_state(run: RunDir, name: str) -> dict[str, Any] | None:
+    """The state of the newest checkpoint that loads whole; one cut short by a kill mid-upload is skipped."""
+    for _, url in checkpoints(run, name):
+        try:
+            return torch.load(io.BytesIO(read_bytes(join(url, STATE), run.storage)), weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+            continue
+    return None
+
+
+def prune(run: RunDir, name: str, keep: int = KEEP) -> None:
+    """Remove all but the newest `keep` checkpoints of fit `name`."""
+    for _, url in checkpoints(run, name)[keep:]:
+        remove(url, run.storage, recursive=True)
 
 
 class WorkerSample:
@@ -94,11 +125,9 @@ def train_worker(config: dict[str, Any]) -> None:
     method: Method = config["method"]
     torch.manual_seed(config["seed"])
     head = method.head(config["in_dim"])
-    state: dict[str, Any] = {"step": 0, "losses": [], "starts": [], "stats": []}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(os.path.join(folder, STATE), weights_only=True)
+    state: dict[str, Any] = newest_state(config["run"], config["name"]) or {"step": 0, "losses": [], "starts": [],
+                                                                            "stats": []}
+    if "head" in state:
         head.load_state_dict(state["head"])
     head = ray.train.torch.prepare_model(head)
     optimizer = method.optimizer(head)
@@ -128,7 +157,8 @@ def train_worker(config: dict[str, Any]) -> None:
         if step % config["checkpoint_every"] == 0 or step == method.steps:
             metrics = {"step": step, "loss": losses[-1], "rows_per_second": rows / (time.time() - started)}
             folder = _save(head, optimizer, step, losses, starts, kept) if rank == 0 else None
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None,
+                             checkpoint_dir_name=f"checkpoint_step_{step:08d}")
 
 
 def train(run: RunDir, name: str, method: Method, in_dim: int, dataset: ray.data.MaterializedDataset,
@@ -145,7 +175,7 @@ def train(run: RunDir, name: str, method: Method, in_dim: int, dataset: ray.data
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"method": method, "in_dim": in_dim, "seed": seed, "batch_size": batch_size,
-                           "checkpoint_every": settings.checkpoint_every,
+                           "checkpoint_every": settings.checkpoint_every, "run": run, "name": name,
                            "neighbors": neighbors if method.neighbors else None},
         scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=settings.use_gpu,
                                      resources_per_worker={"CPU": settings.cpus_per_worker}),
@@ -153,11 +183,11 @@ def train(run: RunDir, name: str, method: Method, in_dim: int, dataset: ray.data
         dataset_config=DataConfig(datasets_to_split=[]),
         run_config=RunConfig(name=name, storage_path=path, storage_filesystem=fs,
                              failure_config=FailureConfig(max_failures=settings.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=KEEP)),
     )
     result = trainer.fit()
-    with result.checkpoint.as_directory() as folder:
-        state = torch.load(os.path.join(folder, STATE), weights_only=True)
+    state = newest_state(run, name)
+    prune(run, name)
     tail = state["losses"][-10:]
     return state["head"], {"steps": int(state["step"]), "starts": state["starts"], "batch_size": batch_size,
                            "workers": settings.workers,

@@ -1,0 +1,38 @@
+"""Two kinds of failure, told apart by the kind that starts an error ("Kind: message").
+
+Facts about the data (a corrupt image, a bad tar, an empty shard, an image over the pixel limit) are
+recorded in errors/ once and never retried: reading the same bytes again gives the same answer.
+Failures that may pass (a read that still failed after its retries, a missing object, a timeout, a
+worker that died) are recorded too, so every key is accounted for, but the shard's marker counts them
+as `retryable` and the next run of the embed stage redoes that shard.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Iterable
+
+RETRYABLE = ("ReadFailed", "Timeout", "WorkerDied")
+
+
+def kind(error: str) -> str:
+    return error.split(":", 1)[0].strip()
+
+
+def retryable(error: str | None) -> bool:
+    """True when an error row's failure may pass on a later run."""
+    return bool(error) and kind(error) in RETRYABLE
+
+
+def count_retryable(errors: Iterable[str | None]) -> int:
+    return sum(1 for error in errors if retryable(error))
+
+
+def reasons(errors: Iterable[str | None], limit: int = 3) -> str:
+    """The commonest retryable errors, one example each, for a summary line."""
+    found = Counter(error for error in errors if retryable(error))
+    return "; ".join(f"{error} (x{n})" if n > 1 else str(error) for error, n in found.most_common(limit))
+
+
+def needs_retry(marker: dict[str, Any]) -> bool:
+    """A committed shard whose marker counts failures that may pass."""
+    return bool(marker.get("retryable"))
