@@ -26,7 +26,7 @@ from scaleclust.cluster.scan import SCAN, HeadAssigner, select_head
 from scaleclust.cluster.spice_method import SPICE
 from scaleclust.cluster.stability import choose_k_by_stability
 from scaleclust.cluster.subspaces import SubspaceAssigner
-from scaleclust.config import ClusterConfig, Config
+from scaleclust.config import ClusterConfig, Config, ConfigError
 from scaleclust.rundir import RunDir
 from scaleclust.sample import sample_embeddings
 from scaleclust.storage import write_bytes_atomic
