@@ -71,10 +71,13 @@ def reduce_run(run: RunDir, k: int, top: int, label: str | None) -> Partial:
     return total
 
 
-def record_seconds(run: RunDir, stage: str, seconds: float) -> None:
-    """Keep each stage's last duration in metrics.json, whether stages run together or one by one."""
+def record_seconds(run: RunDir, stage: str, seconds: float, rows_per_second: float | None = None) -> None:
+    """Keep each stage's last duration (and its throughput, when it did work) in metrics.json, whether
+    stages run together or one by one."""
     metrics = run.marker(run.metrics) or {}
     metrics.setdefault("seconds", {})[stage] = round(seconds, 2)
+    if rows_per_second:
+        metrics.setdefault("rows_per_second", {})[stage] = rows_per_second
     write_json_atomic(run.metrics, metrics, run.storage)
 
 

@@ -6,6 +6,7 @@ actor's device. Rows that failed to decode pass through with a zero embedding an
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any, Callable
 
 import numpy as np
@@ -54,6 +55,7 @@ class EncodeBatch:
         return self._chunked(images, self._images)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
         images = batch.pop("image")
         ok = batch["error"] == ""
         batch["embedding"] = np.zeros((len(images), self.encoder.dim), np.float16)
@@ -66,4 +68,5 @@ class EncodeBatch:
                 batch["text_embedding"][has_text] = self._chunked(list(batch["caption"][has_text]),
                                                                   self.encoder.encode_text)
             batch["has_text"] = has_text
+        batch["busy"] = batch["busy"] + (time.perf_counter() - started) / max(len(images), 1)
         return batch
