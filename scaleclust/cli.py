@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from scaleclust.config import Config, ConfigError, load
-from scaleclust.console import configure, expected_failure
+from scaleclust.console import configure, expected_failure, filter_stderr
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -205,5 +205,13 @@ def main(argv: list[str] | None = None) -> int:
         return expected_failure(err)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The `scaleclust` command: main() with known-harmless lines of Ray's C++ logs filtered from stderr
+    unless --verbose (in-process callers of main() keep their own stderr)."""
+    if not {"-v", "--verbose"} & set(sys.argv[1:]):
+        filter_stderr()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

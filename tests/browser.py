@@ -7,7 +7,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -28,9 +28,9 @@ class Visit:
     dom: dict[str, Any] = field(default_factory=dict)
 
 
-def visit(index: Path, screenshot: Path | None = None, script: str | None = None) -> Visit:
+def visit(index: Path, screenshot: Path | None = None, then: Callable[[Any], dict[str, Any]] | None = None) -> Visit:
     """Load `index` from file://, wait until the page's script has rendered, and collect a Visit.
-    `script` (a JS expression) is evaluated afterwards and its value kept in Visit.dom['script']."""
+    `then(page)` runs afterwards (clicks, typing, DOM queries); what it returns is kept in Visit.dom."""
     from playwright.sync_api import sync_playwright
 
     seen = Visit()
@@ -49,8 +49,8 @@ def visit(index: Path, screenshot: Path | None = None, script: str | None = None
         seen.sections = page.eval_on_selector_all("section.cluster", "els => els.map(e => e.dataset.cluster)")
         seen.images = page.eval_on_selector_all(
             "img", "els => els.map(e => ({src: e.getAttribute('src'), naturalWidth: e.naturalWidth, complete: e.complete}))")
-        if script:
-            seen.dom["script"] = page.evaluate(script)
+        if then is not None:
+            seen.dom = then(page)
         page.wait_for_timeout(300)  # let any late script (an onerror handler) fire before we look
         if screenshot is not None:
             page.screenshot(path=str(screenshot), full_page=False)

@@ -84,7 +84,7 @@ def collect(run: RunDir, k: int, n_top: int, n_low: int, progress: Any = None) -
     duplicates = _duplicate_keys(run)
     total = Picks(k)
     items = [{"shard": s} for s in sorted(run.committed("assignments"))]
-    for part in map_shards(shard_picks, items, num_cpus=0.5, run=run, k=k, n_top=n_top, n_low=n_low,
+    for part in map_shards(shard_picks, items, num_cpus=1, run=run, k=k, n_top=n_top, n_low=n_low,
                            duplicates=duplicates):
         total.merge(part, n_top, n_low)
         if progress is not None:

@@ -1,20 +1,24 @@
 """Thumbnails read back from the source shards by key: only the images the report shows.
 
-Wanted keys are grouped by shard and each shard is read once, in its own Ray task, which returns
-small JPEG thumbnails; a LAION embedding dump has no images, so its rows show URL and caption instead.
+Wanted keys are grouped by shard and each shard is read once, by a bounded pool of threads in the
+driver (reads are I/O; a few hundred images at most are decoded, so no Ray worker needs to start);
+at most THREADS shards are in memory at once. A LAION embedding dump has no images, so its rows show
+URL and caption instead.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from PIL import Image
 
 from scaleclust.config import InputConfig, StorageConfig
-from scaleclust.parallel import map_shards
 from scaleclust.sources import ShardSpec, read_samples
 from scaleclust.sources.decode import output_key
+
+THREADS = 4
 
 
 def thumb_name(key: str) -> str:
@@ -58,6 +62,7 @@ def read_thumbnails(wanted: dict[str, set[str]], shards: dict[str, ShardSpec], i
               "kind": shards[shard].kind}
              for shard, keys in sorted(wanted.items()) if shard in shards and shards[shard].kind != "laion"]
     found: dict[str, bytes] = {}
-    for part in map_shards(shard_thumbnails, items, num_cpus=0.5, input_cfg=input_cfg, storage=storage, px=px):
-        found.update(part)
+    with ThreadPoolExecutor(THREADS) as pool:
+        for part in pool.map(lambda item: shard_thumbnails(item, input_cfg, storage, px), items):
+            found.update(part)
     return found
