@@ -13,6 +13,7 @@ from scaleclust.cluster.metrics import Contingency, scores
 from scaleclust.config import Config
 from scaleclust.embed.writer import embedding_matrix
 from scaleclust.parallel import map_shards
+from scaleclust.progress import Progress
 from scaleclust.rundir import RunDir
 from scaleclust.storage import write_json_atomic
 
@@ -65,9 +66,12 @@ def reduce_run(run: RunDir, k: int, top: int, label: str | None) -> Partial:
     markers = run.committed("assignments")
     dim = run.marker(run.model("model.json"))["dim"]
     total = Partial(k, dim)
+    progress = Progress("summary", total=sum(m["rows"] for m in markers.values()), unit="rows")
     for part in map_shards(reduce_shard, [{"shard": s} for s in sorted(markers)], num_cpus=1,
                            run=run, k=k, dim=dim, top=top, label=label):
         total.merge(part, top)
+        progress.update(int(part.sizes.sum()))
+    progress.close()
     return total
 
 

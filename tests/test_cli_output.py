@@ -3,6 +3,7 @@ logs, no known-harmless warnings) ending with the report's path; `info` on the r
 exit 1 for a bad run directory, with the traceback only under --verbose."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -31,6 +32,11 @@ def test_quiet_run_then_info_and_report(tmp_path: Path) -> None:
     report = tmp_path / "run" / "report" / "index.html"
     assert done.stdout.splitlines()[-1] == f"report: {report}" and report.exists()
     assert re.search(r"embed: 100%.*\| 36(\.0)?/36(\.0)? ", done.stderr)  # the stage's progress bar, in rows
+
+    marker = json.loads(next((tmp_path / "run" / "embeddings").glob("*.done.json")).read_text())
+    assert marker["error_types"] == {} and 0 < marker["busy_seconds"]
+    assert marker["images_per_second"] == pytest.approx(marker["embedded"] / marker["busy_seconds"], rel=0.02)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["rows_per_second"]["embed"] > 0
 
     info = subprocess.run([*CLI, "info", str(tmp_path / "run")], capture_output=True, text=True, timeout=60)
     assert info.returncode == 0, info.stderr
