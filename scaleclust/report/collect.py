@@ -10,9 +10,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from scaleclust.parallel import map_shards
 from scaleclust.rundir import RunDir
+from scaleclust.storage import filesystem
 
 BINS = 50  # confidence histogram over [0, 1]
 
@@ -51,7 +53,9 @@ def shard_picks(item: dict[str, Any], run: RunDir, k: int, n_top: int, n_low: in
     """One shard's partial: its assignments joined to its embeddings' caption and url by key."""
     shard = item["shard"]
     asg = run.read_table(run.assignments(shard), ["key", "cluster", "confidence"])
-    names = run.read_table(run.embeddings(shard), []).schema.names
+    fs, path = filesystem(run.embeddings(shard), run.storage)
+    with fs.open(path, "rb") as handle:
+        names = pq.ParquetFile(handle).schema_arrow.names
     meta = run.read_table(run.embeddings(shard), ["key"] + [c for c in ("caption", "url") if c in names])
     order = {key: i for i, key in enumerate(meta["key"].to_pylist())}
     at = [order[key] for key in asg["key"].to_pylist()]
