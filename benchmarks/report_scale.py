@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=100)
     parser.add_argument("--clusters", type=int, default=10_000)
     parser.add_argument("--image-rows", type=int, default=2000, help="rows of the one real image shard")
+    parser.add_argument("--max-mb", type=float, default=20.0, help="the size README states as the bound")
+    parser.add_argument("--max-open-s", type=float, default=10.0, help="the opening time README states as the bound")
     parser.add_argument("--keep", help="write the run here and keep it (default: a temp dir, removed)")
     args = parser.parse_args()
     root = Path(args.keep or tempfile.mkdtemp(prefix="report-scale-"))
@@ -54,7 +56,8 @@ def main() -> None:
              thumbnails=result["thumbnails"])
         folder = Path(result["report"]).parent
         sizes = {part: sum(p.stat().st_size for p in (folder / part).rglob("*") if p.is_file()) for part in ("img", "plots")}
-        emit(step="report size", total_mb=round((sum(sizes.values()) + result["html_bytes"]) / 2**20, 2),
+        total_mb = (sum(sizes.values()) + result["html_bytes"]) / 2**20
+        emit(step="report size", total_mb=round(total_mb, 2),
              html_mb=round(result["html_bytes"] / 2**20, 2), img_mb=round(sizes["img"] / 2**20, 2),
              plots_kb=round(sizes["plots"] / 1024, 1))
 
@@ -74,6 +77,7 @@ def main() -> None:
              sections_on_page=len(seen.sections), images=len(seen.images),
              images_broken=sum(1 for i in seen.images if not i["naturalWidth"]), console_errors=len(seen.errors))
         emit(step="interactions (seconds)", **seen.dom)
+        emit(step="within the stated bounds", size=total_mb < args.max_mb, open=seen.load_seconds < args.max_open_s)
     finally:
         ray.shutdown()
         if not args.keep:
