@@ -42,9 +42,10 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     todo = [{"shard": s, "commit": m["commit"]} for s, m in sorted(embedded.items())
             if assigned.get(s, {}).get("model") != model["model_id"] or assigned[s].get("embed_commit") != m["commit"]]
     print(f"assign: {len(embedded)} shards, {len(embedded) - len(todo)} already assigned, {len(todo)} to do")
-    progress = Progress("assign", total=len(todo), unit="shards")
+    progress = Progress("assign", total=sum(embedded[item["shard"]]["embedded"] for item in todo), unit="rows")
     for marker in map_shards(assign_shard, todo, num_cpus=1, run=run, temperature=cfg.assign.temperature,
                              model_id=model["model_id"]):
-        progress.step(rows=marker["rows"], note=marker["shard"])
+        progress.update(marker["rows"])
+    progress.close()
     rows = sum(m["rows"] for m in run.committed("assignments").values())
     return {"shards": len(embedded), "assigned": rows, "seconds": round(time.time() - started, 2)}

@@ -1,5 +1,7 @@
-"""Command line: `scaleclust run CONFIG` (all stages), one sub-command per stage, verify, eval, export; the
-index commands (scaleclust.index.cli) and submit/status/logs for Ray clusters (scaleclust.submit)."""
+"""Command line: `scaleclust run CONFIG` (all stages), one sub-command per stage, verify, eval, export,
+report and info over a run directory; the index commands (scaleclust.index.cli) and submit/status/logs
+for Ray clusters (scaleclust.submit). Heavy modules (torch, ray) are imported by the command that uses
+them, so --help answers at once."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +10,7 @@ import sys
 from typing import Any
 
 from scaleclust.config import Config, ConfigError, load
+from scaleclust.console import configure, expected_failure, filter_stderr
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -47,11 +50,15 @@ def print_metrics(metrics: dict[str, Any]) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from scaleclust.pipeline import run_all
 
+    from scaleclust.report.stage import index_url
+    from scaleclust.rundir import RunDir
+
     cfg = _load(args)
     metrics = run_all(cfg)
-    print_clusters(cfg.run_dir, cfg.storage)
+    print_clusters(cfg.run_dir, cfg.storage, limit=10)
     print_metrics(metrics)
-    print(f"scaleclust: done; run directory {cfg.run_dir}")
+    print(f"scaleclust: done in {sum(metrics.get('seconds', {}).values()):.0f} s; run directory {cfg.run_dir}")
+    print(f"report: {index_url(RunDir(cfg.run_dir, cfg.storage))}")
     return retry_exit(metrics.get("counts", {}).get("retryable", 0))
 
 
@@ -176,6 +183,42 @@ def with_storage(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from scaleclust.pipeline import run_stage
+    from scaleclust.ray_setup import ensure_ray
+
+    cfg, run, shards = open_run(args)
+    ensure_ray(cfg)
+    result = run_stage("report", cfg, run, shards)
+    print(f"report: {result['clusters']} clusters, {result['thumbnails']} thumbnails -> {result['report']}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from scaleclust.config import StorageConfig
+    from scaleclust.rundir import RunDir
+    from scaleclust.runinfo import describe
+
+    url = args.run_dir.rstrip("/")
+    reachable(url, run_storage(args))
+    info = describe(RunDir(url, run_storage(args) or StorageConfig()))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"run {info['run_dir']}")
+    for stage, state in info["stages"].items():
+        shards = f"  {state['shards']} shards" if "shards" in state else ""
+        print(f"  {stage:<8} {'committed' if state['done'] else '-':<10}{shards}")
+    print(f"rows {info['rows']:,}: embedded {info['embedded']:,}, skipped {sum(info['skipped'].values()):,}")
+    for kind, n in info["skipped"].items():
+        print(f"  {kind:<24} {n:,}")
+    print(f"encoder {info['encoder'] or '-'}")
+    model = info["model"]
+    print("model   " + (f"{model['method']} k={model['k']} dim={model['dim']} on {model['sample_rows']} rows "
+                        f"({model['model_id']})" if model else "-"))
+    return 0
+
+
 def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The CONFIG argument and its --set overrides."""
     p.add_argument("config", help="YAML config (see jobs/demo.yaml)")
@@ -204,21 +247,46 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_storage(sub.add_parser("export", help="write the embeddings (+ clusters) in LAION's img_emb/ + metadata/ layout"))
     p.add_argument("out", help="output folder or URL (same storage settings as the run)")
     p.set_defaults(func=cmd_export)
+    p = with_storage(sub.add_parser("report", help="write RUN/report/index.html from the run's recorded config"))
+    p.set_defaults(func=cmd_report)
+    p = with_storage(sub.add_parser("info", help="committed stages, shard counts, skipped rows by error type, the model"))
+    p.add_argument("--json", action="store_true", help="print it as JSON")
+    p.set_defaults(func=cmd_info)
     from scaleclust.index.cli import add_commands as add_index_commands
     from scaleclust.submit import add_commands as add_submit_commands
     add_index_commands(sub)
     add_submit_commands(sub, with_config)
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show Ray's logs and progress bars, worker output and tracebacks")
+    for command in sub.choices.values():  # also accepted after the command
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+# Failures a user can cause and fix (a missing run directory, an unknown key, a stage run before the one
+# it needs): one line, exit 1. Anything else is a bug and keeps its traceback.
+EXPECTED = (OSError, ValueError, LookupError, RuntimeError)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure(args.verbose)
     try:
         return args.func(args)
     except ConfigError as err:
         print(f"scaleclust: config error: {err}", file=sys.stderr)
         return 2
+    except EXPECTED as err:
+        return expected_failure(err)
+
+
+def entry() -> None:
+    """The `scaleclust` command: main() with known-harmless lines of Ray's C++ logs filtered from stderr
+    unless --verbose (in-process callers of main() keep their own stderr)."""
+    if not {"-v", "--verbose"} & set(sys.argv[1:]):
+        filter_stderr()
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

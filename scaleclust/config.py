@@ -246,6 +246,17 @@ class LabelConfig(Strict):
         return value if value == "wordnet" else absolute_url(value)
 
 
+class ReportConfig(Strict):
+    """The report stage: RUN/report/index.html with thumbnails read back from the source shards."""
+
+    images: int = Field(6, ge=0, description="images nearest each cluster's centre shown per cluster")
+    borderline: int = Field(3, ge=0, description="least confident members shown per cluster")
+    captions: int = Field(3, ge=0, description="sample captions shown per cluster")
+    image_clusters: int = Field(200, ge=0, description="largest clusters whose images are read back as "
+                                "thumbnails; the others show keys, captions and URLs as text")
+    thumbnail_px: int = Field(96, ge=16, le=512, description="thumbnail size (longer side, pixels)")
+
+
 class RayConfig(Strict):
     address: str | None = Field(None, description="'auto' or ray://HOST:10001 joins a cluster; None joins RAY_ADDRESS "
                                     "(set inside a Ray job) or starts a local Ray")
@@ -281,6 +292,7 @@ class Config(Strict):
     summary: SummaryConfig = SummaryConfig()
     index: IndexConfig = IndexConfig()
     label: LabelConfig = LabelConfig()
+    report: ReportConfig = ReportConfig()
 
     @field_validator("run_dir")
     @classmethod

@@ -10,6 +10,7 @@ import yaml
 from scaleclust import assign, fit, label, summary
 from scaleclust.config import Config, ConfigError, StorageConfig
 from scaleclust.embed import stage as embed
+from scaleclust.report import stage as report
 from scaleclust.ray_setup import ensure_ray
 from scaleclust.rundir import RunDir
 from scaleclust.config import from_dict
@@ -73,6 +74,8 @@ def known_rows(cfg: Config, run: RunDir, shards: dict[str, ShardSpec]) -> int | 
 def recorded(run_url: str, storage: StorageConfig | None = None) -> tuple[Config, RunDir, dict[str, ShardSpec]]:
     """The config and shard plan a run directory was last prepared with."""
     probe = RunDir(run_url, storage or StorageConfig())
+    if not probe.exists(probe.config):
+        raise FileNotFoundError(f"{run_url}: not a run directory (no config.yaml)")
     record = yaml.safe_load(probe.read_bytes(probe.config))
     cfg = from_dict(record["config"])
     shards = {name: ShardSpec(tuple(spec["urls"]), spec["root"], spec["kind"]) for name, spec in record["shards"].items()}
@@ -95,13 +98,16 @@ def run_stage(name: str, cfg: Config, run: RunDir, shards: dict[str, ShardSpec])
     elif name == "index":
         from scaleclust.index import stage as index_stage
         result = index_stage.run(cfg, run)
+    elif name == "report":
+        result = report.run(cfg, run, shards)
     else:
         raise ValueError(f"unknown stage {name!r}")
-    summary.record_seconds(run, name, time.time() - started)
+    rate = result.get("rows_per_second")  # stages that measure their throughput (embed)
+    summary.record_seconds(run, name, time.time() - started, rate if isinstance(rate, (int, float)) else None)
     return result
 
 
-STAGES = ("embed", "fit", "assign", "summary", "label")
+STAGES = ("embed", "fit", "assign", "summary", "label", "report")
 
 
 def run_all(cfg: Config) -> dict[str, Any]:

@@ -1,20 +1,30 @@
-"""Progress lines for long stages: done / total, rate and ETA, printed as work is committed."""
+"""One live progress bar per stage (tqdm, on stderr): done of total, rate and ETA.
+
+The rate and ETA are tqdm's exponential moving average of recent updates, so the start-up of a stage
+(actors loading a model) does not inflate the ETA once rows flow.
+"""
 from __future__ import annotations
 
-import time
+import sys
 
 
 class Progress:
-    def __init__(self, stage: str, total: int, unit: str) -> None:
-        self.stage, self.total, self.unit = stage, total, unit
-        self.done = 0
-        self.rows = 0
-        self.start = time.time()
+    def __init__(self, stage: str, total: int | None, unit: str) -> None:
+        from tqdm import tqdm
 
-    def step(self, rows: int = 0, note: str = "") -> None:
-        self.done += 1
-        self.rows += rows
-        elapsed = max(time.time() - self.start, 1e-9)
-        eta = (self.total - self.done) * elapsed / self.done
-        print(f"{self.stage}: {self.done}/{self.total} {self.unit}, {self.rows / elapsed:.1f} rows/s, "
-              f"ETA {eta:.0f} s  {note}", flush=True)
+        self.bar = tqdm(total=total, desc=stage, unit=f" {unit}", unit_scale=True, file=sys.stderr,
+                        dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10.0)
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+
+    def set_total(self, total: int) -> None:
+        """Revise the total (e.g. once more shards' row counts are known)."""
+        self.bar.total = max(total, self.bar.n)
+        self.bar.refresh()
+
+    def note(self, text: str) -> None:
+        self.bar.set_postfix_str(text, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()

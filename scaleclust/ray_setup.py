@@ -1,11 +1,13 @@
 """Connect to Ray the same way on a laptop and on Kubernetes: the config's address decides."""
 from __future__ import annotations
 
+import logging
 import os
 
 import ray
 
 from scaleclust.config import Config
+from scaleclust.console import quiet_ray_logs, verbose
 
 
 def ensure_ray(cfg: Config) -> None:
@@ -19,12 +21,21 @@ def ensure_ray(cfg: Config) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    loud = verbose()
     joined = os.environ.get("RAY_ADDRESS", "")
     # An http(s) RAY_ADDRESS names a Job API (as for `scaleclust submit`), not a cluster to join.
     address = cfg.ray.address or (None if joined.startswith(("http://", "https://")) else joined)
+    level = logging.INFO if loud else logging.WARNING
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, logging_level=level)
     else:
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = os.environ.get("SCALECLUST_PROGRESS_BARS", "0") == "1"
+        # The dashboard serves Ray's State API, which Ray Train's PlacementGroupCleaner polls every
+        # second to see whether its controller is alive; without it each poll fails and logs "Failed to
+        # query Ray Train Controller actor state" (hundreds of lines per fit). So a fit that trains with
+        # Ray Train (every method but kmeans) gets the dashboard, bound to loopback (port from 8265 up);
+        # kmeans runs skip its start-up cost.
+        trains = cfg.cluster.method != "kmeans"
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1), include_dashboard=trains,
+                 dashboard_host="127.0.0.1", log_to_driver=loud, logging_level=level)
+    quiet_ray_logs()
+    ray.data.DataContext.get_current().enable_progress_bars = loud

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from scaleclust import fit
 from scaleclust.config import ConfigError, from_dict, read
 
 SHIPPED = ("scaleclust", "jobs")  # what every job needs: the package and the job configs
@@ -164,6 +163,8 @@ def report(client: Any, job_id: str) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     config, overrides = Path(args.config), args.set or []
     data = read(config, overrides)
+    from scaleclust import fit  # torch: imported only when a job is submitted, not for --help
+
     fit.check(from_dict(data, str(config)))  # a bad config fails here, before the cluster is contacted
     check_portable(data)
     command = entrypoint(config, Path(args.working_dir), overrides)

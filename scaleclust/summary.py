@@ -13,6 +13,7 @@ from scaleclust.cluster.metrics import Contingency, scores
 from scaleclust.config import Config
 from scaleclust.embed.writer import embedding_matrix
 from scaleclust.parallel import map_shards
+from scaleclust.progress import Progress
 from scaleclust.rundir import RunDir
 from scaleclust.storage import write_json_atomic
 
@@ -65,16 +66,22 @@ def reduce_run(run: RunDir, k: int, top: int, label: str | None) -> Partial:
     markers = run.committed("assignments")
     dim = run.marker(run.model("model.json"))["dim"]
     total = Partial(k, dim)
+    progress = Progress("summary", total=sum(m["rows"] for m in markers.values()), unit="rows")
     for part in map_shards(reduce_shard, [{"shard": s} for s in sorted(markers)], num_cpus=1,
                            run=run, k=k, dim=dim, top=top, label=label):
         total.merge(part, top)
+        progress.update(int(part.sizes.sum()))
+    progress.close()
     return total
 
 
-def record_seconds(run: RunDir, stage: str, seconds: float) -> None:
-    """Keep each stage's last duration in metrics.json, whether stages run together or one by one."""
+def record_seconds(run: RunDir, stage: str, seconds: float, rows_per_second: float | None = None) -> None:
+    """Keep each stage's last duration (and its throughput, when it did work) in metrics.json, whether
+    stages run together or one by one."""
     metrics = run.marker(run.metrics) or {}
     metrics.setdefault("seconds", {})[stage] = round(seconds, 2)
+    if rows_per_second:
+        metrics.setdefault("rows_per_second", {})[stage] = rows_per_second
     write_json_atomic(run.metrics, metrics, run.storage)
 
 

@@ -7,6 +7,7 @@ actor's device. Rows that failed to decode pass through with a zero embedding an
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any, Callable
 
 import numpy as np
@@ -59,6 +60,7 @@ class EncodeBatch:
         return self._chunked(images, self._images)[0]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
         images = batch.pop("image")
         ok = batch["error"] == ""
         batch["embedding"] = np.zeros((len(images), self.encoder.dim), np.float16)
@@ -72,4 +74,5 @@ class EncodeBatch:
                 batch["text_embedding"][has_text] = self._chunked(list(batch["caption"][has_text]),
                                                                   self.encoder.encode_text)[0]
             batch["has_text"] = has_text
+        batch["busy"] = batch["busy"] + (time.perf_counter() - started) / max(len(images), 1)
         return batch

@@ -28,8 +28,9 @@ from scaleclust.storage import remove
 
 def _decode(batch: dict[str, Any], storage: StorageConfig, **kwargs: Any):
     for shard, urls, root, kind in zip(batch["shard"], batch["urls"], batch["root"], batch["kind"]):
+        started = time.time()
         samples = read_samples(str(shard), ShardSpec(tuple(urls), str(root), str(kind)), storage)
-        yield from decode_shard(str(shard), samples, **kwargs)
+        yield from decode_shard(str(shard), samples, started=started, **kwargs)
 
 
 def _to_retry(run: RunDir, shard: str, marker: dict[str, Any]) -> bool:
@@ -68,8 +69,9 @@ def run(cfg: Config, run: RunDir, shards: dict[str, ShardSpec]) -> dict[str, Any
         "retryable": sum(markers[n].get("retryable", 0) for n in shards if n in markers),
         "seconds": round(time.time() - started, 2),
     }
-    print(f"embed: {stats['embedded']} embedded, {stats['errors']} skipped (see errors/), "
-          f"{stats['seconds']} s")
+    stats["rows_per_second"] = round(stats["rows"] / stats["seconds"], 1) if pending else None
+    print(f"embed: {stats['embedded']} embedded, {stats['errors']} skipped (see errors/), {stats['seconds']} s"
+          + (f", {stats['rows_per_second']} rows/s" if pending else ""))
     failing = {n: markers[n] for n in shards if n in markers and needs_retry(markers[n])}
     if failing:
         print(f"embed: {len(failing)} shard(s) still fail for reasons that may pass, "
@@ -97,7 +99,8 @@ def _ingest(cfg: Config, run: RunDir, pending: dict[str, ShardSpec]) -> None:
             failed.append(f"{marker['shard']}: {marker['failed']}")
             print(f"embed: part {failed[-1]}")
         else:
-            progress.step(rows=marker["embedded"], note=f"{marker['shard']}: {marker['errors']} errors")
+            progress.update(1)
+    progress.close()
     if failed:
         raise RuntimeError(f"embed: {len(failed)} part(s) could not be read (the others are committed): "
                            + "; ".join(failed))
@@ -112,10 +115,11 @@ def _embed(cfg: Config, run: RunDir, pending: dict[str, ShardSpec]) -> None:
     items = [{"shard": name, "urls": list(spec.urls), "root": spec.root, "kind": spec.kind}
              for name, spec in pending.items()]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    # Decode runs in its own CPU tasks, sized apart from the encoder pool. A ray_remote_args_fn keeps
-    # Ray Data from fusing it into the encoder actors (it fuses ops whose plain remote args match).
-    decode_args = {"num_cpus": cfg.embed.decode_cpus}
-    ds = ds.map_batches(_decode, batch_size=1, ray_remote_args_fn=lambda: decode_args, fn_kwargs={
+    # Decode runs in its own CPU tasks, sized apart from the encoder pool. Ray Data fuses a task op into
+    # the next actor op when their remote args match (decode_cpus == cpus_per_actor would put decoding
+    # inside the encoder actors, serially); max_calls=0 (Ray's default for CPU tasks: reuse workers) is
+    # a task-only arg the actors never have, so the two always differ.
+    ds = ds.map_batches(_decode, batch_size=1, num_cpus=cfg.embed.decode_cpus, max_calls=0, fn_kwargs={
         "image_size": prep.image_size, "crop_pct": prep.crop_pct, "input_cfg": cfg.input,
         "storage": cfg.storage, "batch_rows": cfg.embed.decode_batch,
         "max_pixels": cfg.embed.max_image_pixels})
@@ -127,10 +131,11 @@ def _embed(cfg: Config, run: RunDir, pending: dict[str, ShardSpec]) -> None:
 
     commit = ray.remote(num_cpus=0.25)(commit_shard)
     tally: dict[str, int] = {}
+    busy: dict[str, float] = {}  # decode + encode seconds per shard
     expected: dict[str, tuple[int, float]] = {}  # shard -> (rows, start time), from the decode task
     inflight: dict[str, ray.ObjectRef] = {}
     committed: set[str] = set()
-    progress = Progress("embed", total=len(pending), unit="shards")
+    progress = Progress("embed", total=None, unit="rows")
 
     def harvest(block: bool) -> None:
         refs = list(inflight.values())
@@ -141,22 +146,28 @@ def _embed(cfg: Config, run: RunDir, pending: dict[str, ShardSpec]) -> None:
                 marker = ray.get(ref)
                 if marker is not None:
                     committed.add(shard)
-                    progress.step(rows=marker["embedded"], note=f"{shard}: {marker['errors']} errors")
+                    progress.note(f"{len(committed)}/{len(pending)} shards committed")
 
     for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for shard, rows, total, t0 in zip(out["shard"], out["rows"], out["shard_rows"], out["t0"]):
+        for shard, rows, total, t0, seconds in zip(out["shard"], out["rows"], out["shard_rows"], out["t0"], out["busy"]):
             shard = str(shard)
             tally[shard] = tally.get(shard, 0) + int(rows)
-            expected.setdefault(shard, (int(total), float(t0)))
+            busy[shard] = busy.get(shard, 0.0) + float(seconds)
+            if shard not in expected:
+                expected[shard] = (int(total), float(t0))
+                seen = sum(rows for rows, _ in expected.values())  # shards not started yet: their mean
+                progress.set_total(seen + (len(pending) - len(expected)) * seen // len(expected))
+            progress.update(int(rows))
             if tally[shard] >= expected[shard][0] and shard not in inflight and shard not in committed:
-                inflight[shard] = commit.remote(run, shard, source[shard], *expected[shard], model)
+                inflight[shard] = commit.remote(run, shard, source[shard], *expected[shard], model, busy[shard])
         if inflight:
             harvest(block=False)
     while inflight:
         harvest(block=True)
+    progress.close()
     for shard in pending:
-        if shard not in committed and (
-                shard not in expected or commit_shard(run, shard, source[shard], *expected[shard], model) is None):
+        if shard not in committed and (shard not in expected or commit_shard(
+                run, shard, source[shard], *expected[shard], model, busy.get(shard)) is None):
             raise RuntimeError(f"embed: shard {shard} ({source[shard]}) lost rows: got {tally.get(shard, 0)} of "
                                f"{expected.get(shard, ('?',))[0]}; re-run to redo it")
         remove(run.embedding_parts(shard), run.storage, recursive=True)  # parts a late retry wrote

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ import pyarrow as pa
 
 from scaleclust.failures import count_retryable, reasons
 from scaleclust.rundir import RunDir
+from scaleclust.runinfo import error_type
 from scaleclust.storage import listdir, remove
 
 METADATA = ("caption", "url", "width", "height", "label")
@@ -42,8 +44,9 @@ def string_array(values: np.ndarray) -> pa.Array:
 
 
 def write_parts(batch: dict[str, np.ndarray], run: RunDir) -> dict[str, np.ndarray]:
-    """Write one part per shard present in the batch; return (shard, rows, shard_rows, t0) per part."""
-    shards, rows, totals, starts = [], [], [], []
+    """Write one part per shard present in the batch; return (shard, rows, shard_rows, t0, busy) per part,
+    busy being the decode + encode seconds its rows took."""
+    shards, rows, totals, starts, busy = [], [], [], [], []
     for shard in np.unique(batch["shard"]):
         pick = batch["shard"] == shard
         table = pa.table({
@@ -66,11 +69,13 @@ def write_parts(batch: dict[str, np.ndarray], run: RunDir) -> dict[str, np.ndarr
         rows.append(int(pick.sum()))
         totals.append(int(batch["shard_rows"][pick][0]))
         starts.append(float(batch["t0"][pick].min()))
+        busy.append(float(batch["busy"][pick].sum()))
     return {"shard": np.asarray(shards, dtype=object), "rows": np.asarray(rows), "shard_rows": np.asarray(totals),
-            "t0": np.asarray(starts)}
+            "t0": np.asarray(starts), "busy": np.asarray(busy)}
 
 
-def commit_shard(run: RunDir, shard: str, url: str, expected: int, t0: float, model: str) -> dict[str, Any] | None:
+def commit_shard(run: RunDir, shard: str, url: str, expected: int, t0: float, model: str,
+                 busy: float | None = None) -> dict[str, Any] | None:
     """Merge a shard's parts and commit it; None when rows are still missing (more parts to come)."""
     folder = run.embedding_parts(shard)
     parts = [run.read_table(run.path("embeddings", "_parts", shard, n)) for n in listdir(folder, run.storage)
@@ -89,16 +94,20 @@ def commit_shard(run: RunDir, shard: str, url: str, expected: int, t0: float, mo
     text = ["text_embedding"] if "text_embedding" in embedded.column_names else []
     embedded = embedded.select(["key", "embedding", "embedding_norm", *text, *METADATA, "shard"])
     errors = table.filter(pa.array(failed))
-    marker = write_commit(run, shard, url, embedded, errors.select(["key", "error"]), "embed", t0, model)
+    marker = write_commit(run, shard, url, embedded, errors.select(["key", "error"]), "embed", t0, model, busy)
     remove(folder, run.storage, recursive=True)
     return marker
 
 
 def write_commit(run: RunDir, shard: str, url: str, embedded: pa.Table, errors: pa.Table, stage: str, t0: float,
-                 model: str) -> dict[str, Any]:
+                 model: str, busy: float | None = None) -> dict[str, Any]:
     """Write a shard's embeddings and its errors (`errors`: key, error; none removes the file), then its
     marker last: the commit. Shared by every source that produces embeddings. The marker counts the
-    errors that may pass (`retryable`, see scaleclust.failures): the next embed run redoes such a shard."""
+    errors that may pass (`retryable`, see scaleclust.failures): the next embed run redoes such a shard.
+
+    `seconds` is wall time from the shard's read start to its commit (it includes waiting for the
+    encoder); `busy_seconds` the time spent reading, decoding and encoding its rows (default: the wall
+    time), and `images_per_second` counts against busy time."""
     run.write_table(run.embeddings(shard), embedded)
     if len(errors):
         run.write_table(run.errors(shard), pa.table({
@@ -108,9 +117,12 @@ def write_commit(run: RunDir, shard: str, url: str, embedded: pa.Table, errors: 
         remove(run.errors(shard), run.storage)
     seconds = max(time.time() - t0, 1e-9)
     failed = errors["error"].to_pylist()
-    marker = {"retryable": count_retryable(failed), "retry_reasons": reasons(failed),"shard": shard, "url": url, "rows": len(embedded) + len(errors), "embedded": len(embedded),
-              "errors": len(errors), "seconds": round(seconds, 3),
-              "images_per_second": round(len(embedded) / seconds, 2), "model": model,
+    busy = max(busy or seconds, 1e-9)
+    marker = {"shard": shard, "url": url, "rows": len(embedded) + len(errors), "embedded": len(embedded),
+              "errors": len(errors), "error_types": dict(Counter(error_type(e) for e in failed)),
+              "retryable": count_retryable(failed), "retry_reasons": reasons(failed),
+              "seconds": round(seconds, 3), "busy_seconds": round(busy, 3),
+              "images_per_second": round(len(embedded) / busy, 2), "model": model,
               "dim": embedded.schema.field("embedding").type.list_size, "commit": uuid.uuid4().hex}
     run.write_marker(run.embeddings_marker(shard), marker)
     return marker

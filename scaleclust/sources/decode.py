@@ -89,19 +89,24 @@ def output_key(sample_key: str, shard: str, input_cfg: InputConfig) -> str:
     return sample_key
 
 
-ROW_COLUMNS = ("key", "shard", "idx", "shard_rows", "t0", "image", "caption", "url", "width", "height", "label", "error")
+ROW_COLUMNS = ("key", "shard", "idx", "shard_rows", "t0", "busy", "image", "caption", "url", "width", "height", "label",
+               "error")
 
 
 def decode_shard(
     shard: str, samples: list[Sample], image_size: int, crop_pct: float, input_cfg: InputConfig, batch_rows: int,
     max_pixels: int = MAX_PIXELS,
+    started: float | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Read one shard and yield column batches of decoded rows (see ROW_COLUMNS).
 
     Every sample yields one row; rows that could not be decoded carry a zero image and `error`.
-    `shard_rows` (the shard's total row count) lets the writer know when a shard is complete.
+    `shard_rows` (the shard's total row count) lets the writer know when a shard is complete. `busy`
+    is each row's share of the seconds spent reading and decoding its batch (from `started`, when the
+    shard's read began), so a shard's busy time excludes waiting for the encoder.
     """
-    t0 = time.time()
+    t0 = started or time.time()
+    busy_from = t0
     extensions = [e.lower() for e in input_cfg.image_extensions]
     rows: list[dict[str, Any]] = []
     for idx, sample in enumerate(samples):
@@ -125,15 +130,18 @@ def decode_shard(
         row["image"] = image
         rows.append(row)
         if len(rows) == batch_rows:
-            yield _to_columns(rows)
+            yield _to_columns(rows, time.time() - busy_from)
             rows = []
+            busy_from = time.time()
     if rows:
-        yield _to_columns(rows)
+        yield _to_columns(rows, time.time() - busy_from)
 
 
-def _to_columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    columns: dict[str, np.ndarray] = {}
+def _to_columns(rows: list[dict[str, Any]], seconds: float) -> dict[str, np.ndarray]:
+    columns: dict[str, np.ndarray] = {"busy": np.full(len(rows), seconds / max(len(rows), 1))}
     for name in ROW_COLUMNS:
+        if name == "busy":
+            continue
         values = [r[name] for r in rows]
         if name == "image":
             columns[name] = np.stack(values)

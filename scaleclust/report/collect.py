@@ -1,0 +1,96 @@
+"""One pass over the committed shards, reduced to what the report shows: per cluster its most and
+least confident members (key, shard, confidence, caption, url), the confidence histogram of all rows,
+and near-duplicate counts when dedup has run. Each shard becomes a small partial in its own Ray task;
+the driver merges partials, so memory is bounded by clusters x members shown, not by rows."""
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from scaleclust.parallel import map_shards
+from scaleclust.rundir import RunDir
+from scaleclust.storage import filesystem
+
+BINS = 50  # confidence histogram over [0, 1]
+
+Member = tuple[float, str, str, str | None, str | None]  # confidence, key, shard, caption, url
+
+
+class Picks:
+    """A shard's (or the merged) contribution."""
+
+    def __init__(self, k: int) -> None:
+        self.top: list[list[Member]] = [[] for _ in range(k)]
+        self.low: list[list[Member]] = [[] for _ in range(k)]
+        self.hist = np.zeros(BINS, np.int64)
+        self.duplicates = np.zeros(k, np.int64)
+
+    def merge(self, other: "Picks", n_top: int, n_low: int) -> None:
+        for c in range(len(self.top)):
+            if other.top[c]:
+                self.top[c] = heapq.nlargest(n_top, self.top[c] + other.top[c])
+                self.low[c] = heapq.nsmallest(n_low, self.low[c] + other.low[c])
+        self.hist += other.hist
+        self.duplicates += other.duplicates
+
+
+def _duplicate_keys(run: RunDir) -> pa.Array | None:
+    """Keys that dedup marked for removal (not their group's keeper), when dedup has run."""
+    url = run.path("duplicates.parquet")
+    if not run.exists(url):
+        return None
+    table = run.read_table(url, ["key", "is_keeper"])
+    return table.filter(pc.invert(table["is_keeper"]))["key"].combine_chunks()
+
+
+def shard_picks(item: dict[str, Any], run: RunDir, k: int, n_top: int, n_low: int,
+                duplicates: pa.Array | None) -> Picks:
+    """One shard's partial: its assignments joined to its embeddings' caption and url by key."""
+    shard = item["shard"]
+    asg = run.read_table(run.assignments(shard), ["key", "cluster", "confidence"])
+    fs, path = filesystem(run.embeddings(shard), run.storage)
+    with fs.open(path, "rb") as handle:
+        names = pq.ParquetFile(handle).schema_arrow.names
+    meta = run.read_table(run.embeddings(shard), ["key"] + [c for c in ("caption", "url") if c in names])
+    order = {key: i for i, key in enumerate(meta["key"].to_pylist())}
+    at = [order[key] for key in asg["key"].to_pylist()]
+    captions = meta["caption"].to_pylist() if "caption" in meta.column_names else [None] * len(meta)
+    urls = meta["url"].to_pylist() if "url" in meta.column_names else [None] * len(meta)
+    keys = asg["key"].to_pylist()
+    clusters = asg["cluster"].to_numpy()
+    conf = asg["confidence"].to_numpy().astype(np.float64)
+    part = Picks(k)
+    part.hist += np.histogram(np.clip(conf, 0, 1), bins=BINS, range=(0.0, 1.0))[0]
+    if duplicates is not None:
+        marked = pc.is_in(asg["key"], value_set=duplicates).to_numpy(zero_copy_only=False)
+        part.duplicates += np.bincount(clusters[marked], minlength=k)
+    order_rows = np.lexsort((-conf, clusters))  # by cluster, most confident first
+    ids, starts, counts = np.unique(clusters[order_rows], return_index=True, return_counts=True)
+
+    def member(i: int) -> Member:
+        return float(conf[i]), keys[i], shard, captions[at[i]], urls[at[i]]
+
+    for c, start, count in zip(ids, starts, counts):
+        rows = order_rows[start:start + count]
+        part.top[c] = [member(i) for i in rows[:n_top]]
+        part.low[c] = sorted(member(i) for i in rows[max(count - n_low, 0):])
+    return part
+
+
+def collect(run: RunDir, k: int, n_top: int, n_low: int, progress: Any = None) -> tuple[Picks, bool]:
+    """Merge every committed assignments shard's partial (one Ray task per shard). Also says whether
+    dedup has run (so a count of 0 means 'no duplicates', not 'not checked')."""
+    duplicates = _duplicate_keys(run)
+    total = Picks(k)
+    items = [{"shard": s} for s in sorted(run.committed("assignments"))]
+    for part in map_shards(shard_picks, items, num_cpus=1, run=run, k=k, n_top=n_top, n_low=n_low,
+                           duplicates=duplicates):
+        total.merge(part, n_top, n_low)
+        if progress is not None:
+            progress.update(int(part.hist.sum()))
+    return total, duplicates is not None

@@ -1,0 +1,128 @@
+"""Report stage: RUN/report/ = index.html (written last: the commit), plots/*.png, img/*.jpg.
+
+Reads clusters.parquet, assignments/ + embeddings/ (one pass, one Ray task per shard), metrics.json
+and the markers; reads back from the source shards only the thumbnails it shows.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from scaleclust.config import Config
+from scaleclust.embed.writer import embedding_matrix
+from scaleclust.progress import Progress
+from scaleclust.report import plots
+from scaleclust.report.collect import Member, Picks, collect
+from scaleclust.report.page import render
+from scaleclust.report.thumbs import read_thumbnails, thumb_name
+from scaleclust.rundir import RunDir
+from scaleclust.runinfo import describe
+from scaleclust.sources import ShardSpec
+from scaleclust.storage import write_bytes_atomic
+
+PAGE_SIZE = 50  # cluster sections per page
+
+
+def index_url(run: RunDir) -> str:
+    return run.path("report", "index.html")
+
+
+def overview(run: RunDir, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The overview tables, each {id, title, rows: [(name, value)]}. Later stages (drift) add theirs here."""
+    info = describe(run)
+    counts = metrics.get("counts", {})
+    model = info["model"] or {}
+    sections = [{"id": "run", "title": "run", "rows": [
+        ("rows", f"{info['rows']:,}"), ("embedded", f"{info['embedded']:,}"),
+        ("skipped", f"{sum(info['skipped'].values()):,}"),
+        ("clusters", f"{counts.get('non_empty_clusters', '-')} non-empty of {model.get('k', '-')}"),
+        ("method", model.get("method", "-")), ("encoder", info["encoder"] or "-"),
+        ("fit sample", f"{model.get('sample_rows') or '-'} rows")]}]
+    if info["skipped"]:
+        sections.append({"id": "skipped", "title": "skipped rows by error type",
+                         "rows": list(info["skipped"].items())})
+    seconds = metrics.get("seconds", {})
+    if seconds:
+        rates = metrics.get("rows_per_second", {})
+        sections.append({"id": "seconds", "title": "seconds per stage", "rows": [
+            (stage, f"{s:,.1f} s" + (f" ({rates[stage]:,.0f} rows/s)" if rates.get(stage) else ""))
+            for stage, s in seconds.items()]})
+    labels = metrics.get("labels")
+    if labels:
+        sections.append({"id": "labels", "title": f"against '{labels['column']}' ({labels['n']:,} labelled rows)",
+                         "rows": [("ACC", f"{labels['acc']:.3f}"), ("NMI", f"{labels['nmi']:.3f}"),
+                                  ("ARI", f"{labels['ari']:.3f}"),
+                                  ("many-to-one ACC", f"{labels['acc_many_to_one']:.3f}")]})
+    return sections
+
+
+def _members(members: list[Member], thumbs: dict[str, bytes]) -> list[dict[str, Any]]:
+    return [{"key": key, "conf": round(conf, 4), "thumb": thumb_name(key) if key in thumbs else None,
+             "caption": caption, "url": url} for conf, key, _, caption, url in members]
+
+
+def cluster_rows(table: dict[str, Any], picks: Picks, thumbs: dict[str, bytes], deduped: bool,
+                 n_captions: int) -> list[dict[str, Any]]:
+    """One JSON-ready dict per non-empty cluster."""
+    rows = []
+    for c in np.flatnonzero(np.asarray(table["size"]) > 0):
+        top = picks.top[c]
+        shown = {m[1] for m in top}
+        low = [m for m in picks.low[c] if m[1] not in shown]
+        captions = list(dict.fromkeys(m[3] for m in top + low if m[3]))[:n_captions]
+        score = table["name_score"][c]
+        rows.append({"id": int(table["cluster"][c]), "size": int(table["size"][c]),
+                     "conf": round(float(table["mean_confidence"][c]), 4), "name": table["name"][c] or None,
+                     "score": None if score is None else round(float(score), 4),
+                     "names": [n for n in (table["top_names"][c] or []) if n != table["name"][c]],
+                     "dups": int(picks.duplicates[c]) if deduped else None,
+                     "top": _members(top, thumbs), "low": _members(low, thumbs), "captions": captions})
+    return rows
+
+
+def run(cfg: Config, run: RunDir, shards: dict[str, ShardSpec]) -> dict[str, Any]:
+    """Write RUN/report/; returns the page's URL and what it holds."""
+    started = time.time()
+    clusters = run.read_table(run.clusters)
+    table = {name: clusters[name].to_pylist() for name in clusters.column_names if name != "centroid"}
+    sizes = np.asarray(table["size"], np.int64)
+    opts = cfg.report
+    rows = int(sizes.sum())
+    progress = Progress("report", total=rows, unit="rows")
+    picks, deduped = collect(run, len(sizes), opts.images, opts.borderline, progress)
+    progress.close()
+
+    wanted: dict[str, set[str]] = {}
+    for c in np.argsort(-sizes, kind="stable")[:opts.image_clusters]:
+        for _, key, shard, _, _ in picks.top[c] + picks.low[c]:
+            wanted.setdefault(shard, set()).add(key)
+    thumbs = read_thumbnails(wanted, shards, cfg.input, cfg.storage, opts.thumbnail_px) if wanted else {}
+    for key, jpeg in thumbs.items():
+        write_bytes_atomic(run.path("report", thumb_name(key)), jpeg, run.storage)
+
+    labels = [name or str(c) for c, name in zip(table["cluster"], table["name"])]
+    centroids = embedding_matrix(clusters["centroid"])
+    confidence = np.asarray(table["mean_confidence"], np.float64)
+    figures = {"sizes": plots.size_distribution(sizes), "confidence": plots.confidence_histogram(picks.hist),
+               "map": plots.cluster_map(centroids, sizes, confidence, labels)}
+    for name, png in figures.items():
+        write_bytes_atomic(run.path("report", "plots", f"{name}.png"), png, run.storage)
+
+    metrics = run.marker(run.metrics) or {}
+    data = {"page_size": PAGE_SIZE, "thumbnail_px": opts.thumbnail_px,
+            "clusters": cluster_rows(table, picks, thumbs, deduped, opts.captions)}
+    named = any(table["name"])
+    note = (f"Thumbnails for the {min(opts.image_clusters, len(data['clusters']))} largest clusters "
+            f"(report.image_clusters); the others list keys, captions and URLs. "
+            + ("" if named else "Clusters get names once the label stage has run. ")
+            + ("" if deduped else "Near-duplicate counts appear once `scaleclust dedup` has run."))
+    html = render({"title": run.url, "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                   "sections": overview(run, metrics), "cluster_note": note, "data": data,
+                   "plots": [{"src": f"plots/{name}.png", "alt": alt} for name, alt in
+                             (("sizes", "cluster-size distribution"), ("confidence", "confidence histogram"),
+                              ("map", "2-D map of the clusters"))]})
+    write_bytes_atomic(index_url(run), html.encode(), run.storage)
+    return {"report": index_url(run), "clusters": len(data["clusters"]), "thumbnails": len(thumbs),
+            "html_bytes": len(html.encode()), "seconds": round(time.time() - started, 2)}

@@ -1,0 +1,65 @@
+"""What a run directory holds, read from its markers: committed stages, shard counts, skipped rows by
+error type, the model. Used by `scaleclust info RUN` and by the report's overview; starts no Ray."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import yaml
+
+from scaleclust.rundir import RunDir
+
+
+def error_type(message: str) -> str:
+    """'TruncatedShard: no end-of-archive ...' -> 'TruncatedShard' (errors/ rows are 'Type: message')."""
+    return (message or "").split(":", 1)[0].strip() or "Unknown"
+
+
+def skipped_by_type(run: RunDir, markers: dict[str, dict[str, Any]]) -> Counter[str]:
+    """Skipped rows by error type over committed shards: from each marker's `error_types`, or, for
+    markers written before that field existed, from the shard's errors/ file."""
+    counts: Counter[str] = Counter()
+    for shard, marker in markers.items():
+        if "error_types" in marker:
+            counts.update(marker["error_types"])
+        elif marker.get("errors"):
+            counts.update(error_type(e) for e in run.read_table(run.errors(shard), ["error"])["error"].to_pylist())
+    return counts
+
+
+def stages(run: RunDir) -> dict[str, Any]:
+    """Per stage: whether it is committed and, for per-shard stages, how many shards are."""
+    planned = len(yaml.safe_load(run.read_bytes(run.config)).get("shards", {}))
+    embedded = run.committed("embeddings")
+    assigned = run.committed("assignments")
+    named = False
+    if run.exists(run.clusters):
+        names = run.read_table(run.clusters, ["name"])["name"]
+        named = names.null_count < len(names)
+    return {
+        "embed": {"done": len(embedded) == planned and planned > 0, "shards": f"{len(embedded)}/{planned}"},
+        "fit": {"done": run.exists(run.model("model.json"))},
+        "assign": {"done": bool(assigned) and len(assigned) == len(embedded), "shards": f"{len(assigned)}/{len(embedded)}"},
+        "summary": {"done": run.exists(run.clusters)},
+        "label": {"done": named},
+        "index": {"done": run.exists(run.path("index", "manifest.json"))},
+        "report": {"done": run.exists(run.path("report", "index.html"))},
+    }
+
+
+def describe(run: RunDir) -> dict[str, Any]:
+    """Everything `scaleclust info` prints, as one dict."""
+    if not run.exists(run.config):
+        raise FileNotFoundError(f"{run.url}: not a run directory (no config.yaml)")
+    markers = run.committed("embeddings")
+    model = run.marker(run.model("model.json"))
+    return {
+        "run_dir": run.url,
+        "stages": stages(run),
+        "rows": sum(m["rows"] for m in markers.values()),
+        "embedded": sum(m["embedded"] for m in markers.values()),
+        "skipped": dict(skipped_by_type(run, markers).most_common()),
+        "encoder": next((m["model"] for m in markers.values()), None),
+        "model": {k: model.get(k) for k in ("method", "k", "dim", "sample_rows", "model_id")} if model else None,
+        "seconds": (run.marker(run.metrics) or {}).get("seconds", {}),
+    }
