@@ -86,7 +86,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if model is None:
         raise ConfigError(f"{args.run_dir}: no committed model to evaluate")
     ray.init(address="local", include_dashboard=False, num_cpus=4) if not ray.is_initialized() else None
-    result = scores(reduce_run(run, model["k"], 1, args.labels).contingency.matrix())
+    result = scores(reduce_run(run, 1, args.labels).contingency.matrix())
     print(json.dumps({"column": args.labels, **result}, indent=2))
     return 0
 

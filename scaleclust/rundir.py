@@ -18,6 +18,12 @@ from scaleclust.storage import exists, filesystem, join, listdir, read_bytes, re
 DONE = ".done.json"
 
 
+def assignments_file(shard: str, model_id: str, embed_commit: str) -> str:
+    """Name of a shard's assignments by one model from one embeddings commit, relative to
+    RUN/assignments/: the name changes whenever the content could, so a named file is never rewritten."""
+    return f"{shard}.{model_id}.{embed_commit[:8]}.parquet"
+
+
 @dataclass(frozen=True)
 class RunDir:
     url: str
@@ -46,8 +52,14 @@ class RunDir:
     def model(self, name: str = "") -> str:
         return self.path("model", name) if name else self.path("model")
 
-    def assignments(self, shard: str) -> str:
-        return self.path("assignments", f"{shard}.parquet")
+    def assignments(self, shard: str, model_id: str, embed_commit: str) -> str:
+        """One shard's assignments by one model: never rewritten once committed, so a version that
+        names the file (versions/V/manifest.json) keeps reading the same rows."""
+        return self.path("assignments", assignments_file(shard, model_id, embed_commit))
+
+    def assigned(self, shard: str, marker: dict[str, Any]) -> str:
+        """The assignments file a shard's marker says is current."""
+        return self.path("assignments", marker["file"])
 
     def assignments_marker(self, shard: str) -> str:
         return self.path("assignments", f"{shard}{DONE}")

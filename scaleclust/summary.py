@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from scaleclust.assign import cluster_ids
 from scaleclust.cluster.metrics import Contingency, scores
 from scaleclust.config import Config
 from scaleclust.embed.writer import embedding_matrix
@@ -36,23 +37,30 @@ class Partial:
             mine[:] = heapq.nlargest(top, mine + theirs)
 
 
-def reduce_shard(item: dict[str, Any], run: RunDir, k: int, dim: int, top: int, label: str | None) -> Partial:
-    """One shard's partial: joins its assignments to its embeddings by key."""
+def slots(clusters: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Position in `ids` (the model's stable cluster ids) of each cluster id."""
+    order = np.argsort(ids)
+    return order[np.searchsorted(ids[order], clusters)]
+
+
+def reduce_shard(item: dict[str, Any], run: RunDir, ids: np.ndarray, dim: int, top: int, label: str | None) -> Partial:
+    """One shard's partial (indexed by model slot): joins its assignments to its embeddings by key."""
     shard = item["shard"]
     columns = ["key", "embedding"] + ([label] if label else [])
     emb = run.read_table(run.embeddings(shard), columns)
-    asg = run.read_table(run.assignments(shard), ["key", "cluster", "confidence"])
+    asg = run.read_table(run.path("assignments", item["file"]), ["key", "cluster", "confidence"])
     if emb["key"].to_pylist() != asg["key"].to_pylist():
         order = {key: i for i, key in enumerate(asg["key"].to_pylist())}
         asg = asg.take(pa.array([order[key] for key in emb["key"].to_pylist()]))
-    clusters = asg["cluster"].to_numpy()
+    clusters = slots(asg["cluster"].to_numpy(), ids)
     conf = asg["confidence"].to_numpy()
+    k = len(ids)
     part = Partial(k, dim)
     part.sizes += np.bincount(clusters, minlength=k)
     np.add.at(part.sums, clusters, embedding_matrix(emb["embedding"], np.float64))
     np.add.at(part.confidence, clusters, conf)
     if label:
-        part.contingency.update(clusters, emb[label].to_pylist())
+        part.contingency.update(ids[clusters], emb[label].to_pylist())
     keys = emb["key"].to_pylist()
     for c in np.unique(clusters):
         idx = np.flatnonzero(clusters == c)
@@ -61,12 +69,14 @@ def reduce_shard(item: dict[str, Any], run: RunDir, k: int, dim: int, top: int, 
     return part
 
 
-def reduce_run(run: RunDir, k: int, top: int, label: str | None) -> Partial:
+def reduce_run(run: RunDir, top: int, label: str | None) -> Partial:
+    """Merge every assigned shard's partial; slots follow the committed model's `cluster_ids`."""
     markers = run.committed("assignments")
-    dim = run.marker(run.model("model.json"))["dim"]
-    total = Partial(k, dim)
-    for part in map_shards(reduce_shard, [{"shard": s} for s in sorted(markers)], num_cpus=1,
-                           run=run, k=k, dim=dim, top=top, label=label):
+    model = run.marker(run.model("model.json"))
+    ids = cluster_ids(model)
+    total = Partial(len(ids), model["dim"])
+    for part in map_shards(reduce_shard, [{"shard": s, "file": m["file"]} for s, m in sorted(markers.items())],
+                           num_cpus=1, run=run, ids=ids, dim=model["dim"], top=top, label=label):
         total.merge(part, top)
     return total
 
@@ -80,13 +90,14 @@ def record_seconds(run: RunDir, stage: str, seconds: float) -> None:
 
 def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     model = run.marker(run.model("model.json"))
-    k = model["k"]
+    ids = cluster_ids(model)
+    k = len(ids)
     label = "label" if cfg.input.label_field else None
-    total = reduce_run(run, k, cfg.summary.exemplars, label)
+    total = reduce_run(run, cfg.summary.exemplars, label)
     norms = np.linalg.norm(total.sums, axis=1, keepdims=True)
     centroids = np.where(norms > 0, total.sums / np.maximum(norms, 1e-12), 0).astype(np.float32)
     table = pa.table({
-        "cluster": pa.array(np.arange(k, dtype=np.int32)),
+        "cluster": pa.array(ids),
         "size": pa.array(total.sizes),
         "mean_confidence": pa.array((total.confidence / np.maximum(total.sizes, 1)).astype(np.float32)),
         "name": pa.array([None] * k, pa.string()),

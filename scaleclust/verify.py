@@ -56,7 +56,7 @@ def verify(url: str, storage: StorageConfig | None = None, deep: bool = False) -
                                 f"(missing {sorted(missing)[:5]}, extra {sorted(extra)[:5]})")
         seen.append(_hashes(keys))
         if shard in assigned:
-            got = run.read_table(run.assignments(shard), ["key"])["key"].to_pylist()
+            got = run.read_table(run.assigned(shard, assigned[shard]), ["key"])["key"].to_pylist()
             if len(got) != len(set(got)) or set(got) != set(keys):
                 problems.append(f"shard {shard}: assignments keys are not exactly the embedded keys "
                                 f"({len(got)} rows, {len(set(got) ^ set(keys))} differ)")
