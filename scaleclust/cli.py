@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from scaleclust.config import Config, ConfigError, load
+from scaleclust.lease import LeaseHeld
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -63,10 +64,38 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_update(args: argparse.Namespace) -> int:
+    from scaleclust.update import update
+
+    cfg = _load(args)
+    manifest = update(cfg)
+    print_clusters(cfg.run_dir, cfg.storage)
+    print(f"scaleclust: version {manifest['version']} is the latest ({manifest['rows']} rows, model "
+          f"{manifest['model']}); run directory {cfg.run_dir}")
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from scaleclust.config import StorageConfig
+    from scaleclust.rundir import RunDir
+    from scaleclust.versions import Versions
+
+    history = Versions(RunDir(args.run_dir.rstrip("/"), StorageConfig()))
+    latest = (history.latest() or {}).get("version")
+    print(f"{'version':<24} {'rows':>9} {'new rows':>9} {'k':>4} {'refit':<5} {'drift':>6} {'status':<6} model")
+    for m in history.complete():
+        drift = m.get("drift") or {}
+        print(f"{m['version'] + (' *' if m['version'] == latest else ''):<24} {m['rows']:>9} {m['new_rows']:>9} "
+              f"{m['k']:>4} {'yes' if m['refit'] else 'no':<5} {drift.get('score', 0):>6.3f} "
+              f"{drift.get('status', '-'):<6} {m['model']}")
+    print(f"* latest (versions/LATEST.json); each version's files: {history.path('VERSION')}/manifest.json")
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from scaleclust.verify import verify
 
-    problems = verify(args.run_dir, deep=args.deep)
+    problems = verify(args.run_dir, deep=args.deep, version=args.version)
     for problem in problems:
         print(f"verify: {problem}")
     print(f"verify: {'FAILED, ' + str(len(problems)) + ' problem(s)' if problems else 'ok'}")
@@ -120,7 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check the run directory's invariants")
     p.add_argument("run_dir")
     p.add_argument("--deep", action="store_true", help="re-read input shards and compare keys one by one")
+    p.add_argument("--version", help="also check this version (default: the latest, when versions exist)")
     p.set_defaults(func=cmd_verify)
+    with_config(sub.add_parser("update", help="nightly: new shards only, drift, refit by policy, a new version")
+                ).set_defaults(func=cmd_update)
+    p = sub.add_parser("versions", help="list the versions of a run directory")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_versions)
     p = sub.add_parser("eval", help="ACC/NMI/ARI of the assignments against a label column")
     p.add_argument("run_dir")
     p.add_argument("--labels", default="label", help="column of embeddings/*.parquet holding the labels")
@@ -143,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"scaleclust: config error: {err}", file=sys.stderr)
         return 2
+    except LeaseHeld as err:
+        print(f"scaleclust: {err}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import yaml
 from scaleclust import assign, fit, summary
 from scaleclust.config import Config, ConfigError, StorageConfig
 from scaleclust.embed import stage as embed
+from scaleclust.lease import Lease
 from scaleclust.ray_setup import ensure_ray
 from scaleclust.rundir import RunDir
 from scaleclust.config import from_dict
@@ -80,9 +81,11 @@ STAGES = ("embed", "fit", "assign", "summary")
 
 
 def run_all(cfg: Config) -> dict[str, Any]:
-    """All stages; each skips what is already committed, so a re-run resumes where the last one stopped."""
-    run, shards = prepare(cfg)
-    ensure_ray(cfg)
-    for name in STAGES:
-        run_stage(name, cfg, run, shards)
-    return run.marker(run.metrics)
+    """All stages; each skips what is already committed, so a re-run resumes where the last one stopped.
+    Holds the run directory's lease (one writer at a time)."""
+    with Lease(cfg.run_dir, cfg.storage, "run", ttl=cfg.update.lease_seconds):
+        run, shards = prepare(cfg)
+        ensure_ray(cfg)
+        for name in STAGES:
+            run_stage(name, cfg, run, shards)
+        return run.marker(run.metrics)
