@@ -9,6 +9,7 @@ and the old version's files byte for byte as they were.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -150,7 +151,8 @@ def version_files(run_dir: Path, manifest: dict) -> dict[str, str]:
 def test_killed_update_resumes_and_leaves_the_old_version_untouched(tmp_path: Path, make_config) -> None:
     shards = tmp_path / "shards"
     write_synthetic_shards(shards, 2, 10)
-    cfg = make_config(str(tmp_path / "run"), str(shards / "*.tar"), update={"refit": "every_n", "every_n": 1})
+    cfg = make_config(str(tmp_path / "run"), str(shards / "*.tar"),
+                      update={"refit": "every_n", "every_n": 1, "lease_seconds": 15})
     first = update(cfg)
     run_dir = Path(cfg.run_dir)
     before = version_files(run_dir, first)
@@ -170,7 +172,11 @@ def test_killed_update_resumes_and_leaves_the_old_version_untouched(tmp_path: Pa
     history = Versions(RunDir(cfg.run_dir, cfg.storage))
     assert history.latest()["version"] == first["version"]  # the pointer never moved
     assert len(history.names()) == 2  # an unfinished version folder is left behind
-    second = update(cfg)  # resumes: the recorded refit is reused, not redone
+    stale = json.loads((run_dir / "lease.json").read_text())  # the killed run's lease
+    with pytest.raises(LeaseHeld):
+        update(cfg)
+    time.sleep(max(0.0, stale["expires"] - time.time()) + 0.5)
+    second = update(cfg)  # takes the expired lease over; resumes the recorded refit, not redone
     assert second["version"] == history.names()[-1] and second["parent"] == first["version"]
     assert second["refit"] and second["model"] != first["model"] and second["rows"] == 40
     assert verify(cfg.run_dir, version=second["version"]) == []
