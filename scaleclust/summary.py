@@ -4,6 +4,8 @@ stage, ACC/NMI/ARI when the source has labels). Shards are reduced in parallel t
 from __future__ import annotations
 
 import heapq
+import io
+import json
 from typing import Any
 
 import numpy as np
@@ -35,6 +37,25 @@ class Partial:
         self.contingency.merge(other.contingency)
         for mine, theirs in zip(self.exemplars, other.exemplars):
             mine[:] = heapq.nlargest(top, mine + theirs)
+
+    def to_bytes(self) -> bytes:
+        """The partial as .npz (no pickle), so a nightly update can merge new shards into it."""
+        extra = {"contingency": [[c, lab, n] for (c, lab), n in self.contingency.counts.items()],
+                 "exemplars": self.exemplars}
+        sink = io.BytesIO()
+        np.savez(sink, sizes=self.sizes, sums=self.sums, confidence=self.confidence,
+                 extra=np.frombuffer(json.dumps(extra).encode(), np.uint8))
+        return sink.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Partial":
+        with np.load(io.BytesIO(data)) as npz:
+            part = cls(*npz["sums"].shape)
+            part.sizes, part.sums, part.confidence = npz["sizes"], npz["sums"], npz["confidence"]
+            extra = json.loads(npz["extra"].tobytes())
+        part.contingency.counts.update({(c, lab): n for c, lab, n in extra["contingency"]})
+        part.exemplars = [[(conf, key) for conf, key in ex] for ex in extra["exemplars"]]
+        return part
 
 
 def slots(clusters: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -69,9 +90,12 @@ def reduce_shard(item: dict[str, Any], run: RunDir, ids: np.ndarray, dim: int, t
     return part
 
 
-def reduce_run(run: RunDir, top: int, label: str | None) -> Partial:
-    """Merge every assigned shard's partial; slots follow the committed model's `cluster_ids`."""
+def reduce_run(run: RunDir, top: int, label: str | None, shards: list[str] | None = None) -> Partial:
+    """Merge the partials of every assigned shard (or of `shards`); slots follow the committed model's
+    `cluster_ids`."""
     markers = run.committed("assignments")
+    if shards is not None:
+        markers = {s: markers[s] for s in shards}
     model = run.marker(run.model("model.json"))
     ids = cluster_ids(model)
     total = Partial(len(ids), model["dim"])
@@ -89,11 +113,20 @@ def record_seconds(run: RunDir, stage: str, seconds: float) -> None:
 
 
 def run(cfg: Config, run: RunDir) -> dict[str, Any]:
+    return summarise(cfg, run)[0]
+
+
+def summarise(cfg: Config, run: RunDir, base: Partial | None = None,
+              shards: list[str] | None = None) -> tuple[dict[str, Any], Partial]:
+    """clusters.parquet and metrics.json from every assigned shard, or from `base` (the partial of the
+    shards already summarised with the same model) merged with the partials of `shards` only."""
     model = run.marker(run.model("model.json"))
     ids = cluster_ids(model)
     k = len(ids)
     label = "label" if cfg.input.label_field else None
-    total = reduce_run(run, cfg.summary.exemplars, label)
+    total = reduce_run(run, cfg.summary.exemplars, label, shards)
+    if base is not None:
+        total.merge(base, cfg.summary.exemplars)
     norms = np.linalg.norm(total.sums, axis=1, keepdims=True)
     centroids = np.where(norms > 0, total.sums / np.maximum(norms, 1e-12), 0).astype(np.float32)
     table = pa.table({
@@ -121,4 +154,4 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     metrics["model"] = {key: model[key] for key in ("method", "k", "model_id", "sample_rows")}
     metrics["labels"] = {"column": label, **scores(total.contingency.matrix())} if label else None
     write_json_atomic(run.metrics, metrics, run.storage)
-    return metrics
+    return metrics, total

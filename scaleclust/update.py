@@ -27,10 +27,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from scaleclust import assign, fit
+from scaleclust import fit, summary
 from scaleclust.assign import cluster_ids
 from scaleclust.cluster.drift import DriftCounts, Novelty, calibrate, report
-from scaleclust.cluster.refit import farthest_first, match_ids, warm_kmeans
+from scaleclust.cluster.refit import match_ids, novel_seeds, warm_kmeans
 from scaleclust.config import ClusterConfig, Config, ConfigError, UpdateConfig
 from scaleclust.embed.writer import embedding_matrix
 from scaleclust.lease import Lease
@@ -128,7 +128,7 @@ def refit_kmeans(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers
     old_centroids = np.load(io.BytesIO(run.read_bytes(run.path("models", old["model_id"], "centroids.npy"))))
     novel = _novelty(run, old["model_id"]).novel(x)
     n_new = min(upd.max_new_clusters, int(novel.sum()) // upd.min_new_cluster_rows)
-    seeds = x[novel][farthest_first(x[novel], n_new)]
+    seeds = novel_seeds(x[novel], n_new, cluster.niter, seed)
     centroids = warm_kmeans(x, np.concatenate([old_centroids, seeds]), cluster.niter, seed)
     old_ids = cluster_ids(old)
     next_id = old.get("next_cluster_id", int(old_ids.max()) + 1)
@@ -204,8 +204,32 @@ def write_version(run: RunDir, history: Versions, version: str, lease: Lease, pa
     return manifest
 
 
+def summarise(cfg: Config, run: RunDir, history: Versions, version: str, parent: dict[str, Any] | None,
+              new: list[str]) -> None:
+    """The summary stage, incremental when it can be: the parent's partial (versions/P/partial.npz) merged
+    with the new shards' partials, when the model and every old shard's assignments file are unchanged;
+    else over every shard. The result's partial is kept in versions/V/ for the next night."""
+    started = time.time()
+    model = run.marker(run.model("model.json"))
+    assigned = run.committed("assignments")
+    base_url = history.path(parent["version"], "partial.npz") if parent else None
+    if (parent and parent["model"] == model["model_id"] and run.exists(base_url)
+            and all(assigned.get(s, {}).get("file") == e["file"] for s, e in parent["shards"].items())):
+        _, total = summary.summarise(cfg, run, summary.Partial.from_bytes(run.read_bytes(base_url)), new)
+    else:
+        _, total = summary.summarise(cfg, run)
+    write_bytes_atomic(history.path(version, "partial.npz"), total.to_bytes(), run.storage)
+    summary.record_seconds(run, "summary", time.time() - started)
+
+
+def after_summary(cfg: Config, run: RunDir, shards: dict) -> None:
+    """The pipeline's stages after summary (naming, report), when there are any."""
+    for name in STAGES[STAGES.index("summary") + 1:]:
+        run_stage(name, cfg, run, shards)
+
+
 def _first_version(cfg: Config, run: RunDir, shards: dict, history: Versions, lease: Lease) -> dict[str, Any]:
-    for name in STAGES:
+    for name in ("embed", "fit", "assign"):
         run_stage(name, cfg, run, shards)
     if run.exists(run.path("index", "manifest.json")):
         run_stage_index(cfg, run)
@@ -214,6 +238,8 @@ def _first_version(cfg: Config, run: RunDir, shards: dict, history: Versions, le
     ray.get(ray.remote(num_cpus=1)(_calibrate).remote(run, model, markers, cfg.assign.temperature, cfg.update,
                                                       cfg.cluster.seed))
     version = history.start(None)
+    summarise(cfg, run, history, version, None, sorted(markers))
+    after_summary(cfg, run, shards)
     facts = {"refit": True, "reason": "first version", "new_shards": sorted(markers),
              "new_rows": sum(m["embedded"] for m in markers.values()), "updates_since_refit": 0}
     return write_version(run, history, version, lease, None, facts)
@@ -269,8 +295,9 @@ def update(cfg: Config) -> dict[str, Any]:
             if (run.marker(run.model("model.json")) or {}).get("model_id") != meta["model_id"]:
                 promote(run, meta)
             print_id_map(run.marker(history.path(version, "id_map.json")))
-        for name in ("assign", "summary"):
-            run_stage(name, cfg, run, shards)
+        run_stage("assign", cfg, run, shards)
+        summarise(cfg, run, history, version, latest, new)
+        after_summary(cfg, run, shards)
         facts = {"refit": decision["refit"], "reason": decision["reason"], "new_shards": new,
                  "new_rows": sum(run.committed("embeddings")[s]["embedded"] for s in new),
                  "updates_since_refit": 0 if decision["refit"] else latest.get("updates_since_refit", 0) + 1,

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import yaml
 
+from scaleclust.cli import main
 from scaleclust.cluster.drift import Novelty
 from scaleclust.embed.writer import embedding_matrix
 from scaleclust.lease import LeaseHeld
@@ -148,7 +149,7 @@ def version_files(run_dir: Path, manifest: dict) -> dict[str, str]:
     return {n: hashlib.sha256((run_dir / n).read_bytes()).hexdigest() for n in names}
 
 
-def test_killed_update_resumes_and_leaves_the_old_version_untouched(tmp_path: Path, make_config) -> None:
+def test_killed_update_resumes_and_leaves_the_old_version_untouched(tmp_path: Path, make_config, capsys) -> None:
     shards = tmp_path / "shards"
     write_synthetic_shards(shards, 2, 10)
     cfg = make_config(str(tmp_path / "run"), str(shards / "*.tar"),
@@ -172,15 +173,20 @@ def test_killed_update_resumes_and_leaves_the_old_version_untouched(tmp_path: Pa
     history = Versions(RunDir(cfg.run_dir, cfg.storage))
     assert history.latest()["version"] == first["version"]  # the pointer never moved
     assert len(history.names()) == 2  # an unfinished version folder is left behind
+    recorded = json.loads((run_dir / "versions" / history.names()[-1] / "decision.json").read_text())
+    assert recorded["refit"] and recorded["model"]
     stale = json.loads((run_dir / "lease.json").read_text())  # the killed run's lease
     with pytest.raises(LeaseHeld):
         update(cfg)
     time.sleep(max(0.0, stale["expires"] - time.time()) + 0.5)
     second = update(cfg)  # takes the expired lease over; resumes the recorded refit, not redone
     assert second["version"] == history.names()[-1] and second["parent"] == first["version"]
-    assert second["refit"] and second["model"] != first["model"] and second["rows"] == 40
+    assert second["refit"] and second["model"] == recorded["model"] != first["model"] and second["rows"] == 40
     assert verify(cfg.run_dir, version=second["version"]) == []
     assert verify(cfg.run_dir) == []
     assert version_files(run_dir, first) == before  # the old version, byte for byte
     assert verify(cfg.run_dir, version=first["version"]) == []
     assert not (run_dir / "lease.json").exists()
+    assert main(["versions", cfg.run_dir]) == 0
+    listed = [line.split()[:2] for line in capsys.readouterr().out.splitlines()[1:3]]
+    assert listed == [[first["version"], "20"], [second["version"], "*"]]

@@ -1,7 +1,7 @@
 """Warm-started k-means refits and cluster-id matching across refits (plain numpy/faiss).
 
-Warm start: k-means begins from the current centroids, plus a few new centroids seeded (farthest-first)
-among the rows no current cluster accepts (novel rows), so a concept absent before can get its own
+Warm start: k-means begins from the current centroids, plus a few new centroids seeded by k-means among
+the rows no current cluster accepts (novel rows), so a concept absent before can get its own
 cluster while the others start where they were and move only as far as the new data pulls them.
 
 Id matching: new clusters are matched one-to-one to old ones by the Hungarian algorithm on the cosine
@@ -17,20 +17,15 @@ import faiss
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from scaleclust.cluster.kmeans import spherical_kmeans
 
-def farthest_first(x: np.ndarray, n: int) -> np.ndarray:
-    """Indices of n rows of x spread out by farthest-first traversal on the sphere (first: the row
-    farthest from the mean direction), a deterministic k-means++-like seeding."""
-    if n <= 0 or len(x) == 0:
-        return np.zeros(0, np.int64)
-    mean = x.mean(axis=0)
-    chosen = [int(np.argmin(x @ mean))]
-    best = x @ x[chosen[0]]
-    while len(chosen) < min(n, len(x)):
-        nxt = int(np.argmin(best))
-        chosen.append(nxt)
-        best = np.maximum(best, x @ x[nxt])
-    return np.asarray(chosen, np.int64)
+
+def novel_seeds(x_novel: np.ndarray, n: int, niter: int, seed: int) -> np.ndarray:
+    """n starting centroids for new clusters: spherical k-means among the novel rows (their dense parts,
+    not their outliers, which a farthest-point seeding would pick)."""
+    if n <= 0:
+        return np.zeros((0, x_novel.shape[1]), np.float32)
+    return spherical_kmeans(x_novel, n, niter, 1, seed)[0]
 
 
 def warm_kmeans(x: np.ndarray, init: np.ndarray, niter: int, seed: int) -> np.ndarray:
