@@ -11,8 +11,9 @@ Steps, each committed before the next, so a killed update re-run resumes (see sc
 3. on refit (k-means only): a warm-started k-means on a fresh sample in a Ray task, ids matched to the
    old clusters, the model written to models/NEW/ and then promoted to model/; every shard re-assigned
    into new files (the old ones stay for older versions);
-4. summary (clusters.parquet, metrics.json), cluster names carried over by id, the model archived in
-   models/, versions/V/manifest.json, then the pointer.
+4. summary (clusters.parquet, metrics.json; without a refit only the new shards are read and merged
+   into the parent version's partial), the stages after summary, cluster names carried over by id, the
+   model archived in models/, versions/V/manifest.json, then the pointer.
 The first update of a run directory runs every stage and writes version 1 (no drift).
 """
 from __future__ import annotations

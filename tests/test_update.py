@@ -29,13 +29,14 @@ from scaleclust.cluster.drift import Novelty
 from scaleclust.embed.writer import embedding_matrix
 from scaleclust.lease import LeaseHeld
 from scaleclust.rundir import RunDir
+from scaleclust.summary import reduce_run
 from scaleclust.update import update
 from scaleclust.verify import verify
 from scaleclust.versions import Versions
 from tests.conftest import private_ray_env
 from tests.shards import NEW_CONCEPT, write_synthetic_shards
 
-pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.timeout(900)]
 
 
 def labels_by_key(run: RunDir, shards: list[str]) -> dict[str, int]:
@@ -100,6 +101,11 @@ def test_three_nights_on_s3(tmp_path: Path, s3_endpoint: str, make_config) -> No
     # Only the new shard was embedded; the old shards' assignment files are referenced, not rewritten.
     assert all(run.committed("embeddings")[s]["commit"] == c for s, c in commits.items())
     assert {s: second["shards"][s] for s in night1} == first["shards"]
+    # Night 2's summary merged the new shard into night 1's partial: the same as a summary of all shards.
+    full = reduce_run(run, cfg.summary.exemplars, "label")
+    merged = run.read_table(Versions(run).path(second["version"], "clusters.parquet")).to_pylist()
+    assert [c["size"] for c in merged] == full.sizes.tolist()
+    assert [c["exemplar_keys"] for c in merged] == [[key for _, key in ex] for ex in full.exemplars]
     assert update(cfg)["version"] == second["version"]  # nothing new: no version written twice
     assert [m["version"] for m in Versions(run).complete()] == [first["version"], second["version"]]
 
