@@ -193,6 +193,7 @@ def test_killed_update_resumes_and_leaves_the_old_version_untouched(tmp_path: Pa
     assert version_files(run_dir, first) == before  # the old version, byte for byte
     assert verify(cfg.run_dir, version=first["version"]) == []
     assert not (run_dir / "lease.json").exists()
+    capsys.readouterr()
     assert main(["versions", cfg.run_dir]) == 0
     listed = [line.split()[:2] for line in capsys.readouterr().out.splitlines()[1:3]]
     assert listed == [[first["version"], "20"], [second["version"], "*"]]
