@@ -81,3 +81,21 @@ def test_heartbeat_keeps_the_lease_and_notices_a_theft(where) -> None:
         holder.check()
     holder.release()
     assert thief.read()[0]["owner"] == thief.owner  # release never deletes another's lease
+
+
+@pytest.mark.timeout(300)
+def test_cli_refuses_with_one_line_and_exit_3(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "input": {"shards": str(tmp_path / "*.tar")}}))
+    with Lease(str(tmp_path / "run"), StorageConfig(), "update"):
+        for command in ("update", "run"):
+            done = subprocess.run([sys.executable, "-m", "scaleclust.cli", command, str(config)],
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 3, done.stderr
+            assert done.stderr.count("\n") == 1 and "lease.json is held by" in done.stderr
+            assert not (tmp_path / "run" / "config.yaml").exists()  # refused before any work
