@@ -1,13 +1,17 @@
 """Assign stage: every embedded row gets a cluster and a confidence, one Ray task per shard.
 
 A shard is redone only when its assignments were made by another model or from an older commit of its
-embeddings; its marker (written last) records both.
+embeddings; its marker (written last) records both and names the current file,
+assignments/SHARD.MODEL.COMMIT.parquet. Files are named by the model and embeddings commit they come
+from, so a refit writes new files and never overwrites one that a version (versions/V/manifest.json)
+references. Cluster ids are the model's stable ids (model.json `cluster_ids`, kept across refits by the update command), else 0..k-1.
 """
 from __future__ import annotations
 
 import time
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from scaleclust.config import Config
@@ -15,19 +19,25 @@ from scaleclust.embed.writer import embedding_matrix
 from scaleclust.fit import load_assigner
 from scaleclust.parallel import map_shards
 from scaleclust.progress import Progress
-from scaleclust.rundir import RunDir
+from scaleclust.rundir import RunDir, assignments_file
 
 
-def assign_shard(item: dict[str, Any], run: RunDir, temperature: float, model_id: str) -> dict[str, Any]:
+def cluster_ids(model: dict[str, Any]) -> np.ndarray:
+    """Stable cluster id of each model output (slot) 0..k-1."""
+    return np.asarray(model.get("cluster_ids") or range(model["k"]), np.int32)
+
+
+def assign_shard(item: dict[str, Any], run: RunDir, temperature: float, model_id: str,
+                 ids: np.ndarray) -> dict[str, Any]:
     shard = item["shard"]
     started = time.time()
     table = run.read_table(run.embeddings(shard), ["key", "embedding"])
     cluster, confidence, second = load_assigner(run, model_id, temperature)(embedding_matrix(table["embedding"]))
-    run.write_table(run.assignments(shard), pa.table({
-        "key": table["key"], "cluster": pa.array(cluster, pa.int32()), "confidence": pa.array(confidence, pa.float32()),
-        "cluster2": pa.array(second, pa.int32())}))
+    run.write_table(run.assignments(shard, model_id, item["commit"]), pa.table({
+        "key": table["key"], "cluster": pa.array(ids[cluster], pa.int32()),
+        "confidence": pa.array(confidence, pa.float32()), "cluster2": pa.array(ids[second], pa.int32())}))
     marker = {"shard": shard, "rows": len(table), "model": model_id, "embed_commit": item["commit"],
-              "seconds": round(time.time() - started, 3)}
+              "file": assignments_file(shard, model_id, item["commit"]), "seconds": round(time.time() - started, 3)}
     run.write_marker(run.assignments_marker(shard), marker)
     return marker
 
@@ -44,7 +54,7 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     print(f"assign: {len(embedded)} shards, {len(embedded) - len(todo)} already assigned, {len(todo)} to do")
     progress = Progress("assign", total=sum(embedded[item["shard"]]["embedded"] for item in todo), unit="rows")
     for marker in map_shards(assign_shard, todo, num_cpus=1, run=run, temperature=cfg.assign.temperature,
-                             model_id=model["model_id"]):
+                             model_id=model["model_id"], ids=cluster_ids(model)):
         progress.update(marker["rows"])
     progress.close()
     rows = sum(m["rows"] for m in run.committed("assignments").values())

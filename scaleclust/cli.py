@@ -11,6 +11,7 @@ from typing import Any
 
 from scaleclust.config import Config, ConfigError, load
 from scaleclust.console import configure, expected_failure, filter_stderr
+from scaleclust.lease import LeaseHeld
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -114,11 +115,41 @@ def reachable(url: str, storage: Any) -> None:
                           "S3-compatible server pass --endpoint-url URL (or set AWS_ENDPOINT_URL)") from None
 
 
+def cmd_update(args: argparse.Namespace) -> int:
+    from scaleclust.update import update
+
+    cfg = _load(args)
+    manifest = update(cfg)
+    print_clusters(cfg.run_dir, cfg.storage)
+    print(f"scaleclust: version {manifest['version']} is the latest ({manifest['rows']} rows, model "
+          f"{manifest['model']}); run directory {cfg.run_dir}")
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from scaleclust.config import StorageConfig
+    from scaleclust.rundir import RunDir
+    from scaleclust.versions import Versions
+
+    url = args.run_dir.rstrip("/")
+    reachable(url, run_storage(args))
+    history = Versions(RunDir(url, run_storage(args) or StorageConfig()))
+    latest = (history.latest() or {}).get("version")
+    print(f"{'version':<24} {'rows':>9} {'new rows':>9} {'k':>4} {'refit':<5} {'drift':>6} {'status':<6} model")
+    for m in history.complete():
+        drift = m.get("drift") or {}
+        print(f"{m['version'] + (' *' if m['version'] == latest else ''):<24} {m['rows']:>9} {m['new_rows']:>9} "
+              f"{m['k']:>4} {'yes' if m['refit'] else 'no':<5} {drift.get('score', 0):>6.3f} "
+              f"{drift.get('status', '-'):<6} {m['model']}")
+    print(f"* latest (versions/LATEST.json); each version's files: {history.path('VERSION')}/manifest.json")
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from scaleclust.verify import verify
 
     reachable(args.run_dir.rstrip("/"), run_storage(args))
-    problems = verify(args.run_dir.rstrip("/"), run_storage(args), deep=args.deep)
+    problems = verify(args.run_dir.rstrip("/"), run_storage(args), deep=args.deep, version=args.version)
     for problem in problems:
         print(f"verify: {problem}")
     print(f"verify: {'FAILED, ' + str(len(problems)) + ' problem(s)' if problems else 'ok'}")
@@ -136,7 +167,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if model is None:
         raise ConfigError(f"{args.run_dir}: no committed model to evaluate")
     ray.init(address="local", include_dashboard=False, num_cpus=4) if not ray.is_initialized() else None
-    result = scores(reduce_run(run, model["k"], 1, args.labels).contingency.matrix())
+    result = scores(reduce_run(run, 1, args.labels).contingency.matrix())
     print(json.dumps({"column": args.labels, **result}, indent=2))
     return 0
 
@@ -240,7 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_label)
     p = with_storage(sub.add_parser("verify", help="check the run directory's invariants"))
     p.add_argument("--deep", action="store_true", help="re-read input shards and compare keys one by one")
+    p.add_argument("--version", help="also check this version (default: the latest, when versions exist)")
     p.set_defaults(func=cmd_verify)
+    with_config(sub.add_parser("update", help="nightly: new shards only, drift, refit by policy, a new version")
+                ).set_defaults(func=cmd_update)
+    p = with_storage(sub.add_parser("versions", help="list the versions of a run directory"))
+    p.set_defaults(func=cmd_versions)
     p = with_storage(sub.add_parser("eval", help="ACC/NMI/ARI of the assignments against a label column"))
     p.add_argument("--labels", default="label", help="column of embeddings/*.parquet holding the labels")
     p.set_defaults(func=cmd_eval)
@@ -276,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"scaleclust: config error: {err}", file=sys.stderr)
         return 2
+    except LeaseHeld as err:
+        print(f"scaleclust: {err}", file=sys.stderr)
+        return 3
     except EXPECTED as err:
         return expected_failure(err)
 

@@ -281,6 +281,35 @@ class IndexConfig(Strict):
     seed: int = Field(0, description="seed of the training sample and the query samples")
 
 
+class UpdateConfig(Strict):
+    """The nightly `scaleclust update`: drift thresholds, refit policy, id matching (see README)."""
+
+    refit: Literal["on_drift", "every_n", "never"] = Field(
+        "on_drift", description="refit when the drift score reaches drift_refit, every every_n updates, or never")
+    every_n: int = Field(7, gt=0, description="refit=every_n: updates between refits")
+    drift_warn: float = Field(0.1, ge=0, description="drift score that is reported as a warning")
+    drift_refit: float = Field(0.25, ge=0, description="drift score that triggers a refit (refit=on_drift)")
+    low_confidence: float = Field(0.5, ge=0, le=1, description="assignments below this confidence count as low")
+    novelty_quantile: float = Field(0.01, gt=0, lt=1, description="a cluster accepts rows at least as close as "
+                                    "this quantile of its fitted rows; a row no cluster accepts is novel")
+    growth: float = Field(2.0, gt=1, description="a cluster grew (shrank) when its share of new rows is at least "
+                          "growth x (at most 1/growth x) its fitted share")
+    min_expected_rows: int = Field(5, ge=0, description="grew/shrank is judged only for clusters with this many "
+                                   "new rows, or expected rows")
+    match_floor: float = Field(0.8, ge=-1, le=1, description="refit: cosine below which a new cluster matches no old one")
+    max_new_clusters: int = Field(4, ge=0, description="refit: new clusters seeded among novel rows, at most")
+    min_new_cluster_rows: int = Field(20, gt=0, description="refit: novel rows in the refit sample per new cluster")
+    calibration_rows: int = Field(20_000, gt=0, description="rows sampled to calibrate novelty for a new model")
+    lease_seconds: float = Field(120.0, gt=0, description="lease lifetime without a heartbeat (renewed every third)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "UpdateConfig":
+        if self.drift_warn > self.drift_refit:
+            raise ValueError(f"drift_warn: {self.drift_warn} exceeds drift_refit {self.drift_refit}; "
+                             "a warning must come before a refit")
+        return self
+
+
 class Config(Strict):
     run_dir: str
     input: InputConfig
@@ -293,6 +322,7 @@ class Config(Strict):
     index: IndexConfig = IndexConfig()
     label: LabelConfig = LabelConfig()
     report: ReportConfig = ReportConfig()
+    update: UpdateConfig = UpdateConfig()
 
     @field_validator("run_dir")
     @classmethod

@@ -26,13 +26,13 @@ def _npy(matrix: np.ndarray) -> bytes:
     return sink.getvalue()
 
 
-def _with_assignments(run: RunDir, shard: str, table: pa.Table, assigned: bool) -> pa.Table:
+def _with_assignments(run: RunDir, shard: str, table: pa.Table, marker: dict | None) -> pa.Table:
     """Metadata columns plus cluster and confidence joined by key (nulls when the shard is not assigned)."""
     meta = table.select(METADATA)
-    if not assigned:
+    if marker is None:
         return meta.append_column("cluster", pa.nulls(len(meta), pa.int32())).append_column(
             "confidence", pa.nulls(len(meta), pa.float32()))
-    assignments = run.read_table(run.assignments(shard), ["key", "cluster", "confidence"])
+    assignments = run.read_table(run.assigned(shard, marker), ["key", "cluster", "confidence"])
     rows = pc.index_in(meta["key"], value_set=assignments["key"].combine_chunks())
     return meta.append_column("cluster", assignments["cluster"].take(rows)).append_column(
         "confidence", assignments["confidence"].take(rows))
@@ -57,7 +57,7 @@ def export_laion(run: RunDir, out_root: str, storage: StorageConfig) -> list[str
         for url, data in files.items():
             write_bytes_atomic(url, data, storage)
         meta = join(out_root, "metadata", f"metadata_{n}.parquet")
-        out.write_table(meta, _with_assignments(run, shard, table, shard in assigned))
+        out.write_table(meta, _with_assignments(run, shard, table, assigned.get(shard)))
         written += [*files, meta]
     index = join(out_root, "shards.json")
     write_bytes_atomic(index, json.dumps({str(n): s for n, s in enumerate(shards)}, indent=2).encode(), storage)

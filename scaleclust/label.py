@@ -23,7 +23,7 @@ from scaleclust.cluster.naming import UNNAMED, name_clusters, softmax_top, vote_
 from scaleclust.config import Config
 from scaleclust.embed.writer import embedding_matrix
 from scaleclust.parallel import map_shards
-from scaleclust.rundir import RunDir
+from scaleclust.rundir import RunDir, id_slots
 from scaleclust.semantic.space import CLASSIFIER, SemanticSpace, build_space, is_current, load_space, space_names
 
 LOGIT_ROWS = 256  # voters scored at a time: bounds the (rows, nouns) logits matrix (~70 MB at 68k nouns)
@@ -37,7 +37,7 @@ def _first_per_group(grouped: np.ndarray, n: int) -> np.ndarray:
 
 def shard_candidates(item: dict[str, Any], run: RunDir, n: int) -> dict[str, Any]:
     """One shard's n most confident rows per cluster, from its assignments alone."""
-    table = run.read_table(run.assignments(item["shard"]), ["key", "cluster", "confidence"])
+    table = run.read_table(run.path("assignments", item["file"]), ["key", "cluster", "confidence"])
     clusters = table["cluster"].to_numpy().astype(np.int64)
     confidence = table["confidence"].to_numpy().astype(np.float32)
     order = np.lexsort((np.arange(len(clusters)), -confidence, clusters))  # ties: earlier row first
@@ -48,13 +48,14 @@ def shard_candidates(item: dict[str, Any], run: RunDir, n: int) -> dict[str, Any
 
 def select_voters(run: RunDir, n: int) -> dict[str, dict[str, int]]:
     """shard -> {key: cluster} of the n most confident rows of every cluster over all shards."""
-    shards = sorted(run.committed("assignments"))
+    markers = run.committed("assignments")
+    shards = sorted(markers)
     number = {name: i for i, name in enumerate(shards)}
     cluster = np.zeros(0, np.int64)
     confidence = np.zeros(0, np.float32)
     shard = np.zeros(0, np.int64)
     keys = np.zeros(0, object)
-    for part in map_shards(shard_candidates, [{"shard": s} for s in shards], num_cpus=0.5, run=run, n=n):
+    for part in map_shards(shard_candidates, [{"shard": s, "file": markers[s]["file"]} for s in shards], num_cpus=0.5, run=run, n=n):
         cluster = np.concatenate([cluster, part["cluster"]])
         confidence = np.concatenate([confidence, part["confidence"]])
         shard = np.concatenate([shard, np.full(len(part["key"]), number[part["shard"]])])
@@ -130,20 +131,22 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
         clusters, idx, probs = (np.concatenate([p[f] for p in parts]) for f in ("cluster", "idx", "probs"))
     else:
         clusters, idx, probs = np.zeros(0, np.int64), np.zeros((0, 1), np.int64), np.zeros((0, 1), np.float32)
+    table = run.read_table(run.clusters)
+    order = table["cluster"].to_numpy()
+    slots = id_slots(order)  # stable cluster ids -> rows of clusters.parquet
+    clusters = slots[clusters]
     counts = np.bincount(clusters, minlength=k)
     named = name_clusters(vote_matrix(clusters, idx, probs, k, len(names)), counts, names, cfg.label.min_score)
 
-    table = run.read_table(run.clusters)
-    order = table["cluster"].to_numpy()
     replace = {
-        "name": pa.array([named[c].name for c in order], pa.string()),
-        "name_score": pa.array([named[c].score for c in order], pa.float32()),
-        "top_names": pa.array([named[c].top_names for c in order], pa.list_(pa.string())),
+        "name": pa.array([named[c].name for c in range(len(order))], pa.string()),
+        "name_score": pa.array([named[c].score for c in range(len(order))], pa.float32()),
+        "top_names": pa.array([named[c].top_names for c in range(len(order))], pa.list_(pa.string())),
     }
     for column, values in replace.items():
         table = table.set_column(table.column_names.index(column), column, values)
     run.write_table(run.clusters, table)
-    unnamed = sum(1 for c in order if named[c].name == UNNAMED)
+    unnamed = sum(1 for c in range(len(order)) if named[c].name == UNNAMED)
     print(f"label: {len(order) - unnamed} of {len(order)} clusters named from {len(names)} nouns "
           f"({int(counts.sum())} voters); {unnamed} with weak evidence named '{UNNAMED}'", flush=True)
     return {"clusters": len(order), "named": len(order) - unnamed, "unnamed": unnamed, "voters": int(counts.sum()),

@@ -11,6 +11,7 @@ from scaleclust import assign, fit, label, summary
 from scaleclust.config import Config, ConfigError, StorageConfig
 from scaleclust.embed import stage as embed
 from scaleclust.report import stage as report
+from scaleclust.lease import Lease
 from scaleclust.ray_setup import ensure_ray
 from scaleclust.rundir import RunDir
 from scaleclust.config import from_dict
@@ -111,11 +112,13 @@ STAGES = ("embed", "fit", "assign", "summary", "label", "report")
 
 
 def run_all(cfg: Config) -> dict[str, Any]:
-    """All stages; each skips what is already committed, so a re-run resumes where the last one stopped."""
-    run, shards = prepare(cfg)
-    ensure_ray(cfg)
-    for name in STAGES:
-        if name == "fit" and fit.needs_index(cfg.cluster):
-            run_stage("index", cfg, run, shards)  # the method trains on neighbours from the index
-        run_stage(name, cfg, run, shards)
-    return run.marker(run.metrics)
+    """All stages; each skips what is already committed, so a re-run resumes where the last one stopped.
+    Holds the run directory's lease (one writer at a time)."""
+    with Lease(cfg.run_dir, cfg.storage, "run", ttl=cfg.update.lease_seconds):
+        run, shards = prepare(cfg)
+        ensure_ray(cfg)
+        for name in STAGES:
+            if name == "fit" and fit.needs_index(cfg.cluster):
+                run_stage("index", cfg, run, shards)  # the method trains on neighbours from the index
+            run_stage(name, cfg, run, shards)
+        return run.marker(run.metrics)

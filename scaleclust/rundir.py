@@ -9,6 +9,7 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -16,6 +17,21 @@ from scaleclust.config import StorageConfig
 from scaleclust.storage import arrow_source, exists, join, listdir, read_bytes, read_json, write_bytes_atomic, write_json_atomic
 
 DONE = ".done.json"
+
+
+def assignments_file(shard: str, model_id: str, embed_commit: str) -> str:
+    """Name of a shard's assignments by one model from one embeddings commit, relative to
+    RUN/assignments/: the name changes whenever the content could, so a named file is never rewritten."""
+    return f"{shard}.{model_id}.{embed_commit[:8]}.parquet"
+
+
+def id_slots(ids: np.ndarray) -> np.ndarray:
+    """Lookup table from a stable cluster id (model.json cluster_ids, clusters.parquet `cluster`) to its
+    slot 0..k-1 (the model output and the clusters.parquet row); -1 for ids the model does not have."""
+    ids = np.asarray(ids, np.int64)
+    table = np.full(int(ids.max(initial=-1)) + 1, -1, np.int64)
+    table[ids] = np.arange(len(ids))
+    return table
 
 
 @dataclass(frozen=True)
@@ -46,8 +62,14 @@ class RunDir:
     def model(self, name: str = "") -> str:
         return self.path("model", name) if name else self.path("model")
 
-    def assignments(self, shard: str) -> str:
-        return self.path("assignments", f"{shard}.parquet")
+    def assignments(self, shard: str, model_id: str, embed_commit: str) -> str:
+        """One shard's assignments by one model: never rewritten once committed, so a version that
+        names the file (versions/V/manifest.json) keeps reading the same rows."""
+        return self.path("assignments", assignments_file(shard, model_id, embed_commit))
+
+    def assigned(self, shard: str, marker: dict[str, Any]) -> str:
+        """The assignments file a shard's marker says is current."""
+        return self.path("assignments", marker["file"])
 
     def assignments_marker(self, shard: str) -> str:
         return self.path("assignments", f"{shard}{DONE}")

@@ -73,6 +73,7 @@ def expand_shards(patterns: list[str], storage: StorageConfig, dirs: bool = Fals
             fs, path = filesystem(candidate, storage)
             prefix = protocol_prefix(candidate)
             if any(ch in path for ch in GLOB_CHARS):
+                fs.invalidate_cache()  # a process that lists again (the next update) must see new shards
                 found += [prefix + p for p in sorted(fs.glob(path)) if getattr(fs, wanted)(p)]
             elif getattr(fs, wanted)(path):
                 found.append(candidate)
@@ -170,3 +171,8 @@ def remove(url: str, storage: StorageConfig, recursive: bool = False) -> None:
     fs, path = filesystem(url, storage)
     if fs.exists(path):
         fs.rm(path, recursive=recursive)
+
+
+def copy_file(src: str, dst: str, storage: StorageConfig) -> None:
+    """Copy one file (read whole, written atomically): for small files such as models and tables."""
+    write_bytes_atomic(dst, read_bytes(src, storage), storage)

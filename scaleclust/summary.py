@@ -4,11 +4,14 @@ stage, ACC/NMI/ARI when the source has labels). Shards are reduced in parallel t
 from __future__ import annotations
 
 import heapq
+import io
+import json
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from scaleclust.assign import cluster_ids
 from scaleclust.cluster.metrics import Contingency, scores
 from scaleclust.config import Config
 from scaleclust.embed.writer import embedding_matrix
@@ -36,24 +39,50 @@ class Partial:
         for mine, theirs in zip(self.exemplars, other.exemplars):
             mine[:] = heapq.nlargest(top, mine + theirs)
 
+    def to_bytes(self) -> bytes:
+        """The partial as .npz (no pickle), so a nightly update can merge new shards into it."""
+        extra = {"contingency": [[c, lab, n] for (c, lab), n in self.contingency.counts.items()],
+                 "exemplars": self.exemplars}
+        sink = io.BytesIO()
+        np.savez(sink, sizes=self.sizes, sums=self.sums, confidence=self.confidence,
+                 extra=np.frombuffer(json.dumps(extra).encode(), np.uint8))
+        return sink.getvalue()
 
-def reduce_shard(item: dict[str, Any], run: RunDir, k: int, dim: int, top: int, label: str | None) -> Partial:
-    """One shard's partial: joins its assignments to its embeddings by key."""
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Partial":
+        with np.load(io.BytesIO(data)) as npz:
+            part = cls(*npz["sums"].shape)
+            part.sizes, part.sums, part.confidence = npz["sizes"], npz["sums"], npz["confidence"]
+            extra = json.loads(npz["extra"].tobytes())
+        part.contingency.counts.update({(c, lab): n for c, lab, n in extra["contingency"]})
+        part.exemplars = [[(conf, key) for conf, key in ex] for ex in extra["exemplars"]]
+        return part
+
+
+def slots(clusters: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Position in `ids` (the model's stable cluster ids) of each cluster id."""
+    order = np.argsort(ids)
+    return order[np.searchsorted(ids[order], clusters)]
+
+
+def reduce_shard(item: dict[str, Any], run: RunDir, ids: np.ndarray, dim: int, top: int, label: str | None) -> Partial:
+    """One shard's partial (indexed by model slot): joins its assignments to its embeddings by key."""
     shard = item["shard"]
     columns = ["key", "embedding"] + ([label] if label else [])
     emb = run.read_table(run.embeddings(shard), columns)
-    asg = run.read_table(run.assignments(shard), ["key", "cluster", "confidence"])
+    asg = run.read_table(run.path("assignments", item["file"]), ["key", "cluster", "confidence"])
     if emb["key"].to_pylist() != asg["key"].to_pylist():
         order = {key: i for i, key in enumerate(asg["key"].to_pylist())}
         asg = asg.take(pa.array([order[key] for key in emb["key"].to_pylist()]))
-    clusters = asg["cluster"].to_numpy()
+    clusters = slots(asg["cluster"].to_numpy(), ids)
     conf = asg["confidence"].to_numpy()
+    k = len(ids)
     part = Partial(k, dim)
     part.sizes += np.bincount(clusters, minlength=k)
     np.add.at(part.sums, clusters, embedding_matrix(emb["embedding"], np.float64))
     np.add.at(part.confidence, clusters, conf)
     if label:
-        part.contingency.update(clusters, emb[label].to_pylist())
+        part.contingency.update(ids[clusters], emb[label].to_pylist())
     keys = emb["key"].to_pylist()
     for c in np.unique(clusters):
         idx = np.flatnonzero(clusters == c)
@@ -62,13 +91,18 @@ def reduce_shard(item: dict[str, Any], run: RunDir, k: int, dim: int, top: int, 
     return part
 
 
-def reduce_run(run: RunDir, k: int, top: int, label: str | None) -> Partial:
+def reduce_run(run: RunDir, top: int, label: str | None, shards: list[str] | None = None) -> Partial:
+    """Merge the partials of every assigned shard (or of `shards`); slots follow the committed model's
+    `cluster_ids`."""
     markers = run.committed("assignments")
-    dim = run.marker(run.model("model.json"))["dim"]
-    total = Partial(k, dim)
+    if shards is not None:
+        markers = {s: markers[s] for s in shards}
+    model = run.marker(run.model("model.json"))
+    ids = cluster_ids(model)
+    total = Partial(len(ids), model["dim"])
     progress = Progress("summary", total=sum(m["rows"] for m in markers.values()), unit="rows")
-    for part in map_shards(reduce_shard, [{"shard": s} for s in sorted(markers)], num_cpus=1,
-                           run=run, k=k, dim=dim, top=top, label=label):
+    for part in map_shards(reduce_shard, [{"shard": s, "file": m["file"]} for s, m in sorted(markers.items())],
+                           num_cpus=1, run=run, ids=ids, dim=model["dim"], top=top, label=label):
         total.merge(part, top)
         progress.update(int(part.sizes.sum()))
     progress.close()
@@ -86,14 +120,24 @@ def record_seconds(run: RunDir, stage: str, seconds: float, rows_per_second: flo
 
 
 def run(cfg: Config, run: RunDir) -> dict[str, Any]:
+    return summarise(cfg, run)[0]
+
+
+def summarise(cfg: Config, run: RunDir, base: Partial | None = None,
+              shards: list[str] | None = None) -> tuple[dict[str, Any], Partial]:
+    """clusters.parquet and metrics.json from every assigned shard, or from `base` (the partial of the
+    shards already summarised with the same model) merged with the partials of `shards` only."""
     model = run.marker(run.model("model.json"))
-    k = model["k"]
+    ids = cluster_ids(model)
+    k = len(ids)
     label = "label" if cfg.input.label_field else None
-    total = reduce_run(run, k, cfg.summary.exemplars, label)
+    total = reduce_run(run, cfg.summary.exemplars, label, shards)
+    if base is not None:
+        total.merge(base, cfg.summary.exemplars)
     norms = np.linalg.norm(total.sums, axis=1, keepdims=True)
     centroids = np.where(norms > 0, total.sums / np.maximum(norms, 1e-12), 0).astype(np.float32)
     table = pa.table({
-        "cluster": pa.array(np.arange(k, dtype=np.int32)),
+        "cluster": pa.array(ids),
         "size": pa.array(total.sizes),
         "mean_confidence": pa.array((total.confidence / np.maximum(total.sizes, 1)).astype(np.float32)),
         "name": pa.array([None] * k, pa.string()),
@@ -118,4 +162,4 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     metrics["model"] = {key: model[key] for key in ("method", "k", "model_id", "sample_rows")}
     metrics["labels"] = {"column": label, **scores(total.contingency.matrix())} if label else None
     write_json_atomic(run.metrics, metrics, run.storage)
-    return metrics
+    return metrics, total

@@ -9,6 +9,8 @@
 - each embedded key appears exactly once in assignments;
 - no shard holds failures that may pass (a read that failed, a missing object: see scaleclust.failures);
   errors that are facts about the data (corrupt image, bad tar) are expected and not problems.
+- the latest version (or the one asked for) is whole: its model is archived, each shard's assignments
+  file exists and holds exactly that shard's embedded keys, its rows and cluster sizes add up.
 Runs in one process, shard by shard; keys are held as 64-bit hashes for the cross-shard check.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ from scaleclust.failures import count_retryable, reasons
 from scaleclust.pipeline import recorded
 from scaleclust.rundir import RunDir
 from scaleclust.sources import describe, shard_keys
+from scaleclust.versions import Versions
 
 
 def _hashes(keys: list[str]) -> np.ndarray:
@@ -28,7 +31,40 @@ def _hashes(keys: list[str]) -> np.ndarray:
                       dtype=np.uint64)
 
 
-def verify(url: str, storage: StorageConfig | None = None, deep: bool = False) -> list[str]:
+def verify_version(run: RunDir, version: str) -> list[str]:
+    """Problems of one version (see the module docstring)."""
+    history = Versions(run)
+    manifest = history.manifest(version)
+    if manifest is None:
+        return [f"version {version}: no versions/{version}/manifest.json (not a complete version)"]
+    problems = []
+    if not run.exists(run.path(manifest["model_dir"], "model.json")):
+        problems.append(f"version {version}: its model {manifest['model_dir']} is missing")
+    embedded = run.committed("embeddings")
+    rows = 0
+    for shard, entry in sorted(manifest["shards"].items()):
+        url = run.path("assignments", entry["file"])
+        if not run.exists(url):
+            problems.append(f"version {version}: shard {shard}: assignments/{entry['file']} is missing")
+            continue
+        got = run.read_table(url, ["key"])["key"].to_pylist()
+        rows += len(got)
+        if embedded.get(shard, {}).get("commit") != entry["embed_commit"]:
+            problems.append(f"version {version}: shard {shard}: embeddings were re-committed since")
+            continue
+        keys = run.read_table(run.embeddings(shard), ["key"])["key"].to_pylist()
+        if len(got) != len(set(got)) or set(got) != set(keys) or len(got) != entry["rows"]:
+            problems.append(f"version {version}: shard {shard}: {entry['file']} does not hold exactly the "
+                            f"embedded keys ({len(got)} rows, {len(set(got) ^ set(keys))} differ)")
+    sizes = sum(manifest["sizes"].values())
+    if not (rows == manifest["rows"] == sizes):
+        problems.append(f"version {version}: {rows} assigned rows on disk, manifest says {manifest['rows']}, "
+                        f"cluster sizes add to {sizes}")
+    return problems
+
+
+def verify(url: str, storage: StorageConfig | None = None, deep: bool = False,
+           version: str | None = None) -> list[str]:
     """Return the list of violated invariants (empty when the run is consistent)."""
     probe = RunDir(url, storage or StorageConfig())
     if not probe.exists(probe.config):
@@ -64,7 +100,7 @@ def verify(url: str, storage: StorageConfig | None = None, deep: bool = False) -
                                 f"(missing {sorted(missing)[:5]}, extra {sorted(extra)[:5]})")
         seen.append(_hashes(keys))
         if shard in assigned:
-            got = run.read_table(run.assignments(shard), ["key"])["key"].to_pylist()
+            got = run.read_table(run.assigned(shard, assigned[shard]), ["key"])["key"].to_pylist()
             if len(got) != len(set(got)) or set(got) != set(keys):
                 problems.append(f"shard {shard}: assignments keys are not exactly the embedded keys "
                                 f"({len(got)} rows, {len(set(got) ^ set(keys))} differ)")
@@ -75,4 +111,5 @@ def verify(url: str, storage: StorageConfig | None = None, deep: bool = False) -
         dups = int((hashes[1:] == hashes[:-1]).sum())
         if dups:
             problems.append(f"{dups} embedded key(s) appear in more than one shard")
-    return problems
+    version = version or (Versions(run).latest() or {}).get("version")
+    return problems + (verify_version(run, version) if version else [])

@@ -9,6 +9,9 @@ from PIL import Image, ImageDraw
 from scaleclust.sources.shard_writer import jpeg_bytes, sample_members, tar_bytes
 
 CLASSES = ("red disk", "green square", "blue stripes")
+BASE_LABELS = (0, 1, 2)  # what shards hold unless told
+NEW_CONCEPT = 3          # a white checkerboard: the class a test plants as new data
+CAPTIONS = CLASSES + ("white checkerboard",)
 
 
 def synthetic_image(label: int, rng: np.random.Generator) -> Image.Image:
@@ -22,31 +25,39 @@ def synthetic_image(label: int, rng: np.random.Generator) -> Image.Image:
         draw.ellipse((lo, lo, hi, hi), fill=(230, 30, 30))
     elif label == 1:
         draw.rectangle((lo, lo, hi, hi), fill=(30, 220, 40))
-    else:
+    elif label == 2:
         for x in range(0, size, 8):
             draw.rectangle((x, 0, x + 3, size), fill=(40, 60, 230))
+    else:
+        cell = max(4, size // 6)
+        for y in range(0, size, cell):
+            for x in range((y // cell % 2) * cell, size, 2 * cell):
+                draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=(240, 230, 250))
     return image
 
 
-def synthetic_samples(shard: int, per_shard: int, seed: int) -> list[tuple[str, dict[str, bytes]]]:
+def synthetic_samples(shard: int, per_shard: int, seed: int,
+                      labels: tuple[int, ...] = BASE_LABELS) -> list[tuple[str, dict[str, bytes]]]:
     rng = np.random.default_rng(seed * 1000 + shard)
     samples = []
     for i in range(per_shard):
-        label = int(rng.integers(0, len(CLASSES)))
+        label = labels[int(rng.integers(0, len(labels)))]
         key = f"{shard:05d}{i:04d}"
         image = jpeg_bytes(synthetic_image(label, rng))
-        samples.append((key, sample_members(key, image, f"a {CLASSES[label]}",
+        samples.append((key, sample_members(key, image, f"a {CAPTIONS[label]}",
                                             {"url": f"http://example.invalid/{key}.jpg", "label": label})))
     return samples
 
 
-def write_synthetic_shards(folder: Path, n_shards: int = 2, per_shard: int = 16, seed: int = 0) -> list[str]:
-    """Write n_shards tar shards of per_shard labelled samples; returns their paths."""
+def write_synthetic_shards(folder: Path, n_shards: int = 2, per_shard: int = 16, seed: int = 0, first: int = 0,
+                           labels: tuple[int, ...] = BASE_LABELS) -> list[str]:
+    """Write tar shards first..first+n_shards-1 of per_shard samples with labels drawn from `labels`;
+    returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for shard in range(n_shards):
+    for shard in range(first, first + n_shards):
         path = folder / f"{shard:05d}.tar"
-        path.write_bytes(tar_bytes(synthetic_samples(shard, per_shard, seed)))
+        path.write_bytes(tar_bytes(synthetic_samples(shard, per_shard, seed, labels)))
         paths.append(str(path))
     return paths
 

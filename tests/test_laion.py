@@ -108,11 +108,11 @@ def test_round_trip(tmp_path: Path, dtype: type) -> None:
     # Part 0 is clustered: its export carries cluster and confidence, joined by key.
     assigned = run.read_table(run.embeddings("img_emb_0"), ["key"])
     rows = len(assigned)
-    run.write_table(run.assignments("img_emb_0"), pa.table({
+    run.write_table(run.assignments("img_emb_0", "m0", "c0"), pa.table({
         "key": assigned["key"].take(pa.array(np.arange(rows)[::-1])),
         "cluster": pa.array(np.arange(rows)[::-1] % 3, pa.int32()),
         "confidence": pa.array(np.linspace(0, 1, rows)[::-1], pa.float32())}))
-    run.write_marker(run.assignments_marker("img_emb_0"), {"rows": rows})
+    run.write_marker(run.assignments_marker("img_emb_0"), {"rows": rows, "file": "img_emb_0.m0.c0.parquet"})
 
     out = tmp_path / "out"
     written = export_laion(run, str(out), StorageConfig())

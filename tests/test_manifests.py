@@ -308,10 +308,10 @@ def test_one_cluster_spec_behind_every_job(root: Path) -> None:
 
 
 def job_config(entrypoint: str) -> config.Config:
-    """The config that a `scaleclust run CONFIG --set a.b=c ...` entrypoint runs, validated as the CLI
-    validates it."""
+    """The config that a `scaleclust run|update CONFIG --set a.b=c ...` entrypoint runs, validated as the
+    CLI validates it."""
     args = shlex.split(entrypoint)
-    assert args[:2] == ["scaleclust", "run"] and set(args[3::2]) <= {"--set"} and len(args) % 2, entrypoint
+    assert args[0] == "scaleclust" and args[1] in ("run", "update") and set(args[3::2]) <= {"--set"} and len(args) % 2, entrypoint
     return config.load(REPO / args[2], args[4::2])
 
 
@@ -487,3 +487,19 @@ def test_the_scanner_flags_planted_credentials() -> None:
     references = ("env:\n- name: AWS_SECRET_ACCESS_KEY\n  valueFrom:\n    secretKeyRef: {name: s3, key: k}\n"
                   "password: ''\napiKey: ${API_KEY}\nautomountServiceAccountToken: false\n")
     assert credentials("ok.yaml", references) == []
+
+
+@needs_kubectl
+@pytest.mark.parametrize("root", ROOTS[1:], ids=lambda root: str(root.relative_to(REPO)))
+def test_nightly_jobs_run_the_update(root: Path) -> None:
+    """Every overlay schedules a night, and a night is `scaleclust update` (new shards, drift, a version)."""
+    from scaleclust import update
+
+    docs = rendered(root)
+    nightly = [d["spec"]["jobTemplate"] for d in of_kind(docs, "RayCronJob")] + [
+        d["spec"] for d in of_kind(docs, "RayJob")
+        if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "nightly"]
+    assert nightly
+    assert all(shlex.split(job["entrypoint"])[:2] == ["scaleclust", "update"] for job in nightly), nightly
+    for job in nightly:
+        update.check(job_config(job["entrypoint"]))  # what `update` checks before any work

@@ -27,8 +27,9 @@ BUCKET_BYTES = 2 << 30  # float32 vectors one cluster-bucket task holds at once
 def bucket_pairs(item: dict[str, Any], run: RunDir, manifest: dict[str, Any], threshold: float) -> Pairs:
     """Exact within-cluster pairs among the rows whose cluster falls in this bucket (a Ray task)."""
     vectors, ids, clusters = [], [], []
+    assigned = run.committed("assignments")
     for shard, entry in manifest["shards"].items():
-        cluster = run.read_table(run.assignments(shard), ["cluster"])["cluster"].to_numpy()
+        cluster = run.read_table(run.assigned(shard, assigned[shard]), ["cluster"])["cluster"].to_numpy()
         rows = np.flatnonzero(cluster % item["buckets"] == item["bucket"])
         table = run.read_table(run.embeddings(shard), ["embedding"]).take(rows)
         vectors.append(embedding_matrix(table["embedding"]))

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scaleclust.parallel import map_shards
-from scaleclust.rundir import RunDir
+from scaleclust.rundir import RunDir, id_slots
 from scaleclust.storage import filesystem
 
 BINS = 50  # confidence histogram over [0, 1]
@@ -48,11 +48,13 @@ def _duplicate_keys(run: RunDir) -> pa.Array | None:
     return table.filter(pc.invert(table["is_keeper"]))["key"].combine_chunks()
 
 
-def shard_picks(item: dict[str, Any], run: RunDir, k: int, n_top: int, n_low: int,
+def shard_picks(item: dict[str, Any], run: RunDir, slots: np.ndarray, n_top: int, n_low: int,
                 duplicates: pa.Array | None) -> Picks:
-    """One shard's partial: its assignments joined to its embeddings' caption and url by key."""
+    """One shard's partial: its assignments joined to its embeddings' caption and url by key; clusters
+    by slot (row of clusters.parquet)."""
     shard = item["shard"]
-    asg = run.read_table(run.assignments(shard), ["key", "cluster", "confidence"])
+    k = int(slots.max(initial=-1)) + 1
+    asg = run.read_table(run.path("assignments", item["file"]), ["key", "cluster", "confidence"])
     fs, path = filesystem(run.embeddings(shard), run.storage)
     with fs.open(path, "rb") as handle:
         names = pq.ParquetFile(handle).schema_arrow.names
@@ -62,7 +64,7 @@ def shard_picks(item: dict[str, Any], run: RunDir, k: int, n_top: int, n_low: in
     captions = meta["caption"].to_pylist() if "caption" in meta.column_names else [None] * len(meta)
     urls = meta["url"].to_pylist() if "url" in meta.column_names else [None] * len(meta)
     keys = asg["key"].to_pylist()
-    clusters = asg["cluster"].to_numpy()
+    clusters = slots[asg["cluster"].to_numpy()]
     conf = asg["confidence"].to_numpy().astype(np.float64)
     part = Picks(k)
     part.hist += np.histogram(np.clip(conf, 0, 1), bins=BINS, range=(0.0, 1.0))[0]
@@ -82,13 +84,15 @@ def shard_picks(item: dict[str, Any], run: RunDir, k: int, n_top: int, n_low: in
     return part
 
 
-def collect(run: RunDir, k: int, n_top: int, n_low: int, progress: Any = None) -> tuple[Picks, bool]:
-    """Merge every committed assignments shard's partial (one Ray task per shard). Also says whether
-    dedup has run (so a count of 0 means 'no duplicates', not 'not checked')."""
+def collect(run: RunDir, ids: np.ndarray, n_top: int, n_low: int, progress: Any = None) -> tuple[Picks, bool]:
+    """Merge every committed assignments shard's partial (one Ray task per shard); `ids` are the
+    clusters.parquet rows' cluster ids. Also says whether dedup has run (so a count of 0 means 'no
+    duplicates', not 'not checked')."""
     duplicates = _duplicate_keys(run)
-    total = Picks(k)
-    items = [{"shard": s} for s in sorted(run.committed("assignments"))]
-    for part in map_shards(shard_picks, items, num_cpus=1, run=run, k=k, n_top=n_top, n_low=n_low,
+    total = Picks(len(ids))
+    markers = run.committed("assignments")
+    items = [{"shard": s, "file": m["file"]} for s, m in sorted(markers.items())]
+    for part in map_shards(shard_picks, items, num_cpus=1, run=run, slots=id_slots(ids), n_top=n_top, n_low=n_low,
                            duplicates=duplicates):
         total.merge(part, n_top, n_low)
         if progress is not None:

@@ -91,7 +91,7 @@ def run(cfg: Config, run: RunDir, shards: dict[str, ShardSpec]) -> dict[str, Any
     opts = cfg.report
     rows = int(sizes.sum())
     progress = Progress("report", total=rows, unit="rows")
-    picks, deduped = collect(run, len(sizes), opts.images, opts.borderline, progress)
+    picks, deduped = collect(run, np.asarray(table["cluster"], np.int64), opts.images, opts.borderline, progress)
     progress.close()
 
     wanted: dict[str, set[str]] = {}

@@ -1,0 +1,84 @@
+"""Cost of a nightly `scaleclust update` that brings 1% new data, as a fraction of a full run.
+
+Both sides run in one process on one local Ray (started before either is timed), on the same photo
+shards (see _embed_bench.py): the full run is the first update of a fresh run directory (embed every
+shard, fit, assign, summary, novelty calibration, version 1); the nightly update then finds `--new`
+more shards (1% of the rows by default) and embeds, assigns, measures drift and writes version 2.
+Embedding is counted on both sides. Repetitions use fresh run directories. Prints the stage seconds of
+each side and the ratio update / full (goal: <= 0.05).
+
+    .venv/bin/python benchmarks/update_cost.py --model tiny --shards 100 --per-shard 50 --new 1
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from _embed_bench import MODELS, start_ray, stage_config, write_photo_shards
+
+from scaleclust.config import apply_override, from_dict
+from scaleclust.update import update
+
+
+def config(run_dir: Path, shards: list[str], args: argparse.Namespace):
+    base = stage_config(run_dir, shards, args.model, "cpu", args.ray_cpus, []).model_dump(mode="json")
+    base["cluster"].update(k=args.k, sample_size=100_000)
+    base["update"] = {"refit": "never"}
+    for assignment in args.set:
+        apply_override(base, assignment)
+    return from_dict(base)
+
+
+def timed(cfg) -> tuple[float, dict]:
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        manifest = update(cfg)
+    seconds = time.perf_counter() - started
+    metrics = json.loads((Path(cfg.run_dir) / "metrics.json").read_text())
+    return seconds, {"manifest_rows": manifest["rows"], "stages": metrics.get("seconds", {})}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=list(MODELS), default="tiny")
+    parser.add_argument("--shards", type=int, default=100, help="shards of the full run")
+    parser.add_argument("--per-shard", type=int, default=50)
+    parser.add_argument("--new", type=int, default=1, help="shards the nightly update brings")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--ray-cpus", type=int, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="update-cost-"))
+    try:
+        old = write_photo_shards(work / "shards", args.shards + args.new, args.per_shard)
+        old, new = old[: args.shards], old[args.shards:]
+        ray_seconds = start_ray(config(work / "probe", old, args))
+        print(json.dumps({"model": args.model, "rows_full": args.shards * args.per_shard,
+                          "rows_new": args.new * args.per_shard, "ray_start_s": round(ray_seconds, 1)}))
+        ratios = []
+        for rep in range(args.repeats):
+            run_dir = work / f"run{rep}"
+            full_s, full = timed(config(run_dir, old, args))
+            update_s, nightly = timed(config(run_dir, old + new, args))
+            ratios.append(update_s / full_s)
+            print(json.dumps({"repeat": rep, "full_s": round(full_s, 2), "full_stages": full["stages"],
+                              "update_s": round(update_s, 2), "update_stages": nightly["stages"],
+                              "ratio": round(ratios[-1], 4)}))
+            shutil.rmtree(run_dir, ignore_errors=True)
+        print(f"update / full run, {args.new * args.per_shard} new rows on {args.shards * args.per_shard} "
+              f"({args.new / args.shards:.1%}), model {args.model}: median ratio {statistics.median(ratios):.3f} "
+              f"over {len(ratios)} repeat(s) (goal <= 0.05)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

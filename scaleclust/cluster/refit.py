@@ -1,0 +1,66 @@
+"""Warm-started k-means refits and cluster-id matching across refits (plain numpy/faiss).
+
+Warm start: k-means begins from the current centroids, plus a few new centroids seeded by k-means among
+the rows no current cluster accepts (novel rows), so a concept absent before can get its own
+cluster while the others start where they were and move only as far as the new data pulls them.
+
+Id matching: new clusters are matched one-to-one to old ones by the Hungarian algorithm on the cosine
+of their prototypes (centroids); a pair below the similarity floor is no match. A matched cluster keeps
+its old id; an unmatched new cluster gets a fresh id, never used before (ids are not reused, even for
+clusters that vanished).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import faiss
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from scaleclust.cluster.kmeans import spherical_kmeans
+
+
+def novel_seeds(x_novel: np.ndarray, n: int, niter: int, seed: int) -> np.ndarray:
+    """n starting centroids for new clusters: spherical k-means among the novel rows (their dense parts,
+    not their outliers, which a farthest-point seeding would pick)."""
+    if n <= 0:
+        return np.zeros((0, x_novel.shape[1]), np.float32)
+    return spherical_kmeans(x_novel, n, niter, 1, seed)[0]
+
+
+def warm_kmeans(x: np.ndarray, init: np.ndarray, niter: int, seed: int) -> np.ndarray:
+    """Spherical k-means on unit rows x starting from unit centroids `init` (k, d); returns centroids."""
+    x = np.ascontiguousarray(x, np.float32)
+    init = np.ascontiguousarray(init, np.float32)
+    km = faiss.Kmeans(x.shape[1], len(init), niter=niter, nredo=1, spherical=True, seed=seed,
+                      max_points_per_centroid=max(256, len(x) // len(init) + 1), verbose=False)
+    km.train(x, init_centroids=init)
+    return km.centroids.copy()
+
+
+def match_ids(old: np.ndarray, old_ids: np.ndarray, new: np.ndarray, floor: float,
+              next_id: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Stable ids for the new prototypes (m, d) given the old ones (k, d) and their ids.
+
+    Returns the id of each new prototype and the mapping record: matched (new slot, old id, cosine),
+    new ids, retired old ids, and the next free id.
+    """
+    sims = np.asarray(new, np.float64) @ np.asarray(old, np.float64).T
+    rows, cols = linear_sum_assignment(-sims)
+    ids = np.full(len(new), -1, np.int64)
+    matched = []
+    for r, c in zip(rows, cols):
+        if sims[r, c] >= floor:
+            ids[r] = old_ids[c]
+            matched.append({"slot": int(r), "id": int(old_ids[c]), "cosine": round(float(sims[r, c]), 4)})
+    fresh = []
+    for r in np.flatnonzero(ids < 0):
+        ids[r] = next_id
+        fresh.append({"slot": int(r), "id": int(next_id),
+                      "nearest_old_id": int(old_ids[int(np.argmax(sims[r]))]) if len(old_ids) else None,
+                      "cosine": round(float(sims[r].max()), 4) if len(old_ids) else None})
+        next_id += 1
+    kept = {m["id"] for m in matched}
+    retired = [int(i) for i in old_ids if int(i) not in kept]
+    return ids.astype(np.int32), {"matched": matched, "new": fresh, "retired": retired, "floor": floor,
+                                  "next_id": int(next_id)}

@@ -1,0 +1,321 @@
+"""Nightly update: embed new shards only, index and assign them with the current model, report drift,
+refit when the policy says so (warm-started, cluster ids matched), then write a new version and move
+the versions/LATEST.json pointer last. One writer at a time: the run directory's lease is held
+throughout.
+
+Steps, each committed before the next, so a killed update re-run resumes (see scaleclust.versions):
+1. embed the shards no marker covers (the embed stage skips committed ones); index them when the run has
+   an index; assign them with the current model (the assign stage skips assigned ones);
+2. drift of the new shards' rows against the latest version (Ray task per shard) and the refit decision,
+   recorded in versions/V/decision.json and drift.json;
+3. on refit (k-means only): a warm-started k-means on a fresh sample in a Ray task, ids matched to the
+   old clusters, the model written to models/NEW/ and then promoted to model/; every shard re-assigned
+   into new files (the old ones stay for older versions);
+4. summary (clusters.parquet, metrics.json; without a refit only the new shards are read and merged
+   into the parent version's partial), the stages after summary, cluster names carried over by id, the
+   model archived in models/, versions/V/manifest.json, then the pointer.
+The first update of a run directory runs every stage and writes version 1 (no drift).
+"""
+from __future__ import annotations
+
+import io
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from scaleclust import fit, summary
+from scaleclust.assign import cluster_ids
+from scaleclust.cluster.drift import DriftCounts, Novelty, calibrate, report
+from scaleclust.cluster.refit import match_ids, novel_seeds, warm_kmeans
+from scaleclust.config import ClusterConfig, Config, ConfigError, UpdateConfig
+from scaleclust.embed.writer import embedding_matrix
+from scaleclust.lease import Lease
+from scaleclust.parallel import map_shards
+from scaleclust.pipeline import STAGES, prepare, run_stage
+from scaleclust.ray_setup import ensure_ray
+from scaleclust.rundir import RunDir
+from scaleclust.sample import sample_embeddings
+from scaleclust.storage import copy_file, remove, write_bytes_atomic, write_json_atomic
+from scaleclust.versions import Versions
+
+MODEL_FILES = {"kmeans": ["centroids.npy"], "mlc": ["head.pt", "subspaces.npy"]}
+EXAMPLES = 20  # novel keys listed in drift.json
+
+
+def check(cfg: Config) -> None:
+    """What the update needs of the config, checked before any work."""
+    fit.check(cfg)
+    if cfg.update.refit != "never" and cfg.cluster.method != "kmeans":
+        raise ConfigError(f"update.refit: {cfg.update.refit!r} refits only cluster.method 'kmeans' (warm start "
+                          f"from its centroids); set update.refit=never for {cfg.cluster.method!r}")
+
+
+# novelty of a model -------------------------------------------------------------------------------
+
+def _novelty_url(run: RunDir, model_id: str) -> str:
+    return run.path("models", model_id, "novelty.npz")
+
+
+def _calibrate(run: RunDir, model: dict[str, Any], markers: dict[str, dict[str, Any]], temperature: float,
+               upd: UpdateConfig, seed: int) -> None:
+    """Novelty prototypes and thresholds of the committed model from a sample of the rows (a Ray task)."""
+    x, _ = sample_embeddings(run, markers, upd.calibration_rows, seed)
+    slots, _, _ = fit.load_assigner(run, model["model_id"], temperature)(x)
+    ids = cluster_ids(model)
+    novelty = calibrate(x, ids[slots], ids, upd.novelty_quantile)
+    write_bytes_atomic(_novelty_url(run, model["model_id"]), novelty.to_bytes(), run.storage)
+
+
+def _novelty(run: RunDir, model_id: str) -> Novelty:
+    return Novelty.from_bytes(run.read_bytes(_novelty_url(run, model_id)))
+
+
+# drift -------------------------------------------------------------------------------------------
+
+def drift_shard(item: dict[str, Any], run: RunDir, novelty: Novelty, low: float) -> DriftCounts:
+    """One new shard's contribution to the drift report: its assignments joined to its embeddings."""
+    emb = run.read_table(run.embeddings(item["shard"]), ["key", "embedding"])
+    asg = run.read_table(run.path("assignments", item["file"]), ["key", "cluster", "confidence"])
+    asg = asg.take(pc.index_in(emb["key"], value_set=asg["key"].combine_chunks()))
+    counts = DriftCounts()
+    counts.add(asg["cluster"].to_numpy(), asg["confidence"].to_numpy(), novelty.novel(embedding_matrix(emb["embedding"])),
+               emb["key"].to_pylist(), low, EXAMPLES)
+    return counts
+
+
+def drift(run: RunDir, latest: dict[str, Any], new: list[str], upd: UpdateConfig) -> dict[str, Any]:
+    """The drift report of the rows of `new` shards against the latest version's clusters."""
+    markers = run.committed("assignments")
+    novelty = _novelty(run, latest["model"])
+    total = DriftCounts()
+    for part in map_shards(drift_shard, [{"shard": s, "file": markers[s]["file"]} for s in new], num_cpus=1,
+                           run=run, novelty=novelty, low=upd.low_confidence):
+        total.merge(part, EXAMPLES)
+    fitted = {int(c): n for c, n in latest["sizes"].items()}
+    return {"parent": latest["version"], "shards": new,
+            **report(fitted, total, upd.growth, upd.min_expected_rows, upd.drift_warn, upd.drift_refit)}
+
+
+def decide(upd: UpdateConfig, latest: dict[str, Any], report_: dict[str, Any]) -> tuple[bool, str]:
+    """Whether this update refits, and why."""
+    if upd.refit == "on_drift":
+        hit = report_["score"] >= upd.drift_refit
+        return hit, f"drift score {report_['score']:.3f} {'>=' if hit else '<'} update.drift_refit {upd.drift_refit}"
+    if upd.refit == "every_n":
+        since = latest.get("updates_since_refit", 0) + 1
+        return since >= upd.every_n, f"{since} update(s) since the last refit, update.every_n {upd.every_n}"
+    return False, "update.refit is never"
+
+
+# refit -------------------------------------------------------------------------------------------
+
+def _npy(array: np.ndarray) -> bytes:
+    sink = io.BytesIO()
+    np.save(sink, array)
+    return sink.getvalue()
+
+
+def refit_kmeans(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers: dict[str, dict[str, Any]],
+                 old: dict[str, Any], seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Warm-started k-means on a fresh sample, ids matched to the old model's; written to models/NEW/
+    (model.json last). Returns the new model's metadata and the id mapping."""
+    started = time.time()
+    x, _ = sample_embeddings(run, markers, cluster.sample_size, seed)
+    old_centroids = np.load(io.BytesIO(run.read_bytes(run.path("models", old["model_id"], "centroids.npy"))))
+    novel = _novelty(run, old["model_id"]).novel(x)
+    n_new = min(upd.max_new_clusters, int(novel.sum()) // upd.min_new_cluster_rows)
+    seeds = novel_seeds(x[novel], n_new, cluster.niter, seed)
+    centroids = warm_kmeans(x, np.concatenate([old_centroids, seeds]), cluster.niter, seed)
+    old_ids = cluster_ids(old)
+    next_id = old.get("next_cluster_id", int(old_ids.max()) + 1)
+    ids, mapping = match_ids(old_centroids, old_ids, centroids, upd.match_floor, next_id)
+    model_id = uuid.uuid4().hex
+    write_bytes_atomic(run.path("models", model_id, "centroids.npy"), _npy(centroids.astype(np.float32)), run.storage)
+    slots = np.argmax(x @ centroids.T, axis=1)
+    write_bytes_atomic(_novelty_url(run, model_id), calibrate(x, ids[slots], ids, upd.novelty_quantile).to_bytes(),
+                       run.storage)
+    meta = {"method": "kmeans", "params": fit.fit_params(cluster), "model_id": model_id, "k": int(len(centroids)),
+            "dim": int(x.shape[1]), "sample_rows": int(len(x)), "cluster_ids": ids.tolist(),
+            "next_cluster_id": mapping["next_id"], "warm_from": old["model_id"], "seeded_new": int(n_new),
+            "novel_in_sample": int(novel.sum()), "seconds": round(time.time() - started, 2)}
+    write_json_atomic(run.path("models", model_id, "model.json"), meta, run.storage)
+    return meta, {"from_model": old["model_id"], "to_model": model_id, **mapping}
+
+
+def promote(run: RunDir, model: dict[str, Any]) -> None:
+    """Make an archived model the committed one: model.json removed first and written last, so no
+    reader ever pairs one model's metadata with another's files."""
+    remove(run.model("model.json"), run.storage)
+    for name in MODEL_FILES[model["method"]]:
+        copy_file(run.path("models", model["model_id"], name), run.model(name), run.storage)
+    write_json_atomic(run.model("model.json"), model, run.storage)
+
+
+# versions ----------------------------------------------------------------------------------------
+
+def carry_names(run: RunDir, parent_clusters: str | None) -> None:
+    """Fill empty names in clusters.parquet from the parent version's clusters with the same id."""
+    if parent_clusters is None:
+        return
+    table = run.read_table(run.clusters)
+    old = {row["cluster"]: row for row in run.read_table(parent_clusters, ["cluster", "name", "name_score", "top_names"])
+           .to_pylist() if row["name"]}
+    if not old:
+        return
+    rows = table.to_pylist()
+    for row in rows:
+        if not row["name"] and row["cluster"] in old:
+            row.update({k: old[row["cluster"]][k] for k in ("name", "name_score", "top_names")})
+    run.write_table(run.clusters, pa.Table.from_pylist(rows, schema=table.schema))
+
+
+def write_version(run: RunDir, history: Versions, version: str, lease: Lease, parent: dict[str, Any] | None,
+                  facts: dict[str, Any]) -> dict[str, Any]:
+    """versions/V/clusters.parquet and manifest.json (last in V), then the pointer."""
+    model = run.marker(run.model("model.json"))
+    embedded = run.committed("embeddings")
+    assigned = run.committed("assignments")
+    stale = sorted(s for s, m in embedded.items() if assigned.get(s, {}).get("model") != model["model_id"]
+                   or assigned[s]["embed_commit"] != m["commit"])
+    if stale:
+        raise RuntimeError(f"update: shards {stale[:5]} are not assigned by model {model['model_id']}; re-run")
+    history.archive_model(model, MODEL_FILES[model["method"]])
+    parent_clusters = history.path(parent["version"], "clusters.parquet") if parent else None
+    carry_names(run, parent_clusters)
+    copy_file(run.clusters, history.path(version, "clusters.parquet"), run.storage)
+    clusters = run.read_table(run.clusters, ["cluster", "size"]).to_pylist()
+    manifest = {
+        "version": version, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "parent": parent["version"] if parent else None, "model": model["model_id"], "method": model["method"],
+        "model_dir": f"models/{model['model_id']}", "k": model["k"],
+        "shards": {s: {"file": assigned[s]["file"], "rows": assigned[s]["rows"], "embed_commit": assigned[s]["embed_commit"]}
+                   for s in sorted(assigned) if s in embedded},
+        "rows": sum(assigned[s]["rows"] for s in assigned if s in embedded),
+        "sizes": {str(c["cluster"]): c["size"] for c in clusters},
+        **facts,
+    }
+    write_json_atomic(history.path(version, "manifest.json"), manifest, run.storage)
+    lease.check()
+    history.point(version)
+    return manifest
+
+
+def summarise(cfg: Config, run: RunDir, history: Versions, version: str, parent: dict[str, Any] | None,
+              new: list[str]) -> None:
+    """The summary stage, incremental when it can be: the parent's partial (versions/P/partial.npz) merged
+    with the new shards' partials, when the model and every old shard's assignments file are unchanged;
+    else over every shard. The result's partial is kept in versions/V/ for the next night."""
+    started = time.time()
+    model = run.marker(run.model("model.json"))
+    assigned = run.committed("assignments")
+    base_url = history.path(parent["version"], "partial.npz") if parent else None
+    if (parent and parent["model"] == model["model_id"] and run.exists(base_url)
+            and all(assigned.get(s, {}).get("file") == e["file"] for s, e in parent["shards"].items())):
+        _, total = summary.summarise(cfg, run, summary.Partial.from_bytes(run.read_bytes(base_url)), new)
+    else:
+        _, total = summary.summarise(cfg, run)
+    write_bytes_atomic(history.path(version, "partial.npz"), total.to_bytes(), run.storage)
+    summary.record_seconds(run, "summary", time.time() - started)
+
+
+def after_summary(cfg: Config, run: RunDir, shards: dict) -> None:
+    """The pipeline's stages after summary (naming, report), when there are any."""
+    for name in STAGES[STAGES.index("summary") + 1:]:
+        run_stage(name, cfg, run, shards)
+
+
+def _first_version(cfg: Config, run: RunDir, shards: dict, history: Versions, lease: Lease) -> dict[str, Any]:
+    for name in ("embed", "fit", "assign"):
+        run_stage(name, cfg, run, shards)
+    if run.exists(run.path("index", "manifest.json")):
+        run_stage_index(cfg, run)
+    model = run.marker(run.model("model.json"))
+    markers = run.committed("embeddings")
+    ray.get(ray.remote(num_cpus=1)(_calibrate).remote(run, model, markers, cfg.assign.temperature, cfg.update,
+                                                      cfg.cluster.seed))
+    version = history.start(None)
+    summarise(cfg, run, history, version, None, sorted(markers))
+    after_summary(cfg, run, shards)
+    facts = {"refit": True, "reason": "first version", "new_shards": sorted(markers),
+             "new_rows": sum(m["embedded"] for m in markers.values()), "updates_since_refit": 0}
+    return write_version(run, history, version, lease, None, facts)
+
+
+def run_stage_index(cfg: Config, run: RunDir) -> None:
+    from scaleclust.index import stage as index
+
+    index.run(cfg, run)
+
+
+def update(cfg: Config) -> dict[str, Any]:
+    """One nightly update of cfg.run_dir; returns the manifest of the version it leaves as latest."""
+    check(cfg)
+    with Lease(cfg.run_dir, cfg.storage, "update", ttl=cfg.update.lease_seconds) as lease:
+        run, shards = prepare(cfg)
+        ensure_ray(cfg)
+        history = Versions(run)
+        latest, unfinished = history.recover()
+        if latest is None:
+            return _first_version(cfg, run, shards, history, lease)
+        run_stage("embed", cfg, run, shards)
+        if run.exists(run.path("index", "manifest.json")):
+            run_stage_index(cfg, run)
+        new = sorted(set(run.committed("embeddings")) - set(latest["shards"]))
+        if not new and unfinished is None:
+            print(f"update: no new shards; version {latest['version']} stays the latest")
+            return latest
+        version = unfinished or history.start(latest)
+        decision = run.marker(history.path(version, "decision.json"))
+        if decision is None:
+            run_stage("assign", cfg, run, shards)
+            report_ = drift(run, latest, new, cfg.update)
+            write_json_atomic(history.path(version, "drift.json"), report_, run.storage)
+            refit, reason = decide(cfg.update, latest, report_)
+            decision = {"parent": latest["version"], "refit": refit, "reason": reason, "model": None}
+            run.write_marker(history.path(version, "decision.json"), decision)
+        else:
+            print(f"update: resuming {version} (refit: {decision['refit']})")
+        report_ = run.marker(history.path(version, "drift.json"))
+        print_drift(report_)
+        print(f"update: refit {'yes' if decision['refit'] else 'no'}: {decision['reason']}")
+        if decision["refit"]:
+            if decision["model"] is None:
+                old = run.marker(run.path("models", latest["model"], "model.json"))
+                seed = cfg.cluster.seed + int(version[:5])  # a fresh sample every refit
+                task = ray.remote(num_cpus=1)(refit_kmeans)
+                meta, mapping = ray.get(task.remote(run, cfg.cluster, cfg.update, run.committed("embeddings"), old, seed))
+                write_json_atomic(history.path(version, "id_map.json"), mapping, run.storage)
+                decision["model"] = meta["model_id"]
+                run.write_marker(history.path(version, "decision.json"), decision)
+            meta = run.marker(run.path("models", decision["model"], "model.json"))
+            if (run.marker(run.model("model.json")) or {}).get("model_id") != meta["model_id"]:
+                promote(run, meta)
+            print_id_map(run.marker(history.path(version, "id_map.json")))
+        run_stage("assign", cfg, run, shards)
+        summarise(cfg, run, history, version, latest, new)
+        after_summary(cfg, run, shards)
+        facts = {"refit": decision["refit"], "reason": decision["reason"], "new_shards": new,
+                 "new_rows": sum(run.committed("embeddings")[s]["embedded"] for s in new),
+                 "updates_since_refit": 0 if decision["refit"] else latest.get("updates_since_refit", 0) + 1,
+                 "drift": {k: report_[k] for k in ("score", "status", "novel_rows", "novel_share",
+                                                  "low_confidence_share", "grown", "shrunk")}}
+        return write_version(run, history, version, lease, latest, facts)
+
+
+def print_drift(report_: dict[str, Any]) -> None:
+    print(f"drift: {report_['new_rows']} new rows, score {report_['score']:.3f} ({report_['status']}; warn at "
+          f"{report_['thresholds']['warn']}, refit at {report_['thresholds']['refit']}), novel "
+          f"{report_['novel_rows']} ({report_['novel_share']:.1%}), low-confidence {report_['low_confidence_share']:.1%}, "
+          f"total variation {report_['total_variation']:.3f}")
+    if report_["grown"] or report_["shrunk"]:
+        print(f"drift: grew {report_['grown']}, shrank {report_['shrunk']}")
+
+
+def print_id_map(mapping: dict[str, Any]) -> None:
+    print(f"refit: {len(mapping['matched'])} cluster(s) kept their ids, new ids {[n['id'] for n in mapping['new']]}, "
+          f"retired {mapping['retired']} (match floor {mapping['floor']})")

@@ -1,0 +1,92 @@
+"""Versions of a run's results: RUN/versions/V/ beside the current state, and a pointer moved last.
+
+```
+RUN/versions/V/manifest.json   written last in V: model id, shards {SHARD: assignments file, rows,
+                               embeddings commit}, counts, cluster sizes, parent, refit, created
+RUN/versions/V/clusters.parquet  a copy of the clusters at V (small)
+RUN/versions/V/drift.json      drift of V's new rows against the parent (not in the first version)
+RUN/versions/V/id_map.json     on a refit: old -> new cluster ids (matched, new, retired)
+RUN/versions/V/decision.json   the update's recorded decisions, so a killed update resumes them
+RUN/versions/LATEST.json       {"version": V}, written after V is complete
+RUN/models/MODEL/              every model a version names (model.json last, centroids.npy | head.pt +
+                               subspaces.npy, novelty.npz), so an old version keeps its model
+```
+
+V is `NNNNN-YYYYMMDDTHHMMSSZ` (sequence number, then the UTC time it started): sortable and dated. A
+version references the assignment files of its shards (assignments/SHARD.MODEL.COMMIT.parquet, never
+rewritten), so an unchanged shard costs a line in the manifest, not a copy. A folder without
+manifest.json is an update in progress (or killed); readers ignore it.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from scaleclust.rundir import RunDir
+from scaleclust.storage import copy_file, listdir, remove, write_json_atomic
+
+POINTER = "LATEST.json"
+
+
+class Versions:
+    """The versions/ folder of one run directory."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+
+    def path(self, version: str, name: str = "") -> str:
+        return self.run.path("versions", version, name) if name else self.run.path("versions", version)
+
+    def names(self) -> list[str]:
+        """Every version folder, complete or not, oldest first."""
+        return sorted(n for n in listdir(self.run.path("versions"), self.run.storage) if n[:5].isdigit())
+
+    def manifest(self, version: str) -> dict[str, Any] | None:
+        return self.run.marker(self.path(version, "manifest.json"))
+
+    def complete(self) -> list[dict[str, Any]]:
+        """Manifests of the complete versions, oldest first."""
+        return [m for m in (self.manifest(v) for v in self.names()) if m is not None]
+
+    def latest(self) -> dict[str, Any] | None:
+        """The manifest the pointer names (None before the first version)."""
+        pointer = self.run.marker(self.run.path("versions", POINTER))
+        return self.manifest(pointer["version"]) if pointer else None
+
+    def recover(self) -> tuple[dict[str, Any] | None, str | None]:
+        """After a killed update: move the pointer to a complete version it had not reached yet, and
+        return (latest manifest, the newest unfinished version folder if it continues from latest)."""
+        latest = self.latest()
+        unfinished = None
+        for version in self.names():
+            if latest and version <= latest["version"]:
+                continue
+            manifest = self.manifest(version)
+            if manifest is not None:
+                self.point(version)
+                latest, unfinished = manifest, None
+            else:
+                unfinished = version
+        if unfinished is not None:
+            decision = self.run.marker(self.path(unfinished, "decision.json"))
+            if decision is None or decision.get("parent") != (latest or {}).get("version"):
+                remove(self.path(unfinished), self.run.storage, recursive=True)
+                unfinished = None
+        return latest, unfinished
+
+    def start(self, latest: dict[str, Any] | None) -> str:
+        """The name of a new version after `latest`."""
+        seq = int(latest["version"][:5]) + 1 if latest else 1
+        return f"{seq:05d}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+
+    def point(self, version: str) -> None:
+        write_json_atomic(self.run.path("versions", POINTER), {"version": version}, self.run.storage)
+
+    def archive_model(self, model: dict[str, Any], files: list[str]) -> str:
+        """Copy the committed model/ files into models/MODEL/ once (model.json last); returns the folder."""
+        folder = self.run.path("models", model["model_id"])
+        if not self.run.exists(self.run.path("models", model["model_id"], "model.json")):
+            for name in files:
+                copy_file(self.run.model(name), self.run.path("models", model["model_id"], name), self.run.storage)
+            write_json_atomic(self.run.path("models", model["model_id"], "model.json"), model, self.run.storage)
+        return folder

@@ -1,0 +1,101 @@
+"""The run directory's lease on local disk and on a real S3 server: one holder, a clear refusal, an
+expired lease taken over by exactly one of two takers, a heartbeat that keeps a live lease alive."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from scaleclust.config import StorageConfig
+from scaleclust.lease import Lease, LeaseHeld
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(params=["local", "s3"])
+def where(request, tmp_path: Path) -> tuple[str, StorageConfig]:
+    if request.param == "local":
+        return str(tmp_path / "run"), StorageConfig()
+    endpoint = request.getfixturevalue("s3_endpoint")
+    bucket = f"lease-{tmp_path.name.lower().replace('_', '-')[-40:]}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/run", StorageConfig(endpoint_url=endpoint)
+
+
+def test_one_holder_and_a_clear_refusal(where) -> None:
+    url, storage = where
+    with Lease(url, storage, "update") as first:
+        with pytest.raises(LeaseHeld, match=r"lease.json is held by .*\(update, heartbeat .* another run"):
+            Lease(url, storage, "run").acquire()
+        first.check()
+    # Released: the next run takes it at once.
+    with Lease(url, storage, "run"):
+        pass
+
+
+def test_expired_lease_is_taken_over_by_one_taker(where) -> None:
+    url, storage = where
+    killed = Lease(url, storage, "update", ttl=0.6)
+    killed.acquire()
+    killed._stop.set()  # as if SIGKILLed: no heartbeat, no release
+    killed._thread.join()
+    time.sleep(0.8)
+    stale, etag = killed.read()
+    assert stale["owner"] == killed.owner and stale["expires"] < time.time()
+    # Two runs found the same expired lease: only one replaces it.
+    a, b = Lease(url, storage, "update"), Lease(url, storage, "update")
+    assert a._take_over(stale, etag) is True
+    assert b._take_over(stale, etag) is False
+    assert a.read()[0]["owner"] == a.owner
+    with pytest.raises(LeaseHeld, match=a.owner):
+        b.acquire()
+    # And through acquire(): a fresh run takes over a lease that expired.
+    a._stop.set()
+    c = Lease(url, storage, "update", ttl=0.6)
+    time.sleep(0.1)
+    held = c.read()[0]
+    assert held["owner"] == a.owner
+    killed2 = Lease(url, storage, "run", ttl=0.3)
+    killed2._take_over(held, c.read()[1])  # replace with a short lease, then let it lapse
+    time.sleep(0.5)
+    c.acquire()
+    assert c.read()[0]["owner"] == c.owner
+    c.release()
+    assert c.read() == (None, None)
+
+
+def test_heartbeat_keeps_the_lease_and_notices_a_theft(where) -> None:
+    url, storage = where
+    holder = Lease(url, storage, "update", ttl=0.6)
+    holder.acquire()
+    time.sleep(1.2)  # two lease lifetimes: alive only through the heartbeat
+    with pytest.raises(LeaseHeld):
+        Lease(url, storage, "run").acquire()
+    thief = Lease(url, storage, "run")
+    # Forced, as an operator clearing a lease would; a heartbeat in between makes a try fail (CAS).
+    assert any(thief._take_over(*thief.read()) for _ in range(5))
+    time.sleep(0.6)
+    with pytest.raises(LeaseHeld, match="lost the lease"):
+        holder.check()
+    holder.release()
+    assert thief.read()[0]["owner"] == thief.owner  # release never deletes another's lease
+
+
+@pytest.mark.timeout(300)
+def test_cli_refuses_with_one_line_and_exit_3(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "input": {"shards": str(tmp_path / "*.tar")}}))
+    with Lease(str(tmp_path / "run"), StorageConfig(), "update"):
+        for command in ("update", "run"):
+            done = subprocess.run([sys.executable, "-m", "scaleclust.cli", command, str(config)],
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 3, done.stderr
+            assert done.stderr.count("\n") == 1 and "lease.json is held by" in done.stderr
+            assert not (tmp_path / "run" / "config.yaml").exists()  # refused before any work

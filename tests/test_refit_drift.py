@@ -1,0 +1,73 @@
+"""The numpy pieces of the nightly update on small arrays: id matching, warm k-means with a new
+concept, novelty calibration, the drift report, and a summary partial's round trip."""
+from __future__ import annotations
+
+import numpy as np
+
+from scaleclust.cluster.drift import DriftCounts, calibrate, report
+from scaleclust.cluster.refit import match_ids, novel_seeds, warm_kmeans
+from scaleclust.summary import Partial
+
+
+def blobs(centres: np.ndarray, n: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, len(centres), n)
+    x = centres[label] + noise * rng.standard_normal((n, centres.shape[1]))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), label
+
+
+def unit(rng: np.random.Generator, k: int, d: int) -> np.ndarray:
+    c = rng.standard_normal((k, d))
+    return c / np.linalg.norm(c, axis=1, keepdims=True)
+
+
+def test_match_ids_keeps_matched_ids_and_gives_new_ones_fresh_ids() -> None:
+    rng = np.random.default_rng(0)
+    old = unit(rng, 4, 16)
+    old_ids = np.array([0, 1, 2, 7])  # 3..6 were used by clusters retired earlier
+    new = np.concatenate([old[[2, 0, 3]] + 0.05 * rng.standard_normal((3, 16)), unit(rng, 1, 16)])
+    new /= np.linalg.norm(new, axis=1, keepdims=True)
+    ids, mapping = match_ids(old, old_ids, new, floor=0.8, next_id=8)
+    assert ids.tolist() == [2, 0, 7, 8]
+    assert mapping["retired"] == [1] and [n["id"] for n in mapping["new"]] == [8] and mapping["next_id"] == 9
+    assert all(m["cosine"] >= 0.8 for m in mapping["matched"])
+
+
+def test_warm_kmeans_seeded_on_novel_rows_finds_the_new_concept() -> None:
+    rng = np.random.default_rng(1)
+    centres = unit(rng, 4, 32)
+    x_old, _ = blobs(centres[:3], 600, 0.1, 2)
+    x_new, label = blobs(centres, 800, 0.1, 3)
+    start = warm_kmeans(x_old, centres[:3].astype(np.float32), 10, 0)
+    novelty = calibrate(x_old, np.argmax(x_old @ start.T, axis=1), np.arange(3), 0.01)
+    novel = novelty.novel(x_new)
+    assert novel[label == 3].mean() > 0.95 and novel[label != 3].mean() < 0.05
+    seeds = novel_seeds(x_new[novel], 1, 10, 0)
+    refit = warm_kmeans(x_new, np.concatenate([start, seeds]), 10, 0)
+    ids, mapping = match_ids(start, np.arange(3), refit, 0.8, 3)
+    assert ids.tolist() == [0, 1, 2, 3] and mapping["retired"] == []
+    assert (np.argmax(x_new @ refit.T, axis=1) == label).mean() > 0.99
+
+
+def test_drift_report_counts_shares_growth_and_novelty() -> None:
+    counts = DriftCounts()
+    clusters = np.array([0] * 60 + [1] * 30 + [2] * 10)
+    novel = np.zeros(100, bool)
+    novel[:5] = True
+    counts.add(clusters, np.linspace(0, 1, 100), novel, [f"k{i}" for i in range(100)], low=0.2, examples=3)
+    out = report({0: 250, 1: 250, 2: 500}, counts, growth=2.0, min_expected=5, warn=0.1, refit=0.25)
+    assert out["grown"] == [0] and out["shrunk"] == [2]
+    assert out["total_variation"] == 0.4 and out["novel_share"] == 0.05 and out["score"] == 0.45
+    assert out["status"] == "refit" and out["novel_examples"] == ["k0", "k1", "k2"]
+    assert out["low_confidence_share"] == 0.2
+
+
+def test_summary_partial_round_trip() -> None:
+    part = Partial(2, 3)
+    part.sizes += [3, 1]
+    part.sums += 0.5
+    part.contingency.update([0, 0, 1], ["cat", "dog", "cat"])
+    part.exemplars = [[(0.9, "a"), (0.8, "b")], [(0.7, "c")]]
+    back = Partial.from_bytes(part.to_bytes())
+    assert back.sizes.tolist() == [3, 1] and np.array_equal(back.sums, part.sums)
+    assert back.contingency.counts == part.contingency.counts and back.exemplars == part.exemplars

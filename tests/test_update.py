@@ -1,0 +1,199 @@
+"""Nightly updates on a local Ray with the run directory on a real S3 server, and a killed update.
+
+Three nights: the first builds version 1; on the second, two updates start together (one writes the
+version, the other is refused by the lease); on the third, a planted new concept arrives, is reported as
+novel, triggers a refit, and gets a new cluster id while the old clusters keep theirs. Only new shards
+are embedded each night. Then an update killed mid-way (SIGKILL) and re-run leaves a verified new version
+and the old version's files byte for byte as they were.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+import yaml
+
+from scaleclust.cli import main
+from scaleclust.cluster.drift import Novelty
+from scaleclust.embed.writer import embedding_matrix
+from scaleclust.lease import LeaseHeld
+from scaleclust.rundir import RunDir
+from scaleclust.summary import reduce_run
+from scaleclust.update import update
+from scaleclust.verify import verify
+from scaleclust.versions import Versions
+from tests.conftest import private_ray_env
+from tests.shards import NEW_CONCEPT, write_synthetic_shards
+
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.timeout(900)]
+
+
+def labels_by_key(run: RunDir, shards: list[str]) -> dict[str, int]:
+    found = {}
+    for shard in shards:
+        table = run.read_table(run.embeddings(shard), ["key", "label"])
+        found.update(zip(table["key"].to_pylist(), (int(v) for v in table["label"].to_pylist())))
+    return found
+
+
+def clusters_by_key(run: RunDir, manifest: dict, shards: list[str]) -> dict[str, int]:
+    found = {}
+    for shard in shards:
+        table = run.read_table(run.path("assignments", manifest["shards"][shard]["file"]), ["key", "cluster"])
+        found.update(zip(table["key"].to_pylist(), table["cluster"].to_pylist()))
+    return found
+
+
+def test_three_nights_on_s3(tmp_path: Path, s3_endpoint: str, make_config) -> None:
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.create_bucket(Bucket="nightly")
+
+    def arrive(paths: list[str]) -> list[str]:
+        for path in paths:
+            client.upload_file(path, "nightly", f"shards/{Path(path).name}")
+        return [Path(p).stem for p in paths]
+
+    local = tmp_path / "shards"
+    cfg = make_config("s3://nightly/run", "s3://nightly/shards/*.tar", storage={"endpoint_url": s3_endpoint},
+                      update={"max_new_clusters": 1, "min_new_cluster_rows": 5})
+    run = RunDir(cfg.run_dir, cfg.storage)
+
+    # Night 1: version 1 from three shards.
+    night1 = arrive(write_synthetic_shards(local, 3, 12))
+    first = update(cfg)
+    assert first["version"].startswith("00001-") and first["new_shards"] == night1 and first["rows"] == 36
+    commits = {s: m["commit"] for s, m in run.committed("embeddings").items()}
+
+    # Night 2: one new shard; two updates start together: one writes version 2, the other is refused.
+    night2 = arrive(write_synthetic_shards(local, 1, 12, first=3))
+    gate, outcomes = threading.Barrier(2), []
+
+    def racer() -> None:
+        gate.wait()
+        try:
+            outcomes.append(update(cfg)["version"])
+        except LeaseHeld as err:
+            outcomes.append(err)
+
+    racers = [threading.Thread(target=racer) for _ in range(2)]
+    for t in racers:
+        t.start()
+    for t in racers:
+        t.join()
+    refused = [o for o in outcomes if isinstance(o, LeaseHeld)]
+    assert len(refused) == 1 and "is held by" in str(refused[0]), outcomes
+    second = Versions(run).latest()
+    assert [o for o in outcomes if isinstance(o, str)] == [second["version"]]
+    assert second["new_shards"] == night2 and second["new_rows"] == 12 and second["rows"] == 48
+    assert not second["refit"] and second["drift"]["status"] != "refit" and second["drift"]["novel_rows"] <= 1
+    assert second["model"] == first["model"]
+    # Only the new shard was embedded; the old shards' assignment files are referenced, not rewritten.
+    assert all(run.committed("embeddings")[s]["commit"] == c for s, c in commits.items())
+    assert {s: second["shards"][s] for s in night1} == first["shards"]
+    # Night 2's summary merged the new shard into night 1's partial: the same as a summary of all shards.
+    full = reduce_run(run, cfg.summary.exemplars, "label")
+    merged = run.read_table(Versions(run).path(second["version"], "clusters.parquet")).to_pylist()
+    assert [c["size"] for c in merged] == full.sizes.tolist()
+    assert [c["exemplar_keys"] for c in merged] == [[key for _, key in ex] for ex in full.exemplars]
+    assert update(cfg)["version"] == second["version"]  # nothing new: no version written twice
+    assert [m["version"] for m in Versions(run).complete()] == [first["version"], second["version"]]
+
+    # Night 3: two shards, half of their rows a concept never seen before.
+    night3 = arrive(write_synthetic_shards(local, 2, 12, first=4, labels=(0, 1, 2) + (NEW_CONCEPT,) * 3))
+    third = update(cfg)
+    assert third["new_shards"] == night3 and third["rows"] == 72
+    assert all(run.committed("embeddings")[s]["commit"] == c for s, c in commits.items())
+    labels = labels_by_key(run, night3)
+    planted = {k for k, v in labels.items() if v == NEW_CONCEPT}
+    assert len(planted) >= 6
+    # Reported as novel: the drift report counts the rows that the old clusters' novelty test rejects,
+    # and those are the planted ones.
+    drift = run.marker(Versions(run).path(third["version"], "drift.json"))
+    novelty = Novelty.from_bytes(run.read_bytes(run.path("models", second["model"], "novelty.npz")))
+    novel = set()
+    for shard in night3:
+        table = run.read_table(run.embeddings(shard), ["key", "embedding"])
+        novel |= {k for k, n in zip(table["key"].to_pylist(), novelty.novel(embedding_matrix(table["embedding"]))) if n}
+    assert drift["novel_rows"] == len(novel) and set(drift["novel_examples"]) <= novel
+    # (novelty is calibrated on 36 rows here, so its 1% quantile is each cluster's farthest row)
+    assert len(novel & planted) >= 0.8 * len(planted) and len(novel - planted) <= 0.25 * (len(labels) - len(planted))
+    assert third["refit"] and third["drift"]["status"] == "refit" and third["model"] != second["model"]
+    # Ids: the old clusters kept theirs (their rows carry the same ids before and after the refit);
+    # the planted concept is in a cluster whose id is new.
+    id_map = run.marker(Versions(run).path(third["version"], "id_map.json"))
+    old_ids = {int(c) for c in second["sizes"]}
+    assert {m["id"] for m in id_map["matched"]} == old_ids and id_map["retired"] == []
+    assert [n["id"] for n in id_map["new"]] == [max(old_ids) + 1]
+    before = clusters_by_key(run, second, night1 + night2)
+    after = clusters_by_key(run, third, night1 + night2)
+    assert sum(before[k] == after[k] for k in before) >= 0.95 * len(before)
+    planted_ids = Counter(clusters_by_key(run, third, night3)[k] for k in planted)
+    assert planted_ids.most_common(1)[0][0] == max(old_ids) + 1
+    assert planted_ids[max(old_ids) + 1] >= 0.8 * len(planted)
+    assert verify(cfg.run_dir, cfg.storage) == []
+    for version in (first, second):  # older versions stay readable and whole
+        assert verify(cfg.run_dir, cfg.storage, version=version["version"]) == []
+
+
+def version_files(run_dir: Path, manifest: dict) -> dict[str, str]:
+    """Every file a version names or holds, with the sha256 of its bytes."""
+    names = [f"versions/{manifest['version']}/{p.name}" for p in (run_dir / "versions" / manifest["version"]).iterdir()]
+    names += [f"assignments/{e['file']}" for e in manifest["shards"].values()]
+    names += [f"{manifest['model_dir']}/{p.name}" for p in (run_dir / manifest["model_dir"]).iterdir()]
+    names += [f"embeddings/{s}.parquet" for s in manifest["shards"]]
+    return {n: hashlib.sha256((run_dir / n).read_bytes()).hexdigest() for n in names}
+
+
+def test_killed_update_resumes_and_leaves_the_old_version_untouched(tmp_path: Path, make_config, capsys) -> None:
+    shards = tmp_path / "shards"
+    write_synthetic_shards(shards, 2, 10)
+    cfg = make_config(str(tmp_path / "run"), str(shards / "*.tar"),
+                      update={"refit": "every_n", "every_n": 1, "lease_seconds": 15})
+    first = update(cfg)
+    run_dir = Path(cfg.run_dir)
+    before = version_files(run_dir, first)
+    write_synthetic_shards(shards, 2, 10, first=2)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    with private_ray_env() as env:
+        proc = subprocess.Popen([sys.executable, "-m", "scaleclust.cli", "update", str(path)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        # Kill once the refit's model is recorded: new model written, shards not yet re-assigned.
+        deadline = time.time() + 300
+        while time.time() < deadline and not list(run_dir.glob("versions/*/id_map.json")):
+            assert proc.poll() is None, "the update ended before it could be killed"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    history = Versions(RunDir(cfg.run_dir, cfg.storage))
+    assert history.latest()["version"] == first["version"]  # the pointer never moved
+    assert len(history.names()) == 2  # an unfinished version folder is left behind
+    recorded = json.loads((run_dir / "versions" / history.names()[-1] / "decision.json").read_text())
+    assert recorded["refit"] and recorded["model"]
+    stale = json.loads((run_dir / "lease.json").read_text())  # the killed run's lease
+    with pytest.raises(LeaseHeld):
+        update(cfg)
+    time.sleep(max(0.0, stale["expires"] - time.time()) + 0.5)
+    second = update(cfg)  # takes the expired lease over; resumes the recorded refit, not redone
+    assert second["version"] == history.names()[-1] and second["parent"] == first["version"]
+    assert second["refit"] and second["model"] == recorded["model"] != first["model"] and second["rows"] == 40
+    assert verify(cfg.run_dir, version=second["version"]) == []
+    assert verify(cfg.run_dir) == []
+    assert version_files(run_dir, first) == before  # the old version, byte for byte
+    assert verify(cfg.run_dir, version=first["version"]) == []
+    assert not (run_dir / "lease.json").exists()
+    capsys.readouterr()
+    assert main(["versions", cfg.run_dir]) == 0
+    listed = [line.split()[:2] for line in capsys.readouterr().out.splitlines()[1:3]]
+    assert listed == [[first["version"], "20"], [second["version"], "*"]]
