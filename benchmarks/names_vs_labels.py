@@ -20,9 +20,9 @@ def main() -> None:
     args = parser.parse_args()
     run = RunDir(absolute_url(args.run_dir), StorageConfig())
     counts: dict[int, Counter] = defaultdict(Counter)
-    for shard in sorted(run.committed("assignments")):
+    for shard, marker in sorted(run.committed("assignments").items()):
         labels = dict(zip(*run.read_table(run.embeddings(shard), ["key", args.labels]).to_pydict().values()))
-        assigned = run.read_table(run.assignments(shard), ["key", "cluster"]).to_pydict()
+        assigned = run.read_table(run.assigned(shard, marker), ["key", "cluster"]).to_pydict()
         for key, cluster in zip(assigned["key"], assigned["cluster"]):
             counts[cluster][labels[key]] += 1
     rows = sorted(run.read_table(run.clusters, ["cluster", "size", "name", "name_score"]).to_pylist(),

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from scaleclust.embed.writer import embedding_array, write_commit
 from scaleclust.pipeline import prepare
+from scaleclust.rundir import assignments_file
 from scaleclust.sources import describe, shard_keys
 from tests.conftest import tiny_config
 from tests.shards import write_synthetic_shards
@@ -28,7 +29,8 @@ def committed_run(folder: Path, n_shards: int = 2, per_shard: int = 4) -> str:
         write_commit(run, name, describe(spec), embedded, pa.table({"key": pa.array([], pa.string()),
                                                                      "error": pa.array([], pa.string())}),
                      "embed", time.time(), "test")
-        run.write_table(run.assignments(name), pa.table({"key": pa.array(keys, pa.string()),
-                                                         "cluster": pa.array([0] * len(keys), pa.int32())}))
-        run.write_marker(run.assignments_marker(name), {"shard": name, "rows": len(keys)})
+        run.write_table(run.assignments(name, "m0", "c0"), pa.table({"key": pa.array(keys, pa.string()),
+                                                                     "cluster": pa.array([0] * len(keys), pa.int32())}))
+        run.write_marker(run.assignments_marker(name), {"shard": name, "rows": len(keys),
+                                                        "file": assignments_file(name, "m0", "c0")})
     return cfg.run_dir

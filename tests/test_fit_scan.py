@@ -65,5 +65,6 @@ def test_scan_fit_with_index_neighbours_killed_and_resumed(tmp_path: Path) -> No
     metrics = run.marker(run.metrics)
     assert metrics["counts"]["assigned"] == 120
     assert metrics["labels"]["acc"] > 0.6  # three visually distinct classes; chance is 1/3
-    confidence = run.read_table(run.assignments(sorted(run.committed("assignments"))[0]), ["confidence"])["confidence"]
+    shard, marker = sorted(run.committed("assignments").items())[0]
+    confidence = run.read_table(run.assigned(shard, marker), ["confidence"])["confidence"]
     assert 0.0 < min(confidence.to_pylist()) <= max(confidence.to_pylist()) <= 1.0

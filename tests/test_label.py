@@ -34,7 +34,7 @@ def test_label_stage_names_every_cluster_from_its_most_confident_rows(tmp_path: 
 
     # The voters are each cluster's 4 most confident rows across all shards.
     voters = label.select_voters(run, 4)
-    assignments = pa.concat_tables(run.read_table(run.assignments(s)) for s in run.committed("assignments"))
+    assignments = pa.concat_tables(run.read_table(run.assigned(s, m)) for s, m in run.committed("assignments").items())
     confidence = dict(zip(assignments["key"].to_pylist(), assignments["confidence"].to_pylist()))
     for c in range(cfg.cluster.k):
         mine = sorted((confidence[key] for rows in voters.values() for key, k in rows.items() if k == c), reverse=True)
