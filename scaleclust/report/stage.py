@@ -50,7 +50,7 @@ def overview(run: RunDir, metrics: dict[str, Any]) -> list[dict[str, Any]]:
             (stage, f"{s:,.1f} s" + (f" ({rates[stage]:,.0f} rows/s)" if rates.get(stage) else ""))
             for stage, s in seconds.items()]})
     labels = metrics.get("labels")
-    if labels:
+    if labels and labels.get("n"):  # no labelled rows: no scores
         sections.append({"id": "labels", "title": f"against '{labels['column']}' ({labels['n']:,} labelled rows)",
                          "rows": [("ACC", f"{labels['acc']:.3f}"), ("NMI", f"{labels['nmi']:.3f}"),
                                   ("ARI", f"{labels['ari']:.3f}"),
