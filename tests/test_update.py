@@ -20,7 +20,6 @@ from collections import Counter
 from pathlib import Path
 
 import boto3
-import numpy as np
 import pytest
 import yaml
 
