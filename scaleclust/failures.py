@@ -2,16 +2,17 @@
 
 Facts about the data (a corrupt image, a bad tar, an empty shard, an image over the pixel limit) are
 recorded in errors/ once and never retried: reading the same bytes again gives the same answer.
-Failures that may pass (a read that still failed after its retries, a missing object, a timeout, a
-worker that died) are recorded too, so every key is accounted for, but the shard's marker counts them
-as `retryable` and the next run of the embed stage redoes that shard.
+A read that failed (still, after its retries: a missing object, a timeout, a server error) may pass: it
+is recorded too, so every key is accounted for, but the shard's marker counts it as `retryable` and the
+next run of the embed stage redoes that shard. A worker that dies takes no shard with it: its shards are
+never committed, so the next run does them.
 """
 from __future__ import annotations
 
 from collections import Counter
 from typing import Any, Iterable
 
-RETRYABLE = ("ReadFailed", "Timeout", "WorkerDied")
+RETRYABLE = ("ReadFailed",)
 
 
 def kind(error: str) -> str:

@@ -92,8 +92,10 @@ def test_killed_fit_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     facts = resumed.marker(resumed.model("model.json"))["train"]
     assert facts["steps"] == 150
     assert len(facts["starts"]) == 2 and facts["starts"][1] > 0, facts["starts"]  # resumed, not restarted
-    assert facts["starts"][1] == newest  # from the newest complete checkpoint, not an older one
-    left = sorted(p.name for p in train_dir.glob("*/checkpoint_*"))
+    # From the newest complete checkpoint, never an older one (Ray Train's own record lags its uploads).
+    # A worker orphaned by the kill may still upload a newer one before the re-run starts: hence >=.
+    assert facts["starts"][1] >= newest and facts["starts"][1] % 25 == 0, (facts["starts"], newest)
+    left = sorted(p.name for p in train_dir.glob("*/checkpoint_step_*"))
     assert left == ["checkpoint_step_00000125", "checkpoint_step_00000150"]  # only the newest KEEP stay
 
     unbroken_cfg = from_dict({**data, "run_dir": str(tmp_path / "unbroken")})
