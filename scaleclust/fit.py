@@ -3,8 +3,7 @@
 kmeans: spherical k-means in one Ray task. mlc: the MLC head trained with Ray Train (scaleclust.train),
 then, in one Ray task, the number of clusters (k: auto, by stability across halves of a sample),
 spectral clustering of a sample's membership and one subspace per cluster, which assign uses for every
-row. A committed model
-whose parameters match the config is reused; changed parameters refit.
+row. A committed model whose parameters (fit_params) match the config is reused; changed ones refit.
 """
 from __future__ import annotations
 
