@@ -6,9 +6,10 @@ the Ray Train loop drives) on every row; score the pipeline's assignment at the 
 clustering of a sample's membership, rank-1 subspaces, every row assigned) against k-means (10 restarts)
 on the same embeddings; then choose K without labels, as `k: auto` does, by stability across halves of
 the sample in the head's cluster features, on the whole sample (true K = the set's classes) and on its
-rows of classes 0-4 only (true K = 5; same head). `--coding-length` adds the criterion `k: auto` used
-before (minimum lossy coding length of spectral clusterings; slow). Labels are used only to score and to
-pick the 5-class rows.
+rows of classes 0-4 only (true K = 5; same head); each seed's line has the stability per K.
+`--raw-embeddings` adds the same criterion on the sample's raw embeddings; `--coding-length` adds the
+criterion `k: auto` used before (minimum lossy coding length of spectral clusterings; slow). Labels are
+used only to score and to pick the 5-class rows.
 
     .venv/bin/python benchmarks/k_auto.py --data OUT [--sets mnist5k animals digits8] [--seeds 0 1 2]
 """
@@ -41,7 +42,8 @@ def evaluate(clusters: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return scores(table.matrix())
 
 
-def one_seed(x: np.ndarray, y: np.ndarray, seed: int, sample_rows: int, coding: bool) -> dict[str, object]:
+def one_seed(x: np.ndarray, y: np.ndarray, seed: int, sample_rows: int, coding: bool,
+             raw: bool) -> dict[str, object]:
     k = len(np.unique(y))
     config = MLCConfig()
     started = time.time()
@@ -55,11 +57,15 @@ def one_seed(x: np.ndarray, y: np.ndarray, seed: int, sample_rows: int, coding: 
     z, c = head_features(head, x[sample])
     five = y[sample] < 5
     started = time.time()
-    k_all, _ = choose_k_by_stability(c, CANDIDATES, seed=seed)
+    k_all, curve = choose_k_by_stability(c, CANDIDATES, seed=seed)
     k_five, _ = choose_k_by_stability(c[five], CANDIDATES, seed=seed)
     result: dict[str, object] = {
         "mlc_acc": mlc["acc"], "mlc_nmi": mlc["nmi"], "kmeans_acc": kmeans["acc"], "kmeans_nmi": kmeans["nmi"],
-        "fit_s": fit_seconds, "k_all": k_all, "k_five": k_five, "stability_s": time.time() - started}
+        "fit_s": fit_seconds, "k_all": k_all, "k_five": k_five, "stability_s": time.time() - started,
+        "curve": {k: round(v, 3) for k, v in curve.items()}}
+    if raw:
+        result["k_raw"], raw_curve = choose_k_by_stability(x[sample], CANDIDATES, seed=seed)
+        result["raw_curve"] = {k: round(v, 3) for k, v in raw_curve.items()}
     if coding:
         result["k_coding"], _ = choose_k(z, CANDIDATES, lambda kk: cluster_sample(head, x[sample], kk, config, seed),
                                          config.eps2)
@@ -73,6 +79,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sample", type=int, default=2000, help="rows of the assign sample (cluster.assign_sample)")
     parser.add_argument("--coding-length", action="store_true", help="also the minimum-coding-length choice")
+    parser.add_argument("--raw-embeddings", action="store_true",
+                        help="also the stability choice on the raw embeddings of the sample (no head)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # stable timings on a shared 2-CPU machine
     print(f"MLC defaults: {MLCConfig()}; K candidates {CANDIDATES}", flush=True)
@@ -80,7 +88,7 @@ def main() -> None:
         x, y = load(args.data, name)
         runs = []
         for seed in args.seeds:
-            runs.append(one_seed(x, y, seed, args.sample, args.coding_length))
+            runs.append(one_seed(x, y, seed, args.sample, args.coding_length, args.raw_embeddings))
             print(f"{name} seed {seed}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                                     for k, v in runs[-1].items()), flush=True)
 

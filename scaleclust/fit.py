@@ -5,7 +5,7 @@ then, in one Ray task, the number of clusters (k: auto, by stability across halv
 spectral clustering of a sample's membership and one subspace per cluster, which assign uses for every
 row. scan: cluster heads trained with Ray Train on the sample and each sampled row's neighbours,
 fetched from the index stage's search actors; the head with the lowest loss assigns every row. A
-committed model whose parameters match the config is reused; changed parameters refit.
+committed model whose parameters match the config (fit_params) is reused; changed ones refit.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from scaleclust.cluster.mlc import MLCConfig
-from scaleclust.config import ClusterConfig, MLCSettings
+from scaleclust.config import ClusterConfig, ConfigError, MLCSettings, from_dict
 from scaleclust.fit import build_mlc, fit_params
 from tests.conftest import private_ray_env
 
@@ -28,9 +28,6 @@ def test_typed_section_matches_the_method_config() -> None:
     ("lr", "fast", "valid number"),
     ("steps", -5, "greater than 0"),
     ("batch_size", 0, "greater than or equal to 2"),
-    ("momentum", 1.5, "less than 1"),
-    ("hiden", 64, "Did you mean 'hidden'"),
-    ("warmup_steps", 300, "leaves no step of clustering"),
 ])
 @pytest.mark.timeout(60)
 def test_bad_mlc_field_fails_before_ray(tmp_path: Path, field: str, value, hint: str) -> None:
@@ -46,6 +43,20 @@ def test_bad_mlc_field_fails_before_ray(tmp_path: Path, field: str, value, hint:
     assert len(naming) == 1 and hint in naming[0], done.stderr
     assert ray_dirs == [], "Ray started before the config was rejected"
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("field, value, hint", [
+    ("momentum", 1.5, "less than 1"),
+    ("eta", 0, "greater than 0"),
+    ("hiden", 64, "Did you mean 'hidden'"),
+    ("warmup_steps", 300, "leaves no step of clustering"),
+])
+def test_more_bad_mlc_fields_name_the_field(field: str, value, hint: str) -> None:
+    data = {"run_dir": "run", "input": {"shards": "x.tar"}, "cluster": {"method": "mlc", "mlc": {field: value}}}
+    with pytest.raises(ConfigError) as err:
+        from_dict(data)
+    naming = [line for line in str(err.value).splitlines() if f"cluster.mlc.{field}" in line]
+    assert len(naming) == 1 and hint in naming[0], str(err.value)
 
 
 def test_identity_ignores_operational_train_settings() -> None:
