@@ -23,7 +23,8 @@ def test_spice_recovers_planted_clusters_and_self_trains_on_reliable_rows() -> N
     x = np.eye(3, 16)[labels] * 3 + rng.normal(size=(180, 16)) * 0.5
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     near = np.argsort(-(x @ x.T), axis=1)[:, 1:6]  # exact kNN of 180 planted rows (the test's own truth)
-    method = SPICE(SpiceConfig(heads=2, steps=60, self_label_steps=20, batch_size=90, neighbors=5, lr=0.05), k=3)
+    method = SPICE(SpiceConfig(heads=2, steps=60, self_label_steps=20, batch_size=90, neighbors=5, lr=0.05,
+                               confidence=0.8), k=3)
     stats: list[dict[str, float]] = []
     head = fit(torch.from_numpy(x), method, seed=0, neighbors=torch.from_numpy(x[near]),
                log=lambda step, s: stats.append(s))
@@ -31,4 +32,4 @@ def test_spice_recovers_planted_clusters_and_self_trains_on_reliable_rows() -> N
     table = np.zeros((3, 3), int)
     np.add.at(table, (cluster, labels), 1)
     assert (table.max(axis=0) == 60).all() and len(set(cluster)) == 3
-    assert stats[-1]["reliable0"] > 0.5  # the self-training phase found reliable rows
+    assert stats[-1]["reliable0"] > 0.3  # the self-training phase found reliable rows (balanced per cluster)
