@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from scaleclust.cluster.scan import ClusterHeads
-from scaleclust.cluster.spice import neighbour_labels, prototype_labels, reliable_set
+from scaleclust.cluster.spice import neighbor_labels, prototype_labels, reliable_set
 from scaleclust.config import SpiceConfig
 
 
@@ -36,7 +36,7 @@ class SPICE:
             pick = torch.randint(m, (b,), generator=torch.Generator().manual_seed(step)).to(x.device)
             both = head(torch.cat([x, neighbors[torch.arange(b, device=x.device), pick]]))
             logits, view = both[:, :b], both[:, b:]
-            near = neighbour_labels(head, neighbors)                        # (H, b, m)
+            near = neighbor_labels(head, neighbors)                        # (H, b, m)
         else:
             logits = head(x)
         total = x.new_zeros(())
