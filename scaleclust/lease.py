@@ -8,7 +8,9 @@ Taking the lease is an atomic create-if-absent:
 - other stores (gs://, ...): write, wait, read back and compare owners. Two writers within that window
   can both believe they won: on such stores run one scheduler per run directory.
 A lease expires `ttl` seconds after its last heartbeat; a thread renews it every ttl/3. A run killed
-without releasing leaves a lease that expires and is taken over by the next run. Deleting a released
+without releasing leaves a lease that expires and is taken over by the next run; on the same host, where
+the holder's process can be checked, a lease whose process is gone is taken over at once (so re-running
+a killed job does not wait out the ttl). Deleting a released
 lease checks the owner first (not atomic on local disk or S3; it only runs when the holder finishes).
 """
 from __future__ import annotations
@@ -29,6 +31,21 @@ TTL_SECONDS = 120.0
 
 class LeaseHeld(RuntimeError):
     """Another run holds the run directory's lease."""
+
+
+def holder_gone(owner: str) -> bool:
+    """Whether an owner `HOST:PID:TOKEN` names a process of this host that no longer exists. A process of
+    another host cannot be checked: only its lease's expiry tells."""
+    host, _, rest = owner.rpartition(":")[0].rpartition(":")
+    if host != socket.gethostname() or not rest.isdigit():
+        return False
+    try:
+        os.kill(int(rest), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
 
 
 class Lease:
@@ -149,13 +166,13 @@ class Lease:
             held, etag = self.read()
             if held is None:
                 continue
-            if held.get("expires", 0) > time.time():
+            if held.get("expires", 0) > time.time() and not holder_gone(str(held.get("owner", ""))):
                 left = held["expires"] - time.time()
                 raise LeaseHeld(f"{self.url} is held by {held.get('owner')} ({held.get('command')}, "
                                 f"heartbeat {time.time() - held.get('heartbeat', 0):.0f} s ago, expires in "
                                 f"{left:.0f} s); another run is writing this run directory, try again later")
             if self._take_over(held, etag):
-                print(f"lease: took over the expired lease of {held.get('owner')} on {self.url}")
+                print(f"lease: took over the stale lease of {held.get('owner')} on {self.url}")
                 break
         else:
             raise LeaseHeld(f"{self.url}: could not take the lease (it changed hands while we tried)")

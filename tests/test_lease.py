@@ -83,6 +83,25 @@ def test_heartbeat_keeps_the_lease_and_notices_a_theft(where) -> None:
     assert thief.read()[0]["owner"] == thief.owner  # release never deletes another's lease
 
 
+def test_a_dead_holders_lease_is_taken_over_at_once(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid no longer names a process
+    killed = Lease(str(tmp_path / "run"), StorageConfig(), "update")
+    killed.owner = f"{socket.gethostname()}:{gone.pid}:killed"
+    killed.acquire()
+    killed._stop.set()  # as if SIGKILLed: no heartbeat, no release
+    killed._thread.join()
+    assert killed.read()[0]["expires"] > time.time()  # not expired, but its holder is gone
+    taker = Lease(str(tmp_path / "run"), StorageConfig(), "run")
+    taker.acquire()
+    assert taker.read()[0]["owner"] == taker.owner
+    taker.release()
+
+
 @pytest.mark.timeout(300)
 def test_cli_refuses_with_one_line_and_exit_3(tmp_path: Path) -> None:
     import subprocess
@@ -91,7 +110,7 @@ def test_cli_refuses_with_one_line_and_exit_3(tmp_path: Path) -> None:
     import yaml
 
     config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "input": {"shards": str(tmp_path / "*.tar")}}))
+    config.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "input": {"shards": str(tmp_path / "shards" / "*.tar")}}))
     with Lease(str(tmp_path / "run"), StorageConfig(), "update"):
         for command in ("update", "run"):
             done = subprocess.run([sys.executable, "-m", "scaleclust.cli", command, str(config)],
