@@ -16,7 +16,7 @@ import yaml
 from scaleclust.cluster.metrics import Contingency, scores
 from scaleclust.config import Config, from_dict
 from scaleclust.embed.writer import embedding_array, write_commit
-from scaleclust.rundir import RunDir
+from scaleclust.rundir import RunDir, assignments_file
 from scaleclust.sources import ShardSpec
 from scaleclust.sources.shard_writer import tar_bytes
 from tests.shards import synthetic_samples
@@ -79,10 +79,11 @@ def build_run(root: Path, n_shards: int, rows_per_shard: int, k: int, image_shar
                           "label": pa.array(labels, pa.string()), "shard": pa.array([name] * len(keys), pa.string())})
         write_commit(rundir, name, shards[name].urls[0], table, pa.table({"key": pa.array([], pa.string()),
                      "error": pa.array([], pa.string())}), "embed", time.time(), "synthetic")
-        rundir.write_table(rundir.assignments(name), pa.table({
+        rundir.write_table(rundir.assignments(name, "synthetic", "c0"), pa.table({
             "key": table["key"], "cluster": pa.array(clusters), "confidence": pa.array(conf.astype(np.float32)),
             "cluster2": pa.array((clusters + 1) % k)}))
-        rundir.write_marker(rundir.assignments_marker(name), {"shard": name, "rows": len(keys), "model": "synthetic"})
+        rundir.write_marker(rundir.assignments_marker(name), {"shard": name, "rows": len(keys), "model": "synthetic",
+                                                             "file": assignments_file(name, "synthetic", "c0")})
         sizes += np.bincount(clusters, minlength=k)
         np.add.at(conf_sum, clusters, conf)
         contingency.update(clusters, labels)

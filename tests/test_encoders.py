@@ -78,7 +78,7 @@ def test_caption_embeddings_from_the_text_tower() -> None:
     actor = EncodeBatch(EmbedConfig(model=ModelConfig(arch="scaleclust-tiny"), text=True, batch_size=2), StorageConfig())
     pixels = np.zeros((3, 64, 64, 3), np.uint8)
     batch = actor({"image": pixels, "error": np.asarray(["", "", "bad"], object),
-                   "caption": np.asarray(["a red disk", None, "a green square"], object)})
+                   "caption": np.asarray(["a red disk", None, "a green square"], object), "busy": np.zeros(3)})
     assert batch["has_text"].tolist() == [True, False, False]
     with torch.no_grad():
         want = actor.encoder.encode_text(["a red disk"]).numpy()[0]

