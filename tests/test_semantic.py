@@ -89,7 +89,7 @@ def test_efficientnet_classes_name_cat_and_coffee_crops(tmp_path: Path) -> None:
     prep = actor.encoder.preprocess
     images = [decode_image(data, prep.image_size, prep.crop_pct)[0]
               for photo in (skimage.data.chelsea(), skimage.data.coffee()) for data in crops(photo, 10, rng)]
-    batch = actor({"image": np.stack(images), "error": np.asarray([""] * 20, object)})
+    batch = actor({"image": np.stack(images), "error": np.asarray([""] * 20, object), "busy": np.zeros(20)})
     x, norms = batch["embedding"].astype(np.float32), batch["embedding_norm"]
     logits = space.logits(x, norms)
     # The space gives the classifier's own logits (up to the stored embedding's float16 rounding).
