@@ -139,39 +139,37 @@ class MLCSettings(Strict):
         return self
 
 
-class ScanConfig(Strict):
-    """SCAN (cluster.method scan): kNN consistency + entropy over several heads, the lowest-loss head
-    kept, then self-labelling on confident rows; counted in steps. One fixed set for every data set."""
+class HeadsConfig(Strict):
+    """What every multi-head method trained on neighbours shares (cluster.scan, cluster.spice): heads on
+    frozen embeddings, Adam, counted in steps, the lowest-loss head kept (label-free)."""
 
     heads: int = Field(10, gt=0, description="heads trained at once; the one with the lowest loss is kept")
     hidden: int = Field(0, ge=0, description="width of the shared Linear-BN-ReLU trunk; 0 = linear heads")
-    steps: int = Field(600, gt=0, description="steps of consistency + entropy")
-    self_label_steps: int = Field(200, ge=0, description="further steps adding self-labelling on confident rows")
+    steps: int = Field(600, gt=0, description="steps of the method's first phase")
+    self_label_steps: int = Field(200, ge=0, description="further steps adding labels of confident/reliable rows")
     batch_size: int = Field(256, gt=0, description="rows per step per worker")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
     weight_decay: float = Field(1e-4, ge=0)
-    entropy_weight: float = Field(5.0, ge=0, description="weight of the entropy of the mean prediction")
     neighbors: int = Field(20, gt=0, description="neighbours per row, from the index (index.nprobe)")
-    threshold: float = Field(0.99, gt=0, lt=1, description="self-labelling: top probability above which a row is confident")
     select_steps: int = Field(50, gt=0, le=50, description="last steps whose per-head losses choose the head")
 
 
-class SpiceConfig(Strict):
+class ScanConfig(HeadsConfig):
+    """SCAN (cluster.method scan): kNN consistency + entropy over several heads, the lowest-loss head
+    kept, then self-labelling on confident rows; counted in steps. One fixed set for every data set."""
+
+    entropy_weight: float = Field(5.0, ge=0, description="weight of the entropy of the mean prediction")
+    threshold: float = Field(0.99, gt=0, lt=1, description="self-labelling: top probability above which a row is confident")
+
+
+class SpiceConfig(HeadsConfig):
     """SPICE (cluster.method spice): prototype pseudo-labels per batch over several heads, then
     self-training on the reliable set (neighbours agree, confident, balanced); counted in steps."""
 
-    heads: int = Field(10, gt=0, description="heads trained at once; the one with the lowest loss is kept")
-    hidden: int = Field(0, ge=0, description="width of the shared Linear-BN-ReLU trunk; 0 = linear heads")
-    steps: int = Field(600, gt=0, description="steps on prototype pseudo-labels")
-    self_label_steps: int = Field(200, ge=0, description="further steps adding the reliable set's labels")
     batch_size: int = Field(512, gt=0, description="rows per step per worker (SPICE's prototypes need >= ~10 K)")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
-    weight_decay: float = Field(1e-4, ge=0)
-    neighbors: int = Field(20, gt=0, description="neighbours per row, from the index (index.nprobe)")
     top_fraction: float = Field(0.5, gt=0, description="top rows per cluster (x B/K) that make its prototype")
     agreement: float = Field(0.9, gt=0, le=1, description="reliable: share of neighbours with the row's label")
     confidence: float = Field(0.99, gt=0, lt=1, description="reliable: top probability at least this")
-    select_steps: int = Field(50, gt=0, le=50, description="last steps whose per-head losses choose the head")
 
 
 class ClusterConfig(Strict):

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from scaleclust.cluster.method import unwrap
-from scaleclust.config import ScanConfig
+from scaleclust.config import HeadsConfig
 
 EPS = 1e-8
 
@@ -72,14 +72,11 @@ class ClusterHeads(nn.Module):
         return self.heads(self.trunk(x)).view(len(x), self.n_heads, self.k).transpose(0, 1)
 
 
-class SCAN:
-    """Loss of a batch (rows x, neighbours' embeddings (b, m, d)): the sum over heads of SCAN's loss
-    with one neighbour drawn per row; after `steps`, each head adds class-balanced cross-entropy of its
-    own confident rows' labels on those rows' drawn neighbours (on frozen features the neighbour is the
-    row's augmented view). Per-head SCAN losses are logged as `head{h}`: the lowest over the last
-    steps picks the head that assigns."""
+class HeadsMethod:
+    """The shared part of the multi-head methods trained on neighbours (SCAN, SPICE): `heads` cluster
+    heads on one trunk, Adam, `steps` + `self_label_steps` steps, `neighbors` per row."""
 
-    def __init__(self, config: ScanConfig, k: int) -> None:
+    def __init__(self, config: HeadsConfig, k: int) -> None:
         self.config, self.k = config, k
         self.steps = config.steps + config.self_label_steps
         self.batch_size = config.batch_size
@@ -90,6 +87,17 @@ class SCAN:
 
     def optimizer(self, head: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam(head.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    def on_step(self, head: nn.Module, step: int) -> None:
+        """No schedule: nothing to do between steps."""
+
+
+class SCAN(HeadsMethod):
+    """Loss of a batch (rows x, neighbours' embeddings (b, m, d)): the sum over heads of SCAN's loss
+    with one neighbour drawn per row; after `steps`, each head adds class-balanced cross-entropy of its
+    own confident rows' labels on those rows' drawn neighbours (on frozen features the neighbour is the
+    row's augmented view). Per-head SCAN losses are logged as `head{h}`: the lowest over the last
+    steps picks the head that assigns."""
 
     def loss(self, head: nn.Module, x: torch.Tensor, step: int,
              neighbors: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -113,10 +121,6 @@ class SCAN:
             total = total + loss
         stats["loss"] = total.item() / len(both)
         return total, stats
-
-    def on_step(self, head: nn.Module, step: int) -> None:
-        """Nothing to schedule."""
-
 
 def select_head(stats: list[dict[str, float]], heads: int) -> int:
     """The head with the lowest mean SCAN loss over the given steps' stats (label-free selection)."""

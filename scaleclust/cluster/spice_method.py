@@ -8,23 +8,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from scaleclust.cluster.scan import ClusterHeads
+from scaleclust.cluster.scan import HeadsMethod
 from scaleclust.cluster.spice import neighbor_labels, prototype_labels, reliable_set
-from scaleclust.config import SpiceConfig
 
 
-class SPICE:
-    def __init__(self, config: SpiceConfig, k: int) -> None:
-        self.config, self.k = config, k
-        self.steps = config.steps + config.self_label_steps
-        self.batch_size = config.batch_size
-        self.neighbors = config.neighbors
-
-    def head(self, in_dim: int) -> ClusterHeads:
-        return ClusterHeads(in_dim, self.k, self.config.heads, self.config.hidden)
-
-    def optimizer(self, head: nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.Adam(head.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+class SPICE(HeadsMethod):
+    """Loss: per head, CE on prototype pseudo-labels; after `steps`, plus CE on the reliable rows' views."""
 
     def loss(self, head: nn.Module, x: torch.Tensor, step: int,
              neighbors: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -54,6 +43,3 @@ class SPICE:
             total = total + loss
         stats["loss"] = total.item() / len(logits)
         return total, stats
-
-    def on_step(self, head: nn.Module, step: int) -> None:
-        """Nothing to schedule."""
