@@ -9,7 +9,9 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -41,6 +43,19 @@ def private_ray_env() -> Iterator[dict[str, str]]:
             except OSError:
                 continue
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def kill_when_present(proc: subprocess.Popen, folder: Path, pattern: str, timeout: float = 300,
+                      settle: float = 0.0) -> None:
+    """SIGKILL a CLI subprocess's process group (started with start_new_session) as soon as `folder`
+    holds a file matching `pattern` (then `settle` seconds later): a kill that lands mid-stage."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and not list(folder.glob(pattern)):
+        assert proc.poll() is None, f"the command ended before {pattern} appeared, so it could not be killed"
+        time.sleep(0.1)
+    time.sleep(settle)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def free_port() -> int:

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from scaleclust.verify import verify
-from tests.conftest import NOUNS, private_ray_env
+from tests.conftest import NOUNS, kill_when_present, private_ray_env
 from tests.shards import write_synthetic_shards
 
 CLI = [sys.executable, "-m", "scaleclust.cli"]
@@ -46,16 +43,6 @@ def test_bad_config_fails_before_ray_starts(tmp_path: Path, overrides: list[str]
     assert not (tmp_path / "run" / "embeddings").exists()
 
 
-def killed_mid_embed(proc: subprocess.Popen, embeddings: Path) -> None:
-    """SIGKILL the run's process group as soon as its first shard is committed."""
-    deadline = time.time() + 240
-    while time.time() < deadline and not list(embeddings.glob("*.done.json")):
-        assert proc.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 @pytest.mark.timeout(400)
 def test_killed_run_resumes_with_each_key_once(tmp_path: Path) -> None:
     write_synthetic_shards(tmp_path / "shards", n_shards=6, per_shard=24)
@@ -64,7 +51,7 @@ def test_killed_run_resumes_with_each_key_once(tmp_path: Path) -> None:
     with private_ray_env() as env:
         proc = subprocess.Popen([*CLI, "run", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
-        killed_mid_embed(proc, embeddings)
+        kill_when_present(proc, embeddings, "*.done.json", timeout=240)
     committed = len(list(embeddings.glob("*.done.json")))
     assert 1 <= committed < 6, "kill must land mid-embed"
     done = subprocess.run([*CLI, "run", str(cfg)], capture_output=True, text=True, timeout=300)

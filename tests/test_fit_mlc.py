@@ -3,12 +3,9 @@ that resumes from its newest complete checkpoint (with max_failures and checkpoi
 same number of steps and the unbroken run's loss, keeping only the newest checkpoints."""
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +16,7 @@ from scaleclust.config import from_dict
 from scaleclust.pipeline import run_all
 from scaleclust.rundir import RunDir
 from scaleclust.verify import verify
-from tests.conftest import NOUNS, private_ray_env
+from tests.conftest import NOUNS, kill_when_present, private_ray_env
 from tests.shards import write_synthetic_shards
 
 MLC = {"hidden": 64, "out_dim": 16, "batch_size": 16, "steps": 40, "warmup_steps": 10, "lr": 0.05, "eta": 0.2}
@@ -73,13 +70,7 @@ def test_killed_fit_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     with private_ray_env() as env:
         proc = subprocess.Popen([*cli, "fit", str(tmp_path / "job.yaml")], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True, env=env)
-        deadline = time.time() + 300
-        while time.time() < deadline and not list(train_dir.glob("*/checkpoint_*/state.pt")):
-            assert proc.poll() is None, "the fit ended before it could be killed"
-            time.sleep(0.2)
-        time.sleep(2)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_when_present(proc, train_dir, "*/checkpoint_*/state.pt", settle=2)
     assert not (tmp_path / "run" / "model" / "model.json").exists(), "kill must land mid-fit"
     newest = newest_complete_step(train_dir)
 

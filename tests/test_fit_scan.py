@@ -3,11 +3,8 @@ row's neighbours fetched from the index stage's search actors; the fit is killed
 its checkpoint, and the assignments pass `scaleclust verify`."""
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +13,7 @@ import yaml
 from scaleclust.config import from_dict
 from scaleclust.rundir import RunDir
 from scaleclust.verify import verify
-from tests.conftest import private_ray_env
+from tests.conftest import kill_when_present, private_ray_env
 from tests.shards import write_synthetic_shards
 
 SCAN = {"heads": 2, "hidden": 16, "steps": 120, "self_label_steps": 30, "batch_size": 16, "neighbors": 4,
@@ -46,12 +43,7 @@ def test_scan_fit_with_index_neighbours_killed_and_resumed(tmp_path: Path) -> No
     with private_ray_env() as env:
         proc = subprocess.Popen([*cli, "fit", str(job)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
-        deadline = time.time() + 300
-        while time.time() < deadline and not list(train_dir.glob("*/checkpoint_*/state.pt")):
-            assert proc.poll() is None, "the fit ended before it could be killed"
-            time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_when_present(proc, train_dir, "*/checkpoint_*/state.pt")
     assert run.marker(run.model("model.json")) is None, "kill must land mid-fit"
 
     done = subprocess.run([*cli, "run", str(job)], capture_output=True, text=True, timeout=400)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -32,7 +30,7 @@ from scaleclust.summary import reduce_run
 from scaleclust.update import update
 from scaleclust.verify import verify
 from scaleclust.versions import Versions
-from tests.conftest import private_ray_env
+from tests.conftest import kill_when_present, private_ray_env
 from tests.shards import NEW_CONCEPT, write_synthetic_shards
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.timeout(900)]
@@ -169,12 +167,7 @@ def test_killed_update_resumes_and_leaves_the_old_version_untouched(tmp_path: Pa
         proc = subprocess.Popen([sys.executable, "-m", "scaleclust.cli", "update", str(path)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         # Kill once the refit's model is recorded: new model written, shards not yet re-assigned.
-        deadline = time.time() + 300
-        while time.time() < deadline and not list(run_dir.glob("versions/*/id_map.json")):
-            assert proc.poll() is None, "the update ended before it could be killed"
-            time.sleep(0.1)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_when_present(proc, run_dir, "versions/*/id_map.json")
     history = Versions(RunDir(cfg.run_dir, cfg.storage))
     assert history.latest()["version"] == first["version"]  # the pointer never moved
     assert len(history.names()) == 2  # an unfinished version folder is left behind
