@@ -29,11 +29,16 @@ class StorageConfig(Strict):
     environment variables, a profile, or the cluster's workload identity."""
 
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint; default AWS_ENDPOINT_URL or AWS")
-    region: str | None = None
-    profile: str | None = None
-    anon: bool = False
-    retries: int = Field(4, ge=0, description="retries of a failed read before it is recorded as an error")
-    retry_backoff: float = Field(1.0, ge=0, description="seconds before the first retry; doubles each time")
+    region: str | None = Field(None, description="S3 region (default: the AWS environment's)")
+    profile: str | None = Field(None, description="AWS profile holding the credentials")
+    anon: bool = Field(False, description="reach S3 without credentials (public buckets)")
+    retries: int = Field(4, ge=0, description="retries of a failed storage request (S3: botocore's max_attempts), "
+                         "and of a whole-object read whose body broke off, before a read is recorded as an error")
+    retry_mode: Literal["adaptive", "standard"] = Field(
+        "adaptive", description="S3: botocore retry mode; adaptive also slows the client down when the store "
+        "throttles (SlowDown)")
+    retry_backoff: float = Field(1.0, ge=0, description="seconds before the first re-read of a broken object "
+                                 "body or a failed non-S3 read; doubles each time (botocore paces its own retries)")
 
 
 class InputConfig(Strict):

@@ -1,8 +1,15 @@
-"""Filesystems for local paths, s3:// and gs:// through fsspec; shard listing; atomic commits.
+"""Filesystems for local paths, s3:// and gs:// through fsspec; shard listing; atomic commits; retries.
 
-Every write that another stage may read goes through `write_bytes_atomic`: the bytes land under a
-temporary name and are renamed into place (a single PUT on object stores), so a killed stage never leaves
-a half-written file behind a name that readers trust.
+Every write that another stage may read goes through `write_bytes_atomic`: one PUT of the whole object on
+object stores (which make it visible atomically), a temporary name renamed into place on local and POSIX
+file systems, so a killed stage never leaves a half-written file behind a name that readers trust.
+
+One retry policy: the storage client's. On S3 that is botocore's (`storage.retry_mode`, `storage.retries`
+as max_attempts, set through s3fs's config_kwargs) for every request, Parquet reads through Ray Data
+included; s3fs's own retry loop is switched off so the two do not multiply. The project's loop
+(`read_bytes`) is kept only for what no client covers: an S3 response body that breaks off mid-read
+(botocore retries a request until its headers arrive, not the body after), and backends without a
+policy of their own. `arrow_source` reads through it, so the run directory's Parquet reads are covered.
 """
 from __future__ import annotations
 
@@ -13,22 +20,33 @@ import time
 import uuid
 from typing import Any
 
+import aiohttp
 import fsspec
 import pyarrow
 import pyarrow.fs
+from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseStreamingError
 from braceexpand import braceexpand
 from fsspec.core import url_to_fs
 
 from scaleclust.config import ConfigError, StorageConfig
 
 GLOB_CHARS = "*?["
+S3 = ("s3", "s3a")
+# Stores that make a whole-object PUT visible atomically (and rename by copy + delete): commit with one PUT.
+OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
+SINGLE_PUT_MAX = 5 * 2**30  # S3's limit for one PUT; s3fs's pipe_file uploads in parts above 2 x chunksize
+# Errors of an S3 response body that broke off after its headers (a timeout, a dropped connection, a
+# short body): botocore retried the request, not the read, so read_bytes re-reads the object.
+# (ReadTimeoutError also covers a request that botocore already retried: at most `retries` more.)
+S3_BODY_ERRORS = (ResponseStreamingError, IncompleteReadError, ReadTimeoutError, aiohttp.ClientPayloadError)
 
 
 def storage_options(url: str, storage: StorageConfig) -> dict[str, Any]:
     """fsspec options for `url`: the S3 endpoint and region from config or the AWS environment."""
     if not url.startswith(("s3://", "s3a://")):
         return {}
-    options: dict[str, Any] = {"anon": storage.anon}
+    options: dict[str, Any] = {"anon": storage.anon, "config_kwargs": {
+        "retries": {"mode": storage.retry_mode, "max_attempts": storage.retries}}}
     endpoint = storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         options["endpoint_url"] = endpoint
@@ -41,7 +59,22 @@ def storage_options(url: str, storage: StorageConfig) -> dict[str, Any]:
 
 def filesystem(url: str, storage: StorageConfig) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem holding `url` and the path inside it."""
-    return url_to_fs(url, **storage_options(url, storage))
+    fs, path = url_to_fs(url, **storage_options(url, storage))
+    if is_s3(fs):
+        fs.retries = 1  # s3fs's own loop: one attempt, so botocore's policy is the only one (see above)
+    return fs, path
+
+
+def is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    return bool(set(_protocols(fs)) & set(S3))
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return "file" in _protocols(fs)
 
 
 def arrow_filesystem(url: str, storage: StorageConfig) -> tuple[pyarrow.fs.FileSystem, str]:
@@ -102,14 +135,41 @@ def shard_names(urls: list[str]) -> dict[str, str]:
 
 
 def write_bytes_atomic(url: str, data: bytes, storage: StorageConfig) -> None:
-    """Write `data` to a temporary name next to `url`, then rename it into place."""
+    """Commit `data` under `url` so that readers see the old object or the whole new one, never a part.
+
+    Object stores: one PUT of the whole object, which the store makes visible atomically (a temporary
+    name would cost a PUT, a copy and a delete, and leave the temporary behind when killed between them).
+    Local disk: a temporary file in the same folder, flushed to disk, then os.replace. Other (POSIX-like)
+    file systems: a temporary name, then the file system's rename."""
     fs, path = filesystem(url, storage)
+    if set(_protocols(fs)) & OBJECT_STORES:
+        fs.pipe_file(path, data, **({"chunksize": SINGLE_PUT_MAX} if is_s3(fs) else {}))
+        return
     parent = posixpath.dirname(path)
     fs.makedirs(parent, exist_ok=True)
     tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+    if is_local(fs):
+        _replace_local(tmp, path, data)
+        return
     with fs.open(tmp, "wb") as handle:
         handle.write(data)
     fs.mv(tmp, path)
+
+
+def _replace_local(tmp: str, path: str, data: bytes) -> None:
+    """Write `tmp` whole and durably, then rename it over `path` (atomic on POSIX): readers of `path`
+    see the old file or the new one. A failed write removes its temporary; a killed one may leave it
+    (a dot-name no reader lists), never a partial `path`."""
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def write_json_atomic(url: str, payload: Any, storage: StorageConfig) -> None:
@@ -117,18 +177,20 @@ def write_json_atomic(url: str, payload: Any, storage: StorageConfig) -> None:
 
 
 def read_bytes(url: str, storage: StorageConfig) -> bytes:
-    """Read a whole object, retrying transient failures with exponential backoff.
-
-    A missing file or a permission error is not transient and raises at once.
-    """
+    """Read a whole object. Local files are read once (an error there does not pass). On S3 each request
+    already carries botocore's retries, so only a body that broke off mid-read is read again; other
+    backends retry any failure but a missing file or a permission error. Backoff: exponential."""
     fs, path = filesystem(url, storage)
+    if is_local(fs):
+        return fs.cat_file(path)
+    transient = S3_BODY_ERRORS if is_s3(fs) else Exception
     attempt = 0
     while True:
         try:
             return fs.cat_file(path)
         except (FileNotFoundError, PermissionError, IsADirectoryError):
             raise
-        except Exception:  # network and server errors of every fsspec backend
+        except transient:
             if attempt >= storage.retries:
                 raise
             time.sleep(storage.retry_backoff * 2**attempt)
@@ -142,7 +204,7 @@ def arrow_source(url: str, storage: StorageConfig) -> pyarrow.NativeFile:
     still holding it at interpreter exit aborts the process ("terminate called without an active
     exception", exit 134) when it reaches for the GIL of a finalizing interpreter."""
     fs, path = filesystem(url, storage)
-    if "file" in fs.protocol:
+    if is_local(fs):
         return pyarrow.OSFile(path)
     return pyarrow.BufferReader(read_bytes(url, storage))
 
