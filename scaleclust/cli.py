@@ -250,6 +250,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from scaleclust.plan import GIB, format_plan, make_plan
+
+    cfg = _load(args)
+    plan = make_plan(cfg, int(args.memory_gb * GIB) if args.memory_gb else None)
+    print(json.dumps(plan, indent=2) if args.json else format_plan(cfg, plan))
+    return 0
+
+
 def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The CONFIG argument and its --set overrides."""
     p.add_argument("config", help="YAML config (see jobs/demo.yaml)")
@@ -273,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deep", action="store_true", help="re-read input shards and compare keys one by one")
     p.add_argument("--version", help="also check this version (default: the latest, when versions exist)")
     p.set_defaults(func=cmd_verify)
+    p = with_config(sub.add_parser("plan", help="what a run will do and need (shards, rows, memory, disk, "
+                                   "GPU-hours), without starting Ray"))
+    p.add_argument("--memory-gb", type=float, help="memory of one worker to check stages against "
+                   "(default: this machine's)")
+    p.add_argument("--json", action="store_true", help="print it as JSON")
+    p.set_defaults(func=cmd_plan)
     with_config(sub.add_parser("update", help="nightly: new shards only, drift, refit by policy, a new version")
                 ).set_defaults(func=cmd_update)
     p = with_storage(sub.add_parser("versions", help="list the versions of a run directory"))

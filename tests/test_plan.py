@@ -1,0 +1,78 @@
+"""`scaleclust plan`: shards, rows, memory, disk and GPU-hours before a run starts, with warnings for
+settings that cannot fit; nothing is embedded and the run directory is not created."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from scaleclust import plan as planner
+from scaleclust.cli import main
+from scaleclust.plan import GIB, make_plan
+from tests.conftest import tiny_config
+from tests.shards import write_synthetic_shards
+
+
+def test_tiny_config(tmp_path: Path, shards: list[str]) -> None:
+    cfg = tiny_config(str(tmp_path / "run"), shards)
+    plan = make_plan(cfg, 8 * GIB)
+    assert (plan["shards"], plan["rows"], plan["rows_exact"], plan["dim"]) == (3, 36, True, 64)
+    assert plan["embed"]["images_per_second"] == planner.MEASURED_RATES[("open_clip", "scaleclust-tiny", "cpu")].images_per_second
+    assert plan["embed"]["gpu_hours"] == 0 and not plan["embed"]["estimate"]
+    names = [s["name"] for s in plan["stages"]]
+    assert names[:3] == ["embed: decode", "embed: encode", "fit (kmeans)"] and "index: train" in names
+    encode = plan["stages"][1]
+    assert encode["disk_bytes"] >= 36 * 64 * 2  # fp16 embeddings
+    assert plan["warnings"] == []
+    assert not (tmp_path / "run").exists()
+
+
+def test_laion_layout_rows_estimated_from_shard_sizes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """img2dataset shards of different lengths, probed by a small read of three of them (cut mid-shard
+    here): the row estimate is within 20% of the truth, and says it is an estimate."""
+    counts = [40, 90, 25, 70, 55, 110, 30, 80]
+    folder = tmp_path / "laion"
+    for i, n in enumerate(counts):
+        write_synthetic_shards(folder, n_shards=1, per_shard=n, first=i, seed=3)
+    (folder / "00000.parquet").write_bytes(b"img2dataset sidecar")  # the glob below leaves these out
+    (folder / "00000_stats.json").write_text("{}")
+    monkeypatch.setattr(planner, "PROBE_BYTES", 64 << 10)
+    cfg = tiny_config(str(tmp_path / "run"), str(folder / "*.tar"))
+    plan = make_plan(cfg, 8 * GIB)
+    assert plan["shards"] == len(counts) and not plan["rows_exact"]
+    assert abs(plan["rows"] - sum(counts)) <= 0.2 * sum(counts), plan["rows"]
+    assert "estimated from their sizes" in plan["rows_how"]
+
+
+def laion_dump(root: Path, rows: int, dim: int = 4) -> None:
+    (root / "img_emb").mkdir(parents=True)
+    (root / "metadata").mkdir()
+    np.save(root / "img_emb" / "img_emb_0.npy", np.ones((rows, dim), np.float16))
+    pq.write_table(pa.table({"key": [str(i) for i in range(rows)]}), root / "metadata" / "metadata_0.parquet")
+
+
+def test_cli_warns_when_mlc_dense_step_or_index_cannot_fit(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """LAION's job settings on a 100,000-row dump: the n x n spectral step of assign_sample=100,000
+    needs 100,000^2 x 8 bytes = 74.5 GiB, and a tiny index budget fits no index: both are named."""
+    laion_dump(tmp_path / "dump", 100_000)
+    config = tmp_path / "laion.yaml"
+    config.write_text(yaml.safe_dump({
+        "run_dir": str(tmp_path / "run"),
+        "input": {"format": "laion_embeddings", "shards": str(tmp_path / "dump")},
+        "embed": {"model": {"arch": "scaleclust-tiny"}},
+        "cluster": {"method": "mlc", "k": 10, "assign_sample": 100_000},
+        "index": {"memory_budget_gb": 0.0001}}))
+    assert main(["plan", str(config), "--memory-gb", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "rows    100,000 (1 part(s) from .npy headers)" in out
+    assert "warning: cluster.assign_sample: spectral clustering 100,000 rows with a dense n x n matrix needs 74.5 GiB" in out
+    assert "warning: index: index.memory_budget" in out
+    assert main(["plan", str(config), "--memory-gb", "16", "--set", "cluster.assign_sample=1000",
+                 "--set", "index.memory_budget_gb=1"]) == 0
+    assert "warning" not in capsys.readouterr().out
+    assert main(["plan", str(config), "--set", "cluster.mlc.lr=fast"]) == 2
+    assert not (tmp_path / "run").exists()
