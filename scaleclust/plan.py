@@ -261,7 +261,7 @@ def stages(cfg: Config, rows: Rows, enc: Encoder) -> list[Stage]:
     return out
 
 
-def index_stages(cfg: Config, rows: Rows, enc: Encoder, warnings: list[str]) -> list[Stage]:
+def index_stages(cfg: Config, rows: Rows, enc: Encoder, n_shards: int, warnings: list[str]) -> list[Stage]:
     """The index the index stage would choose for these rows, its build and its search actors."""
     from scaleclust.index.stage import choose
 
@@ -276,9 +276,9 @@ def index_stages(cfg: Config, rows: Rows, enc: Encoder, warnings: list[str]) -> 
     return [
         Stage("index: train", f"{spec.factory} on {spec.train_rows:,} rows", spec.train_rows * d * 4, spec.total_bytes,
               [f"{spec.bytes_per_vector} bytes per vector; whole index {spec.total_bytes / GIB:.2f} GiB"]),
-        Stage("index: search", f"actors holding {cfg.index.shards_per_searcher} shard indexes each",
-              cfg.index.shards_per_searcher * per_shard),
-        Stage("neighbors", f"kNN graph of {queries:,} rows", per_shard,
+        Stage("index: search", f"actors holding up to {cfg.index.shards_per_searcher} shard indexes each",
+              min(cfg.index.shards_per_searcher, n_shards) * per_shard),
+        Stage("neighbors", f"kNN graph of {queries:,} rows, searched by those actors", 0,
               queries * cfg.index.k * (int(rows.key_bytes) + 4)),
     ]
 
@@ -307,7 +307,7 @@ def make_plan(cfg: Config, memory_bytes: int | None = None) -> dict[str, Any]:
     rows = count_rows(cfg, shards, committed)
     enc = encoder_facts(cfg, shards, committed)
     warnings: list[str] = []
-    found = stages(cfg, rows, enc) + index_stages(cfg, rows, enc, warnings)
+    found = stages(cfg, rows, enc) + index_stages(cfg, rows, enc, len(shards), warnings)
     warnings = memory_warnings(cfg, found, rows, memory) + warnings
     embed: dict[str, Any] = {"rows": rows.to_embed}
     rate = encode_rate(cfg, enc, committed) if cfg.input.format != "laion_embeddings" else None
