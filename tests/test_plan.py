@@ -76,3 +76,23 @@ def test_cli_warns_when_mlc_dense_step_or_index_cannot_fit(tmp_path: Path, capsy
     assert "warning" not in capsys.readouterr().out
     assert main(["plan", str(config), "--set", "cluster.mlc.lr=fast"]) == 2
     assert not (tmp_path / "run").exists()
+
+
+def test_s3_shards_listed_and_probed(tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shards on a real S3 server: one listing gives their sizes, ranged reads of three give bytes per
+    sample, and the plan's row estimate is within 20%."""
+    import boto3
+
+    counts = [30, 60, 45, 90]
+    local = tmp_path / "shards"
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.create_bucket(Bucket="plan")
+    for i, n in enumerate(counts):
+        path = write_synthetic_shards(local, n_shards=1, per_shard=n, first=i, seed=5)[0]
+        client.upload_file(path, "plan", f"laion/{Path(path).name}")
+    monkeypatch.setattr(planner, "PROBE_BYTES", 64 << 10)
+    cfg = tiny_config("s3://plan/run", "s3://plan/laion/*.tar", storage={"endpoint_url": s3_endpoint})
+    plan = make_plan(cfg, 8 * GIB)
+    assert plan["shards"] == len(counts) and not plan["rows_exact"]
+    assert abs(plan["rows"] - sum(counts)) <= 0.2 * sum(counts), plan["rows"]
+    assert "Contents" not in client.list_objects_v2(Bucket="plan", Prefix="run/")
