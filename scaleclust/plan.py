@@ -104,7 +104,11 @@ def probe_tar(url: str, size: int, cfg: Config) -> tuple[int, int, float]:
     whole = size <= PROBE_BYTES
     data = fs.cat_file(path) if whole else fs.cat_file(path, start=0, end=PROBE_BYTES)
     starts: dict[str, int] = {}
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+    try:
+        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
+    except (tarfile.TarError, EOFError, OSError):  # not a tar: no sample here (the caller names the shards)
+        return 0, 0, KEY_BYTES
+    with tar:
         while True:
             try:
                 info = tar.next()

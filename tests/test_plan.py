@@ -96,3 +96,12 @@ def test_s3_shards_listed_and_probed(tmp_path: Path, s3_endpoint: str, monkeypat
     assert plan["shards"] == len(counts) and not plan["rows_exact"]
     assert abs(plan["rows"] - sum(counts)) <= 0.2 * sum(counts), plan["rows"]
     assert "Contents" not in client.list_objects_v2(Bucket="plan", Prefix="run/")
+
+
+def test_shards_that_are_not_tars_are_named(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        (tmp_path / "in" / f"{i:05d}.tar").write_bytes(b"not a tar at all" * 100)
+    cfg = tiny_config(str(tmp_path / "run"), str(tmp_path / "in" / "*.tar"))
+    with pytest.raises(ValueError, match=r"no sample found .*00000\.tar.*00001\.tar; are these WebDataset tars"):
+        make_plan(cfg, 8 * GIB)
