@@ -27,6 +27,7 @@ import pyarrow.fs
 from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseStreamingError
 from braceexpand import braceexpand
 from fsspec.core import url_to_fs
+from s3fs import S3FileSystem
 
 from scaleclust.config import ConfigError, StorageConfig
 
@@ -57,12 +58,19 @@ def storage_options(url: str, storage: StorageConfig) -> dict[str, Any]:
     return options
 
 
+class S3Client(S3FileSystem):
+    """s3fs with its own retry loop cut to one attempt, so botocore's policy (config_kwargs) is the only
+    one. A class rather than an instance setting: a copy pickled to a Ray worker (Ray Data's Parquet
+    reads) is rebuilt from its class and keeps it."""
+
+    retries = 1
+
+
 def filesystem(url: str, storage: StorageConfig) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem holding `url` and the path inside it."""
-    fs, path = url_to_fs(url, **storage_options(url, storage))
-    if is_s3(fs):
-        fs.retries = 1  # s3fs's own loop: one attempt, so botocore's policy is the only one (see above)
-    return fs, path
+    if url.startswith(tuple(f"{p}://" for p in S3)):
+        return S3Client(**storage_options(url, storage)), S3Client._strip_protocol(url)
+    return url_to_fs(url, **storage_options(url, storage))
 
 
 def is_s3(fs: fsspec.AbstractFileSystem) -> bool:
