@@ -5,22 +5,51 @@ quantizer; every index is then scanned with that assignment (``search_preassigne
 per-index top-k lists are merged exactly. Because the indexes are copies of one trained index, the
 result equals one unsharded index over the same data. Indexes may come from a generator that
 loads them one at a time, so a searcher holds one index plus a (queries x k) result in memory.
+
+An OPQ index is an IVF behind a rotation: the queries are rotated once and the IVF inside is
+searched. With :class:`Refine`, each index returns ``factor * k`` PQ candidates that are re-scored
+exactly against the shard's stored fp16 vectors before the top-k merge, so the similarities are
+exact and the recall is that of the candidate list, not of the PQ distances.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
 from scaleclust.index.build import from_bytes, unit_float32
 from scaleclust.index.device import to_device
+from scaleclust.index.vectors import StoredVectors
 
 # (sims float32 (nq, k), ids int64 (nq, k)); a missing neighbour is sim -inf, id -1
 Result = tuple[np.ndarray, np.ndarray]
 # Result plus each neighbour's vector, float16 (nq, k, d)
 VectorResult = tuple[np.ndarray, np.ndarray, np.ndarray]
+RERANK_BLOCK = 256  # queries re-scored at a time: block x factor*k x d float32 stays ~100 MB at d 512
+
+
+@dataclass(frozen=True)
+class Refine:
+    """Exact re-ranking: ``stored[i]`` holds the vectors of the i-th index searched; ``factor`` x k
+    candidates are taken from each index."""
+
+    stored: Sequence[StoredVectors]
+    factor: int
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One index ready for a preassigned search: the IVF inside it, the queries in its space (rotated
+    by OPQ when the index has it), and the queries' shared coarse assignment."""
+
+    index: faiss.Index
+    ivf: faiss.IndexIVFInterface
+    queries: np.ndarray
+    centroid_ids: np.ndarray
+    centroid_sims: np.ndarray
 
 
 def empty_result(nq: int, k: int) -> Result:
@@ -47,67 +76,119 @@ def merge_topk_vectors(a: VectorResult, b: VectorResult, k: int) -> VectorResult
     return sims, ids, np.take_along_axis(vectors, pos[:, :, None], axis=1)
 
 
-def reconstruct(index: faiss.IndexIVFInterface, ids: np.ndarray) -> np.ndarray:
+def transforms(index: faiss.Index) -> list[faiss.VectorTransform]:
+    """The vector transforms in front of the IVF (the OPQ rotation), in the order they apply."""
+    if not isinstance(index, faiss.IndexPreTransform):
+        return []
+    return [faiss.downcast_VectorTransform(index.chain.at(i)) for i in range(index.chain.size())]
+
+
+def ivf_of(index: faiss.Index) -> faiss.IndexIVFInterface:
+    """The IVF index itself, behind an OPQ rotation or not."""
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+    if not isinstance(inner, faiss.IndexIVFInterface):
+        raise TypeError(f"expected an IVF index, got {type(inner).__name__}")
+    return inner
+
+
+def reconstruct(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
     """float16 vectors (ids.shape + (d,)) of ids held by this index (zeros for -1): exact for Flat and
-    fp16 lists, PQ's decoding for IVF-PQ. Builds the index's id map on first use."""
-    if index.direct_map.type != faiss.DirectMap.Hashtable:
-        index.set_direct_map_type(faiss.DirectMap.Hashtable)
+    fp16 lists, PQ's decoding (rotated back when OPQ) for IVF-PQ. Builds the id map on first use."""
+    ivf = ivf_of(index)
+    if ivf.direct_map.type != faiss.DirectMap.Hashtable:
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
     flat = np.asarray(ids, np.int64).reshape(-1)
     out = np.zeros((len(flat), index.d), np.float16)
     found = flat >= 0
     if found.any():
-        out[found] = index.reconstruct_batch(flat[found]).astype(np.float16)
+        x = ivf.reconstruct_batch(flat[found])
+        for transform in reversed(transforms(index)):
+            x = transform.reverse_transform(x)
+        out[found] = x.astype(np.float16)
     return out.reshape(*np.shape(ids), index.d)
 
 
-def as_index(item: faiss.Index | bytes) -> faiss.IndexIVFInterface:
-    """Accept an IVF index (used where it lives) or its bytes (loaded onto the GPU when present)."""
+def as_index(item: faiss.Index | bytes) -> faiss.Index:
+    """Accept an IVF index, optionally behind OPQ (used where it lives), or its bytes (loaded onto the
+    GPU when present)."""
     is_bytes = isinstance(item, bytes | bytearray | memoryview)
     index = to_device(from_bytes(item)) if is_bytes else item
-    if not isinstance(index, faiss.IndexIVFInterface):
-        raise TypeError(f"expected an IVF index, got {type(index).__name__}")
+    ivf_of(index)
     return index
 
 
-def preassigned(
-    indexes: Iterable[faiss.Index | bytes], queries: np.ndarray, nprobe: int
-) -> Iterator[tuple[faiss.IndexIVFInterface, np.ndarray, np.ndarray]]:
-    """Yield (index, centroid ids, centroid sims) with the queries' one shared coarse assignment.
+def rerank(queries: np.ndarray, result: Result, stored: StoredVectors, k: int) -> Result:
+    """Re-score the candidates of ``result`` exactly against their stored vectors; keep the best k."""
+    sims, ids = result
+    out = empty_result(len(queries), k)
+    for start in range(0, len(queries), RERANK_BLOCK):
+        block = slice(start, start + RERANK_BLOCK)
+        vectors = stored.take(ids[block]).astype(np.float32)
+        exact = np.einsum("qd,qcd->qc", queries[block], vectors)
+        top = merge_topk((exact, ids[block]), empty_result(len(exact), 0), k)
+        out[0][block], out[1][block] = top
+    return out
 
-    The assignment is computed with the first index's quantizer; each index gets ``nprobe`` set.
+
+def preassigned(indexes: Iterable[faiss.Index | bytes], queries: np.ndarray, nprobe: int) -> Iterator[Probe]:
+    """Yield each index as a :class:`Probe` with the queries' one shared coarse assignment.
+
+    The rotation and the assignment are computed with the first index; each IVF gets ``nprobe`` set.
     All indexes must be copies of one trained index (checked: same nlist).
     """
     coarse = None
     for item in indexes:
         index = as_index(item)
+        ivf = ivf_of(index)
         if coarse is None:
-            nlist = index.nlist
-            coarse = index.quantizer.search(queries, min(nprobe, nlist))
-        elif index.nlist != nlist:
-            raise ValueError(f"indexes were trained separately: nlist {index.nlist} != {nlist}")
-        index.nprobe = coarse[1].shape[1]
-        yield index, coarse[1], coarse[0]
+            nlist = ivf.nlist
+            rotated = queries
+            for transform in transforms(index):
+                rotated = transform.apply(rotated)
+            coarse = ivf.quantizer.search(rotated, min(nprobe, nlist))
+        elif ivf.nlist != nlist:
+            raise ValueError(f"indexes were trained separately: nlist {ivf.nlist} != {nlist}")
+        ivf.nprobe = coarse[1].shape[1]
+        yield Probe(index, ivf, rotated, coarse[1], coarse[0])
 
 
-def search(
-    indexes: Iterable[faiss.Index | bytes], queries: np.ndarray, k: int, nprobe: int
-) -> Result:
+def candidates(probe: Probe, queries: np.ndarray, k: int, refine: Refine | None,
+               stored: StoredVectors | None) -> Result:
+    """Top-k of one index for the (unit, unrotated) ``queries``: PQ's own, or ``refine.factor`` x k
+    PQ candidates re-scored exactly against ``stored``."""
+    want = refine.factor * k if refine else k
+    result = probe.ivf.search_preassigned(probe.queries, want, probe.centroid_ids, probe.centroid_sims)
+    return rerank(queries, result, stored, k) if refine else result
+
+
+def probes(indexes: Iterable[faiss.Index | bytes], queries: np.ndarray, nprobe: int,
+           refine: Refine | None) -> Iterator[tuple[Probe, StoredVectors | None]]:
+    """:func:`preassigned` with each index's stored vectors beside it (None without re-ranking)."""
+    for i, probe in enumerate(preassigned(indexes, queries, nprobe)):
+        yield probe, refine.stored[i] if refine else None
+
+
+def search(indexes: Iterable[faiss.Index | bytes], queries: np.ndarray, k: int, nprobe: int,
+           refine: Refine | None = None) -> Result:
     """Top-k neighbours of ``queries`` over all indexes: (sims (nq, k), ids (nq, k)) best first.
 
     Queries are L2-normalised here; ``nprobe`` is set on each index as it is searched.
     """
     q = unit_float32(queries)
     best = empty_result(len(q), k)
-    for index, centroid_ids, centroid_sims in preassigned(indexes, q, nprobe):
-        best = merge_topk(best, index.search_preassigned(q, k, centroid_ids, centroid_sims), k)
+    for probe, stored in probes(indexes, q, nprobe, refine):
+        best = merge_topk(best, candidates(probe, q, k, refine, stored), k)
     return best
 
 
-def search_vectors(indexes: Iterable[faiss.Index | bytes], queries: np.ndarray, k: int, nprobe: int) -> VectorResult:
-    """:func:`search` that also returns each neighbour's vector, reconstructed from the index holding it."""
+def search_vectors(indexes: Iterable[faiss.Index | bytes], queries: np.ndarray, k: int, nprobe: int,
+                   refine: Refine | None = None) -> VectorResult:
+    """:func:`search` that also returns each neighbour's vector: the stored one with re-ranking, else
+    reconstructed from the index holding it."""
     q = unit_float32(queries)
     best = (*empty_result(len(q), k), np.zeros((len(q), k, q.shape[1]), np.float16))
-    for index, centroid_ids, centroid_sims in preassigned(indexes, q, nprobe):
-        sims, ids = index.search_preassigned(q, k, centroid_ids, centroid_sims)
-        best = merge_topk_vectors(best, (sims, ids, reconstruct(index, ids)), k)
+    for probe, stored in probes(indexes, q, nprobe, refine):
+        sims, ids = candidates(probe, q, k, refine, stored)
+        vectors = stored.take(ids) if stored else reconstruct(probe.index, ids)
+        best = merge_topk_vectors(best, (sims, ids, vectors), k)
     return best
