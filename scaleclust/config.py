@@ -277,6 +277,8 @@ class IndexConfig(Strict):
     opq: bool = Field(False, description="ivf_pq: learn an OPQ rotation before product quantization")
     refine_factor: int = Field(20, ge=0, description="ivf_pq: re-score refine_factor x k PQ candidates exactly "
                                "against the stored fp16 vectors (on disk, memory-mapped); 0 = off")
+    train_gpus: float = Field(0.0, ge=0, description="GPUs given to the index training task (faiss-gpu trains "
+                              "the coarse quantizer and codebooks there); 0 = CPU")
     shards_per_searcher: int = Field(256, gt=0, description="shard indexes held by one search actor; it holds "
                                      "about this x rows per shard x bytes_per_vector (manifest.json)")
     k: int = Field(10, gt=0, description="neighbours per row in the kNN graph")

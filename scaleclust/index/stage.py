@@ -150,7 +150,7 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     if trained:
         spec = choose(cfg, sum(m["embedded"] for m in embedded.values()), next(iter(embedded.values()))["dim"])
         print(f"index: training {spec.factory} on {spec.train_rows} rows ({spec.to_dict()['arithmetic']})")
-        ray.get(_train.remote(run, embedded, spec, cfg.index.seed))
+        ray.get(_train.options(num_gpus=cfg.index.train_gpus).remote(run, embedded, spec, cfg.index.seed))
         manifest = {"spec": spec.to_dict(), "trained": "trained.faiss", "shards": {}, "next_id": 0, "rows": 0}
         write_json_atomic(manifest_url(run), manifest, run.storage)  # resumable: training is committed
     else:
