@@ -8,6 +8,7 @@ the choice and every recall measured on the way, and `index.nprobe: auto` uses i
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from scaleclust.config import IndexConfig
@@ -28,21 +29,29 @@ def nprobe_ladder(nlist: int) -> list[int]:
     return ladder
 
 
+def smallest_nprobe(recall_at: Callable[[int], float], nlist: int, target: float) -> tuple[int, dict[str, float]]:
+    """Walk :func:`nprobe_ladder` until ``recall_at(nprobe)`` reaches ``target``: (that nprobe, or the
+    last tried when none does; {nprobe: recall} of every one tried)."""
+    tried: dict[str, float] = {}
+    for nprobe in nprobe_ladder(nlist):
+        tried[str(nprobe)] = round(recall_at(nprobe), 4)
+        if tried[str(nprobe)] >= target:
+            break
+    return nprobe, tried
+
+
 def calibrate(run: RunDir, manifest: dict[str, Any], cfg: IndexConfig) -> dict[str, Any]:
     """Measure recall@k at increasing nprobe; return the manifest's calibration entry."""
     k = cfg.k
     vectors, ids, _ = sample_rows(run, manifest, cfg.recall_queries, cfg.seed + SEED_OFFSET)
     exact = drop_self(exact_search(shard_vectors(run, manifest), vectors, k + 1), ids, k)
-    tried: dict[str, float] = {}
     with searchers(run, manifest, cfg.shards_per_searcher) as actors:
-        for nprobe in nprobe_ladder(manifest["spec"]["nlist"]):
-            approx = drop_self(fan_out(actors, vectors, k + 1, nprobe), ids, k)
-            tried[str(nprobe)] = round(recall_at_k(approx[1], exact[1]), 4)
-            if tried[str(nprobe)] >= cfg.target_recall:
-                break
-    chosen = int(next(reversed(tried)))
-    reached = tried[str(chosen)] >= cfg.target_recall
-    print(f"index: nprobe {chosen} gives recall@{k} {tried[str(chosen)]:.3f} on {len(ids)} sampled rows"
+        chosen, tried = smallest_nprobe(
+            lambda nprobe: recall_at_k(drop_self(fan_out(actors, vectors, k + 1, nprobe), ids, k)[1], exact[1]),
+            manifest["spec"]["nlist"], cfg.target_recall)
+    recall = tried[str(chosen)]
+    reached = recall >= cfg.target_recall
+    print(f"index: nprobe {chosen} gives recall@{k} {recall:.3f} on {len(ids)} sampled rows"
           + ("" if reached else f": the target {cfg.target_recall} is not reached even probing every list"))
-    return {"nprobe": chosen, "recall_at_k": tried[str(chosen)], "reached": reached, "k": k,
-            "target_recall": cfg.target_recall, "queries": len(ids), "rows": manifest["rows"], "tried": tried}
+    return {"nprobe": chosen, "recall_at_k": recall, "reached": reached, "k": k, "target_recall": cfg.target_recall,
+            "queries": len(ids), "rows": manifest["rows"], "tried": tried}

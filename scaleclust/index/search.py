@@ -7,9 +7,9 @@ result equals one unsharded index over the same data. Indexes may come from a ge
 loads them one at a time, so a searcher holds one index plus a (queries x k) result in memory.
 
 An OPQ index is an IVF behind a rotation: the queries are rotated once and the IVF inside is
-searched. With :class:`Refine`, each index returns ``factor * k`` PQ candidates that are re-scored
-exactly against the shard's stored fp16 vectors before the top-k merge, so the similarities are
-exact and the recall is that of the candidate list, not of the PQ distances.
+searched. With :class:`Refine`, the indexes' merged top ``factor * k`` PQ candidates are re-scored
+exactly against the shards' stored fp16 vectors (as faiss's IndexRefine does for one index), so the
+similarities are exact and the recall is that of the candidate list, not of the PQ distances.
 """
 
 from __future__ import annotations
@@ -33,11 +33,23 @@ RERANK_BLOCK = 256  # queries re-scored at a time: block x factor*k x d float32 
 
 @dataclass(frozen=True)
 class Refine:
-    """Exact re-ranking: ``stored[i]`` holds the vectors of the i-th index searched; ``factor`` x k
-    candidates are taken from each index."""
+    """Exact re-ranking: ``factor`` x k PQ candidates over all the indexes searched, re-scored against
+    ``stored``, the stored vectors of those indexes (any order; each covers its own id range)."""
 
     stored: Sequence[StoredVectors]
     factor: int
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """float16 vectors of global ids (ids.shape + (d,); -1 gives zeros), each from its shard's file."""
+        ids = np.asarray(ids, np.int64)
+        order = sorted(self.stored, key=lambda s: s.first_id)
+        firsts = np.array([s.first_id for s in order], np.int64)
+        owner = np.searchsorted(firsts, ids, side="right") - 1
+        out = np.zeros((*ids.shape, order[0].d), np.float16)
+        for i in np.unique(owner[ids >= 0]):
+            mine = (owner == i) & (ids >= 0)
+            out[mine] = order[i].take(ids[mine])
+        return out
 
 
 @dataclass(frozen=True)
@@ -117,13 +129,13 @@ def as_index(item: faiss.Index | bytes) -> faiss.Index:
     return index
 
 
-def rerank(queries: np.ndarray, result: Result, stored: StoredVectors, k: int) -> Result:
+def rerank(queries: np.ndarray, result: Result, refine: Refine, k: int) -> Result:
     """Re-score the candidates of ``result`` exactly against their stored vectors; keep the best k."""
     sims, ids = result
     out = empty_result(len(queries), k)
     for start in range(0, len(queries), RERANK_BLOCK):
         block = slice(start, start + RERANK_BLOCK)
-        vectors = stored.take(ids[block]).astype(np.float32)
+        vectors = refine.take(ids[block]).astype(np.float32)
         exact = np.einsum("qd,qcd->qc", queries[block], vectors)
         top = merge_topk((exact, ids[block]), empty_result(len(exact), 0), k)
         out[0][block], out[1][block] = top
@@ -152,43 +164,32 @@ def preassigned(indexes: Iterable[faiss.Index | bytes], queries: np.ndarray, npr
         yield Probe(index, ivf, rotated, coarse[1], coarse[0])
 
 
-def candidates(probe: Probe, queries: np.ndarray, k: int, refine: Refine | None,
-               stored: StoredVectors | None) -> Result:
-    """Top-k of one index for the (unit, unrotated) ``queries``: PQ's own, or ``refine.factor`` x k
-    PQ candidates re-scored exactly against ``stored``."""
-    want = refine.factor * k if refine else k
-    result = probe.ivf.search_preassigned(probe.queries, want, probe.centroid_ids, probe.centroid_sims)
-    return rerank(queries, result, stored, k) if refine else result
-
-
-def probes(indexes: Iterable[faiss.Index | bytes], queries: np.ndarray, nprobe: int,
-           refine: Refine | None) -> Iterator[tuple[Probe, StoredVectors | None]]:
-    """:func:`preassigned` with each index's stored vectors beside it (None without re-ranking)."""
-    for i, probe in enumerate(preassigned(indexes, queries, nprobe)):
-        yield probe, refine.stored[i] if refine else None
-
-
 def search(indexes: Iterable[faiss.Index | bytes], queries: np.ndarray, k: int, nprobe: int,
            refine: Refine | None = None) -> Result:
     """Top-k neighbours of ``queries`` over all indexes: (sims (nq, k), ids (nq, k)) best first.
 
-    Queries are L2-normalised here; ``nprobe`` is set on each index as it is searched.
+    Queries are L2-normalised here; ``nprobe`` is set on each index as it is searched. With ``refine``
+    the merged top ``refine.factor * k`` PQ candidates of all indexes are re-scored exactly, once.
     """
     q = unit_float32(queries)
-    best = empty_result(len(q), k)
-    for probe, stored in probes(indexes, q, nprobe, refine):
-        best = merge_topk(best, candidates(probe, q, k, refine, stored), k)
-    return best
+    want = refine.factor * k if refine else k
+    best = empty_result(len(q), want)
+    for probe in preassigned(indexes, q, nprobe):
+        found = probe.ivf.search_preassigned(probe.queries, want, probe.centroid_ids, probe.centroid_sims)
+        best = merge_topk(best, found, want)
+    return rerank(q, best, refine, k) if refine else best
 
 
 def search_vectors(indexes: Iterable[faiss.Index | bytes], queries: np.ndarray, k: int, nprobe: int,
                    refine: Refine | None = None) -> VectorResult:
     """:func:`search` that also returns each neighbour's vector: the stored one with re-ranking, else
     reconstructed from the index holding it."""
+    if refine:
+        sims, ids = search(indexes, queries, k, nprobe, refine)
+        return sims, ids, refine.take(ids)
     q = unit_float32(queries)
     best = (*empty_result(len(q), k), np.zeros((len(q), k, q.shape[1]), np.float16))
-    for probe, stored in probes(indexes, q, nprobe, refine):
-        sims, ids = candidates(probe, q, k, refine, stored)
-        vectors = stored.take(ids) if stored else reconstruct(probe.index, ids)
-        best = merge_topk_vectors(best, (sims, ids, vectors), k)
+    for probe in preassigned(indexes, q, nprobe):
+        sims, ids = probe.ivf.search_preassigned(probe.queries, k, probe.centroid_ids, probe.centroid_sims)
+        best = merge_topk_vectors(best, (sims, ids, reconstruct(probe.index, ids)), k)
     return best
