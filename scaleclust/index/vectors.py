@@ -49,18 +49,20 @@ class StoredVectors:
         flat = ids.reshape(-1)
         out = np.zeros((len(flat), self.d), np.float16)
         found = np.flatnonzero(flat >= 0)
-        rows = flat[found] - self.first_id
-        if rows.size and (rows.min() < 0 or rows.max() >= self.count):
-            raise ValueError(f"{self.path}: ids outside {self.first_id}..{self.first_id + self.count - 1}")
-        unique, inverse = np.unique(rows, return_inverse=True)
-        out[found] = self._rows(unique)[inverse]
+        out[found] = self.rows(flat[found])
         return out.reshape(*ids.shape, self.d)
 
-    def _rows(self, rows: np.ndarray) -> np.ndarray:
-        """Sorted unique rows: fancy indexing of the memory map, or one ranged read per row."""
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """(len(ids), d) float16 for global ids that all lie in this shard (else ValueError): fancy
+        indexing of the memory map (the page cache serves repeats), or one ranged read per distinct
+        row of a remote file (fsspec runs them concurrently)."""
+        rows = np.asarray(ids, np.int64) - self.first_id
+        if rows.size and (rows.min() < 0 or rows.max() >= self.count):
+            raise ValueError(f"{self.path}: ids outside {self.first_id}..{self.first_id + self.count - 1}")
         if self.local:
-            return np.asarray(self.array[rows])
+            return self.array[rows]
+        unique, inverse = np.unique(rows, return_inverse=True)
         size = 2 * self.d
-        starts = [self.offset + int(r) * size for r in rows]
+        starts = [self.offset + int(r) * size for r in unique]
         parts = self.fs.cat_ranges([self.path] * len(starts), starts, [s + size for s in starts])
-        return np.frombuffer(b"".join(parts), np.float16).reshape(len(rows), self.d)
+        return np.frombuffer(b"".join(parts), np.float16).reshape(len(unique), self.d)[inverse]
