@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -295,7 +295,15 @@ class IndexConfig(Strict):
                                            "null = no limit (IVF-Flat)")
     nlist: int | None = Field(None, gt=0, description="inverted lists; null = ~4*sqrt(rows), at most rows/39")
     pq_m: int | None = Field(None, gt=0, description="ivf_pq: sub-quantizers (bytes per code), must divide the dim")
-    nprobe: int = Field(16, gt=0, description="inverted lists scanned per query")
+    nprobe: PositiveInt | Literal["auto"] = Field(16, description="inverted lists scanned per query, or auto: the smallest "
+                                          "that reached target_recall when the index stage measured it")
+    target_recall: float = Field(0.9, gt=0, le=1, description="nprobe auto: recall@k the index stage's "
+                                 "calibration must reach (on recall_queries sampled rows against exact search)")
+    opq: bool = Field(False, description="ivf_pq: learn an OPQ rotation before product quantization")
+    refine_factor: int = Field(20, ge=0, description="ivf_pq: re-score refine_factor x k PQ candidates exactly "
+                               "against the stored fp16 vectors (on disk, memory-mapped); 0 = off")
+    train_gpus: float = Field(0.0, ge=0, description="GPUs given to the index training task (faiss-gpu trains "
+                              "the coarse quantizer and codebooks there); 0 = CPU")
     shards_per_searcher: int = Field(256, gt=0, description="shard indexes held by one search actor; it holds "
                                      "about this x rows per shard x bytes_per_vector (manifest.json)")
     k: int = Field(10, gt=0, description="neighbours per row in the kNN graph")

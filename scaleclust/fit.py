@@ -212,7 +212,8 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     elif needs_index(cfg.cluster):
         meta = _fit_with_neighbors(run, cfg, markers)
     else:
-        meta = ray.get(ray.remote(num_cpus=1)(_fit_kmeans).remote(run, cfg.cluster, markers))
+        gpus = 1 if cfg.cluster.train.use_gpu else 0  # faiss-gpu's k-means runs on the GPU the task is given
+        meta = ray.get(ray.remote(num_cpus=1, num_gpus=gpus)(_fit_kmeans).remote(run, cfg.cluster, markers))
     print(f"fit: {meta['method']} k={meta['k']} on {meta['sample_rows']} rows in {meta['seconds']} s")
     return meta
 

@@ -397,7 +397,7 @@ def test_dockerfile_pins_a_cuda_runtime_and_installs_the_package() -> None:
     assert cuda, base
     run = " ".join(args for op, args in steps if op == "RUN")
     assert re.search(r"\bpython3\.11\b", run) and re.search(r"\bwget\b", run), run
-    assert re.search(r"\bpip install \.(\s|$)", run), run
+    assert re.search(r'\bpip install "\.\[gpu\]"(\s|$)', run), run  # faiss-gpu, not faiss-cpu
     # The base's CUDA is the one the pinned torch wheel was built for.
     pins = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     assert all("==" in pin for pin in pins), pins

@@ -36,7 +36,8 @@ def from_bytes(data: bytes) -> faiss.Index:
 def train(sample: np.ndarray, spec: IndexSpec) -> bytes:
     """Train the coarse quantizer (and PQ codebooks) on ``sample``; return the empty index as bytes.
 
-    Use about ``spec.train_rows`` rows. Spherical k-means is faiss's default for inner product.
+    Use about ``spec.train_rows`` rows. Spherical k-means is faiss's default for inner product. With
+    OPQ the rotation is trained first, then the IVF-PQ on the rotated sample.
     """
     x = unit_float32(sample)
     if x.shape[1] != spec.d:
@@ -58,14 +59,15 @@ def add(empty_index: bytes, vectors: np.ndarray, first_id: int) -> bytes:
 
 
 def merge(parts: Iterable[bytes]) -> bytes:
-    """Merge per-shard indexes (same trained quantizer) into one group index; ids are kept."""
+    """Merge per-shard indexes (same trained quantizer and rotation) into one group index; ids are kept."""
     merged = None
     for part in parts:
         index = from_bytes(part)
         if merged is None:
             merged = index
         else:
-            merged.merge_from(index, 0)
+            faiss.extract_index_ivf(merged).merge_from(faiss.extract_index_ivf(index), 0)
+            merged.ntotal = faiss.extract_index_ivf(merged).ntotal
     if merged is None:
         raise ValueError("merge() needs at least one index")
     return to_bytes(merged)

@@ -2,6 +2,9 @@
 
 The returned :class:`IndexSpec` keeps the bytes-per-vector arithmetic so that a manifest can show
 why an index was chosen. The metric is always inner product on L2-normalised vectors (cosine).
+IVF-PQ may add an OPQ rotation (learned so that PQ's sub-vectors carry equal variance) and exact
+re-ranking: ``refine_factor * k`` PQ candidates re-scored against the stored fp16 vectors, which lie
+memory-mapped on disk beside the index (bytes on disk, not held in RAM).
 """
 
 from __future__ import annotations
@@ -30,6 +33,13 @@ class IndexSpec:
     pq_m: int = 0
     budget_bytes: int | None = None
     metric: str = "inner_product"
+    opq: bool = False
+    refine_factor: int = 0
+
+    @property
+    def stored_bytes_per_vector(self) -> int:
+        """fp16 vectors kept on disk (memory-mapped, not in RAM) for re-ranking: 2*d, or 0 without it."""
+        return 2 * self.d if self.refine_factor else 0
 
     @property
     def bytes_per_vector(self) -> int:
@@ -38,9 +48,10 @@ class IndexSpec:
 
     @property
     def fixed_bytes(self) -> int:
-        """Coarse centroids (nlist*d*4) plus PQ codebooks (256*d*4) when PQ is used."""
+        """Coarse centroids (nlist*d*4) plus PQ codebooks (256*d*4) and the OPQ matrix (d*d*4) when used."""
         codebooks = (1 << PQ_NBITS) * self.d * 4 if self.kind == "ivf_pq" else 0
-        return self.nlist * self.d * 4 + codebooks
+        rotation = self.d * self.d * 4 if self.opq else 0
+        return self.nlist * self.d * 4 + codebooks + rotation
 
     @property
     def total_bytes(self) -> int:
@@ -52,7 +63,8 @@ class IndexSpec:
         """faiss.index_factory string for this spec."""
         codes = {  # np: skip polysemous training (slow, and Hamming filtering is unused)
             "ivf_flat": "Flat", "ivf_fp16": "SQfp16", "ivf_pq": f"PQ{self.pq_m}x{PQ_NBITS}np"}
-        return f"IVF{self.nlist},{codes[self.kind]}"
+        rotation = f"OPQ{self.pq_m}," if self.opq else ""
+        return f"{rotation}IVF{self.nlist},{codes[self.kind]}"
 
     @property
     def train_rows(self) -> int:
@@ -71,6 +83,7 @@ class IndexSpec:
             "fixed_bytes": self.fixed_bytes,
             "total_bytes": self.total_bytes,
             "train_rows": self.train_rows,
+            "stored_bytes_per_vector": self.stored_bytes_per_vector,
             "arithmetic": f"{self.n} * ({self.code_bytes} + {ID_BYTES}) + {self.fixed_bytes}"
             f" = {self.total_bytes} bytes",
         }
@@ -96,18 +109,23 @@ def choose_index(
     pq_m: int | None = None,
     fp16: bool = False,
     max_pq_m: int = 64,
+    opq: bool = False,
+    refine_factor: int = 0,
 ) -> IndexSpec:
     """Pick the index for n vectors of dimension d.
 
     With ``kind`` given (from config) it is used as is. Otherwise: IVF-Flat (IVF-fp16 when ``fp16``)
     if it fits ``budget_bytes`` (or no budget is given), else IVF-PQ with the largest M <= max_pq_m
     that divides d and fits. Raises ValueError, naming the smallest budget that would work, when
-    even PQ8 does not fit.
+    even PQ8 does not fit. ``opq`` and ``refine_factor`` apply to IVF-PQ only (the flat kinds store
+    the vectors themselves); the re-ranking vectors are on disk and do not count against the budget.
     """
     nlist = nlist or default_nlist(n)
 
     def spec(k: Kind, m: int = 0) -> IndexSpec:
-        return IndexSpec(k, d, n, nlist, code_bytes(k, d, m), m, budget_bytes)
+        pq = k == "ivf_pq"
+        return IndexSpec(k, d, n, nlist, code_bytes(k, d, m), m, budget_bytes, opq=opq and pq,
+                         refine_factor=refine_factor if pq else 0)
 
     pq = [spec("ivf_pq", m) for m in ([pq_m] if pq_m else PQ_M_CHOICES) if m <= max_pq_m or pq_m]
     pq = [s for s in pq if d % s.pq_m == 0]

@@ -90,8 +90,9 @@ def pairs_from_index(
     ids = np.asarray(ids, np.int64)
     radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))  # faiss keeps sim > r
     found = []
-    for index, centroid_ids, centroid_sims in preassigned(indexes, q, nprobe):
-        lims, sims, hits = index.range_search_preassigned(q, radius, centroid_ids, centroid_sims)
+    for probe in preassigned(indexes, q, nprobe):
+        lims, sims, hits = probe.ivf.range_search_preassigned(probe.queries, radius, probe.centroid_ids,
+                                                              probe.centroid_sims)
         rows = np.repeat(ids, np.diff(lims).astype(np.int64))
         found.append(Pairs(rows, hits, sims).above(threshold))
     return Pairs.concat(found)

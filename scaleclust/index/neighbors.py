@@ -15,7 +15,7 @@ import pyarrow as pa
 from scaleclust.config import Config
 from scaleclust.index.knn import drop_self, exact_search, recall_at_k
 from scaleclust.index.searcher import fan_out, searchers
-from scaleclust.index.stage import ids_to_keys, load_manifest, shard_vectors
+from scaleclust.index.stage import ids_to_keys, load_manifest, resolve_nprobe, shard_vectors
 from scaleclust.rundir import RunDir
 from scaleclust.sample import sample_embeddings
 from scaleclust.storage import remove, write_json_atomic
@@ -47,7 +47,7 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     """Write the kNN graph (unless committed for this index and config) and record recall@k."""
     started = time.time()
     manifest = load_manifest(run)
-    k, nprobe = cfg.index.k, cfg.index.nprobe
+    k, nprobe = cfg.index.k, resolve_nprobe(cfg.index.nprobe, manifest)
     vectors, ids, keys = sample_rows(run, manifest, cfg.index.queries, cfg.index.seed)
     done_url = run.path("neighbors", "done.json")
     wanted = {"rows": len(ids), "k": k, "nprobe": nprobe, "seed": cfg.index.seed, "index_next_id": manifest["next_id"],

@@ -2,6 +2,9 @@
 
 Every shard index is a copy of one trained index, so merging the groups' exact top-k lists gives the
 same answer as one unsharded index (see scaleclust.index.search). Ids map back to keys shard by shard.
+An IVF-PQ index with re-ranking re-scores its candidates against the shards' stored vectors, which the
+actor memory-maps (or reads by row range on object stores) rather than holds. nprobe ``auto`` is the
+calibrated value of the manifest.
 """
 from __future__ import annotations
 
@@ -13,9 +16,10 @@ import numpy as np
 import ray
 
 from scaleclust.index.dedup import Pairs, pairs_from_index
-from scaleclust.index.search import (Result, VectorResult, as_index, empty_result, merge_topk, merge_topk_vectors,
-                                     search, search_vectors)
-from scaleclust.index.stage import ids_to_keys, load_manifest
+from scaleclust.index.search import (Refine, Result, VectorResult, as_index, empty_result, merge_topk,
+                                     merge_topk_vectors, search, search_vectors)
+from scaleclust.index.stage import ids_to_keys, load_manifest, resolve_nprobe
+from scaleclust.index.vectors import StoredVectors
 from scaleclust.rundir import RunDir
 
 SEARCHER_CPUS = 0.5  # faiss threads itself; a fraction keeps 2-core machines from starving other tasks
@@ -23,30 +27,37 @@ SEARCHER_CPUS = 0.5  # faiss threads itself; a fraction keeps 2-core machines fr
 
 @ray.remote(num_cpus=SEARCHER_CPUS)
 class Searcher:
-    """Holds the indexes of a group of shards (loaded from the run directory, on the GPU if any)."""
+    """Holds the indexes of a group of shards (loaded from the run directory, on the GPU if any), and
+    with re-ranking their stored vectors (memory-mapped, not loaded)."""
 
-    def __init__(self, run: RunDir, files: list[str]) -> None:
-        self.indexes = [as_index(run.read_bytes(run.path("index", f))) for f in files]
+    def __init__(self, run: RunDir, manifest: dict[str, Any], entries: list[dict[str, Any]]) -> None:
+        """``manifest`` is index/manifest.json less its shards; ``entries`` are this group's shards."""
+        self.manifest = manifest  # without its shards: the entries of this group come apart
+        self.indexes = [as_index(run.read_bytes(run.path("index", e["file"]))) for e in entries]
+        factor = manifest["spec"].get("refine_factor", 0)
+        self.refine = Refine([StoredVectors(run.path("index", e["vectors"]), run.storage, e["first_id"])
+                              for e in entries], factor) if factor else None
 
-    def search(self, queries: np.ndarray, k: int, nprobe: int) -> Result:
+    def search(self, queries: np.ndarray, k: int, nprobe: int | str) -> Result:
         """Top-k (sims, ids) of the queries over this group."""
-        return search(self.indexes, queries, k, nprobe)
+        return search(self.indexes, queries, k, resolve_nprobe(nprobe, self.manifest), self.refine)
 
-    def search_vectors(self, queries: np.ndarray, k: int, nprobe: int) -> VectorResult:
+    def search_vectors(self, queries: np.ndarray, k: int, nprobe: int | str) -> VectorResult:
         """Top-k (sims, ids, vectors float16) of the queries over this group."""
-        return search_vectors(self.indexes, queries, k, nprobe)
+        return search_vectors(self.indexes, queries, k, resolve_nprobe(nprobe, self.manifest), self.refine)
 
-    def pairs(self, vectors: np.ndarray, ids: np.ndarray, threshold: float, nprobe: int) -> Pairs:
+    def pairs(self, vectors: np.ndarray, ids: np.ndarray, threshold: float, nprobe: int | str) -> Pairs:
         """Pairs with cosine >= threshold between the vectors (global ids) and this group."""
-        return pairs_from_index(self.indexes, vectors, ids, threshold, nprobe)
+        return pairs_from_index(self.indexes, vectors, ids, threshold, resolve_nprobe(nprobe, self.manifest))
 
 
 @contextmanager
 def searchers(run: RunDir, manifest: dict[str, Any], per_actor: int) -> Iterator[list[Any]]:
     """Start one Searcher per group of `per_actor` shards (in id order); kill them on exit."""
-    files = [e["file"] for e in sorted(manifest["shards"].values(), key=lambda e: e["first_id"])]
-    groups = max(1, math.ceil(len(files) / per_actor))
-    actors = [Searcher.remote(run, files[g * per_actor:(g + 1) * per_actor]) for g in range(groups)]
+    entries = sorted(manifest["shards"].values(), key=lambda e: e["first_id"])
+    groups = max(1, math.ceil(len(entries) / per_actor))
+    settings = {k: v for k, v in manifest.items() if k != "shards"}
+    actors = [Searcher.remote(run, settings, entries[g * per_actor:(g + 1) * per_actor]) for g in range(groups)]
     try:
         yield actors
     finally:
@@ -54,7 +65,7 @@ def searchers(run: RunDir, manifest: dict[str, Any], per_actor: int) -> Iterator
             ray.kill(actor)
 
 
-def fan_out(actors: list[Any], queries: np.ndarray, k: int, nprobe: int) -> Result:
+def fan_out(actors: list[Any], queries: np.ndarray, k: int, nprobe: int | str) -> Result:
     """Search every actor's group and merge the top-k lists exactly."""
     best = empty_result(len(queries), k)
     for result in ray.get([a.search.remote(queries, k, nprobe) for a in actors]):
@@ -62,7 +73,7 @@ def fan_out(actors: list[Any], queries: np.ndarray, k: int, nprobe: int) -> Resu
     return best
 
 
-def fan_out_vectors(actors: list[Any], queries: np.ndarray, k: int, nprobe: int) -> VectorResult:
+def fan_out_vectors(actors: list[Any], queries: np.ndarray, k: int, nprobe: int | str) -> VectorResult:
     """fan_out that also brings each neighbour's vector (float16) from the actor holding it."""
     d = np.shape(queries)[1]
     best = (*empty_result(len(queries), k), np.zeros((len(queries), k, d), np.float16))
@@ -77,7 +88,7 @@ class IndexNeighbors:
     calls it on its own share of the sample. The rows must be indexed rows: the first hit (the row
     itself, or an identical duplicate) is dropped."""
 
-    def __init__(self, actors: list[Any], m: int, nprobe: int) -> None:
+    def __init__(self, actors: list[Any], m: int, nprobe: int | str) -> None:
         self.actors, self.m, self.nprobe = actors, m, nprobe
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
@@ -88,7 +99,7 @@ class IndexNeighbors:
         return vectors[:, 1:]
 
 
-def search_run(run: RunDir, queries: np.ndarray, k: int, nprobe: int = 16,
+def search_run(run: RunDir, queries: np.ndarray, k: int, nprobe: int | str = 16,
                per_actor: int = 256) -> list[tuple[list[str], np.ndarray]]:
     """Nearest keys and cosine similarities of each query over the run's whole index."""
     manifest = load_manifest(run)

@@ -1,10 +1,13 @@
 """Index stage: train the IVF index once on a sample, add every committed embeddings shard in parallel.
 
 Layout under RUN/index/: trained.faiss (the empty trained index), shards/SHARD.COMMIT.faiss (one per
-embeddings commit, so re-adding a changed shard never overwrites a file the current manifest names) and
+embeddings commit, so re-adding a changed shard never overwrites a file the current manifest names),
+with re-ranking also shards/SHARD.COMMIT.f16.npy (the shard's unit vectors, fp16, in id order) and
 manifest.json, written last: the spec and its bytes-per-vector arithmetic, each shard's contiguous
-global id range and the embeddings commit it was built from, and the next free id. A later run adds
-only shards missing from the manifest (or whose embeddings changed) under new ids, without retraining.
+global id range and the embeddings commit it was built from, the next free id, and with index.nprobe
+auto the calibration (the smallest nprobe reaching index.target_recall, measured after the adds).
+A later run adds only shards missing from the manifest (or whose embeddings changed) under new ids,
+without retraining.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from scaleclust.config import Config
 from scaleclust.embed.writer import embedding_matrix
 from scaleclust.index import build
 from scaleclust.index.choose import IndexSpec, choose_index
+from scaleclust.index.vectors import npy_bytes
 from scaleclust.parallel import map_shards
 from scaleclust.rundir import RunDir
 from scaleclust.sample import sample_embeddings
@@ -38,6 +42,22 @@ def trained_url(run: RunDir) -> str:
 def shard_file(shard: str, commit: str) -> str:
     """Index file of one embeddings commit, relative to RUN/index/."""
     return f"shards/{shard}.{commit}.faiss"
+
+
+def vectors_file(shard: str, commit: str) -> str:
+    """Stored fp16 vectors (for re-ranking) of one embeddings commit, relative to RUN/index/."""
+    return f"shards/{shard}.{commit}.f16.npy"
+
+
+def resolve_nprobe(nprobe: int | str, manifest: dict[str, Any]) -> int:
+    """index.nprobe as a number: itself, or (auto) the calibrated one recorded in the manifest."""
+    if nprobe != "auto":
+        return int(nprobe)
+    calibration = manifest.get("calibration")
+    if calibration is None:
+        raise RuntimeError("index.nprobe is auto but index/manifest.json has no calibration: run "
+                           "`scaleclust index CONFIG --set index.nprobe=auto` to measure it")
+    return int(calibration["nprobe"])
 
 
 def load_manifest(run: RunDir) -> dict[str, Any]:
@@ -105,6 +125,8 @@ def add_shard(item: dict[str, Any], run: RunDir) -> str:
     if len(vectors) != item["count"]:
         raise RuntimeError(f"index: {item['shard']} has {len(vectors)} rows, its marker says {item['count']}")
     data = build.add(run.read_bytes(trained_url(run)), vectors, item["first_id"])
+    if "vectors" in item:  # before the index file: a shard is only listed once both exist
+        write_bytes_atomic(run.path("index", item["vectors"]), npy_bytes(build.unit_float32(vectors)), run.storage)
     write_bytes_atomic(run.path("index", item["file"]), data, run.storage)
     return str(item["shard"])
 
@@ -113,7 +135,8 @@ def choose(cfg: Config, n: int, d: int) -> IndexSpec:
     """The index for n x d from the config: a fixed kind, or the memory budget (kind auto)."""
     budget = int(cfg.index.memory_budget_gb * GB) if cfg.index.memory_budget_gb else None
     kind = None if cfg.index.kind == "auto" else cfg.index.kind
-    return choose_index(n, d, budget, kind=kind, nlist=cfg.index.nlist, pq_m=cfg.index.pq_m)
+    return choose_index(n, d, budget, kind=kind, nlist=cfg.index.nlist, pq_m=cfg.index.pq_m, opq=cfg.index.opq,
+                        refine_factor=cfg.index.refine_factor)
 
 
 def run(cfg: Config, run: RunDir) -> dict[str, Any]:
@@ -127,7 +150,7 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     if trained:
         spec = choose(cfg, sum(m["embedded"] for m in embedded.values()), next(iter(embedded.values()))["dim"])
         print(f"index: training {spec.factory} on {spec.train_rows} rows ({spec.to_dict()['arithmetic']})")
-        ray.get(_train.remote(run, embedded, spec, cfg.index.seed))
+        ray.get(_train.options(num_gpus=cfg.index.train_gpus).remote(run, embedded, spec, cfg.index.seed))
         manifest = {"spec": spec.to_dict(), "trained": "trained.faiss", "shards": {}, "next_id": 0, "rows": 0}
         write_json_atomic(manifest_url(run), manifest, run.storage)  # resumable: training is committed
     else:
@@ -135,20 +158,29 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
               f"a new index: remove {run.path('index')} to retrain)")
     shards = {s: e for s, e in manifest["shards"].items() if embedded.get(s, {}).get("commit") == e["commit"]}
     todo, next_id = [], manifest["next_id"]
+    refine = manifest["spec"].get("refine_factor", 0) > 0
     for shard in sorted(set(embedded) - set(shards)):
         marker = embedded[shard]
         todo.append({"shard": shard, "first_id": next_id, "count": marker["embedded"], "commit": marker["commit"],
-                     "file": shard_file(shard, marker["commit"])})
+                     "file": shard_file(shard, marker["commit"])}
+                    | ({"vectors": vectors_file(shard, marker["commit"])} if refine else {}))
         next_id += marker["embedded"]
     print(f"index: {len(embedded)} shards, {len(shards)} already indexed, {len(todo)} to add")
-    entries = {item["shard"]: {k: item[k] for k in ("first_id", "count", "commit", "file")} for item in todo}
+    entries = {item["shard"]: {k: v for k, v in item.items() if k != "shard"} for item in todo}
     for shard in map_shards(add_shard, todo, num_cpus=1, run=run):
         shards[shard] = entries[shard]
     manifest = {**manifest, "shards": shards, "next_id": next_id, "rows": sum(e["count"] for e in shards.values())}
+    calibration = manifest.get("calibration")
+    if cfg.index.nprobe == "auto" and (todo or calibration is None or calibration["k"] != cfg.index.k
+                                       or calibration["target_recall"] != cfg.index.target_recall):
+        from scaleclust.index.calibrate import calibrate  # it searches through searcher.py, which imports this module
+
+        manifest["calibration"] = calibrate(run, manifest, cfg.index)
     write_json_atomic(manifest_url(run), manifest, run.storage)
-    named = {e["file"].rpartition("/")[2] for e in shards.values()}
+    named = {e[f].rpartition("/")[2] for e in shards.values() for f in ("file", "vectors") if f in e}
     for name in listdir(run.path("index", "shards"), run.storage):
         if name not in named:  # files of dropped entries or of a killed run: nothing refers to them
             remove(run.path("index", "shards", name), run.storage)
     return {"trained": trained, "shards": len(shards), "added": len(todo), "rows": manifest["rows"],
-            "next_id": next_id, "type": manifest["spec"]["factory"], "seconds": round(time.time() - started, 2)}
+            "next_id": next_id, "type": manifest["spec"]["factory"], "calibration": manifest.get("calibration"),
+            "seconds": round(time.time() - started, 2)}
