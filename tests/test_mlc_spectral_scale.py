@@ -57,7 +57,7 @@ def test_memory_estimate_refuses_a_dense_sample_before_any_work() -> None:
 BOUND_GIB = 1.5  # the stated bound for 100,000 rows of 64-d embeddings, k 20: the README says the same
 
 SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json, resource
     import numpy as np, torch
     from scaleclust.cluster.mlc import MLC, MLCConfig, fit_assigner
     from scaleclust.index.synthetic import clustered_vectors
@@ -73,15 +73,16 @@ SCRIPT = textwrap.dedent("""
     head = MLC(config).head(64)
     base = rss("VmRSS:")
     assigner, spectral = fit_assigner(head, x, 20, config, seed=0, neighbors=10)
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"base": base, "peak": rss("VmHWM:"), "clusters": int(len(np.unique(spectral))),
-                      "rows": int(len(spectral))}))
+                      "rows": int(len(spectral)), "cpu_s": round(cpu.ru_utime + cpu.ru_stime, 1)}))
 """)
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(400)
 def test_assign_step_at_100k_rows_stays_within_its_memory_bound() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=170)
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=390)
     assert out.returncode == 0, out.stderr[-2000:]
     facts = json.loads(out.stdout.strip().splitlines()[-1])
     assert facts["rows"] == 100_000 and facts["clusters"] == 20
