@@ -156,7 +156,8 @@ def config(run_dir: Path, dump: Path, args: argparse.Namespace, method: str) -> 
                     "restarts": 1, "assign_sample": args.assign_sample,
                     "mlc": {"steps": args.mlc_steps, "warmup_steps": args.mlc_steps // 4, "batch_size": 256},
                     "train": {"workers": 2, "cpus_per_worker": 1, "checkpoint_every": 10_000}},
-        "index": {"kind": "ivf_flat", "queries": args.queries, "recall_queries": 200, "nprobe": 8},
+        "index": {"kind": "ivf_flat", "queries": args.queries, "recall_queries": 200, "nprobe": 8,
+                  "shards_per_searcher": args.shards_per_searcher},
         "ray": {"num_cpus": 4}})
 
 
@@ -243,6 +244,8 @@ def main() -> None:
     parser.add_argument("--assign-sample", type=int, default=20_000, help="cluster.assign_sample (sparse spectral)")
     parser.add_argument("--mlc-steps", type=int, default=40)
     parser.add_argument("--queries", type=int, default=20_000, help="index.queries (neighbours graph rows)")
+    parser.add_argument("--shards-per-searcher", type=int, default=20,
+                        help="index.shards_per_searcher: parts one search actor holds (bounds its memory)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the dumps and run directories")
     parser.add_argument("--work", help="folder for dumps and runs (default: a temporary folder)")
