@@ -216,8 +216,9 @@ def compare(first: dict[str, Any], last: dict[str, Any]) -> None:
     print(f"{'stage':<14} {'s@' + str(first['rows']):>12} {'s@' + str(last['rows']):>12} {'time x':>7} "
           f"{'MiB@first':>10} {'MiB@last':>9} {'rss x':>6}  worst role")
     worst_all = 0.0
-    for stage, a in first["stages"].items():
-        b = last["stages"][stage]
+    shared = [stage for stage in first["stages"] if stage in last["stages"]]  # a cut-short run lacks the last
+    for stage in shared:
+        a, b = first["stages"][stage], last["stages"][stage]
         ratios = {r: b["peak_rss_mib"][r] / max(a["peak_rss_mib"].get(r, 0), 1)
                   for r in b["peak_rss_mib"] if a["peak_rss_mib"].get(r, 0) >= 50}
         role_worst = max(ratios, key=ratios.get) if ratios else "-"
@@ -225,11 +226,56 @@ def compare(first: dict[str, Any], last: dict[str, Any]) -> None:
         print(f"{stage:<14} {a['seconds']:>12.1f} {b['seconds']:>12.1f} {b['seconds'] / max(a['seconds'], 0.1):>7.2f} "
               f"{max(a['peak_rss_mib'].values(), default=0):>10} {max(b['peak_rss_mib'].values(), default=0):>9} "
               f"{ratios.get(role_worst, 0):>6.2f}  {role_worst}")
-    total_a = sum(s["seconds"] for s in first["stages"].values())
-    total_b = sum(s["seconds"] for s in last["stages"].values())
+    total_a = sum(first["stages"][stage]["seconds"] for stage in shared)
+    total_b = sum(last["stages"][stage]["seconds"] for stage in shared)
     print(json.dumps({"rows": [first["rows"], last["rows"]], "total_seconds": [round(total_a, 1), round(total_b, 1)],
                       "time_ratio": round(total_b / total_a, 2), "rows_ratio": scale,
                       "worst_rss_ratio": round(worst_all, 2)}))
+
+
+PER_ROW = ("ingest", "assign kmeans", "index", "dedup", "assign mlc")  # work grows with the rows, split by shard
+
+
+def project(first: dict[str, Any], last: dict[str, Any], rows: float, dim: int, measured_dim: int,
+            nodes: list[int]) -> None:
+    """Hours for `rows` rows of `dim` dimensions on N nodes like this one. A per-row stage costs its
+    marginal seconds per row (between the first and the last measured size; the last size's average when
+    only one was measured or the difference is not positive), times rows x dim / measured dim, divided
+    over the nodes (its tasks are per shard), plus its fixed start-up cost as measured. The fits (fixed
+    samples) and the neighbours graph (fixed queries) are taken as measured, scaled by dim only."""
+    scale_dim = dim / measured_dim
+    print(f"\nprojection to {rows:,.0f} rows x {dim} dims from {first['rows']:,} and {last['rows']:,} rows x "
+          f"{measured_dim} dims, on N nodes of this machine's size")
+    print(f"{'stage':<14} {'s/Mrow':>8} " + " ".join(f"{'N=' + str(n) + ' h':>10}" for n in nodes))
+    totals = [0.0] * len(nodes)
+    for stage, facts in first["stages"].items():
+        facts = last["stages"].get(stage, facts)  # a stage the last size did not reach: the first's figures
+        t1, t0 = facts["seconds"], first["stages"][stage]["seconds"]
+        marginal = (t1 - t0) / (last["rows"] - first["rows"]) if last["rows"] > first["rows"] else 0.0
+        if marginal <= 0:
+            marginal = t1 / last["rows"]
+        fixed = max(t1 - marginal * last["rows"], 0.0)
+        if stage in PER_ROW:
+            hours = [(fixed + marginal * rows * scale_dim / n) / 3600 for n in nodes]
+        else:
+            hours = [t1 * scale_dim / 3600 for _ in nodes]
+        totals = [t + h for t, h in zip(totals, hours)]
+        print(f"{stage:<14} {marginal * 1e6 if stage in PER_ROW else float('nan'):>8.1f} "
+              + " ".join(f"{h:>10.2f}" for h in hours))
+    print(f"{'total':<14} {'':>8} " + " ".join(f"{t:>10.2f}" for t in totals))
+
+
+def from_log(path: str) -> list[dict[str, Any]]:
+    """The results of a run from the JSON lines it printed (to re-print the comparison and projection)."""
+    results: dict[int, dict[str, Any]] = {}
+    for line in Path(path).read_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        fact = json.loads(line)
+        if "stage" in fact and fact["stage"] != "write dump":
+            entry = results.setdefault(fact["rows"], {"rows": fact["rows"], "stages": {}})
+            entry["stages"][fact["stage"]] = {k: fact[k] for k in ("seconds", "peak_rss_mib")}
+    return [results[r] for r in sorted(results)]
 
 
 def main() -> None:
@@ -249,14 +295,23 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the dumps and run directories")
     parser.add_argument("--work", help="folder for dumps and runs (default: a temporary folder)")
+    parser.add_argument("--from-log", help="re-print the comparison and projection from a run's printed lines")
+    parser.add_argument("--project-rows", type=float, default=2.3e9, help="rows to project to (LAION-2B-en)")
+    parser.add_argument("--project-dim", type=int, default=768, help="dimension to project to (ViT-L/14)")
+    parser.add_argument("--project-nodes", type=int, nargs="+", default=[1, 16, 64, 256])
     args = parser.parse_args()
-    work = Path(args.work or tempfile.mkdtemp(prefix="scale-"))
-    work.mkdir(parents=True, exist_ok=True)
-    results = [measure(rows, work, args) for rows in args.rows]
+    if args.from_log:
+        results = from_log(args.from_log)
+    else:
+        work = Path(args.work or tempfile.mkdtemp(prefix="scale-"))
+        work.mkdir(parents=True, exist_ok=True)
+        results = [measure(rows, work, args) for rows in args.rows]
+        if not args.work and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     if len(results) > 1:
         compare(results[0], results[-1])
-    if not args.work and not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
+    if results:
+        project(results[0], results[-1], args.project_rows, args.project_dim, args.dim, args.project_nodes)
 
 
 if __name__ == "__main__":
