@@ -21,7 +21,7 @@ import ray
 import torch
 
 from scaleclust.cluster.kmeans import soft_assign, spherical_kmeans
-from scaleclust.cluster.mlc import MLC, MLCConfig, fit_assigner, head_features
+from scaleclust.cluster.mlc import GB, MLC, MLCConfig, assign_memory_bytes, fit_assigner, head_features
 from scaleclust.cluster.scan import SCAN, HeadAssigner, select_head
 from scaleclust.cluster.spice_method import SPICE
 from scaleclust.cluster.stability import choose_k_by_stability
@@ -48,6 +48,7 @@ def fit_params(cluster: ClusterConfig) -> dict[str, Any]:
     for section, names in OPERATIONAL.items():
         for name in names:
             params[section].pop(name)
+    params.pop("assign_memory_gb")  # a memory request, not a parameter of the result
     return params
 
 
@@ -71,10 +72,23 @@ def build_neighbor_method(cluster: ClusterConfig) -> SCAN | SPICE:
     return SCAN(cluster.scan, int(cluster.k))
 
 
+def check_assign_memory(cluster: ClusterConfig, rows: int, dim: int) -> None:
+    """The MLC assigner fit's memory estimate (rows x dim embeddings) against cluster.assign_memory_gb,
+    the memory its Ray task requests: a clear error before any work instead of an OOM-killed task."""
+    k_max = cluster.k if isinstance(cluster.k, int) else max(cluster.k_candidates)
+    need = assign_memory_bytes(rows, dim, build_mlc(cluster).config, k_max, cluster.assign_neighbors)
+    if need > cluster.assign_memory_gb * GB:
+        raise ConfigError(f"cluster.assign_memory_gb: spectral clustering {rows:,} rows of cluster.assign_sample "
+                          f"(dim {dim}, k up to {k_max}) needs about {need / GB:.1f} GiB, more than the "
+                          f"{cluster.assign_memory_gb} GiB requested; raise cluster.assign_memory_gb or lower "
+                          "cluster.assign_sample")
+
+
 def check(cfg: Config) -> None:
     """Validate what the config alone cannot (method parameters) before any work starts."""
     if cfg.cluster.method == "mlc":
         build_mlc(cfg.cluster)
+        check_assign_memory(cfg.cluster, cfg.cluster.assign_sample, 0)  # the dimension is known after embedding
     if isinstance(cfg.cluster.k, int) and cfg.cluster.sample_size < cfg.cluster.k:
         raise ConfigError(f"cluster.k: {cfg.cluster.k} clusters exceed cluster.sample_size={cfg.cluster.sample_size} "
                           "rows to fit them on; lower cluster.k or raise cluster.sample_size")
@@ -132,7 +146,8 @@ def _fit_mlc_assigner(run: RunDir, cluster: ClusterConfig, markers: dict[str, di
             raise ValueError(f"cluster.k_candidates: none fits the {len(x)}-row assign sample (at most "
                              f"{len(x) // 4}); raise cluster.assign_sample or lower the candidates")
         k, stabilities = choose_k_by_stability(c, candidates, seed=cluster.seed)
-    assigner, _ = fit_assigner(head, x, k, method.config, cluster.seed, rank=cluster.subspace_rank)
+    assigner, _ = fit_assigner(head, x, k, method.config, cluster.seed, rank=cluster.subspace_rank,
+                               neighbors=cluster.assign_neighbors)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     write_bytes_atomic(run.model("head.pt"), buffer.getvalue(), run.storage)
@@ -149,12 +164,17 @@ def _fit_mlc(run: RunDir, cluster: ClusterConfig, markers: dict[str, dict[str, A
     started = time.time()
     method = build_mlc(cluster)
     dim = next(iter(markers.values()))["dim"]
+    check_assign_memory(cluster, min(cluster.assign_sample, sum(m["embedded"] for m in markers.values())), dim)
+    memory = int(cluster.assign_memory_gb * GB)
+    if memory > ray.cluster_resources().get("memory", 0):
+        raise ConfigError(f"cluster.assign_memory_gb: {cluster.assign_memory_gb} GiB exceeds the Ray cluster's "
+                          f"memory ({ray.cluster_resources().get('memory', 0) / GB:.1f} GiB); the task could never start")
     name = _train_name(fit_params(cluster))
     dataset = embeddings_dataset(run, markers, cluster.sample_size, cluster.seed)
     state, facts = train(run, name, method, dim, dataset, cluster.train, cluster.seed)
     facts.pop("recent_stats")
     print(f"fit: trained {facts['steps']} steps on {facts['workers']} workers, final loss {facts['final_loss']:.4f}")
-    task = ray.remote(num_cpus=1)(_fit_mlc_assigner)
+    task = ray.remote(num_cpus=1, memory=memory)(_fit_mlc_assigner)
     return ray.get(task.remote(run, cluster, markers, state, facts, started))
 
 

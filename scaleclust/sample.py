@@ -1,7 +1,12 @@
-"""A uniform random sample of committed embeddings, read shard by shard: what fit stages train on.
+"""The one seeded sampler of committed embeddings: the fit's training rows, the index's training rows,
+the neighbours graph's queries and the nightly update's calibration rows are all drawn here.
 
-Each shard contributes in proportion to its rows (largest-remainder rounding), chosen by a generator
-seeded with (seed, shard name), so the same config draws the same sample on any cluster.
+Each shard contributes in proportion to its rows (largest-remainder rounding); which of its rows is
+chosen by a generator seeded with (seed, shard name), so the same seed draws the same sample on any
+cluster, with any number of workers, in any order of completion. The rows are read by parallel Ray
+tasks, one per shard, that open the shard's Parquet file and read only the row groups holding rows
+they keep (embeddings are written in row groups of rundir.ROW_GROUP_ROWS rows), and only the columns
+asked for. Without a Ray cluster (unit tests, benchmarks on arrays) the same reads run in-process.
 """
 from __future__ import annotations
 
@@ -9,12 +14,20 @@ import zlib
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
 
 from scaleclust.embed.writer import embedding_matrix
 from scaleclust.rundir import RunDir
+from scaleclust.storage import arrow_source
+
+ROW = "_row"  # pseudo-column: a sampled row's position in its shard (its global id is first_id + ROW)
+READ_CPUS = 0.5  # reads wait on storage and decompression; half a CPU lets them run beside a caller's task
 
 
 def quotas(sizes: dict[str, int], n: int) -> dict[str, int]:
+    """Rows to draw from each shard: proportional to its size, largest remainders rounded up."""
     total = sum(sizes.values())
     if n >= total:
         return dict(sizes)
@@ -26,20 +39,84 @@ def quotas(sizes: dict[str, int], n: int) -> dict[str, int]:
     return base
 
 
+def pick_rows(shard: str, size: int, count: int, seed: int) -> np.ndarray:
+    """Sorted positions of the `count` rows drawn from a shard of `size` rows, seeded by (seed, shard)."""
+    rng = np.random.default_rng([seed, zlib.crc32(shard.encode())])
+    return np.sort(rng.choice(size, size=count, replace=False))
+
+
+def sample_plan(markers: dict[str, dict[str, Any]], n: int, seed: int) -> dict[str, np.ndarray]:
+    """Row positions to read per shard (shards with none left out), in shard-name order."""
+    chosen = quotas({s: m["embedded"] for s, m in markers.items()}, n)
+    return {s: pick_rows(s, markers[s]["embedded"], chosen[s], seed) for s in sorted(chosen) if chosen[s]}
+
+
+def read_rows(run: RunDir, shard: str, rows: np.ndarray, columns: list[str]) -> pa.Table:
+    """`columns` of the given rows (positions, in the order given) of one embeddings shard, reading only
+    the row groups that hold them. Raises, naming the shard, when a row lies beyond the file's rows."""
+    rows = np.asarray(rows, np.int64)
+    with arrow_source(run.embeddings(shard), run.storage) as source, pq.ParquetFile(source) as parquet:
+        meta = parquet.metadata
+        ends = np.cumsum([meta.row_group(g).num_rows for g in range(meta.num_row_groups)], dtype=np.int64)
+        if len(rows) and (not len(ends) or rows.max() >= ends[-1]):
+            raise ValueError(f"{run.embeddings(shard)}: row {int(rows.max())} requested, the file holds "
+                             f"{int(ends[-1]) if len(ends) else 0} rows; its marker and file disagree")
+        group = np.searchsorted(ends, rows, side="right")
+        wanted = np.unique(group)
+        table = parquet.read_row_groups(wanted.tolist(), columns=columns)
+    starts = np.concatenate([[0], ends[:-1]])
+    sizes = ends - starts
+    offset_in_read = np.concatenate([[0], np.cumsum(sizes[wanted])[:-1]])
+    local = rows - starts[group] + offset_in_read[np.searchsorted(wanted, group)]
+    return table.take(pa.array(local))
+
+
+def _keys(run: RunDir, shard: str, rows: np.ndarray) -> list[str]:
+    return read_rows(run, shard, rows, ["key"])["key"].to_pylist()
+
+
+_keys_task = ray.remote(num_cpus=READ_CPUS)(_keys)
+
+
+def keys_of_rows(run: RunDir, rows: dict[str, np.ndarray]) -> dict[str, list[str]]:
+    """The keys of the given row positions per shard, each shard's looked up by a task that reads only
+    the row groups of its key column that hold them (in-process without a Ray cluster)."""
+    if not ray.is_initialized():
+        return {s: _keys(run, s, r) for s, r in rows.items()}
+    refs = {s: _keys_task.remote(run, s, r) for s, r in rows.items()}
+    return {s: ray.get(ref) for s, ref in refs.items()}
+
+
+def _read_sample(run: RunDir, shard: str, rows: np.ndarray, columns: tuple[str, ...],
+                 dtype: Any) -> tuple[np.ndarray, dict[str, list]]:
+    """One shard's sampled rows: (embeddings as `dtype`, the requested extra columns as lists)."""
+    stored = [c for c in columns if c != ROW]
+    table = read_rows(run, shard, rows, ["embedding", *stored])
+    extra = {c: (rows.tolist() if c == ROW else table[c].to_pylist()) for c in columns}
+    return embedding_matrix(table["embedding"], dtype), extra
+
+
+_read_task = ray.remote(num_cpus=READ_CPUS, num_returns=2)(_read_sample)
+
+
+def sample_refs(run: RunDir, markers: dict[str, dict[str, Any]], n: int, seed: int, columns: tuple[str, ...] = (),
+                dtype: Any = np.float16) -> list[tuple[ray.ObjectRef, ray.ObjectRef]]:
+    """Start one read task per shard that contributes rows; (embeddings ref, extra-columns ref) per
+    shard in shard-name order. The rows stay in the object store until someone gets them."""
+    plan = sample_plan(markers, n, seed)
+    return [tuple(_read_task.remote(run, shard, rows, tuple(columns), dtype)) for shard, rows in plan.items()]
+
+
 def sample_embeddings(run: RunDir, markers: dict[str, dict[str, Any]], n: int, seed: int,
                       columns: tuple[str, ...] = ()) -> tuple[np.ndarray, dict[str, list]]:
-    """Up to `n` rows drawn uniformly over committed shards: (float32 matrix, requested extra columns)."""
-    chosen = quotas({s: m["embedded"] for s, m in markers.items()}, n)
-    blocks, extra = [], {c: [] for c in columns}
-    for shard in sorted(chosen):
-        if chosen[shard] == 0:
-            continue
-        table = run.read_table(run.embeddings(shard), ["embedding", *columns])
-        rng = np.random.default_rng([seed, zlib.crc32(shard.encode())])
-        pick = np.sort(rng.choice(len(table), size=chosen[shard], replace=False))
-        table = table.take(pick)
-        blocks.append(embedding_matrix(table["embedding"]))
-        for c in columns:
-            extra[c] += table[c].to_pylist()
+    """Up to `n` rows drawn uniformly over committed shards: (float32 matrix, requested extra columns;
+    ROW gives each row's position in its shard). Rows come in shard-name order, then row order."""
+    if ray.is_initialized():
+        parts = [(ray.get(x), ray.get(e)) for x, e in sample_refs(run, markers, n, seed, columns)]
+    else:
+        parts = [_read_sample(run, s, rows, tuple(columns), np.float16)
+                 for s, rows in sample_plan(markers, n, seed).items()]
+    extra = {c: [v for _, e in parts for v in e[c]] for c in columns}
     dim = next(iter(markers.values()))["dim"] if markers else 0
+    blocks = [x.astype(np.float32) for x, _ in parts]
     return (np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)), extra

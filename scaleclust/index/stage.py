@@ -25,7 +25,7 @@ from scaleclust.index.choose import IndexSpec, choose_index
 from scaleclust.index.vectors import npy_bytes
 from scaleclust.parallel import map_shards
 from scaleclust.rundir import RunDir
-from scaleclust.sample import sample_embeddings
+from scaleclust.sample import keys_of_rows, sample_embeddings
 from scaleclust.storage import listdir, remove, write_bytes_atomic, write_json_atomic
 
 GB = 1 << 30
@@ -93,16 +93,18 @@ class Ranges:
 
 
 def ids_to_keys(run: RunDir, manifest: dict[str, Any], ids: np.ndarray) -> np.ndarray:
-    """Keys of global ids (any shape; -1 -> None), reading one shard's key column at a time."""
+    """Keys of global ids (any shape; -1 -> None). The lookup runs where the data is: one task per
+    shard reads only the row groups of its key column that hold the ids (scaleclust.sample.keys_of_rows)."""
     flat = np.asarray(ids, np.int64).reshape(-1)
     keys = np.full(flat.shape, None, dtype=object)
     valid = np.flatnonzero(flat >= 0)
     ranges = Ranges.of(manifest)
     pos, row = ranges.locate(flat[valid])
-    for p in np.unique(pos):
-        mine = pos == p
-        column = run.read_table(run.embeddings(ranges.shards[p]), ["key"])["key"]
-        keys[valid[mine]] = np.asarray(column.take(row[mine]).to_pylist(), dtype=object)
+    members = {ranges.shards[p]: np.flatnonzero(pos == p) for p in np.unique(pos)}
+    unique = {s: np.unique(row[m], return_inverse=True) for s, m in members.items()}
+    found = keys_of_rows(run, {s: rows for s, (rows, _) in unique.items()})
+    for shard, m in members.items():
+        keys[valid[m]] = np.asarray(found[shard], dtype=object)[unique[shard][1]]
     return keys.reshape(np.shape(ids))
 
 

@@ -19,7 +19,6 @@ import time
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import pyarrow as pa
 import ray
 import ray.train
 import torch
@@ -28,8 +27,8 @@ from ray.train.torch import TorchTrainer
 
 from scaleclust.cluster.method import Method, unwrap
 from scaleclust.config import TrainConfig
-from scaleclust.embed.writer import embedding_matrix
 from scaleclust.rundir import RunDir
+from scaleclust.sample import sample_refs
 from scaleclust.storage import arrow_filesystem, join, listdir, read_bytes, remove
 
 STATE = "state.pt"
@@ -38,23 +37,21 @@ KEEP = 2  # checkpoints kept under model/train/NAME/
 CHECKPOINT = re.compile(r"checkpoint_step_(\d+)")
 
 
-def _as_matrix(batch: pa.Table) -> dict[str, Any]:
-    return {"x": embedding_matrix(batch["embedding"], np.float16)}
+def _as_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {"x": batch["data"]}
 
 
 def embeddings_dataset(run: RunDir, markers: dict[str, dict[str, Any]], sample_size: int,
                        seed: int) -> ray.data.MaterializedDataset:
     """A uniform random sample of about `sample_size` committed rows as fp16 rows `x`, materialised in
-    the object store once (bounded by sample_size). Blocks keep shard order and the sample is seeded, so
-    every attempt of a fit sees the same rows in the same order: a resumed fit retraces an unbroken one."""
-    fs, _ = arrow_filesystem(run.url, run.storage)
-    paths = [arrow_filesystem(run.embeddings(s), run.storage)[1] for s in sorted(markers)]
-    ds = ray.data.read_parquet(paths, columns=["embedding"], filesystem=fs)
+    the object store once (bounded by sample_size). Drawn by the project's one sampler
+    (scaleclust.sample: parallel reads of the row groups that hold sampled rows); blocks keep shard
+    order and the sample is seeded, so every attempt of a fit sees the same rows in the same order: a
+    resumed fit retraces an unbroken one."""
+    refs = [x for x, _ in sample_refs(run, markers, sample_size, seed)]
+    ds = ray.data.from_numpy_refs(refs)
     ds.context.execution_options.preserve_order = True
-    total = sum(m["embedded"] for m in markers.values())
-    if sample_size < total:
-        ds = ds.random_sample(sample_size / total, seed=seed)
-    return ds.map_batches(_as_matrix, batch_format="pyarrow").materialize()
+    return ds.map_batches(_as_rows, batch_format="numpy").materialize()
 
 
 def _save(head: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, losses: list[float],

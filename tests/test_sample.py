@@ -1,0 +1,79 @@
+"""The one sampler: seeded, the same in-process and through Ray tasks, reading only the row groups that
+hold its rows; id -> key lookups through the same row reads."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from scaleclust import rundir as rundir_module
+from scaleclust import sample
+from scaleclust.config import StorageConfig
+from scaleclust.embed.writer import embedding_array
+from scaleclust.rundir import RunDir
+
+SIZES = {"00000": 3000, "00001": 1200, "00002": 2500}
+DIM = 8
+
+
+def _write_run(root: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[RunDir, dict[str, dict], dict[str, np.ndarray]]:
+    monkeypatch.setattr(rundir_module, "ROW_GROUP_ROWS", 500)  # several row groups per shard
+    run = RunDir(str(root), StorageConfig())
+    rng = np.random.default_rng(0)
+    vectors, markers = {}, {}
+    for shard, n in SIZES.items():
+        x = rng.standard_normal((n, DIM)).astype(np.float16)
+        vectors[shard] = x
+        run.write_table(run.embeddings(shard), pa.table({"key": [f"{shard}-{i}" for i in range(n)],
+                                                         "embedding": embedding_array(x)}))
+        markers[shard] = {"embedded": n, "dim": DIM}
+    return run, markers, vectors
+
+
+def _reference(markers: dict[str, dict], vectors: dict[str, np.ndarray], n: int, seed: int) -> np.ndarray:
+    """The sample drawn from whole shards in memory with the documented rule (quotas, (seed, shard) picks)."""
+    chosen = sample.quotas({s: m["embedded"] for s, m in markers.items()}, n)
+    return np.concatenate([vectors[s][sample.pick_rows(s, markers[s]["embedded"], chosen[s], seed)]
+                           for s in sorted(chosen) if chosen[s]]).astype(np.float32)
+
+
+def test_sample_is_seeded_and_matches_whole_shard_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run, markers, vectors = _write_run(tmp_path, monkeypatch)
+    assert pq.ParquetFile(run.embeddings("00000")).metadata.num_row_groups == 6
+    x, extra = sample.sample_embeddings(run, markers, 900, seed=7, columns=("key", sample.ROW))
+    assert x.shape == (900, DIM) and np.array_equal(x, _reference(markers, vectors, 900, 7))
+    assert [extra["key"][i] for i in (0, -1)] == [f"00000-{extra[sample.ROW][0]}", f"00002-{extra[sample.ROW][-1]}"]
+    assert len(set(extra["key"])) == 900
+    again, _ = sample.sample_embeddings(run, markers, 900, seed=7)
+    other, _ = sample.sample_embeddings(run, markers, 900, seed=8)
+    assert np.array_equal(x, again) and not np.array_equal(x, other)
+
+
+def test_reads_only_the_row_groups_holding_sampled_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run, _, vectors = _write_run(tmp_path, monkeypatch)
+    path = Path(run.embeddings("00000"))
+    meta = pq.ParquetFile(path).metadata
+    last = meta.row_group(meta.num_row_groups - 1).column(1)  # the embedding column of rows 2500..2999
+    data = bytearray(path.read_bytes())
+    start = last.data_page_offset + 16
+    data[start:start + 64] = b"\xff" * 64  # corrupt it: any read of that row group now fails
+    path.write_bytes(bytes(data))
+    rows = np.array([3, 499, 500, 2499])
+    got = sample.read_rows(run, "00000", rows, ["key", "embedding"])
+    assert got["key"].to_pylist() == [f"00000-{i}" for i in rows]
+    with pytest.raises(Exception):
+        sample.read_rows(run, "00000", np.array([2500]), ["embedding"])
+    with pytest.raises(ValueError, match="00000.parquet: row 3000 requested, the file holds 3000 rows"):
+        sample.read_rows(run, "00000", np.array([3000]), ["key"])
+
+
+@pytest.mark.timeout(120)
+def test_ray_tasks_draw_the_same_sample_and_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ray_local) -> None:
+    run, markers, vectors = _write_run(tmp_path, monkeypatch)
+    x, extra = sample.sample_embeddings(run, markers, 700, seed=3, columns=("key",))
+    assert np.array_equal(x, _reference(markers, vectors, 700, 3))
+    keys = sample.keys_of_rows(run, {"00001": np.array([1199, 0, 7, 7]), "00002": np.array([2])})
+    assert keys == {"00001": ["00001-1199", "00001-0", "00001-7", "00001-7"], "00002": ["00002-2"]}
