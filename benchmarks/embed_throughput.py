@@ -42,7 +42,6 @@ import torch
 from _embed_bench import MODELS, run_stage, stage_config, start_ray, write_photo_shards
 
 from scaleclust.config import Config, InputConfig, StorageConfig
-from scaleclust.embed.actor import AUTOCAST
 from scaleclust.embed.encoders import load_encoder
 from scaleclust.embed.writer import embedding_array
 from scaleclust.sources.decode import decode_shard
@@ -53,13 +52,11 @@ def plain_loop(cfg: Config, out: Path, device: str) -> dict[str, float]:
     """(a): read, decode, normalise, encode and write each shard in turn, in this process.
     Returns seconds, rows and `ready`: seconds to load the model."""
     started = time.perf_counter()
-    encoder = load_encoder(cfg.embed.model, StorageConfig(), device)
+    encoder = load_encoder(cfg.embed.model, StorageConfig(), device, cfg.embed.precision)
     ready = time.perf_counter() - started
     prep = encoder.preprocess
     mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1) * 255
-    autocast = (torch.autocast("cuda", dtype=AUTOCAST[cfg.embed.precision])
-                if device == "cuda" and cfg.embed.precision in AUTOCAST else contextlib.nullcontext())
     out.mkdir(parents=True)
     rows = 0
     with torch.inference_mode():
@@ -70,8 +67,7 @@ def plain_loop(cfg: Config, out: Path, device: str) -> dict[str, float]:
             for batch in decode_shard(shard, samples, prep.image_size, prep.crop_pct, InputConfig(shards=[url]),
                                       cfg.embed.batch_size):
                 x = torch.from_numpy(batch["image"]).to(device).permute(0, 3, 1, 2).float()
-                with autocast:
-                    f = encoder.encode((x - mean) / std)
+                f = encoder.encode(((x - mean) / std).to(encoder.dtype))
                 feats.append(torch.nn.functional.normalize(f.float(), dim=-1).half().cpu().numpy())
                 keys.extend(batch["key"].tolist())
             pq.write_table(pa.table({"key": keys, "embedding": embedding_array(np.concatenate(feats))}),
