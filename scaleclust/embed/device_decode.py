@@ -121,5 +121,5 @@ def decode_batch(datas: list[bytes], members: list[str], size: int, crop_pct: fl
     for i in fallback:
         image, widths[i], heights[i], errors[i] = decode_member(datas[i], members[i], size, crop_pct, max_pixels)
         if image is not None:
-            images[i] = torch.from_numpy(image).permute(2, 0, 1).to(device)
+            images[i] = torch.from_numpy(image.copy()).permute(2, 0, 1).to(device)
     return images, widths, heights, errors

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 from typing import Any, Iterator
 
@@ -15,6 +16,9 @@ from scaleclust.sources.webdataset import Sample
 
 Image.MAX_IMAGE_PIXELS = 200_000_000  # PIL's own bomb check; decode_image applies the (lower) configured limit
 MAX_PIXELS = 64_000_000  # default embed.max_image_pixels: above any web photo, ~200 MB as RGB
+
+
+BUFFER_NAME = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")
 
 
 class ImageTooLarge(ValueError):
@@ -104,7 +108,8 @@ def decode_member(data: bytes, label: str, size: int, crop_pct: float,
     except (ImageTooLarge, Image.DecompressionBombError) as err:
         return None, -1, -1, f"ImageTooLarge: {label}: {err}"
     except Exception as err:  # PIL raises many types for bad bytes
-        return None, -1, -1, f"ImageDecodeError: {label}: {type(err).__name__}: {err}"
+        message = BUFFER_NAME.sub("the bytes", str(err))  # an address, different on every run
+        return None, -1, -1, f"ImageDecodeError: {label}: {type(err).__name__}: {message}"
 
 
 def decode_shard(
