@@ -138,3 +138,35 @@ def test_chunk_pipeline_gives_the_one_batch_result(chunk: int) -> None:
     assert np.allclose(norms, want_norms, rtol=1e-4)
     nchw, _ = piped.encode_uint8(torch.from_numpy(pixels).permute(0, 3, 1, 2), nchw=True)
     assert np.abs(nchw.astype(np.float32) - want).max() < 2e-3
+
+
+@pytest.mark.usefixtures("ray_local")
+@pytest.mark.timeout(300)
+def test_stage_with_device_decode_commits_what_the_cpu_decode_commits(tmp_path: Path, make_config) -> None:
+    """The embed stage on Ray with embed.decode=device (decode tasks only read bytes) commits the same keys,
+    errors and (nearly) the same embeddings as with embed.decode=cpu."""
+    import pyarrow.parquet as pq
+
+    from scaleclust.embed import stage
+    from scaleclust.embed.writer import embedding_matrix
+    from scaleclust.pipeline import prepare
+    from tests.shards import write_bad_shards
+
+    inputs = write_bad_shards(tmp_path / "bad")[:1]  # good samples among corrupt, truncated, non-image ones
+    out = {}
+    for decode in ("cpu", "device"):
+        cfg = make_config(str(tmp_path / decode), inputs, embed={"decode": decode})
+        run, shards = prepare(cfg)
+        stage.run(cfg, run, shards)
+        tables = {name: pq.read_table(run.embeddings(name)) for name in shards}
+        errors = {name: sorted((r["key"], r["error"]) for r in pq.read_table(run.errors(name)).to_pylist())
+                  for name in shards if Path(run.errors(name)).exists()}
+        out[decode] = tables, errors
+    (cpu, cpu_errors), (dev, dev_errors) = out["cpu"], out["device"]
+    assert dev_errors == cpu_errors and {k for k, _ in cpu_errors["bad-mixed"]} >= {"corrupt", "truncjpg", "textfile"}
+    for name, table in cpu.items():
+        other = dev[name]
+        assert other["key"].to_pylist() == table["key"].to_pylist()
+        assert other["width"].to_pylist() == table["width"].to_pylist()
+        cos = np.sum(embedding_matrix(table["embedding"]) * embedding_matrix(other["embedding"]), axis=1)
+        assert (cos > 0.99).all(), (name, cos.min())
