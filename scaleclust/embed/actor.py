@@ -25,13 +25,14 @@ from scaleclust.embed.encoders import load_encoder
 
 
 def encoder_threads(embed: EmbedConfig, device: str) -> int:
-    """Torch threads of a CPU encoder: `embed.torch_threads`, else the node's cores shared by the actors
-    (decode tasks mostly wait on reads and the OS shares the rest), at least `cpus_per_actor`."""
+    """Torch threads of a CPU encoder: `embed.torch_threads`, else the cores this process may run on shared
+    by the actors (the decode tasks take what the encoder leaves idle), at least `cpus_per_actor`. Ray
+    would give the actor floor(cpus_per_actor) threads: one, by default, on a machine of many cores."""
     if embed.torch_threads:
         return embed.torch_threads
     if device != "cpu":
         return max(1, int(embed.cpus_per_actor))
-    return max(1, int(embed.cpus_per_actor), (os.cpu_count() or 1) // embed.max_actors)
+    return max(1, int(embed.cpus_per_actor), len(os.sched_getaffinity(0)) // embed.max_actors)
 
 
 class ChunkPipeline:
