@@ -11,12 +11,16 @@ import contextlib
 import io
 import logging
 import os
+import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
+import torch
 from PIL import Image
 
 from scaleclust.config import Config, apply_override, from_dict
@@ -106,3 +110,34 @@ def run_stage(cfg: Config) -> dict[str, float]:
              and e["cat"].endswith("(MapBatches(EncodeBatch)).__init__") and e["ts"] / 1e6 >= wall]
     return {"seconds": seconds, "rows": stats["embedded"], "ready": min(inits) - wall if inits else float("nan"),
             "check": ended - last_commit}
+
+
+def gpu_utilization() -> float:
+    """Current GPU utilisation in percent (NVML through torch, else nvidia-smi)."""
+    try:
+        return float(torch.cuda.utilization())
+    except (ModuleNotFoundError, RuntimeError):
+        line = subprocess.run(["nvidia-smi", "--id=0", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, check=True).stdout
+        return float(line.split()[0])
+
+
+@contextlib.contextmanager
+def gpu_busy(enabled: bool, every: float = 0.2) -> Iterator[list[float]]:
+    """Sample GPU utilisation in a thread while the block runs; the yielded list holds the samples (%)."""
+    samples: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(every):
+            samples.append(gpu_utilization())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    if enabled:
+        thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        if enabled:
+            thread.join()

@@ -23,26 +23,21 @@ starts, imports torch/open_clip/timm, builds the model); `b check s` = after the
 from __future__ import annotations
 
 import argparse
-import contextlib
-import math
 import os
 import shutil
 import statistics
-import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from _embed_bench import MODELS, run_stage, stage_config, start_ray, write_photo_shards
+from _embed_bench import MODELS, gpu_busy, run_stage, stage_config, start_ray, write_photo_shards
 
 from scaleclust.config import Config, InputConfig, StorageConfig
-from scaleclust.embed.actor import AUTOCAST
+from scaleclust.embed.actor import encoder_threads
 from scaleclust.embed.encoders import load_encoder
 from scaleclust.embed.writer import embedding_array
 from scaleclust.sources.decode import decode_shard
@@ -53,13 +48,11 @@ def plain_loop(cfg: Config, out: Path, device: str) -> dict[str, float]:
     """(a): read, decode, normalise, encode and write each shard in turn, in this process.
     Returns seconds, rows and `ready`: seconds to load the model."""
     started = time.perf_counter()
-    encoder = load_encoder(cfg.embed.model, StorageConfig(), device)
+    encoder = load_encoder(cfg.embed.model, StorageConfig(), device, cfg.embed.precision)
     ready = time.perf_counter() - started
     prep = encoder.preprocess
     mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1) * 255
-    autocast = (torch.autocast("cuda", dtype=AUTOCAST[cfg.embed.precision])
-                if device == "cuda" and cfg.embed.precision in AUTOCAST else contextlib.nullcontext())
     out.mkdir(parents=True)
     rows = 0
     with torch.inference_mode():
@@ -70,45 +63,13 @@ def plain_loop(cfg: Config, out: Path, device: str) -> dict[str, float]:
             for batch in decode_shard(shard, samples, prep.image_size, prep.crop_pct, InputConfig(shards=[url]),
                                       cfg.embed.batch_size):
                 x = torch.from_numpy(batch["image"]).to(device).permute(0, 3, 1, 2).float()
-                with autocast:
-                    f = encoder.encode((x - mean) / std)
+                f = encoder.encode(((x - mean) / std).to(encoder.dtype))
                 feats.append(torch.nn.functional.normalize(f.float(), dim=-1).half().cpu().numpy())
                 keys.extend(batch["key"].tolist())
             pq.write_table(pa.table({"key": keys, "embedding": embedding_array(np.concatenate(feats))}),
                            out / f"{shard}.parquet")
             rows += len(keys)
     return {"seconds": time.perf_counter() - started, "rows": rows, "ready": ready}
-
-
-def gpu_utilization() -> float:
-    """Current GPU utilisation in percent (NVML through torch, else nvidia-smi)."""
-    try:
-        return float(torch.cuda.utilization())
-    except (ModuleNotFoundError, RuntimeError):
-        line = subprocess.run(["nvidia-smi", "--id=0", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                              capture_output=True, text=True, check=True).stdout
-        return float(line.split()[0])
-
-
-@contextlib.contextmanager
-def gpu_busy(enabled: bool, every: float = 0.2) -> Iterator[list[float]]:
-    """Sample GPU utilisation in a thread while the block runs; the yielded list holds the samples (%)."""
-    samples: list[float] = []
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(every):
-            samples.append(gpu_utilization())
-
-    thread = threading.Thread(target=sample, daemon=True)
-    if enabled:
-        thread.start()
-    try:
-        yield samples
-    finally:
-        stop.set()
-        if enabled:
-            thread.join()
 
 
 def bench_model(model: str, shards: list[str], work: Path, args: argparse.Namespace) -> dict[str, float]:
@@ -144,7 +105,7 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of the plain loop (default: the stage's encoder threads, "
-                        "max_actors * floor(cpus_per_actor))")
+                        "max_actors * scaleclust.embed.actor.encoder_threads)")
     parser.add_argument("--ray-cpus", type=int, default=None, help="logical CPUs of the local Ray (default max(4, cores))")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override the stage config, e.g. embed.cpus_per_actor=2 (repeatable)")
@@ -156,8 +117,7 @@ def main() -> None:
         shards = write_photo_shards(work / "shards", args.shards, args.per_shard)
         size = sum(os.path.getsize(s) for s in shards) / len(shards) / 2**20
         probe = stage_config(work / "probe", shards, models[0], args.device, args.ray_cpus, args.set)
-        # Ray sets an actor's OMP_NUM_THREADS (torch's threads) to floor(num_cpus), at least 1
-        args.threads = args.threads or probe.embed.max_actors * max(1, math.floor(probe.embed.cpus_per_actor))
+        args.threads = args.threads or probe.embed.max_actors * encoder_threads(probe.embed, args.device)
         torch.set_num_threads(args.threads)
         print(f"{args.shards} shards x {args.per_shard} JPEG photos (256-512 px, {size:.1f} MiB/shard), written in "
               f"{time.perf_counter() - started:.1f} s; device {args.device}; {os.cpu_count()} cores; torch threads "

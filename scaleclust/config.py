@@ -96,11 +96,18 @@ class EmbedConfig(Strict):
     max_actors: int = Field(1, ge=1, description="encoder actors at most (the pool autoscales between the two)")
     gpus_per_actor: float = Field(0.0, ge=0, description="1 on GPU clusters; 0 runs the encoder on CPU")
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per encoder actor")
+    torch_threads: int | None = Field(None, gt=0, description="torch threads of a CPU encoder actor; null: the "
+                                      "node's cores divided by max_actors (decode tasks share them)")
+    decode: Literal["auto", "cpu", "device"] = Field(
+        "auto", description="where images are decoded: cpu (PIL in the decode tasks), device (JPEG bytes go to "
+        "the encoder, decoded there with torchvision decode_jpeg: nvJPEG on a GPU; other images by PIL), auto: "
+        "device when gpus_per_actor > 0")
     decode_cpus: float = Field(1.0, gt=0, description="CPUs per decode task (one task per shard)")
     decode_batch: int = Field(256, gt=0, description="decoded images per block handed to the encoder")
     max_image_pixels: int = Field(64_000_000, gt=0, description="images declaring more pixels are refused "
                                   "before decoding (an errors/ row): bounds a decode task's memory")
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype on GPU")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="dtype of the encoder's weights and "
+                                                       "inputs (bf16 on GPUs; CPUs are mostly faster in fp32)")
     text: bool = Field(False, description="also embed captions with the CLIP text tower (open_clip only)")
 
     @model_validator(mode="after")
@@ -112,6 +119,10 @@ class EmbedConfig(Strict):
             raise ValueError("text: caption embeddings need an open_clip model (a text tower); "
                              "set embed.text=false or use embed.model.kind=open_clip")
         return self
+
+    def decodes_on_device(self) -> bool:
+        """Whether decode tasks hand JPEG bytes to the encoder actors (`decode`)."""
+        return self.decode == "device" or (self.decode == "auto" and self.gpus_per_actor > 0)
 
 
 class TrainConfig(Strict):

