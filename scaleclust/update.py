@@ -156,6 +156,19 @@ def promote(run: RunDir, model: dict[str, Any]) -> None:
     write_json_atomic(run.model("model.json"), model, run.storage)
 
 
+class Clock:
+    """Seconds per step of one update, recorded in its manifest (`steps`): where a night's time goes."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        now = time.perf_counter()
+        self.seconds[step] = round(self.seconds.get(step, 0.0) + now - self._last, 3)
+        self._last = now
+
+
 # versions ----------------------------------------------------------------------------------------
 
 def carry_names(run: RunDir, parent_clusters: str | None) -> None:
@@ -175,7 +188,7 @@ def carry_names(run: RunDir, parent_clusters: str | None) -> None:
 
 
 def write_version(run: RunDir, history: Versions, version: str, lease: Lease, parent: dict[str, Any] | None,
-                  facts: dict[str, Any]) -> dict[str, Any]:
+                  facts: dict[str, Any], clock: Clock | None = None) -> dict[str, Any]:
     """versions/V/clusters.parquet and manifest.json (last in V), then the pointer."""
     model = run.marker(run.model("model.json"))
     embedded = run.committed("embeddings")
@@ -185,8 +198,6 @@ def write_version(run: RunDir, history: Versions, version: str, lease: Lease, pa
     if stale:
         raise RuntimeError(f"update: shards {stale[:5]} are not assigned by model {model['model_id']}; re-run")
     history.archive_model(model, MODEL_FILES[model["method"]])
-    parent_clusters = history.path(parent["version"], "clusters.parquet") if parent else None
-    carry_names(run, parent_clusters)
     copy_file(run.clusters, history.path(version, "clusters.parquet"), run.storage)
     clusters = run.read_table(run.clusters, ["cluster", "size"]).to_pylist()
     manifest = {
@@ -199,6 +210,9 @@ def write_version(run: RunDir, history: Versions, version: str, lease: Lease, pa
         "sizes": {str(c["cluster"]): c["size"] for c in clusters},
         **facts,
     }
+    if clock is not None:
+        clock.lap("version")
+        manifest["steps"] = clock.seconds
     write_json_atomic(history.path(version, "manifest.json"), manifest, run.storage)
     lease.check()
     history.point(version)
@@ -223,10 +237,15 @@ def summarise(cfg: Config, run: RunDir, history: Versions, version: str, parent:
     summary.record_seconds(run, "summary", time.time() - started)
 
 
-def after_summary(cfg: Config, run: RunDir, shards: dict) -> None:
-    """The pipeline's stages after summary (naming, report), when there are any."""
+def after_summary(cfg: Config, run: RunDir, shards: dict, parent: dict[str, Any] | None, history: Versions,
+                  relabel: bool) -> None:
+    """The pipeline's stages after summary (naming, report). Names are first carried over by cluster id
+    from the parent version; the label stage re-runs only when `relabel` (a new model): with the model
+    unchanged a cluster keeps its name, and the night skips the label stage's pass over every shard."""
+    carry_names(run, history.path(parent["version"], "clusters.parquet") if parent else None)
     for name in STAGES[STAGES.index("summary") + 1:]:
-        run_stage(name, cfg, run, shards)
+        if name != "label" or relabel:
+            run_stage(name, cfg, run, shards)
 
 
 def _first_version(cfg: Config, run: RunDir, shards: dict, history: Versions, lease: Lease) -> dict[str, Any]:
@@ -240,7 +259,7 @@ def _first_version(cfg: Config, run: RunDir, shards: dict, history: Versions, le
                                                       cfg.cluster.seed))
     version = history.start(None)
     summarise(cfg, run, history, version, None, sorted(markers))
-    after_summary(cfg, run, shards)
+    after_summary(cfg, run, shards, None, history, relabel=True)
     facts = {"refit": True, "reason": "first version", "new_shards": sorted(markers),
              "new_rows": sum(m["embedded"] for m in markers.values()), "updates_since_refit": 0}
     return write_version(run, history, version, lease, None, facts)
@@ -255,16 +274,23 @@ def run_stage_index(cfg: Config, run: RunDir) -> None:
 def update(cfg: Config) -> dict[str, Any]:
     """One nightly update of cfg.run_dir; returns the manifest of the version it leaves as latest."""
     check(cfg)
+    clock = Clock()
     with Lease(cfg.run_dir, cfg.storage, "update", ttl=cfg.update.lease_seconds) as lease:
+        clock.lap("lease")
         run, shards = prepare(cfg)
+        clock.lap("prepare")
         ensure_ray(cfg)
+        clock.lap("ray")
         history = Versions(run)
         latest, unfinished = history.recover()
+        clock.lap("versions")
         if latest is None:
             return _first_version(cfg, run, shards, history, lease)
         run_stage("embed", cfg, run, shards)
+        clock.lap("embed")
         if run.exists(run.path("index", "manifest.json")):
             run_stage_index(cfg, run)
+        clock.lap("index")
         new = sorted(set(run.committed("embeddings")) - set(latest["shards"]))
         if not new and unfinished is None:
             print(f"update: no new shards; version {latest['version']} stays the latest")
@@ -273,7 +299,9 @@ def update(cfg: Config) -> dict[str, Any]:
         decision = run.marker(history.path(version, "decision.json"))
         if decision is None:
             run_stage("assign", cfg, run, shards)
+            clock.lap("assign")
             report_ = drift(run, latest, new, cfg.update)
+            clock.lap("drift")
             write_json_atomic(history.path(version, "drift.json"), report_, run.storage)
             refit, reason = decide(cfg.update, latest, report_)
             decision = {"parent": latest["version"], "refit": refit, "reason": reason, "model": None}
@@ -296,15 +324,19 @@ def update(cfg: Config) -> dict[str, Any]:
             if (run.marker(run.model("model.json")) or {}).get("model_id") != meta["model_id"]:
                 promote(run, meta)
             print_id_map(run.marker(history.path(version, "id_map.json")))
+        clock.lap("refit")
         run_stage("assign", cfg, run, shards)
+        clock.lap("assign")
         summarise(cfg, run, history, version, latest, new)
-        after_summary(cfg, run, shards)
+        clock.lap("summary")
+        after_summary(cfg, run, shards, latest, history, relabel=decision["refit"])
+        clock.lap("label_report")
         facts = {"refit": decision["refit"], "reason": decision["reason"], "new_shards": new,
                  "new_rows": sum(run.committed("embeddings")[s]["embedded"] for s in new),
                  "updates_since_refit": 0 if decision["refit"] else latest.get("updates_since_refit", 0) + 1,
                  "drift": {k: report_[k] for k in ("score", "status", "novel_rows", "novel_share",
                                                   "low_confidence_share", "grown", "shrunk")}}
-        return write_version(run, history, version, lease, latest, facts)
+        return write_version(run, history, version, lease, latest, facts, clock)
 
 
 def print_drift(report_: dict[str, Any]) -> None:
