@@ -17,14 +17,38 @@ import io
 import json
 import shutil
 import statistics
+import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 from _embed_bench import MODELS, start_ray, stage_config, write_photo_shards
 
+from scaleclust.sources.shard_writer import tar_bytes
+
 from scaleclust.config import apply_override, from_dict
 from scaleclust.update import update
+
+
+def photo_shards(folder: Path, n_shards: int, per_shard: int, unique: int) -> list[str]:
+    """n_shards photo shards: `unique` written from photos, the others copies of those under new keys (the
+    same decoding and encoding cost; writing 20,000 photos takes longer than embedding them here)."""
+    written = write_photo_shards(folder, min(unique, n_shards), per_shard)
+    paths = list(written)
+    for shard in range(len(written), n_shards):
+        samples: dict[str, dict[str, bytes]] = {}
+        with tarfile.open(written[shard % len(written)]) as tar:
+            for member in tar.getmembers():
+                old, ext = member.name.split(".", 1)
+                key = f"{shard:05d}{old[5:]}"
+                payload = tar.extractfile(member).read()
+                if ext == "json":
+                    payload = json.dumps({**json.loads(payload), "key": key}).encode()
+                samples.setdefault(key, {})[ext] = payload
+        path = folder / f"{shard:05d}.tar"
+        path.write_bytes(tar_bytes(samples.items()))
+        paths.append(str(path))
+    return paths
 
 
 def config(run_dir: Path, shards: list[str], args: argparse.Namespace):
@@ -52,6 +76,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=100, help="shards of the full run")
     parser.add_argument("--per-shard", type=int, default=50)
     parser.add_argument("--new", type=int, default=1, help="shards the nightly update brings")
+    parser.add_argument("--unique", type=int, default=10, help="shards written from photos; the rest are re-keyed copies")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--ray-cpus", type=int, default=None)
@@ -59,7 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="update-cost-"))
     try:
-        old = write_photo_shards(work / "shards", args.shards + args.new, args.per_shard)
+        old = photo_shards(work / "shards", args.shards + args.new, args.per_shard, args.unique)
         old, new = old[: args.shards], old[args.shards:]
         ray_seconds = start_ray(config(work / "probe", old, args))
         print(json.dumps({"model": args.model, "rows_full": args.shards * args.per_shard,

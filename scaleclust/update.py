@@ -271,72 +271,91 @@ def run_stage_index(cfg: Config, run: RunDir) -> None:
     index.run(cfg, run)
 
 
+def prune(upd: UpdateConfig, history: Versions, lease: Lease) -> None:
+    """Drop versions beyond update.keep_versions (and the files only they reference), after the pointer."""
+    if upd.keep_versions is None:
+        return
+    lease.check()
+    gone = history.prune(upd.keep_versions)
+    if gone["versions"]:
+        print(f"update: pruned {len(gone['versions'])} version(s) beyond update.keep_versions {upd.keep_versions} "
+              f"({', '.join(gone['versions'])}), {len(gone['assignments'])} assignment file(s), "
+              f"{len(gone['models'])} model(s)")
+
+
 def update(cfg: Config) -> dict[str, Any]:
-    """One nightly update of cfg.run_dir; returns the manifest of the version it leaves as latest."""
+    """One nightly update of cfg.run_dir; returns the manifest of the version it leaves as latest, after
+    pruning versions beyond update.keep_versions."""
     check(cfg)
-    clock = Clock()
     with Lease(cfg.run_dir, cfg.storage, "update", ttl=cfg.update.lease_seconds) as lease:
-        clock.lap("lease")
-        run, shards = prepare(cfg)
-        clock.lap("prepare")
-        ensure_ray(cfg)
-        clock.lap("ray")
-        history = Versions(run)
-        latest, unfinished = history.recover()
-        clock.lap("versions")
-        if latest is None:
-            return _first_version(cfg, run, shards, history, lease)
-        run_stage("embed", cfg, run, shards)
-        clock.lap("embed")
-        if run.exists(run.path("index", "manifest.json")):
-            run_stage_index(cfg, run)
-        clock.lap("index")
-        new = sorted(set(run.committed("embeddings")) - set(latest["shards"]))
-        if not new and unfinished is None:
-            print(f"update: no new shards; version {latest['version']} stays the latest")
-            return latest
-        version = unfinished or history.start(latest)
-        decision = run.marker(history.path(version, "decision.json"))
-        if decision is None:
-            run_stage("assign", cfg, run, shards)
-            clock.lap("assign")
-            report_ = drift(run, latest, new, cfg.update)
-            clock.lap("drift")
-            write_json_atomic(history.path(version, "drift.json"), report_, run.storage)
-            refit, reason = decide(cfg.update, latest, report_)
-            decision = {"parent": latest["version"], "refit": refit, "reason": reason, "model": None}
-            run.write_marker(history.path(version, "decision.json"), decision)
-        else:
-            print(f"update: resuming {version} (refit: {decision['refit']})")
-        report_ = run.marker(history.path(version, "drift.json"))
-        print_drift(report_)
-        print(f"update: refit {'yes' if decision['refit'] else 'no'}: {decision['reason']}")
-        if decision["refit"]:
-            if decision["model"] is None:
-                old = run.marker(run.path("models", latest["model"], "model.json"))
-                seed = cfg.cluster.seed + int(version[:5])  # a fresh sample every refit
-                task = ray.remote(num_cpus=1)(refit_kmeans)
-                meta, mapping = ray.get(task.remote(run, cfg.cluster, cfg.update, run.committed("embeddings"), old, seed))
-                write_json_atomic(history.path(version, "id_map.json"), mapping, run.storage)
-                decision["model"] = meta["model_id"]
-                run.write_marker(history.path(version, "decision.json"), decision)
-            meta = run.marker(run.path("models", decision["model"], "model.json"))
-            if (run.marker(run.model("model.json")) or {}).get("model_id") != meta["model_id"]:
-                promote(run, meta)
-            print_id_map(run.marker(history.path(version, "id_map.json")))
-        clock.lap("refit")
+        history = Versions(RunDir(cfg.run_dir, cfg.storage))
+        manifest = _update(cfg, lease, history)
+        prune(cfg.update, history, lease)
+        return manifest
+
+
+def _update(cfg: Config, lease: Lease, history: Versions) -> dict[str, Any]:
+    """The update's steps under the lease (see the module docstring)."""
+    clock = Clock()
+    run, shards = prepare(cfg)
+    clock.lap("prepare")
+    ensure_ray(cfg)
+    clock.lap("ray")
+    latest, unfinished = history.recover()
+    clock.lap("versions")
+    if latest is None:
+        return _first_version(cfg, run, shards, history, lease)
+    run_stage("embed", cfg, run, shards)
+    clock.lap("embed")
+    if run.exists(run.path("index", "manifest.json")):
+        run_stage_index(cfg, run)
+    clock.lap("index")
+    new = sorted(set(run.committed("embeddings")) - set(latest["shards"]))
+    if not new and unfinished is None:
+        print(f"update: no new shards; version {latest['version']} stays the latest")
+        return latest
+    version = unfinished or history.start(latest)
+    decision = run.marker(history.path(version, "decision.json"))
+    if decision is None:
         run_stage("assign", cfg, run, shards)
         clock.lap("assign")
-        summarise(cfg, run, history, version, latest, new)
-        clock.lap("summary")
-        after_summary(cfg, run, shards, latest, history, relabel=decision["refit"])
-        clock.lap("label_report")
-        facts = {"refit": decision["refit"], "reason": decision["reason"], "new_shards": new,
-                 "new_rows": sum(run.committed("embeddings")[s]["embedded"] for s in new),
-                 "updates_since_refit": 0 if decision["refit"] else latest.get("updates_since_refit", 0) + 1,
-                 "drift": {k: report_[k] for k in ("score", "status", "novel_rows", "novel_share",
-                                                  "low_confidence_share", "grown", "shrunk")}}
-        return write_version(run, history, version, lease, latest, facts, clock)
+        report_ = drift(run, latest, new, cfg.update)
+        clock.lap("drift")
+        write_json_atomic(history.path(version, "drift.json"), report_, run.storage)
+        refit, reason = decide(cfg.update, latest, report_)
+        decision = {"parent": latest["version"], "refit": refit, "reason": reason, "model": None}
+        run.write_marker(history.path(version, "decision.json"), decision)
+    else:
+        print(f"update: resuming {version} (refit: {decision['refit']})")
+    report_ = run.marker(history.path(version, "drift.json"))
+    print_drift(report_)
+    print(f"update: refit {'yes' if decision['refit'] else 'no'}: {decision['reason']}")
+    if decision["refit"]:
+        if decision["model"] is None:
+            old = run.marker(run.path("models", latest["model"], "model.json"))
+            seed = cfg.cluster.seed + int(version[:5])  # a fresh sample every refit
+            task = ray.remote(num_cpus=1)(refit_kmeans)
+            meta, mapping = ray.get(task.remote(run, cfg.cluster, cfg.update, run.committed("embeddings"), old, seed))
+            write_json_atomic(history.path(version, "id_map.json"), mapping, run.storage)
+            decision["model"] = meta["model_id"]
+            run.write_marker(history.path(version, "decision.json"), decision)
+        meta = run.marker(run.path("models", decision["model"], "model.json"))
+        if (run.marker(run.model("model.json")) or {}).get("model_id") != meta["model_id"]:
+            promote(run, meta)
+        print_id_map(run.marker(history.path(version, "id_map.json")))
+    clock.lap("refit")
+    run_stage("assign", cfg, run, shards)
+    clock.lap("assign")
+    summarise(cfg, run, history, version, latest, new)
+    clock.lap("summary")
+    after_summary(cfg, run, shards, latest, history, relabel=decision["refit"])
+    clock.lap("label_report")
+    facts = {"refit": decision["refit"], "reason": decision["reason"], "new_shards": new,
+             "new_rows": sum(run.committed("embeddings")[s]["embedded"] for s in new),
+             "updates_since_refit": 0 if decision["refit"] else latest.get("updates_since_refit", 0) + 1,
+             "drift": {k: report_[k] for k in ("score", "status", "novel_rows", "novel_share",
+                                              "low_confidence_share", "grown", "shrunk")}}
+    return write_version(run, history, version, lease, latest, facts, clock)
 
 
 def print_drift(report_: dict[str, Any]) -> None:

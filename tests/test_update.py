@@ -187,3 +187,16 @@ def test_killed_update_resumes_and_leaves_the_old_version_untouched(tmp_path: Pa
     assert main(["versions", cfg.run_dir]) == 0
     listed = [line.split()[:2] for line in capsys.readouterr().out.splitlines()[1:3]]
     assert listed == [[first["version"], "20"], [second["version"], "*"]]
+    # Pruning: a night with update.keep_versions 1 keeps only the version it writes, and removes the
+    # assignment files and the model that only the pruned versions referenced (here: the first model's).
+    write_synthetic_shards(shards, 1, 10, first=4)
+    pruning = make_config(str(tmp_path / "run"), str(shards / "*.tar"),
+                          update={"refit": "never", "keep_versions": 1, "lease_seconds": 15})
+    third = update(pruning)
+    assert [m["version"] for m in history.complete()] == history.names() == [third["version"]]
+    assert history.latest()["version"] == third["version"] and third["model"] == second["model"]
+    assert sorted(p.name for p in (run_dir / "assignments").glob("*.parquet")) == \
+        sorted(e["file"] for e in third["shards"].values())
+    assert [p.name for p in (run_dir / "models").iterdir()] == [third["model"]]
+    assert {s: third["shards"][s] for s in second["shards"]} == second["shards"]  # shared files kept
+    assert verify(cfg.run_dir) == [] and verify(cfg.run_dir, version=third["version"]) == []
