@@ -120,3 +120,13 @@ class Versions:
             remove(self.run.path("models", model, "model.json"), self.run.storage)
             remove(self.run.path("models", model), self.run.storage, recursive=True)
         return {"versions": gone, "assignments": stale, "models": unused}
+
+    def latest_drift(self) -> tuple[str, dict[str, Any], dict[str, Any] | None] | None:
+        """The newest update's drift: (version, drift.json, decision.json) of the newest version folder
+        that holds a drift report (the latest version, or the update writing one now); None before the
+        first update that had a parent."""
+        for version in reversed(self.names()):
+            drift = self.run.marker(self.path(version, "drift.json"))
+            if drift is not None:
+                return version, drift, self.run.marker(self.path(version, "decision.json"))
+        return None
