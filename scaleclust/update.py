@@ -27,11 +27,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+import torch
 
 from scaleclust import fit, summary
 from scaleclust.assign import cluster_ids
 from scaleclust.cluster.drift import DriftCounts, Novelty, calibrate, report
-from scaleclust.cluster.refit import match_ids, novel_seeds, warm_kmeans
+from scaleclust.cluster.mlc import head_features
+from scaleclust.cluster.refit import (match_ids, match_similar, novel_seeds, novel_subspaces, subspace_similarity,
+                                      warm_kmeans, warm_subspaces)
+from scaleclust.cluster.subspaces import SubspaceAssigner
 from scaleclust.config import ClusterConfig, Config, ConfigError, UpdateConfig
 from scaleclust.embed.writer import embedding_matrix
 from scaleclust.lease import Lease
@@ -45,14 +49,17 @@ from scaleclust.versions import Versions
 
 MODEL_FILES = {"kmeans": ["centroids.npy"], "mlc": ["head.pt", "subspaces.npy"]}
 EXAMPLES = 20  # novel keys listed in drift.json
+REFITS = ("kmeans", "mlc")  # methods with a warm refit
 
 
 def check(cfg: Config) -> None:
     """What the update needs of the config, checked before any work."""
     fit.check(cfg)
-    if cfg.update.refit != "never" and cfg.cluster.method != "kmeans":
-        raise ConfigError(f"update.refit: {cfg.update.refit!r} refits only cluster.method 'kmeans' (warm start "
-                          f"from its centroids); set update.refit=never for {cfg.cluster.method!r}")
+    if cfg.update.refit != "never" and cfg.cluster.method not in REFITS:
+        raise ConfigError(f"update.refit: {cfg.update.refit!r} refits cluster.method 'kmeans' and 'mlc' only; a "
+                          f"warm refit of {cfg.cluster.method!r} would retrain its heads from the current weights "
+                          f"on neighbours from the index, which the training loop cannot start from yet; set "
+                          f"update.refit=never (drift is still reported every night)")
 
 
 # novelty of a model -------------------------------------------------------------------------------
@@ -120,29 +127,54 @@ def _npy(array: np.ndarray) -> bytes:
     return sink.getvalue()
 
 
-def refit_kmeans(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers: dict[str, dict[str, Any]],
-                 old: dict[str, Any], seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Warm-started k-means on a fresh sample, ids matched to the old model's; written to models/NEW/
-    (model.json last). Returns the new model's metadata and the id mapping."""
+def _load_npy(run: RunDir, model_id: str, name: str) -> np.ndarray:
+    return np.load(io.BytesIO(run.read_bytes(run.path("models", model_id, name))))
+
+
+def refit_model(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers: dict[str, dict[str, Any]],
+                old: dict[str, Any], seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Warm-started refit of the current model on a fresh sample, ids matched to the old model's; written
+    to models/NEW/ (model.json last). Returns the new model's metadata and the id mapping.
+
+    kmeans: k-means from the old centroids plus centroids seeded among novel rows; ids by centroid cosine.
+    mlc: the trained head is kept; k-subspaces in its feature space from the old bases plus bases fitted on
+    groups of novel rows, on a fresh assign sample; ids by subspace similarity."""
     started = time.time()
-    x, _ = sample_embeddings(run, markers, cluster.sample_size, seed)
-    old_centroids = np.load(io.BytesIO(run.read_bytes(run.path("models", old["model_id"], "centroids.npy"))))
+    mlc = old["method"] == "mlc"
+    x, _ = sample_embeddings(run, markers, cluster.assign_sample if mlc else cluster.sample_size, seed)
     novel = _novelty(run, old["model_id"]).novel(x)
     n_new = min(upd.max_new_clusters, int(novel.sum()) // upd.min_new_cluster_rows)
-    seeds = novel_seeds(x[novel], n_new, cluster.niter, seed)
-    centroids = warm_kmeans(x, np.concatenate([old_centroids, seeds]), cluster.niter, seed)
     old_ids = cluster_ids(old)
     next_id = old.get("next_cluster_id", int(old_ids.max()) + 1)
-    ids, mapping = match_ids(old_centroids, old_ids, centroids, upd.match_floor, next_id)
     model_id = uuid.uuid4().hex
-    write_bytes_atomic(run.path("models", model_id, "centroids.npy"), _npy(centroids.astype(np.float32)), run.storage)
-    slots = np.argmax(x @ centroids.T, axis=1)
+    if mlc:
+        head_pt = run.read_bytes(run.path("models", old["model_id"], "head.pt"))
+        head = fit.build_mlc(ClusterConfig.model_validate(old["params"])).head(old["dim"])
+        head.load_state_dict(torch.load(io.BytesIO(head_pt), weights_only=True))
+        z, c = head_features(head, x)
+        feats = z if old["space"] == "z" else c
+        old_bases = _load_npy(run, old["model_id"], "subspaces.npy")
+        seeds = novel_subspaces(feats[novel], n_new, old_bases.shape[2], cluster.niter, seed)
+        bases = warm_subspaces(feats, np.concatenate([old_bases, seeds]), cluster.niter)
+        ids, mapping = match_similar(subspace_similarity(bases, old_bases), old_ids, upd.match_floor, next_id)
+        files = {"head.pt": head_pt, "subspaces.npy": _npy(bases.astype(np.float32))}
+        slots = np.argmax(SubspaceAssigner(bases).scores(feats), axis=1)
+        facts = {"params": old["params"], "k": int(len(bases)), "space": old["space"]}
+    else:
+        old_centroids = _load_npy(run, old["model_id"], "centroids.npy")
+        seeds = novel_seeds(x[novel], n_new, cluster.niter, seed)
+        centroids = warm_kmeans(x, np.concatenate([old_centroids, seeds]), cluster.niter, seed)
+        ids, mapping = match_ids(old_centroids, old_ids, centroids, upd.match_floor, next_id)
+        files = {"centroids.npy": _npy(centroids.astype(np.float32))}
+        slots = np.argmax(x @ centroids.T, axis=1)
+        facts = {"params": fit.fit_params(cluster), "k": int(len(centroids))}
+    for name, data in files.items():
+        write_bytes_atomic(run.path("models", model_id, name), data, run.storage)
     write_bytes_atomic(_novelty_url(run, model_id), calibrate(x, ids[slots], ids, upd.novelty_quantile).to_bytes(),
                        run.storage)
-    meta = {"method": "kmeans", "params": fit.fit_params(cluster), "model_id": model_id, "k": int(len(centroids)),
-            "dim": int(x.shape[1]), "sample_rows": int(len(x)), "cluster_ids": ids.tolist(),
-            "next_cluster_id": mapping["next_id"], "warm_from": old["model_id"], "seeded_new": int(n_new),
-            "novel_in_sample": int(novel.sum()), "seconds": round(time.time() - started, 2)}
+    meta = {"method": old["method"], **facts, "model_id": model_id, "dim": int(x.shape[1]), "sample_rows": int(len(x)),
+            "cluster_ids": ids.tolist(), "next_cluster_id": mapping["next_id"], "warm_from": old["model_id"],
+            "seeded_new": int(n_new), "novel_in_sample": int(novel.sum()), "seconds": round(time.time() - started, 2)}
     write_json_atomic(run.path("models", model_id, "model.json"), meta, run.storage)
     return meta, {"from_model": old["model_id"], "to_model": model_id, **mapping}
 
@@ -334,7 +366,7 @@ def _update(cfg: Config, lease: Lease, history: Versions) -> dict[str, Any]:
         if decision["model"] is None:
             old = run.marker(run.path("models", latest["model"], "model.json"))
             seed = cfg.cluster.seed + int(version[:5])  # a fresh sample every refit
-            task = ray.remote(num_cpus=1)(refit_kmeans)
+            task = ray.remote(num_cpus=1)(refit_model)
             meta, mapping = ray.get(task.remote(run, cfg.cluster, cfg.update, run.committed("embeddings"), old, seed))
             write_json_atomic(history.path(version, "id_map.json"), mapping, run.storage)
             decision["model"] = meta["model_id"]
