@@ -102,3 +102,23 @@ def test_summary_partial_round_trip() -> None:
     back = Partial.from_bytes(part.to_bytes())
     assert back.sizes.tolist() == [3, 1] and np.array_equal(back.sums, part.sums)
     assert back.contingency.counts == part.contingency.counts and back.exemplars == part.exemplars
+
+
+def test_update_refuses_a_refit_policy_for_scan_before_any_work(tmp_path, capsys) -> None:
+    """scan/spice have no warm refit: `update` with update.refit other than never is a config error (exit 2)
+    that says why, before anything is written; mlc and kmeans pass the check."""
+    import yaml
+
+    from scaleclust.cli import main
+    from scaleclust.config import from_dict
+    from scaleclust.update import check
+
+    base = {"run_dir": str(tmp_path / "run"), "input": {"shards": str(tmp_path / "shards" / "*.tar")}}
+    for method in ("kmeans", "mlc"):
+        check(from_dict({**base, "cluster": {"method": method}}))
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({**base, "cluster": {"method": "scan"}, "update": {"refit": "on_drift"}}))
+    assert main(["update", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "update.refit: 'on_drift'" in err and "'scan'" in err and "set update.refit=never" in err
+    assert not (tmp_path / "run").exists()
