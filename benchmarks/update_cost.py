@@ -7,7 +7,7 @@ more shards (1% of the rows by default) and embeds, assigns, measures drift and 
 Embedding is counted on both sides. Repetitions use fresh run directories. Prints the stage seconds of
 each side and the ratio update / full (goal: <= 0.05).
 
-    .venv/bin/python benchmarks/update_cost.py --model tiny --shards 100 --per-shard 50 --new 1
+    .venv/bin/python benchmarks/update_cost.py --model tiny --shards 100 --per-shard 100 --new 1
 """
 from __future__ import annotations
 
