@@ -8,12 +8,14 @@ Steps, each committed before the next, so a killed update re-run resumes (see sc
    an index; assign them with the current model (the assign stage skips assigned ones);
 2. drift of the new shards' rows against the latest version (Ray task per shard) and the refit decision,
    recorded in versions/V/decision.json and drift.json;
-3. on refit (k-means only): a warm-started k-means on a fresh sample in a Ray task, ids matched to the
-   old clusters, the model written to models/NEW/ and then promoted to model/; every shard re-assigned
-   into new files (the old ones stay for older versions);
+3. on refit (kmeans, mlc): a warm start from the current model on a fresh sample in a Ray task (k-means
+   from the centroids; MLC keeps its head and refits its subspaces), ids matched to the old clusters,
+   the model written to models/NEW/ and then promoted to model/; every shard re-assigned into new files
+   (the old ones stay for older versions);
 4. summary (clusters.parquet, metrics.json; without a refit only the new shards are read and merged
-   into the parent version's partial), the stages after summary, cluster names carried over by id, the
-   model archived in models/, versions/V/manifest.json, then the pointer.
+   into the parent version's partial), cluster names carried over by id, the label stage (after a refit
+   only) and the report, the model archived in models/, versions/V/manifest.json, then the pointer;
+5. versions beyond update.keep_versions pruned.
 The first update of a run directory runs every stage and writes version 1 (no drift).
 """
 from __future__ import annotations
