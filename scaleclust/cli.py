@@ -11,7 +11,7 @@ from typing import Any
 
 from scaleclust.config import Config, ConfigError, load
 from scaleclust.console import configure, expected_failure, filter_stderr
-from scaleclust.lease import LeaseHeld
+from scaleclust.lease import Lease, LeaseHeld
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -68,9 +68,10 @@ def cmd_stage(args: argparse.Namespace) -> int:
     from scaleclust.ray_setup import ensure_ray
 
     cfg = _load(args)
-    run, shards = prepare(cfg)
-    ensure_ray(cfg)
-    result = run_stage(args.stage, cfg, run, shards)
+    with Lease(cfg.run_dir, cfg.storage, args.stage, ttl=cfg.update.lease_seconds):  # one writer, as run/update
+        run, shards = prepare(cfg)
+        ensure_ray(cfg)
+        result = run_stage(args.stage, cfg, run, shards)
     print(json.dumps(result, indent=2, default=str))
     return retry_exit(result.get("retryable", 0))
 
@@ -197,8 +198,9 @@ def cmd_label(args: argparse.Namespace) -> int:
                               f"recorded in {run.config}")
         apply_override(data, assignment)
     cfg = from_dict(data, f"{run.config} with --set")
-    ensure_ray(cfg)
-    result = run_stage("label", cfg, run, shards)
+    with Lease(run.url, run.storage, "label", ttl=cfg.update.lease_seconds):
+        ensure_ray(cfg)
+        result = run_stage("label", cfg, run, shards)
     print_clusters(run.url, cfg.storage)
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -219,8 +221,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from scaleclust.ray_setup import ensure_ray
 
     cfg, run, shards = open_run(args)
-    ensure_ray(cfg)
-    result = run_stage("report", cfg, run, shards)
+    with Lease(run.url, run.storage, "report", ttl=cfg.update.lease_seconds):
+        ensure_ray(cfg)
+        result = run_stage("report", cfg, run, shards)
     print(f"report: {result['clusters']} clusters, {result['thumbnails']} thumbnails -> {result['report']}")
     return 0
 

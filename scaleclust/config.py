@@ -347,6 +347,8 @@ class UpdateConfig(Strict):
     min_new_cluster_rows: int = Field(20, gt=0, description="refit: novel rows in the refit sample per new cluster")
     calibration_rows: int = Field(20_000, gt=0, description="rows sampled to calibrate novelty for a new model")
     lease_seconds: float = Field(120.0, gt=0, description="lease lifetime without a heartbeat (renewed every third)")
+    keep_versions: int | None = Field(None, ge=1, description="versions kept (the latest included); older ones are "
+                                      "pruned with the assignment files and models only they reference; null keeps all")
 
     @model_validator(mode="after")
     def _ordered(self) -> "UpdateConfig":

@@ -8,12 +8,14 @@ Steps, each committed before the next, so a killed update re-run resumes (see sc
    an index; assign them with the current model (the assign stage skips assigned ones);
 2. drift of the new shards' rows against the latest version (Ray task per shard) and the refit decision,
    recorded in versions/V/decision.json and drift.json;
-3. on refit (k-means only): a warm-started k-means on a fresh sample in a Ray task, ids matched to the
-   old clusters, the model written to models/NEW/ and then promoted to model/; every shard re-assigned
-   into new files (the old ones stay for older versions);
+3. on refit (kmeans, mlc): a warm start from the current model on a fresh sample in a Ray task (k-means
+   from the centroids; MLC keeps its head and refits its subspaces), ids matched to the old clusters,
+   the model written to models/NEW/ and then promoted to model/; every shard re-assigned into new files
+   (the old ones stay for older versions);
 4. summary (clusters.parquet, metrics.json; without a refit only the new shards are read and merged
-   into the parent version's partial), the stages after summary, cluster names carried over by id, the
-   model archived in models/, versions/V/manifest.json, then the pointer.
+   into the parent version's partial), cluster names carried over by id, the label stage (after a refit
+   only) and the report, the model archived in models/, versions/V/manifest.json, then the pointer;
+5. versions beyond update.keep_versions pruned.
 The first update of a run directory runs every stage and writes version 1 (no drift).
 """
 from __future__ import annotations
@@ -27,11 +29,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+import torch
 
 from scaleclust import fit, summary
 from scaleclust.assign import cluster_ids
 from scaleclust.cluster.drift import DriftCounts, Novelty, calibrate, report
-from scaleclust.cluster.refit import match_ids, novel_seeds, warm_kmeans
+from scaleclust.cluster.mlc import head_features
+from scaleclust.cluster.refit import (match_ids, match_similar, novel_seeds, novel_subspaces, subspace_similarity,
+                                      warm_kmeans, warm_subspaces)
+from scaleclust.cluster.subspaces import SubspaceAssigner
 from scaleclust.config import ClusterConfig, Config, ConfigError, UpdateConfig
 from scaleclust.embed.writer import embedding_matrix
 from scaleclust.lease import Lease
@@ -45,14 +51,17 @@ from scaleclust.versions import Versions
 
 MODEL_FILES = {"kmeans": ["centroids.npy"], "mlc": ["head.pt", "subspaces.npy"]}
 EXAMPLES = 20  # novel keys listed in drift.json
+REFITS = ("kmeans", "mlc")  # methods with a warm refit
 
 
 def check(cfg: Config) -> None:
     """What the update needs of the config, checked before any work."""
     fit.check(cfg)
-    if cfg.update.refit != "never" and cfg.cluster.method != "kmeans":
-        raise ConfigError(f"update.refit: {cfg.update.refit!r} refits only cluster.method 'kmeans' (warm start "
-                          f"from its centroids); set update.refit=never for {cfg.cluster.method!r}")
+    if cfg.update.refit != "never" and cfg.cluster.method not in REFITS:
+        raise ConfigError(f"update.refit: {cfg.update.refit!r} refits cluster.method 'kmeans' and 'mlc' only; a "
+                          f"warm refit of {cfg.cluster.method!r} would retrain its heads from the current weights "
+                          f"on neighbours from the index, which the training loop cannot start from yet; set "
+                          f"update.refit=never (drift is still reported every night)")
 
 
 # novelty of a model -------------------------------------------------------------------------------
@@ -120,29 +129,54 @@ def _npy(array: np.ndarray) -> bytes:
     return sink.getvalue()
 
 
-def refit_kmeans(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers: dict[str, dict[str, Any]],
-                 old: dict[str, Any], seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Warm-started k-means on a fresh sample, ids matched to the old model's; written to models/NEW/
-    (model.json last). Returns the new model's metadata and the id mapping."""
+def _load_npy(run: RunDir, model_id: str, name: str) -> np.ndarray:
+    return np.load(io.BytesIO(run.read_bytes(run.path("models", model_id, name))))
+
+
+def refit_model(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers: dict[str, dict[str, Any]],
+                old: dict[str, Any], seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Warm-started refit of the current model on a fresh sample, ids matched to the old model's; written
+    to models/NEW/ (model.json last). Returns the new model's metadata and the id mapping.
+
+    kmeans: k-means from the old centroids plus centroids seeded among novel rows; ids by centroid cosine.
+    mlc: the trained head is kept; k-subspaces in its feature space from the old bases plus bases fitted on
+    groups of novel rows, on a fresh assign sample; ids by subspace similarity."""
     started = time.time()
-    x, _ = sample_embeddings(run, markers, cluster.sample_size, seed)
-    old_centroids = np.load(io.BytesIO(run.read_bytes(run.path("models", old["model_id"], "centroids.npy"))))
+    mlc = old["method"] == "mlc"
+    x, _ = sample_embeddings(run, markers, cluster.assign_sample if mlc else cluster.sample_size, seed)
     novel = _novelty(run, old["model_id"]).novel(x)
     n_new = min(upd.max_new_clusters, int(novel.sum()) // upd.min_new_cluster_rows)
-    seeds = novel_seeds(x[novel], n_new, cluster.niter, seed)
-    centroids = warm_kmeans(x, np.concatenate([old_centroids, seeds]), cluster.niter, seed)
     old_ids = cluster_ids(old)
     next_id = old.get("next_cluster_id", int(old_ids.max()) + 1)
-    ids, mapping = match_ids(old_centroids, old_ids, centroids, upd.match_floor, next_id)
     model_id = uuid.uuid4().hex
-    write_bytes_atomic(run.path("models", model_id, "centroids.npy"), _npy(centroids.astype(np.float32)), run.storage)
-    slots = np.argmax(x @ centroids.T, axis=1)
+    if mlc:
+        head_pt = run.read_bytes(run.path("models", old["model_id"], "head.pt"))
+        head = fit.build_mlc(ClusterConfig.model_validate(old["params"])).head(old["dim"])
+        head.load_state_dict(torch.load(io.BytesIO(head_pt), weights_only=True))
+        z, c = head_features(head, x)
+        feats = z if old["space"] == "z" else c
+        old_bases = _load_npy(run, old["model_id"], "subspaces.npy")
+        seeds = novel_subspaces(feats[novel], n_new, old_bases.shape[2], cluster.niter, seed)
+        bases = warm_subspaces(feats, np.concatenate([old_bases, seeds]), cluster.niter)
+        ids, mapping = match_similar(subspace_similarity(bases, old_bases), old_ids, upd.match_floor, next_id)
+        files = {"head.pt": head_pt, "subspaces.npy": _npy(bases.astype(np.float32))}
+        slots = np.argmax(SubspaceAssigner(bases).scores(feats), axis=1)
+        facts = {"params": old["params"], "k": int(len(bases)), "space": old["space"]}
+    else:
+        old_centroids = _load_npy(run, old["model_id"], "centroids.npy")
+        seeds = novel_seeds(x[novel], n_new, cluster.niter, seed)
+        centroids = warm_kmeans(x, np.concatenate([old_centroids, seeds]), cluster.niter, seed)
+        ids, mapping = match_ids(old_centroids, old_ids, centroids, upd.match_floor, next_id)
+        files = {"centroids.npy": _npy(centroids.astype(np.float32))}
+        slots = np.argmax(x @ centroids.T, axis=1)
+        facts = {"params": fit.fit_params(cluster), "k": int(len(centroids))}
+    for name, data in files.items():
+        write_bytes_atomic(run.path("models", model_id, name), data, run.storage)
     write_bytes_atomic(_novelty_url(run, model_id), calibrate(x, ids[slots], ids, upd.novelty_quantile).to_bytes(),
                        run.storage)
-    meta = {"method": "kmeans", "params": fit.fit_params(cluster), "model_id": model_id, "k": int(len(centroids)),
-            "dim": int(x.shape[1]), "sample_rows": int(len(x)), "cluster_ids": ids.tolist(),
-            "next_cluster_id": mapping["next_id"], "warm_from": old["model_id"], "seeded_new": int(n_new),
-            "novel_in_sample": int(novel.sum()), "seconds": round(time.time() - started, 2)}
+    meta = {"method": old["method"], **facts, "model_id": model_id, "dim": int(x.shape[1]), "sample_rows": int(len(x)),
+            "cluster_ids": ids.tolist(), "next_cluster_id": mapping["next_id"], "warm_from": old["model_id"],
+            "seeded_new": int(n_new), "novel_in_sample": int(novel.sum()), "seconds": round(time.time() - started, 2)}
     write_json_atomic(run.path("models", model_id, "model.json"), meta, run.storage)
     return meta, {"from_model": old["model_id"], "to_model": model_id, **mapping}
 
@@ -154,6 +188,19 @@ def promote(run: RunDir, model: dict[str, Any]) -> None:
     for name in MODEL_FILES[model["method"]]:
         copy_file(run.path("models", model["model_id"], name), run.model(name), run.storage)
     write_json_atomic(run.model("model.json"), model, run.storage)
+
+
+class Clock:
+    """Seconds per step of one update, recorded in its manifest (`steps`): where a night's time goes."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        now = time.perf_counter()
+        self.seconds[step] = round(self.seconds.get(step, 0.0) + now - self._last, 3)
+        self._last = now
 
 
 # versions ----------------------------------------------------------------------------------------
@@ -175,7 +222,7 @@ def carry_names(run: RunDir, parent_clusters: str | None) -> None:
 
 
 def write_version(run: RunDir, history: Versions, version: str, lease: Lease, parent: dict[str, Any] | None,
-                  facts: dict[str, Any]) -> dict[str, Any]:
+                  facts: dict[str, Any], clock: Clock | None = None) -> dict[str, Any]:
     """versions/V/clusters.parquet and manifest.json (last in V), then the pointer."""
     model = run.marker(run.model("model.json"))
     embedded = run.committed("embeddings")
@@ -185,8 +232,6 @@ def write_version(run: RunDir, history: Versions, version: str, lease: Lease, pa
     if stale:
         raise RuntimeError(f"update: shards {stale[:5]} are not assigned by model {model['model_id']}; re-run")
     history.archive_model(model, MODEL_FILES[model["method"]])
-    parent_clusters = history.path(parent["version"], "clusters.parquet") if parent else None
-    carry_names(run, parent_clusters)
     copy_file(run.clusters, history.path(version, "clusters.parquet"), run.storage)
     clusters = run.read_table(run.clusters, ["cluster", "size"]).to_pylist()
     manifest = {
@@ -199,6 +244,9 @@ def write_version(run: RunDir, history: Versions, version: str, lease: Lease, pa
         "sizes": {str(c["cluster"]): c["size"] for c in clusters},
         **facts,
     }
+    if clock is not None:
+        clock.lap("version")
+        manifest["steps"] = clock.seconds
     write_json_atomic(history.path(version, "manifest.json"), manifest, run.storage)
     lease.check()
     history.point(version)
@@ -223,10 +271,15 @@ def summarise(cfg: Config, run: RunDir, history: Versions, version: str, parent:
     summary.record_seconds(run, "summary", time.time() - started)
 
 
-def after_summary(cfg: Config, run: RunDir, shards: dict) -> None:
-    """The pipeline's stages after summary (naming, report), when there are any."""
+def after_summary(cfg: Config, run: RunDir, shards: dict, parent: dict[str, Any] | None, history: Versions,
+                  relabel: bool) -> None:
+    """The pipeline's stages after summary (naming, report). Names are first carried over by cluster id
+    from the parent version; the label stage re-runs only when `relabel` (a new model): with the model
+    unchanged a cluster keeps its name, and the night skips the label stage's pass over every shard."""
+    carry_names(run, history.path(parent["version"], "clusters.parquet") if parent else None)
     for name in STAGES[STAGES.index("summary") + 1:]:
-        run_stage(name, cfg, run, shards)
+        if name != "label" or relabel:
+            run_stage(name, cfg, run, shards)
 
 
 def _first_version(cfg: Config, run: RunDir, shards: dict, history: Versions, lease: Lease) -> dict[str, Any]:
@@ -240,7 +293,7 @@ def _first_version(cfg: Config, run: RunDir, shards: dict, history: Versions, le
                                                       cfg.cluster.seed))
     version = history.start(None)
     summarise(cfg, run, history, version, None, sorted(markers))
-    after_summary(cfg, run, shards)
+    after_summary(cfg, run, shards, None, history, relabel=True)
     facts = {"refit": True, "reason": "first version", "new_shards": sorted(markers),
              "new_rows": sum(m["embedded"] for m in markers.values()), "updates_since_refit": 0}
     return write_version(run, history, version, lease, None, facts)
@@ -252,59 +305,91 @@ def run_stage_index(cfg: Config, run: RunDir) -> None:
     index.run(cfg, run)
 
 
+def prune(upd: UpdateConfig, history: Versions, lease: Lease) -> None:
+    """Drop versions beyond update.keep_versions (and the files only they reference), after the pointer."""
+    if upd.keep_versions is None:
+        return
+    lease.check()
+    gone = history.prune(upd.keep_versions)
+    if gone["versions"]:
+        print(f"update: pruned {len(gone['versions'])} version(s) beyond update.keep_versions {upd.keep_versions} "
+              f"({', '.join(gone['versions'])}), {len(gone['assignments'])} assignment file(s), "
+              f"{len(gone['models'])} model(s)")
+
+
 def update(cfg: Config) -> dict[str, Any]:
-    """One nightly update of cfg.run_dir; returns the manifest of the version it leaves as latest."""
+    """One nightly update of cfg.run_dir; returns the manifest of the version it leaves as latest, after
+    pruning versions beyond update.keep_versions."""
     check(cfg)
     with Lease(cfg.run_dir, cfg.storage, "update", ttl=cfg.update.lease_seconds) as lease:
-        run, shards = prepare(cfg)
-        ensure_ray(cfg)
-        history = Versions(run)
-        latest, unfinished = history.recover()
-        if latest is None:
-            return _first_version(cfg, run, shards, history, lease)
-        run_stage("embed", cfg, run, shards)
-        if run.exists(run.path("index", "manifest.json")):
-            run_stage_index(cfg, run)
-        new = sorted(set(run.committed("embeddings")) - set(latest["shards"]))
-        if not new and unfinished is None:
-            print(f"update: no new shards; version {latest['version']} stays the latest")
-            return latest
-        version = unfinished or history.start(latest)
-        decision = run.marker(history.path(version, "decision.json"))
-        if decision is None:
-            run_stage("assign", cfg, run, shards)
-            report_ = drift(run, latest, new, cfg.update)
-            write_json_atomic(history.path(version, "drift.json"), report_, run.storage)
-            refit, reason = decide(cfg.update, latest, report_)
-            decision = {"parent": latest["version"], "refit": refit, "reason": reason, "model": None}
-            run.write_marker(history.path(version, "decision.json"), decision)
-        else:
-            print(f"update: resuming {version} (refit: {decision['refit']})")
-        report_ = run.marker(history.path(version, "drift.json"))
-        print_drift(report_)
-        print(f"update: refit {'yes' if decision['refit'] else 'no'}: {decision['reason']}")
-        if decision["refit"]:
-            if decision["model"] is None:
-                old = run.marker(run.path("models", latest["model"], "model.json"))
-                seed = cfg.cluster.seed + int(version[:5])  # a fresh sample every refit
-                task = ray.remote(num_cpus=1)(refit_kmeans)
-                meta, mapping = ray.get(task.remote(run, cfg.cluster, cfg.update, run.committed("embeddings"), old, seed))
-                write_json_atomic(history.path(version, "id_map.json"), mapping, run.storage)
-                decision["model"] = meta["model_id"]
-                run.write_marker(history.path(version, "decision.json"), decision)
-            meta = run.marker(run.path("models", decision["model"], "model.json"))
-            if (run.marker(run.model("model.json")) or {}).get("model_id") != meta["model_id"]:
-                promote(run, meta)
-            print_id_map(run.marker(history.path(version, "id_map.json")))
+        history = Versions(RunDir(cfg.run_dir, cfg.storage))
+        manifest = _update(cfg, lease, history)
+        prune(cfg.update, history, lease)
+        return manifest
+
+
+def _update(cfg: Config, lease: Lease, history: Versions) -> dict[str, Any]:
+    """The update's steps under the lease (see the module docstring)."""
+    clock = Clock()
+    run, shards = prepare(cfg)
+    clock.lap("prepare")
+    ensure_ray(cfg)
+    clock.lap("ray")
+    latest, unfinished = history.recover()
+    clock.lap("versions")
+    if latest is None:
+        return _first_version(cfg, run, shards, history, lease)
+    run_stage("embed", cfg, run, shards)
+    clock.lap("embed")
+    if run.exists(run.path("index", "manifest.json")):
+        run_stage_index(cfg, run)
+    clock.lap("index")
+    new = sorted(set(run.committed("embeddings")) - set(latest["shards"]))
+    if not new and unfinished is None:
+        print(f"update: no new shards; version {latest['version']} stays the latest")
+        return latest
+    version = unfinished or history.start(latest)
+    decision = run.marker(history.path(version, "decision.json"))
+    if decision is None:
         run_stage("assign", cfg, run, shards)
-        summarise(cfg, run, history, version, latest, new)
-        after_summary(cfg, run, shards)
-        facts = {"refit": decision["refit"], "reason": decision["reason"], "new_shards": new,
-                 "new_rows": sum(run.committed("embeddings")[s]["embedded"] for s in new),
-                 "updates_since_refit": 0 if decision["refit"] else latest.get("updates_since_refit", 0) + 1,
-                 "drift": {k: report_[k] for k in ("score", "status", "novel_rows", "novel_share",
-                                                  "low_confidence_share", "grown", "shrunk")}}
-        return write_version(run, history, version, lease, latest, facts)
+        clock.lap("assign")
+        report_ = drift(run, latest, new, cfg.update)
+        clock.lap("drift")
+        write_json_atomic(history.path(version, "drift.json"), report_, run.storage)
+        refit, reason = decide(cfg.update, latest, report_)
+        decision = {"parent": latest["version"], "refit": refit, "reason": reason, "model": None}
+        run.write_marker(history.path(version, "decision.json"), decision)
+    else:
+        print(f"update: resuming {version} (refit: {decision['refit']})")
+    report_ = run.marker(history.path(version, "drift.json"))
+    print_drift(report_)
+    print(f"update: refit {'yes' if decision['refit'] else 'no'}: {decision['reason']}")
+    if decision["refit"]:
+        if decision["model"] is None:
+            old = run.marker(run.path("models", latest["model"], "model.json"))
+            seed = cfg.cluster.seed + int(version[:5])  # a fresh sample every refit
+            task = ray.remote(num_cpus=1)(refit_model)
+            meta, mapping = ray.get(task.remote(run, cfg.cluster, cfg.update, run.committed("embeddings"), old, seed))
+            write_json_atomic(history.path(version, "id_map.json"), mapping, run.storage)
+            decision["model"] = meta["model_id"]
+            run.write_marker(history.path(version, "decision.json"), decision)
+        meta = run.marker(run.path("models", decision["model"], "model.json"))
+        if (run.marker(run.model("model.json")) or {}).get("model_id") != meta["model_id"]:
+            promote(run, meta)
+        print_id_map(run.marker(history.path(version, "id_map.json")))
+    clock.lap("refit")
+    run_stage("assign", cfg, run, shards)
+    clock.lap("assign")
+    summarise(cfg, run, history, version, latest, new)
+    clock.lap("summary")
+    after_summary(cfg, run, shards, latest, history, relabel=decision["refit"])
+    clock.lap("label_report")
+    facts = {"refit": decision["refit"], "reason": decision["reason"], "new_shards": new,
+             "new_rows": sum(run.committed("embeddings")[s]["embedded"] for s in new),
+             "updates_since_refit": 0 if decision["refit"] else latest.get("updates_since_refit", 0) + 1,
+             "drift": {k: report_[k] for k in ("score", "status", "novel_rows", "novel_share",
+                                              "low_confidence_share", "grown", "shrunk")}}
+    return write_version(run, history, version, lease, latest, facts, clock)
 
 
 def print_drift(report_: dict[str, Any]) -> None:

@@ -90,3 +90,43 @@ class Versions:
                 copy_file(self.run.model(name), self.run.path("models", model["model_id"], name), self.run.storage)
             write_json_atomic(self.run.path("models", model["model_id"], "model.json"), model, self.run.storage)
         return folder
+
+    def prune(self, keep: int) -> dict[str, list[str]]:
+        """Remove the complete versions older than the newest `keep` (never the latest), then the assignment
+        files and archived models that no kept version and not the current state (assignments/ markers,
+        model/) reference. Each version's manifest.json goes first, so a prune killed midway leaves folders
+        that readers already ignore, and the next prune finishes them. Returns what was removed."""
+        latest = self.latest()
+        if latest is None:
+            return {"versions": [], "assignments": [], "models": []}
+        versions = self.complete()
+        kept = [m for m in versions if m["version"] >= latest["version"]]  # the latest and any newer
+        older = [m for m in versions if m["version"] < latest["version"]]
+        kept += older[max(0, len(older) - (keep - 1)):] if keep > 1 else []
+        names = {m["version"] for m in kept}
+        gone = [v for v in self.names() if v not in names and v < latest["version"]]
+        for version in gone:
+            remove(self.path(version, "manifest.json"), self.run.storage)
+            remove(self.path(version), self.run.storage, recursive=True)
+        files = {e["file"] for m in kept for e in m["shards"].values()}
+        files |= {m["file"] for m in self.run.committed("assignments").values()}
+        stale = [n for n in listdir(self.run.path("assignments"), self.run.storage)
+                 if n.endswith(".parquet") and not n.startswith(".") and n not in files]
+        for name in stale:
+            remove(self.run.path("assignments", name), self.run.storage)
+        models = {m["model"] for m in kept} | {(self.run.marker(self.run.model("model.json")) or {}).get("model_id")}
+        unused = [n for n in listdir(self.run.path("models"), self.run.storage) if n not in models]
+        for model in unused:
+            remove(self.run.path("models", model, "model.json"), self.run.storage)
+            remove(self.run.path("models", model), self.run.storage, recursive=True)
+        return {"versions": gone, "assignments": stale, "models": unused}
+
+    def latest_drift(self) -> tuple[str, dict[str, Any], dict[str, Any] | None] | None:
+        """The newest update's drift: (version, drift.json, decision.json) of the newest version folder
+        that holds a drift report (the latest version, or the update writing one now); None before the
+        first update that had a parent."""
+        for version in reversed(self.names()):
+            drift = self.run.marker(self.path(version, "drift.json"))
+            if drift is not None:
+                return version, drift, self.run.marker(self.path(version, "decision.json"))
+        return None

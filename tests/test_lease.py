@@ -103,18 +103,28 @@ def test_a_dead_holders_lease_is_taken_over_at_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_cli_refuses_with_one_line_and_exit_3(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
+def test_cli_refuses_with_one_line_and_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Every command that writes a run directory takes the lease: a stage run by hand while a cron update
+    holds it is refused before it writes anything (one line naming the holder, exit 3)."""
     import yaml
 
+    from scaleclust.cli import main
+    from scaleclust.config import load
+    from scaleclust.pipeline import prepare
+    from tests.shards import write_synthetic_shards
+
+    write_synthetic_shards(tmp_path / "shards", 1, 2)
     config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "input": {"shards": str(tmp_path / "shards" / "*.tar")}}))
-    with Lease(str(tmp_path / "run"), StorageConfig(), "update"):
-        for command in ("update", "run"):
-            done = subprocess.run([sys.executable, "-m", "scaleclust.cli", command, str(config)],
-                                  capture_output=True, text=True, timeout=120)
-            assert done.returncode == 3, done.stderr
-            assert done.stderr.count("\n") == 1 and "lease.json is held by" in done.stderr
-            assert not (tmp_path / "run" / "config.yaml").exists()  # refused before any work
+    config.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "input": {"shards": str(tmp_path / "shards" / "*.tar")},
+                                      "embed": {"model": {"arch": "scaleclust-tiny"}}}))
+    prepare(load(str(config), []))  # a recorded run directory, as `report RUN` and `label RUN` need
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    with Lease(str(tmp_path / "run"), StorageConfig(), "update") as cron:
+        for command in (["update", str(config)], ["run", str(config)], ["embed", str(config)], ["fit", str(config)],
+                        ["index", str(config)], ["report", str(tmp_path / "run")]):
+            capsys.readouterr()
+            assert main(command) == 3, command
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and f"lease.json is held by {cron.owner} (update" in err, (command, err)
+            after = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.name != "lease.json"}
+            assert after == before, command  # refused before any work

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from scaleclust.cluster.drift import DriftCounts, calibrate, report
-from scaleclust.cluster.refit import match_ids, novel_seeds, warm_kmeans
+from scaleclust.cluster.refit import (match_ids, match_similar, novel_seeds, novel_subspaces, subspace_similarity,
+                                      warm_kmeans, warm_subspaces)
+from scaleclust.cluster.subspaces import SubspaceAssigner, fit_subspaces
 from scaleclust.summary import Partial
 
 
@@ -49,6 +51,35 @@ def test_warm_kmeans_seeded_on_novel_rows_finds_the_new_concept() -> None:
     assert (np.argmax(x_new @ refit.T, axis=1) == label).mean() > 0.99
 
 
+def test_subspace_similarity_is_the_cosine_of_principal_angles() -> None:
+    rng = np.random.default_rng(4)
+    a = np.linalg.qr(rng.standard_normal((8, 2)))[0]
+    other = np.linalg.qr(rng.standard_normal((8, 2)))[0]
+    rotated = a @ np.array([[0.6, -0.8], [0.8, 0.6]])  # another basis of the same plane
+    tilted = np.stack([a[:, 0], np.cos(0.5) * a[:, 1] + np.sin(0.5) * np.linalg.qr(np.c_[a, other])[0][:, 2]], 1)
+    sims = subspace_similarity(np.stack([rotated, tilted]), np.stack([a, np.zeros((8, 2))]))
+    # same plane: 1; one principal angle of 0.5 rad: sqrt((1 + cos^2 0.5) / 2); an empty basis: 0
+    assert np.allclose(sims[:, 0], [1.0, np.sqrt((1 + np.cos(0.5) ** 2) / 2)]) and np.allclose(sims[:, 1], 0)
+
+
+def test_warm_subspaces_keep_ids_and_give_a_new_concept_a_new_id() -> None:
+    """The MLC refit on features: k-subspaces from the old bases plus one fitted on novel rows' groups;
+    the old clusters match their old bases (ids kept), the new concept gets the next id."""
+    rng = np.random.default_rng(5)
+    centres = unit(rng, 4, 32)
+    x_old, old_label = blobs(centres[:3], 600, 0.1, 6)
+    x_new, label = blobs(centres, 800, 0.1, 7)
+    old = fit_subspaces(x_old, old_label, 3, 1).bases
+    novelty = calibrate(x_old, old_label, np.arange(3), 0.01)
+    novel = novelty.novel(x_new)
+    assert novel[label == 3].mean() > 0.95 and novel[label != 3].mean() < 0.05
+    seeds = novel_subspaces(x_new[novel], 1, 1, 10, 0)
+    bases = warm_subspaces(x_new, np.concatenate([old, seeds]), 10)
+    ids, mapping = match_similar(subspace_similarity(bases, old), np.arange(3), 0.8, 3)
+    assert ids.tolist() == [0, 1, 2, 3] and mapping["retired"] == [] and mapping["new"][0]["id"] == 3
+    assert (np.argmax(SubspaceAssigner(bases).scores(x_new), axis=1) == label).mean() > 0.99
+
+
 def test_drift_report_counts_shares_growth_and_novelty() -> None:
     counts = DriftCounts()
     clusters = np.array([0] * 60 + [1] * 30 + [2] * 10)
@@ -71,3 +102,23 @@ def test_summary_partial_round_trip() -> None:
     back = Partial.from_bytes(part.to_bytes())
     assert back.sizes.tolist() == [3, 1] and np.array_equal(back.sums, part.sums)
     assert back.contingency.counts == part.contingency.counts and back.exemplars == part.exemplars
+
+
+def test_update_refuses_a_refit_policy_for_scan_before_any_work(tmp_path, capsys) -> None:
+    """scan/spice have no warm refit: `update` with update.refit other than never is a config error (exit 2)
+    that says why, before anything is written; mlc and kmeans pass the check."""
+    import yaml
+
+    from scaleclust.cli import main
+    from scaleclust.config import from_dict
+    from scaleclust.update import check
+
+    base = {"run_dir": str(tmp_path / "run"), "input": {"shards": str(tmp_path / "shards" / "*.tar")}}
+    for method in ("kmeans", "mlc"):
+        check(from_dict({**base, "cluster": {"method": method}}))
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({**base, "cluster": {"method": "scan"}, "update": {"refit": "on_drift"}}))
+    assert main(["update", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "update.refit: 'on_drift'" in err and "'scan'" in err and "set update.refit=never" in err
+    assert not (tmp_path / "run").exists()

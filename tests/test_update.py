@@ -187,3 +187,44 @@ def test_killed_update_resumes_and_leaves_the_old_version_untouched(tmp_path: Pa
     assert main(["versions", cfg.run_dir]) == 0
     listed = [line.split()[:2] for line in capsys.readouterr().out.splitlines()[1:3]]
     assert listed == [[first["version"], "20"], [second["version"], "*"]]
+    # Pruning: a night with update.keep_versions 1 keeps only the version it writes, and removes the
+    # assignment files and the model that only the pruned versions referenced (here: the first model's).
+    write_synthetic_shards(shards, 1, 10, first=4)
+    pruning = make_config(str(tmp_path / "run"), str(shards / "*.tar"),
+                          update={"refit": "never", "keep_versions": 1, "lease_seconds": 15})
+    third = update(pruning)
+    assert [m["version"] for m in history.complete()] == history.names() == [third["version"]]
+    assert history.latest()["version"] == third["version"] and third["model"] == second["model"]
+    assert sorted(p.name for p in (run_dir / "assignments").glob("*.parquet")) == \
+        sorted(e["file"] for e in third["shards"].values())
+    assert [p.name for p in (run_dir / "models").iterdir()] == [third["model"]]
+    assert {s: third["shards"][s] for s in second["shards"]} == second["shards"]  # shared files kept
+    assert verify(cfg.run_dir) == [] and verify(cfg.run_dir, version=third["version"]) == []
+
+
+def test_mlc_warm_refit_keeps_ids(tmp_path: Path, make_config) -> None:
+    """An MLC run refits warm: the head is kept, the subspaces are refitted from the old ones on a fresh
+    sample (plus one seeded among the planted concept's novel rows), and unchanged clusters keep their ids."""
+    from tests.test_fit_mlc import MLC, TRAIN
+
+    shards = tmp_path / "shards"
+    old = [Path(p).stem for p in write_synthetic_shards(shards, 3, 12)]
+    cfg = make_config(str(tmp_path / "run"), str(shards / "*.tar"),
+                      cluster={"method": "mlc", "assign_sample": 500, "mlc": MLC, "train": TRAIN},
+                      update={"refit": "every_n", "every_n": 1, "max_new_clusters": 1, "min_new_cluster_rows": 5})
+    first = update(cfg)
+    new = [Path(p).stem for p in write_synthetic_shards(shards, 2, 12, first=3, labels=(0, 1, 2) + (NEW_CONCEPT,) * 3)]
+    second = update(cfg)
+    run = RunDir(cfg.run_dir, cfg.storage)
+    model = run.marker(run.path(second["model_dir"], "model.json"))
+    assert second["refit"] and second["method"] == "mlc" and model["warm_from"] == first["model"]
+    assert run.read_bytes(run.path(second["model_dir"], "head.pt")) == \
+        run.read_bytes(run.path(first["model_dir"], "head.pt"))  # warm: the trained head is kept
+    id_map = run.marker(Versions(run).path(second["version"], "id_map.json"))
+    old_ids = {int(c) for c in first["sizes"]}
+    assert {m["id"] for m in id_map["matched"]} | set(id_map["retired"]) == old_ids
+    assert len(id_map["matched"]) >= 2 and all(m["cosine"] >= cfg.update.match_floor for m in id_map["matched"])
+    before, after = clusters_by_key(run, first, old), clusters_by_key(run, second, old)
+    kept = [k for k in before if before[k] in {m["id"] for m in id_map["matched"]}]
+    assert sum(before[k] == after[k] for k in kept) >= 0.9 * len(kept)
+    assert second["rows"] == 60 and verify(cfg.run_dir) == []

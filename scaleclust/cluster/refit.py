@@ -1,11 +1,14 @@
-"""Warm-started k-means refits and cluster-id matching across refits (plain numpy/faiss).
+"""Warm-started refits and cluster-id matching across refits (plain numpy/faiss).
 
-Warm start: k-means begins from the current centroids, plus a few new centroids seeded by k-means among
-the rows no current cluster accepts (novel rows), so a concept absent before can get its own
-cluster while the others start where they were and move only as far as the new data pulls them.
+Warm start, k-means: k-means begins from the current centroids, plus a few new centroids seeded by
+k-means among the rows no current cluster accepts (novel rows), so a concept absent before can get its
+own cluster while the others start where they were and move only as far as the new data pulls them.
+Warm start, MLC: the same in the trained head's feature space with subspaces instead of centroids
+(k-subspaces from the current bases plus bases fitted on groups of novel rows); the head is kept.
 
 Id matching: new clusters are matched one-to-one to old ones by the Hungarian algorithm on the cosine
-of their prototypes (centroids); a pair below the similarity floor is no match. A matched cluster keeps
+of their prototypes (centroids), or for subspaces on the root mean squared cosine of their principal
+angles (|cos| of the two directions at rank 1); a pair below the similarity floor is no match. A matched cluster keeps
 its old id; an unmatched new cluster gets a fresh id, never used before (ids are not reused, even for
 clusters that vanished).
 """
@@ -18,6 +21,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from scaleclust.cluster.kmeans import spherical_kmeans
+from scaleclust.cluster.subspaces import SubspaceAssigner, fit_subspaces
 
 
 def novel_seeds(x_novel: np.ndarray, n: int, niter: int, seed: int) -> np.ndarray:
@@ -38,16 +42,52 @@ def warm_kmeans(x: np.ndarray, init: np.ndarray, niter: int, seed: int) -> np.nd
     return km.centroids.copy()
 
 
+def novel_subspaces(feats_novel: np.ndarray, n: int, rank: int, niter: int, seed: int) -> np.ndarray:
+    """n starting bases (n, d, rank) for new clusters: spherical k-means groups of the novel rows'
+    features, one subspace fitted on each group."""
+    if n <= 0:
+        return np.zeros((0, feats_novel.shape[1], rank), np.float32)
+    centroids = spherical_kmeans(feats_novel, n, niter, 1, seed)[0]
+    labels = np.argmax(np.asarray(feats_novel, np.float32) @ centroids.T, axis=1)
+    return fit_subspaces(feats_novel, labels, n, rank).bases
+
+
+def warm_subspaces(feats: np.ndarray, init: np.ndarray, niter: int) -> np.ndarray:
+    """k-subspaces on unit rows `feats` from the bases `init` (k, d, r): each row goes to the subspace
+    that captures most of its energy, each basis is refitted on its rows; a basis left without rows
+    keeps its old value (a cluster the sample lacks is not lost). Returns the bases."""
+    bases = np.asarray(init, np.float32)
+    for _ in range(niter):
+        labels = np.argmax(SubspaceAssigner(bases).scores(feats), axis=1)
+        fitted = fit_subspaces(feats, labels, len(bases), bases.shape[2]).bases
+        empty = np.bincount(labels, minlength=len(bases)) == 0
+        fitted[empty] = bases[empty]
+        bases = fitted
+    return bases
+
+
+def subspace_similarity(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """(m, k) similarity of subspaces new (m, d, r) and old (k, d, r): sqrt(||U_new^T U_old||_F^2 / r),
+    the root mean squared cosine of their principal angles (1: the same subspace, 0: orthogonal or empty)."""
+    cross = np.einsum("mdr,kds->mkrs", np.asarray(new, np.float64), np.asarray(old, np.float64))
+    return np.sqrt(np.square(cross).sum(axis=(2, 3)) / new.shape[2])
+
+
 def match_ids(old: np.ndarray, old_ids: np.ndarray, new: np.ndarray, floor: float,
               next_id: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """Stable ids for the new prototypes (m, d) given the old ones (k, d) and their ids.
+    """Stable ids for the new prototypes (m, d) given the old ones (k, d) and their ids (cosine)."""
+    return match_similar(np.asarray(new, np.float64) @ np.asarray(old, np.float64).T, old_ids, floor, next_id)
 
-    Returns the id of each new prototype and the mapping record: matched (new slot, old id, cosine),
+
+def match_similar(sims: np.ndarray, old_ids: np.ndarray, floor: float,
+                  next_id: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Stable ids for m new clusters from their similarities (m, k) to the k old ones with `old_ids`.
+
+    Returns the id of each new cluster and the mapping record: matched (new slot, old id, cosine),
     new ids, retired old ids, and the next free id.
     """
-    sims = np.asarray(new, np.float64) @ np.asarray(old, np.float64).T
     rows, cols = linear_sum_assignment(-sims)
-    ids = np.full(len(new), -1, np.int64)
+    ids = np.full(len(sims), -1, np.int64)
     matched = []
     for r, c in zip(rows, cols):
         if sims[r, c] >= floor:

@@ -16,16 +16,18 @@ THRESHOLDS = (0.9, 0.95, 0.98, 0.99)
 def cmd_stage(args: argparse.Namespace) -> int:
     """Run the index or neighbors stage; its duration goes into metrics.json like the other stages."""
     from scaleclust.index import neighbors, stage
+    from scaleclust.lease import Lease
     from scaleclust.pipeline import prepare
     from scaleclust.ray_setup import ensure_ray
     from scaleclust.summary import record_seconds
 
     cfg = load(args.config, args.set or [])
-    run, _ = prepare(cfg)
-    ensure_ray(cfg)
-    started = time.time()
-    result = (stage if args.stage == "index" else neighbors).run(cfg, run)
-    record_seconds(run, args.stage, time.time() - started)
+    with Lease(cfg.run_dir, cfg.storage, args.stage, ttl=cfg.update.lease_seconds):  # one writer per run directory
+        run, _ = prepare(cfg)
+        ensure_ray(cfg)
+        started = time.time()
+        result = (stage if args.stage == "index" else neighbors).run(cfg, run)
+        record_seconds(run, args.stage, time.time() - started)
     print(json.dumps(result, indent=2, default=str))
     return 0
 

@@ -15,6 +15,7 @@ from scaleclust.embed.writer import embedding_matrix
 from scaleclust.progress import Progress
 from scaleclust.report import plots
 from scaleclust.report.collect import Member, Picks, collect
+from scaleclust.report.drift import drift_section
 from scaleclust.report.page import render
 from scaleclust.report.thumbs import read_thumbnails, thumb_name
 from scaleclust.rundir import RunDir
@@ -55,6 +56,9 @@ def overview(run: RunDir, metrics: dict[str, Any]) -> list[dict[str, Any]]:
                          "rows": [("ACC", f"{labels['acc']:.3f}"), ("NMI", f"{labels['nmi']:.3f}"),
                                   ("ARI", f"{labels['ari']:.3f}"),
                                   ("many-to-one ACC", f"{labels['acc_many_to_one']:.3f}")]})
+    drift = drift_section(run)
+    if drift is not None:
+        sections.append(drift)
     return sections
 
 
