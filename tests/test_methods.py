@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from scaleclust.cli import main
 from scaleclust.cluster.local_fit import fit
 from scaleclust.cluster.scan import SCAN, HeadAssigner
 from scaleclust.cluster.scl_method import SCL, ProjectedHeads
@@ -13,6 +14,7 @@ from scaleclust.cluster.sic import space_nouns
 from scaleclust.cluster.sic_method import SIC
 from scaleclust.cluster.turtle import OneHead, TaskEncoder
 from scaleclust.config import ClusterConfig, ScanConfig, SclConfig, SicConfig, TurtleSettings
+from tests.test_cli_mistakes import config
 
 
 @pytest.fixture(autouse=True)
@@ -146,3 +148,12 @@ def test_bad_method_fields_are_named(section: str, values: dict, field: str) -> 
     with pytest.raises(ValueError, match=field):
         ClusterConfig.model_validate({"method": section, section: values})
     assert TurtleSettings().steps > 0
+
+
+def test_a_bad_method_field_stops_the_cli_before_any_work(tmp_path, capsys) -> None:
+    job = config(tmp_path, input={"shards": str(tmp_path / "none-*.tar")},
+                 cluster={"method": "turtle", "turtle": {"gamma": -1}})
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert "cluster.turtle.gamma" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
