@@ -199,12 +199,66 @@ class SpiceConfig(HeadsConfig):
     confidence: float = Field(0.99, gt=0, lt=1, description="reliable: top probability at least this")
 
 
+class SicConfig(HeadsConfig):
+    """SIC (cluster.method sic): SCAN's kNN consistency + entropy plus cross-entropy on semantic
+    pseudo-labels, drawn per batch from the nouns of the run's semantic space (label.*) nearest to each
+    cluster's image centre; needs an encoder with a text tower (CLIP) or classifier weights (timm)."""
+
+    self_label_steps: int = Field(0, ge=0, description="further steps adding SCAN's self-labelling (SIC has none)")
+    entropy_weight: float = Field(5.0, ge=0, description="weight of the entropy of the mean prediction (lambda)")
+    semantic_weight: float = Field(0.1, ge=0, description="weight of the semantic pseudo-label cross-entropy (beta)")
+    threshold: float = Field(0.99, gt=0, lt=1, description="self-labelling: top probability above which a row is confident")
+    space_nouns: int = Field(500, gt=0, description="nouns kept nearest each k-means centre of the assign sample "
+                             "(gamma_r); their union is SIC's semantic space")
+    centre_rows: float = Field(0.9, gt=0, le=1, description="share of a cluster's n/K top rows that make its image "
+                               "centre (xi_c)")
+    centre_nouns: int = Field(30, gt=0, description="nouns nearest an image centre that make its semantic centre (xi_a)")
+
+
+class SclConfig(HeadsConfig):
+    """SCL (cluster.method scl): cluster heads on a learnt unit projection; SCAN's consistency + entropy,
+    plus the cluster-aware contrastive term on the projection (positives: batch rows and neighbours that
+    share the row's pseudo-label)."""
+
+    self_label_steps: int = Field(0, ge=0, description="further steps adding SCAN's self-labelling")
+    projection: int = Field(128, gt=0, description="width of the unit projection the heads and contrast read")
+    entropy_weight: float = Field(5.0, ge=0, description="weight of the entropy of the mean prediction")
+    contrastive_weight: float = Field(1.0, ge=0, description="weight of the cluster-aware contrastive term")
+    temperature: float = Field(0.1, gt=0, description="contrastive temperature tau")
+    label_confidence: float = Field(0.7, ge=0, le=1, description="rows (and neighbours) whose heads' mean top "
+                                    "probability is below this take no part in the contrastive term")
+    threshold: float = Field(0.99, gt=0, lt=1, description="self-labelling: top probability above which a row is confident")
+
+
+class TurtleSettings(Strict):
+    """TURTLE (cluster.method turtle): a linear task encoder over the embeddings (or over several spaces
+    concatenated in each row, `dims`), bilevel with linear inner classifiers; no neighbours. The reference
+    runs 6000 steps of batch 10k; 1000 steps already converge on demo-size sets on a CPU."""
+
+    dims: list[int] | None = Field(None, description="widths of the spaces concatenated in each embedding; null = one")
+    gamma: float = Field(10.0, ge=0, description="weight of the entropy of the mean labelling")
+    inner_steps: int = Field(10, gt=0, description="Adam steps of the inner linear classifiers per step (M)")
+    inner_lr: float = Field(1e-3, gt=0, description="learning rate of the inner classifiers")
+    outer_lr: float = Field(1e-3, gt=0, description="learning rate of the task encoder")
+    warm_start: bool = Field(True, description="keep the inner classifiers across steps (else refit from scratch)")
+    batch_size: int = Field(10_000, ge=2, description="rows per step per worker")
+    steps: int = Field(1000, gt=0, description="outer steps of the task encoder")
+
+    @field_validator("dims")
+    @classmethod
+    def _positive(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or min(value) <= 0):
+            raise ValueError("give each space's width (> 0), e.g. [512, 768], or null for one space")
+        return value
+
+
 class ClusterConfig(Strict):
     """The fit stage: a clustering learned on a sample of the embeddings, then used to assign every row."""
 
-    method: Literal["kmeans", "mlc", "scan", "spice"] = Field(
-        "kmeans", description="kmeans (spherical, faiss); mlc (rate reduction, Ray Train); scan or spice (heads "
-        "trained on neighbours from the index, Ray Train; the index stage runs before their fit)")
+    method: Literal["kmeans", "mlc", "scan", "spice", "sic", "scl", "turtle"] = Field(
+        "kmeans", description="kmeans (spherical, faiss); mlc (rate reduction, Ray Train); scan, spice, sic or scl (heads "
+        "trained on neighbours from the index, Ray Train; the index stage runs before their fit); turtle (Ray Train, "
+        "no neighbours)")
     k: int | Literal["auto"] = Field(10, description="clusters (>= 2), or 'auto' (mlc): the candidate of k_candidates "
                                    "whose clusterings agree most across halves of the assign sample")
     k_candidates: list[int] = Field(default_factory=lambda: list(range(5, 51, 5)),
@@ -223,6 +277,9 @@ class ClusterConfig(Strict):
     train: TrainConfig = TrainConfig()
     scan: ScanConfig = ScanConfig()
     spice: SpiceConfig = SpiceConfig()
+    sic: SicConfig = SicConfig()
+    scl: SclConfig = SclConfig()
+    turtle: TurtleSettings = TurtleSettings()
 
     @field_validator("k", mode="before")
     @classmethod

@@ -3,9 +3,11 @@
 kmeans: spherical k-means in one Ray task. mlc: the MLC head trained with Ray Train (scaleclust.train),
 then, in one Ray task, the number of clusters (k: auto, by stability across halves of a sample),
 spectral clustering of a sample's membership and one subspace per cluster, which assign uses for every
-row. scan: cluster heads trained with Ray Train on the sample and each sampled row's neighbours,
-fetched from the index stage's search actors; the head with the lowest loss assigns every row. A
-committed model whose parameters match the config (fit_params) is reused; changed ones refit.
+row. scan, spice, sic, scl: cluster heads trained with Ray Train on the sample and each sampled row's
+neighbours, fetched from the index stage's search actors; the head with the lowest loss assigns every
+row (sic first reduces the run's semantic space to the nouns near the sample's k-means centres).
+turtle: its task encoder trained with Ray Train on the sample, no neighbours. A committed model whose
+parameters match the config (fit_params) is reused; changed ones refit.
 """
 from __future__ import annotations
 
@@ -23,7 +25,11 @@ import torch
 from scaleclust.cluster.kmeans import soft_assign, spherical_kmeans
 from scaleclust.cluster.mlc import GB, MLC, MLCConfig, assign_memory_bytes, fit_assigner, head_features
 from scaleclust.cluster.scan import SCAN, HeadAssigner, select_head
+from scaleclust.cluster.scl_method import SCL
+from scaleclust.cluster.sic import space_nouns
+from scaleclust.cluster.sic_method import SIC
 from scaleclust.cluster.spice_method import SPICE
+from scaleclust.cluster.turtle import OneHead, Turtle, TurtleConfig
 from scaleclust.cluster.stability import choose_k_by_stability
 from scaleclust.cluster.subspaces import SubspaceAssigner
 from scaleclust.config import ClusterConfig, Config, ConfigError
@@ -57,7 +63,7 @@ def build_mlc(cluster: ClusterConfig) -> MLC:
     return MLC(MLCConfig(**cluster.mlc.model_dump()))
 
 
-NEIGHBOR_METHODS = ("scan", "spice")
+NEIGHBOR_METHODS = ("scan", "spice", "sic", "scl")
 
 
 def needs_index(cluster: ClusterConfig) -> bool:
@@ -65,11 +71,20 @@ def needs_index(cluster: ClusterConfig) -> bool:
     return cluster.method in NEIGHBOR_METHODS
 
 
-def build_neighbor_method(cluster: ClusterConfig) -> SCAN | SPICE:
-    """The neighbour-trained method named by cluster.method, from its config section."""
-    if cluster.method == "spice":
-        return SPICE(cluster.spice, int(cluster.k))
-    return SCAN(cluster.scan, int(cluster.k))
+def build_neighbor_method(cluster: ClusterConfig, vectors: torch.Tensor | None = None) -> SCAN | SPICE:
+    """The neighbour-trained method named by cluster.method, from its config section; SIC trains with
+    its semantic space's noun `vectors` (a head to load for assigning needs none)."""
+    if cluster.method == "sic":
+        return SIC(cluster.sic, int(cluster.k), vectors)
+    recipe = {"scan": SCAN, "spice": SPICE, "scl": SCL}[cluster.method]
+    return recipe(getattr(cluster, cluster.method), int(cluster.k))
+
+
+def build_turtle(cluster: ClusterConfig) -> Turtle:
+    """TURTLE from the validated `cluster.turtle` section."""
+    settings = cluster.turtle.model_dump()
+    dims = settings.pop("dims")
+    return Turtle(TurtleConfig(dims=tuple(dims) if dims else None, **settings), int(cluster.k))
 
 
 def check_assign_memory(cluster: ClusterConfig, rows: int, dim: int) -> None:
@@ -182,9 +197,33 @@ def _train_name(params: dict[str, Any]) -> str:
     return "fit-" + hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _sic_space(cfg: Config, run: RunDir, markers: dict[str, dict[str, Any]], dim: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """SIC's semantic space: the run's space of nouns (built with the label stage's settings, or the one
+    committed), reduced to the cluster.sic.space_nouns nouns nearest each k-means centre of the assign
+    sample. Returns the nouns' vectors (V, d) and facts for model.json."""
+    from scaleclust.semantic import build_space
+
+    cluster = cfg.cluster
+    space = build_space(cfg, run)
+    if space.vectors.shape[1] != dim:
+        raise ConfigError(f"cluster.method: sic needs nouns in the {dim}-d embedding space, but embed.model maps them "
+                          f"to {space.vectors.shape[1]}-d; use the encoder that made the embeddings")
+    x, _ = sample_embeddings(run, markers, cluster.assign_sample, cluster.seed)
+    centres, _ = spherical_kmeans(x, int(cluster.k), cluster.niter, 1, cluster.seed)
+    keep = space_nouns(torch.from_numpy(centres), torch.from_numpy(space.vectors), cluster.sic.space_nouns).numpy()
+    return space.vectors[keep], {"nouns": int(len(keep)), "space_nouns": len(space.names), "kind": space.kind}
+
+
+def _save_head(run: RunDir, state: dict[str, torch.Tensor]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes_atomic(run.model("head.pt"), buffer.getvalue(), run.storage)
+
+
 def _fit_with_neighbors(run: RunDir, cfg: Config, markers: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Train the cluster heads on the sample with each row's neighbours from the index, keep the head
-    with the lowest loss over the last steps (no labels), commit head.pt and model.json."""
+    with the lowest loss over the last steps (no labels), commit head.pt and model.json. SIC first
+    builds its semantic space (in a Ray task with the encoder's resources)."""
     from scaleclust.index.searcher import IndexNeighbors, searchers
     from scaleclust.index.stage import load_manifest
     from scaleclust.train.loop import embeddings_dataset, train
@@ -195,8 +234,15 @@ def _fit_with_neighbors(run: RunDir, cfg: Config, markers: dict[str, dict[str, A
     if stale:
         raise RuntimeError(f"fit: the index lacks the current embeddings of {len(stale)} shard(s) ({stale[0]}, ...); "
                            "run the index stage first (`scaleclust index CONFIG`)")
-    method = build_neighbor_method(cluster)
     dim = next(iter(markers.values()))["dim"]
+    extra: dict[str, Any] = {}
+    vectors = None
+    if cluster.method == "sic":
+        task = ray.remote(num_cpus=cfg.embed.cpus_per_actor, num_gpus=cfg.embed.gpus_per_actor)(_sic_space)
+        nouns, extra["semantic"] = ray.get(task.remote(cfg, run, markers, dim))
+        vectors = torch.from_numpy(nouns)
+        print(f"fit: sic trains against {len(nouns)} nouns of the semantic space")
+    method = build_neighbor_method(cluster, vectors)
     name = _train_name({**fit_params(cluster), "nprobe": cfg.index.nprobe, "index_next_id": manifest["next_id"]})
     dataset = embeddings_dataset(run, markers, cluster.sample_size, cluster.seed)
     with searchers(run, manifest, cfg.index.shards_per_searcher) as actors:
@@ -207,14 +253,32 @@ def _fit_with_neighbors(run: RunDir, cfg: Config, markers: dict[str, dict[str, A
     chosen = select_head(recent, settings.heads)
     print(f"fit: trained {facts['steps']} steps on {facts['workers']} workers, final loss {facts['final_loss']:.4f}; "
           f"head {chosen} of {settings.heads} has the lowest loss")
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    write_bytes_atomic(run.model("head.pt"), buffer.getvalue(), run.storage)
+    _save_head(run, state)
     return _commit(run, cluster, started, k=int(cluster.k), dim=int(dim), head=chosen,
                    head_losses=[round(float(np.mean([s[f"head{h}"] for s in recent])), 5) for h in range(settings.heads)],
                    sample_rows=min(cluster.sample_size, sum(m["embedded"] for m in markers.values())),
                    neighbors={"m": method.neighbors, "nprobe": cfg.index.nprobe, "index": manifest["spec"]["factory"]},
-                   train=facts)
+                   train=facts, **extra)
+
+
+def _fit_turtle(run: RunDir, cluster: ClusterConfig, markers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Train TURTLE's task encoder with Ray Train on the sample (no neighbours); commit head.pt."""
+    from scaleclust.train.loop import embeddings_dataset, train
+
+    started = time.time()
+    method = build_turtle(cluster)
+    dim = next(iter(markers.values()))["dim"]
+    try:
+        method.dims(dim)
+    except ValueError as err:
+        raise ConfigError(f"cluster.turtle.dims: {err}") from None
+    dataset = embeddings_dataset(run, markers, cluster.sample_size, cluster.seed)
+    state, facts = train(run, _train_name(fit_params(cluster)), method, dim, dataset, cluster.train, cluster.seed)
+    facts.pop("recent_stats")
+    print(f"fit: trained {facts['steps']} steps on {facts['workers']} workers, final loss {facts['final_loss']:.4f}")
+    _save_head(run, state)
+    return _commit(run, cluster, started, k=int(cluster.k), dim=int(dim), head=0,
+                   sample_rows=min(cluster.sample_size, sum(m["embedded"] for m in markers.values())), train=facts)
 
 
 def run(cfg: Config, run: RunDir) -> dict[str, Any]:
@@ -231,6 +295,8 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
         meta = _fit_mlc(run, cfg.cluster, markers)
     elif needs_index(cfg.cluster):
         meta = _fit_with_neighbors(run, cfg, markers)
+    elif cfg.cluster.method == "turtle":
+        meta = _fit_turtle(run, cfg.cluster, markers)
     else:
         gpus = 1 if cfg.cluster.train.use_gpu else 0  # faiss-gpu's k-means runs on the GPU the task is given
         meta = ray.get(ray.remote(num_cpus=1, num_gpus=gpus)(_fit_kmeans).remote(run, cfg.cluster, markers))
@@ -263,10 +329,12 @@ def _load_assigner(run: RunDir, model_id: str, temperature: float) -> Assigner:
             return out["cluster"], out["confidence"], out["cluster2"]
 
         return by_centroid
-    if meta["method"] in NEIGHBOR_METHODS:
-        head = build_neighbor_method(ClusterConfig.model_validate(meta["params"])).head(meta["dim"])
+    if meta["method"] in (*NEIGHBOR_METHODS, "turtle"):
+        cluster = ClusterConfig.model_validate(meta["params"])
+        method = build_turtle(cluster) if meta["method"] == "turtle" else build_neighbor_method(cluster)
+        head = method.head(meta["dim"])
         head.load_state_dict(torch.load(io.BytesIO(run.read_bytes(run.model("head.pt"))), weights_only=True))
-        return HeadAssigner(head, int(meta["head"])).assign
+        return HeadAssigner(OneHead(head) if meta["method"] == "turtle" else head, int(meta["head"])).assign
     method = build_mlc(ClusterConfig.model_validate(meta["params"]))
     head = method.head(meta["dim"])
     head.load_state_dict(torch.load(io.BytesIO(run.read_bytes(run.model("head.pt"))), weights_only=True))

@@ -35,3 +35,10 @@ def pseudo_labels(x: torch.Tensor, logits: torch.Tensor, vectors: torch.Tensor, 
                   nearest: int = 30) -> torch.Tensor:
     """SIC's labels for rows x given the head's logits and the semantic space's vectors."""
     return semantic_labels(x, semantic_centres(image_centres(x, logits, keep), vectors, nearest))
+
+
+def space_nouns(centres: torch.Tensor, vectors: torch.Tensor, per_centre: int) -> torch.Tensor:
+    """Sorted indices of SIC's semantic space: the union over image centres (K, d) of the `per_centre`
+    nouns (rows of `vectors`) with the highest cosine to each (gamma_r)."""
+    sims = nn.functional.normalize(centres, dim=-1) @ nn.functional.normalize(vectors, dim=-1).T
+    return sims.topk(min(per_centre, len(vectors)), dim=1).indices.flatten().unique()

@@ -165,3 +165,16 @@ class Turtle:
         the batch's device (with warm_start=False there is nothing to resume)."""
         self.inner = self.inner_optimizer = None
         self._resume = dict(state) if self.config.warm_start else {}
+
+
+class OneHead(nn.Module):
+    """A trained TaskEncoder seen as a one-head cluster model (logits (1, b, K), attribute k), the shape
+    `scan.HeadAssigner` assigns with: cluster = argmax tau(x), confidence = its probability."""
+
+    def __init__(self, encoder: TaskEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.k = encoder.maps[0].out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x).unsqueeze(0)
