@@ -33,6 +33,7 @@ from scaleclust.config import ConfigError, StorageConfig
 
 GLOB_CHARS = "*?["
 S3 = ("s3", "s3a")
+S3_PREFIXES = ("s3://", "s3a://")
 # Stores that make a whole-object PUT visible atomically (and rename by copy + delete): commit with one PUT.
 OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
 SINGLE_PUT_MAX = 5 * 2**30  # S3's limit for one PUT; s3fs's pipe_file uploads in parts above 2 x chunksize
@@ -44,7 +45,7 @@ S3_BODY_ERRORS = (ResponseStreamingError, IncompleteReadError, ReadTimeoutError,
 
 def storage_options(url: str, storage: StorageConfig) -> dict[str, Any]:
     """fsspec options for `url`: the S3 endpoint and region from config or the AWS environment."""
-    if not url.startswith(("s3://", "s3a://")):
+    if not url.startswith(S3_PREFIXES):
         return {}
     options: dict[str, Any] = {"anon": storage.anon, "config_kwargs": {
         "retries": {"mode": storage.retry_mode, "max_attempts": storage.retries}}}
@@ -68,7 +69,7 @@ class S3Client(S3FileSystem):
 
 def filesystem(url: str, storage: StorageConfig) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem holding `url` and the path inside it."""
-    if url.startswith(tuple(f"{p}://" for p in S3)):
+    if url.startswith(S3_PREFIXES):
         return S3Client(**storage_options(url, storage)), S3Client._strip_protocol(url)
     return url_to_fs(url, **storage_options(url, storage))
 
