@@ -52,6 +52,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--shards", type=int, default=4)
     p.add_argument("--nprobe", default="4,8,16,32,64")
     p.add_argument("--kinds", default="ivf_flat,ivf_pq")
+    p.add_argument("--nlist", type=int, help="inverted lists (default ~4 sqrt(n), as the index stage)")
     p.add_argument("--pq-m", type=int, default=64)
     p.add_argument("--opq", action="store_true", help="IVF-PQ with an OPQ rotation (slow to train)")
     p.add_argument("--refine", default="0,20", help="ivf_pq: re-ranking factors to run (0: PQ alone)")
@@ -125,7 +126,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds.split(","):
             pq = kind == "ivf_pq"
-            spec = choose_index(args.n, args.d, kind=kind, pq_m=args.pq_m if pq else None, opq=args.opq)
+            spec = choose_index(args.n, args.d, kind=kind, nlist=args.nlist, pq_m=args.pq_m if pq else None,
+                                opq=args.opq)
             empty, train_s = timed(train, x[: spec.train_rows], spec)
             t = time.perf_counter()
             parts = [add(empty, v, first) for first, v in shards]
