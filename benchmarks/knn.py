@@ -52,6 +52,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--shards", type=int, default=4)
     p.add_argument("--nprobe", default="4,8,16,32,64")
     p.add_argument("--kinds", default="ivf_flat,ivf_pq")
+    p.add_argument("--nlist", type=int, help="inverted lists (default ~4 sqrt(n), as the index stage)")
     p.add_argument("--pq-m", type=int, default=64)
     p.add_argument("--opq", action="store_true", help="IVF-PQ with an OPQ rotation (slow to train)")
     p.add_argument("--refine", default="0,20", help="ivf_pq: re-ranking factors to run (0: PQ alone)")
@@ -125,7 +126,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds.split(","):
             pq = kind == "ivf_pq"
-            spec = choose_index(args.n, args.d, kind=kind, pq_m=args.pq_m if pq else None, opq=args.opq)
+            spec = choose_index(args.n, args.d, kind=kind, nlist=args.nlist, pq_m=args.pq_m if pq else None,
+                                opq=args.opq)
             empty, train_s = timed(train, x[: spec.train_rows], spec)
             t = time.perf_counter()
             parts = [add(empty, v, first) for first, v in shards]
@@ -150,11 +152,16 @@ def main() -> None:
                            f"{spec.bytes_per_vector:>10}{file_bpv:>11.1f}{2 * args.d if factor else 0:>11}"
                            f"{nprobe:>10}{recall:>10.3f}{qps:>10.0f}{qps / exact_qps:>9.1f}")
                     print(row, flush=True)
-                    if recall >= args.target and spec.bytes_per_vector <= 100 and qps >= 20 * exact_qps:
-                        met.append(row)
+                    if recall >= args.target and spec.bytes_per_vector <= 100:
+                        met.append((qps, row))
             del indexes
             print(f"  bytes/vector arithmetic: {spec.to_dict()['arithmetic']}")
-    print(f"\ngoal recall@10 >= {args.target} at <= 100 bytes per vector in RAM and >= 20x exact: "
+    # exact search timed again after the IVF rows: the faster of the two is the bar (load may change)
+    _, again_s = timed(exact_search, shards, eq, K)
+    bar = max(exact_qps, len(eq) / again_s)
+    print(f"\nexact IndexFlatIP again: {len(eq) / again_s:.0f} queries/s; the goal uses the faster, {bar:.0f}")
+    met = [f"{row} ({qps / bar:.1f}x the faster exact)" for qps, row in met if qps >= 20 * bar]
+    print(f"goal recall@10 >= {args.target} at <= 100 bytes per vector in RAM and >= 20x exact: "
           + ("met by\n" + "\n".join(met) if met else "NOT MET"))
 
 

@@ -33,6 +33,7 @@ from scaleclust.cluster.turtle import OneHead, Turtle, TurtleConfig
 from scaleclust.cluster.stability import choose_k_by_stability
 from scaleclust.cluster.subspaces import SubspaceAssigner
 from scaleclust.config import ClusterConfig, Config, ConfigError
+from scaleclust.index.device import usable_gpus
 from scaleclust.rundir import RunDir
 from scaleclust.sample import sample_embeddings
 from scaleclust.storage import write_bytes_atomic
@@ -138,7 +139,8 @@ def _fit_kmeans(run: RunDir, cluster: ClusterConfig, markers: dict[str, dict[str
     x, _ = sample_embeddings(run, markers, cluster.sample_size, cluster.seed)
     if len(x) < cluster.k:
         raise ValueError(f"cluster.k={cluster.k} exceeds the {len(x)} embedded rows; lower cluster.k")
-    centroids, objective = spherical_kmeans(x, cluster.k, cluster.niter, cluster.restarts, cluster.seed)
+    centroids, objective = spherical_kmeans(x, cluster.k, cluster.niter, cluster.restarts, cluster.seed,
+                                            gpus=usable_gpus())
     _save_npy(run, "centroids.npy", centroids.astype(np.float32))
     return _commit(run, cluster, started, k=cluster.k, dim=int(x.shape[1]), sample_rows=int(len(x)),
                    objective=objective)

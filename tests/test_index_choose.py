@@ -43,3 +43,15 @@ def test_nlist_grows_with_sqrt_n_and_is_clamped():
     assert default_nlist(1_000_000) == 4000
     assert default_nlist(1000) == 25  # 1000 // 39: enough points per centroid
     assert default_nlist(10) == 1
+
+
+def test_refine_and_opq_apply_to_pq_only_and_stay_out_of_the_ram_budget():
+    n, d = 1_000_000, 512
+    spec = choose_index(n, d, budget_bytes=100 * 10**6, opq=True, refine_factor=20)
+    assert spec.kind == "ivf_pq" and spec.factory == f"OPQ64,IVF{spec.nlist},PQ64x8np"
+    assert spec.bytes_per_vector == 72 and spec.stored_bytes_per_vector == 2 * d  # on disk, memory-mapped
+    assert spec.fixed_bytes == spec.nlist * d * 4 + 256 * d * 4 + d * d * 4  # + the OPQ rotation
+    assert spec.total_bytes <= 100 * 10**6 and spec.to_dict()["refine_factor"] == 20
+    flat = choose_index(n, d, opq=True, refine_factor=20)
+    assert (flat.kind, flat.opq, flat.refine_factor, flat.stored_bytes_per_vector) == ("ivf_flat", False, 0, 0)
+    assert choose_index(n, d, kind="ivf_pq", pq_m=64).stored_bytes_per_vector == 0  # no re-ranking asked

@@ -1,8 +1,8 @@
 """Spherical k-means (faiss) and soft assignment to centroids: the baseline method.
 
-faiss's k-means runs on every GPU faiss sees (the faiss-gpu build, with CUDA devices visible to this
-process: a Ray task sees only the GPUs it was given) and on the CPU otherwise; same algorithm, same
-seed, the assignment step is a flat inner-product search on the device.
+faiss's k-means runs on the GPUs it is given (faiss-gpu; the caller decides how many its process may
+use, e.g. scaleclust.index.device.usable_gpus in a Ray task) and on the CPU otherwise: same algorithm
+and seed, the assignment step is a flat inner-product search on the device.
 """
 from __future__ import annotations
 
@@ -10,20 +10,14 @@ import faiss
 import numpy as np
 
 
-def kmeans_gpus() -> int:
-    """GPUs faiss's k-means uses here: all that faiss sees; 0 (the CPU) with faiss-cpu or no device."""
-    return faiss.get_num_gpus()
-
-
 def spherical_kmeans(x: np.ndarray, k: int, niter: int, restarts: int, seed: int,
-                     gpus: int | None = None) -> tuple[np.ndarray, float]:
+                     gpus: int = 0) -> tuple[np.ndarray, float]:
     """Cluster L2-normalised rows on the sphere; returns unit centroids (k, d) and the best objective
-    (sum of cosine similarities to the assigned centroid) over `restarts` runs. ``gpus``: None uses
-    :func:`kmeans_gpus`, 0 forces the CPU."""
+    (sum of cosine similarities to the assigned centroid) over `restarts` runs; on ``gpus`` GPUs
+    (0: the CPU)."""
     if len(x) < k:
         raise ValueError(f"cannot fit k={k} clusters on {len(x)} rows")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    gpus = kmeans_gpus() if gpus is None else gpus
     km = faiss.Kmeans(x.shape[1], k, niter=niter, nredo=restarts, spherical=True, seed=seed,
                       max_points_per_centroid=max(256, len(x) // k + 1), verbose=False, gpu=gpus or False)
     km.train(x)

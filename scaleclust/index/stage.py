@@ -156,8 +156,8 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
         manifest = {"spec": spec.to_dict(), "trained": "trained.faiss", "shards": {}, "next_id": 0, "rows": 0}
         write_json_atomic(manifest_url(run), manifest, run.storage)  # resumable: training is committed
     else:
-        print(f"index: adding to the trained {manifest['spec']['factory']} (index.kind/nlist/pq_m apply only to "
-              f"a new index: remove {run.path('index')} to retrain)")
+        print(f"index: adding to the trained {manifest['spec']['factory']} (index.kind/nlist/pq_m/opq/refine_factor "
+              f"apply only to a new index: remove {run.path('index')} to retrain)")
     shards = {s: e for s, e in manifest["shards"].items() if embedded.get(s, {}).get("commit") == e["commit"]}
     todo, next_id = [], manifest["next_id"]
     refine = manifest["spec"].get("refine_factor", 0) > 0

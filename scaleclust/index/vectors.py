@@ -24,7 +24,7 @@ def npy_bytes(vectors: np.ndarray) -> bytes:
 
 
 class StoredVectors:
-    """Rows of one shard's vector file by global id: ``take(ids)`` -> float16 ids.shape + (d,)."""
+    """Rows of one shard's vector file by global id: ``rows(ids)`` -> float16 (len(ids), d)."""
 
     def __init__(self, url: str, storage: StorageConfig, first_id: int) -> None:
         self.first_id = first_id
@@ -42,15 +42,6 @@ class StoredVectors:
         if fortran or dtype != np.float16 or len(shape) != 2:
             raise ValueError(f"{url}: expected a C-order float16 matrix, got {dtype} {shape}")
         self.count, self.d = shape
-
-    def take(self, ids: np.ndarray) -> np.ndarray:
-        """The stored vectors of ``ids`` (global; -1 gives zeros). Raises on an id outside the shard."""
-        ids = np.asarray(ids, np.int64)
-        flat = ids.reshape(-1)
-        out = np.zeros((len(flat), self.d), np.float16)
-        found = np.flatnonzero(flat >= 0)
-        out[found] = self.rows(flat[found])
-        return out.reshape(*ids.shape, self.d)
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """(len(ids), d) float16 for global ids that all lie in this shard (else ValueError): fancy
