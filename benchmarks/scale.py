@@ -172,6 +172,9 @@ def measure(rows: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
         run, shards = prepare(cfg_k)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")  # a loaded shared machine starts slowly
+    # On a machine shared with other jobs Ray's memory monitor kills (and retries, without end) the task
+    # that happens to be largest when *their* memory use crosses its threshold: measure without it.
+    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
     ray.init(address="local", num_cpus=4, include_dashboard=True, log_to_driver=False,
              dashboard_host="127.0.0.1")
     ray.data.DataContext.get_current().enable_progress_bars = False
