@@ -172,8 +172,18 @@ def measure(rows: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
         run, shards = prepare(cfg_k)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")  # a loaded shared machine starts slowly
-    ray.init(address="local", num_cpus=4, include_dashboard=True, log_to_driver=False,
-             dashboard_host="127.0.0.1")
+    # On a machine shared with other jobs Ray's memory monitor kills (and retries, without end) the task
+    # that happens to be largest when *their* memory use crosses its threshold: measure without it.
+    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
+    for attempt in range(3):  # the GCS of a local Ray can miss its start-up deadline on a loaded machine
+        try:
+            ray.init(address="local", num_cpus=4, include_dashboard=True, log_to_driver=False,
+                     dashboard_host="127.0.0.1")
+            break
+        except Exception:  # noqa: BLE001 - Ray raises a bare Exception for a start-up timeout
+            ray.shutdown()
+            if attempt == 2:
+                raise
     ray.data.DataContext.get_current().enable_progress_bars = False
     probe = PeakRSS()
     stages: list[tuple[str, Callable[[], Any]]] = [

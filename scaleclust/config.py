@@ -270,7 +270,7 @@ class ClusterConfig(Strict):
     mlc: MLCSettings = MLCSettings()
     assign_sample: int = Field(5000, gt=0, description="mlc: rows spectral-clustered to fit the cluster subspaces")
     subspace_rank: int = Field(1, gt=0, description="mlc: rank of each cluster's subspace (1: its principal direction)")
-    assign_memory_gb: float = Field(4.0, gt=0, description="mlc: memory (GiB) requested for the task that "
+    assign_memory_gb: float = Field(2.0, gt=0, description="mlc: memory (GiB) requested for the task that "
                                     "spectral-clusters assign_sample; the fit refuses to start when its estimate exceeds this")
     assign_neighbors: int = Field(10, gt=0, description="mlc: neighbours per row of the sparse membership graph "
                                   "(used when assign_sample exceeds 5,000 rows)")

@@ -94,8 +94,9 @@ def check_assign_memory(cluster: ClusterConfig, rows: int, dim: int) -> None:
     k_max = cluster.k if isinstance(cluster.k, int) else max(cluster.k_candidates)
     need = assign_memory_bytes(rows, dim, build_mlc(cluster).config, k_max, cluster.assign_neighbors)
     if need > cluster.assign_memory_gb * GB:
+        shape = f"dim {dim}" if dim else "before the embeddings' dimension is known"
         raise ConfigError(f"cluster.assign_memory_gb: spectral clustering {rows:,} rows of cluster.assign_sample "
-                          f"(dim {dim}, k up to {k_max}) needs about {need / GB:.1f} GiB, more than the "
+                          f"({shape}, k up to {k_max}) needs about {need / GB:.1f} GiB, more than the "
                           f"{cluster.assign_memory_gb} GiB requested; raise cluster.assign_memory_gb or lower "
                           "cluster.assign_sample")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from sklearn.metrics import adjusted_rand_score
 
 from scaleclust.cluster.mlc import MLCConfig, assign_memory_bytes, knn_membership, membership_affinity
@@ -18,6 +19,7 @@ from scaleclust.cluster.spectral import SpectralBasis, spectral_cluster
 from scaleclust.config import ClusterConfig, ConfigError
 from scaleclust.fit import check_assign_memory
 from scaleclust.index.synthetic import clustered_vectors
+from tests.conftest import private_ray_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +53,21 @@ def test_memory_estimate_refuses_a_dense_sample_before_any_work() -> None:
     cluster = ClusterConfig(method="mlc", k=10, assign_sample=5000, assign_memory_gb=0.25)
     with pytest.raises(ConfigError, match=r"cluster\.assign_memory_gb: .*5,000 rows"):
         check_assign_memory(cluster, 5000, 0)
-    check_assign_memory(cluster.model_copy(update={"assign_memory_gb": 4.0}), 5000, 512)
+    check_assign_memory(cluster.model_copy(update={"assign_memory_gb": 2.0}), 5000, 512)
+
+
+@pytest.mark.timeout(150)
+def test_an_assign_sample_too_big_for_its_memory_fails_before_ray(tmp_path: Path) -> None:
+    data = {"run_dir": str(tmp_path / "run"), "input": {"shards": str(tmp_path / "shards" / "*.tar")},
+            "cluster": {"method": "mlc", "k": 10, "assign_sample": 5000, "assign_memory_gb": 0.1}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(data))
+    with private_ray_env() as env:
+        done = subprocess.run([sys.executable, "-m", "scaleclust.cli", "run", str(tmp_path / "job.yaml")],
+                              capture_output=True, text=True, timeout=140, env=env)
+        ray_dirs = list(Path(env["RAY_TMPDIR"]).iterdir())
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "cluster.assign_memory_gb" in done.stderr and "5,000 rows" in done.stderr, done.stderr
+    assert ray_dirs == [] and not (tmp_path / "run").exists()
 
 
 BOUND_GIB = 1.5  # the stated bound for 100,000 rows of 64-d embeddings, k 20: the README says the same
