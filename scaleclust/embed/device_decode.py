@@ -90,12 +90,12 @@ def _decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor
     tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
     try:
         return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
-    except RuntimeError:
+    except (RuntimeError, ValueError):
         out: list[torch.Tensor | None] = []
         for tensor in tensors:
             try:
                 out.append(decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device))
-            except RuntimeError:
+            except (RuntimeError, ValueError):
                 out.append(None)
         return out
 
