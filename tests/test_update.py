@@ -227,4 +227,4 @@ def test_mlc_warm_refit_keeps_ids(tmp_path: Path, make_config) -> None:
     before, after = clusters_by_key(run, first, old), clusters_by_key(run, second, old)
     kept = [k for k in before if before[k] in {m["id"] for m in id_map["matched"]}]
     assert sum(before[k] == after[k] for k in kept) >= 0.9 * len(kept)
-    assert second["rows"] == 60 and verify(cfg.run_dir) == []
+    assert second["new_shards"] == new and second["rows"] == 60 and verify(cfg.run_dir) == []
