@@ -130,10 +130,13 @@ def measure(args: argparse.Namespace, folder: Path, rows: int) -> dict:
     config = job(folder, args)
     cli = [sys.executable, "-m", "scaleclust.cli"]
     for stage in ("embed", "index"):
-        subprocess.run([*cli, stage, str(config)], check=True, capture_output=True, text=True)
-    out = subprocess.run([sys.executable, __file__, "--child", str(config)], check=True, capture_output=True,
-                         text=True).stdout
-    report = json.loads(out.strip().splitlines()[-1])
+        done = subprocess.run([*cli, stage, str(config)], capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"the {stage} stage at {rows} rows failed:\n{done.stderr[-3000:]}")
+    done = subprocess.run([sys.executable, __file__, "--child", str(config)], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"the fit at {rows} rows failed:\n{done.stderr[-3000:]}")
+    report = json.loads(done.stdout.strip().splitlines()[-1])
     print(json.dumps({"rows": rows, **report}), flush=True)
     return report
 

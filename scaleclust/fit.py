@@ -24,7 +24,7 @@ import torch
 
 from scaleclust.cluster.kmeans import soft_assign, spherical_kmeans
 from scaleclust.cluster.mlc import GB, MLC, MLCConfig, assign_memory_bytes, fit_assigner, head_features
-from scaleclust.cluster.scan import SCAN, HeadAssigner, select_head
+from scaleclust.cluster.scan import SCAN, HeadAssigner, HeadsMethod, select_head
 from scaleclust.cluster.scl_method import SCL
 from scaleclust.cluster.sic import space_nouns
 from scaleclust.cluster.sic_method import SIC
@@ -72,7 +72,7 @@ def needs_index(cluster: ClusterConfig) -> bool:
     return cluster.method in NEIGHBOR_METHODS
 
 
-def build_neighbor_method(cluster: ClusterConfig, vectors: torch.Tensor | None = None) -> SCAN | SPICE:
+def build_neighbor_method(cluster: ClusterConfig, vectors: torch.Tensor | None = None) -> HeadsMethod:
     """The neighbour-trained method named by cluster.method, from its config section; SIC trains with
     its semantic space's noun `vectors` (a head to load for assigning needs none)."""
     if cluster.method == "sic":
@@ -205,6 +205,7 @@ def _sic_space(cfg: Config, run: RunDir, markers: dict[str, dict[str, Any]], dim
     committed), reduced to the cluster.sic.space_nouns nouns nearest each k-means centre of the assign
     sample. Returns the nouns' vectors (V, d) and facts for model.json."""
     from scaleclust.semantic import build_space
+    from scaleclust.semantic.space import signature
 
     cluster = cfg.cluster
     space = build_space(cfg, run)
@@ -214,7 +215,8 @@ def _sic_space(cfg: Config, run: RunDir, markers: dict[str, dict[str, Any]], dim
     x, _ = sample_embeddings(run, markers, cluster.assign_sample, cluster.seed)
     centres, _ = spherical_kmeans(x, int(cluster.k), cluster.niter, 1, cluster.seed)
     keep = space_nouns(torch.from_numpy(centres), torch.from_numpy(space.vectors), cluster.sic.space_nouns).numpy()
-    return space.vectors[keep], {"nouns": int(len(keep)), "space_nouns": len(space.names), "kind": space.kind}
+    return space.vectors[keep], {"nouns": int(len(keep)), "space_nouns": len(space.names), "kind": space.kind,
+                                 "signature": signature(cfg)}
 
 
 def _save_head(run: RunDir, state: dict[str, torch.Tensor]) -> None:
@@ -243,10 +245,11 @@ def _fit_with_neighbors(run: RunDir, cfg: Config, markers: dict[str, dict[str, A
     if cluster.method == "sic":
         task = ray.remote(num_cpus=cfg.embed.cpus_per_actor, num_gpus=cfg.embed.gpus_per_actor)(_sic_space)
         nouns, extra["semantic"] = ray.get(task.remote(cfg, run, markers, dim))
-        vectors = torch.from_numpy(nouns)
+        vectors = torch.tensor(nouns)  # a copy: arrays from the object store are read-only
         print(f"fit: sic trains against {len(nouns)} nouns of the semantic space")
     method = build_neighbor_method(cluster, vectors)
-    name = _train_name({**fit_params(cluster), "nprobe": cfg.index.nprobe, "index_next_id": manifest["next_id"]})
+    name = _train_name({**fit_params(cluster), "nprobe": cfg.index.nprobe, "index_next_id": manifest["next_id"],
+                        **({"semantic": extra["semantic"]["signature"]} if vectors is not None else {})})
     dataset = embeddings_dataset(run, markers, cluster.sample_size, cluster.seed)
     with searchers(run, manifest, cfg.index.shards_per_searcher) as actors:
         neighbors = IndexNeighbors(actors, method.neighbors, cfg.index.nprobe)
