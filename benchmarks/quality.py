@@ -20,6 +20,7 @@ lines test the quality bar of issue 10: a neighbour method ahead of both kmeans 
 by more than the largest spread over seeds (of any method on that set) on every set, and ahead of
 CPP's ACC 0.720 on mnist5k.
 
+    .venv/bin/python benchmarks/quality.py OUT/mnist5k OUT/animals OUT/digits8 --agreement 5 10 20 50
     .venv/bin/python benchmarks/quality.py OUT/mnist5k OUT/animals OUT/digits8 [--methods kmeans mlc scan spice] [--seeds 0 1 2] [--jobs N] [--results FILE]
 """
 from __future__ import annotations
@@ -50,15 +51,24 @@ from scaleclust.index.choose import choose_index
 from scaleclust.index.search import search_vectors
 
 
-def index_neighbors(x: np.ndarray, m: int, seed: int) -> np.ndarray:
-    """Each row's m nearest other rows' embeddings (n, m, d) float16, from an IVF index as the index
-    stage builds it (kind auto, default nlist) searched at the default nprobe."""
+def index_neighbors(x: np.ndarray, m: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's m nearest other rows: their row numbers (n, m) and embeddings (n, m, d) float16, from
+    an IVF index as the index stage builds it (kind auto, default nlist) searched at the default nprobe."""
     spec = choose_index(len(x), x.shape[1])
     sample = x[np.random.default_rng(seed).choice(len(x), size=min(spec.train_rows, len(x)), replace=False)]
     index = add(train(sample.astype(np.float16), spec), x.astype(np.float16), 0)
-    parts = [search_vectors([index], x[i:i + 2048].astype(np.float16), m + 1, IndexConfig().nprobe)[2][:, 1:]
+    parts = [search_vectors([index], x[i:i + 2048].astype(np.float16), m + 1, IndexConfig().nprobe)
              for i in range(0, len(x), 2048)]
-    return np.concatenate(parts)
+    return np.concatenate([p[1][:, 1:] for p in parts]), np.concatenate([p[2][:, 1:] for p in parts])
+
+
+def neighbor_agreement(run_dir: str, ms: list[int]) -> str:
+    """Share of each row's m index neighbours that carry its label, for every m (a diagnostic: the
+    ceiling a kNN-consistency method starts from; labels only score)."""
+    x, labels = load(Path(run_dir).parent, Path(run_dir).name)
+    ids, _ = index_neighbors(x, max(ms), 0)
+    same = labels[ids] == labels[:, None]
+    return f"{Path(run_dir).name}: " + ", ".join(f"m={m} {same[:, :m].mean():.3f}" for m in ms)
 
 
 def run_kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -76,7 +86,7 @@ def run_mlc(x: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 def run_with_neighbors(method: SCAN | SPICE, x: np.ndarray, seed: int) -> np.ndarray:
     """Train a neighbour method on all rows (neighbours from the IVF index), assign with its lowest-loss head."""
-    near = index_neighbors(x, method.neighbors, seed)
+    _, near = index_neighbors(x, method.neighbors, seed)
     stats: list[dict[str, float]] = []
     head = fit(torch.from_numpy(x), method, seed, log=lambda step, s: stats.append(s), neighbors=torch.from_numpy(near))
     return HeadAssigner(head, select_head(stats[-method.config.select_steps:], method.config.heads)).assign(x)[0]
@@ -164,7 +174,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="fits run at once, one process each")
     parser.add_argument("--results", type=Path, default=Path("quality-results.jsonl"),
                         help="JSON lines of finished fits: appended to, and read back to skip recorded fits")
+    parser.add_argument("--agreement", type=int, nargs="+", metavar="M",
+                        help="only print the label agreement of each row's M index neighbours per set")
     args = parser.parse_args()
+    if args.agreement:
+        print("\n".join(neighbor_agreement(r, args.agreement) for r in args.runs))
+        return
     done = recorded(args.results)
     have = {(r["set"], r["method"], r["seed"]) for r in done}
     tasks = [(r, m, s) for r in args.runs for m in args.methods for s in args.seeds if (Path(r).name, m, s) not in have]
