@@ -88,11 +88,17 @@ def build_turtle(cluster: ClusterConfig) -> Turtle:
     return Turtle(TurtleConfig(dims=tuple(dims) if dims else None, **settings), int(cluster.k))
 
 
+def assign_memory(cluster: ClusterConfig, rows: int, dim: int) -> int:
+    """Bytes the MLC assigner fit needs on `rows` sampled rows of width `dim` (the largest k it may try)."""
+    k_max = cluster.k if isinstance(cluster.k, int) else max(cluster.k_candidates)
+    return assign_memory_bytes(rows, dim, build_mlc(cluster).config, k_max, cluster.assign_neighbors)
+
+
 def check_assign_memory(cluster: ClusterConfig, rows: int, dim: int) -> None:
     """The MLC assigner fit's memory estimate (rows x dim embeddings) against cluster.assign_memory_gb,
     the memory its Ray task requests: a clear error before any work instead of an OOM-killed task."""
     k_max = cluster.k if isinstance(cluster.k, int) else max(cluster.k_candidates)
-    need = assign_memory_bytes(rows, dim, build_mlc(cluster).config, k_max, cluster.assign_neighbors)
+    need = assign_memory(cluster, rows, dim)
     if need > cluster.assign_memory_gb * GB:
         shape = f"dim {dim}" if dim else "before the embeddings' dimension is known"
         raise ConfigError(f"cluster.assign_memory_gb: spectral clustering {rows:,} rows of cluster.assign_sample "

@@ -257,9 +257,13 @@ def stages(cfg: Config, rows: Rows, enc: Encoder) -> list[Stage]:
         out.append(Stage(f"fit ({c.method})", f"{c.train.workers} Train worker(s): each its share of the "
                          f"sample{' with its neighbours' if neighbors else ''}", share * per_row))
     if c.method == "mlc":
+        from scaleclust.cluster.mlc import DENSE_MAX_ROWS
+        from scaleclust.fit import assign_memory
+
         n = min(c.assign_sample, rows.total)
-        out.append(Stage("fit: mlc assigner", f"one task: spectral clustering of {n:,} rows",
-                         n * d * 4 + n * n * 8, notes=[f"dense {n:,} x {n:,} float64: {n * n * 8 / GIB:.2f} GiB"]))
+        graph = f"dense {n:,} x {n:,} membership" if n <= DENSE_MAX_ROWS else f"sparse kNN membership ({c.assign_neighbors} per row)"
+        out.append(Stage("fit: mlc assigner", f"one task: spectral clustering of {n:,} rows, {graph}",
+                         assign_memory(c, n, d)))
     out.append(Stage("assign", "one task per shard", rows.largest_shard_rows * d * 4,
                      rows.total * (int(rows.key_bytes) + 12)))
     return out
@@ -287,17 +291,19 @@ def index_stages(cfg: Config, rows: Rows, enc: Encoder, n_shards: int, warnings:
     ]
 
 
-def memory_warnings(cfg: Config, found: list[Stage], rows: Rows, memory: int) -> list[str]:
-    """Settings that cannot fit: a stage's worker over `memory`, MLC's dense n x n step over its task's."""
+def memory_warnings(cfg: Config, found: list[Stage], rows: Rows, dim: int, memory: int) -> list[str]:
+    """Settings that cannot fit: a stage's worker over `memory`, MLC's spectral step over its task's request."""
     warnings = [f"{s.name}: needs about {s.memory_bytes / GIB:.1f} GiB per worker, more than the "
                 f"{memory / GIB:.1f} GiB of a worker" for s in found if s.memory_bytes > memory]
     c = cfg.cluster
-    n = min(c.assign_sample, rows.total)
-    task = int(getattr(c, "assign_memory_gb", 0) * GIB) or memory  # the task's request, where the config has one
-    if c.method == "mlc" and n * n * 8 > task:
-        warnings.append(f"cluster.assign_sample: spectral clustering {n:,} rows with a dense n x n matrix needs "
-                        f"{n * n * 8 / GIB:.1f} GiB ({n:,}^2 x 8 bytes), more than the task's {task / GIB:.1f} GiB; "
-                        f"lower cluster.assign_sample (dense up to about {int((task / 8) ** 0.5):,} rows)")
+    if c.method == "mlc":
+        from scaleclust.config import ConfigError
+        from scaleclust.fit import check_assign_memory
+
+        try:
+            check_assign_memory(c, min(c.assign_sample, rows.total), dim)
+        except ConfigError as err:
+            warnings.append(str(err))
     if isinstance(c.k, int) and rows.total < c.k:
         warnings.append(f"cluster.k: {c.k} clusters exceed the {rows.total:,} rows of the input")
     return warnings
@@ -312,7 +318,7 @@ def make_plan(cfg: Config, memory_bytes: int | None = None) -> dict[str, Any]:
     enc = encoder_facts(cfg, shards, committed)
     warnings: list[str] = []
     found = stages(cfg, rows, enc) + index_stages(cfg, rows, enc, len(shards), warnings)
-    warnings = memory_warnings(cfg, found, rows, memory) + warnings
+    warnings = memory_warnings(cfg, found, rows, enc.dim or 0, memory) + warnings
     embed: dict[str, Any] = {"rows": rows.to_embed}
     rate = encode_rate(cfg, enc, committed) if cfg.input.format != "laion_embeddings" else None
     if rate:

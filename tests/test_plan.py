@@ -55,9 +55,10 @@ def laion_dump(root: Path, rows: int, dim: int = 4) -> None:
     pq.write_table(pa.table({"key": [str(i) for i in range(rows)]}), root / "metadata" / "metadata_0.parquet")
 
 
-def test_cli_warns_when_mlc_dense_step_or_index_cannot_fit(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """LAION's job settings on a 100,000-row dump: the n x n spectral step of assign_sample=100,000
-    needs 100,000^2 x 8 bytes = 74.5 GiB, and a tiny index budget fits no index: both are named."""
+def test_cli_warns_when_mlc_assigner_or_index_cannot_fit(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """LAION's job settings on a 100,000-row dump: assign_sample=100,000 is spectral-clustered on a
+    sparse kNN graph within the task's memory request, a request below its estimate is named, and a
+    tiny index budget fits no index: it is named."""
     laion_dump(tmp_path / "dump", 100_000)
     config = tmp_path / "laion.yaml"
     config.write_text(yaml.safe_dump({
@@ -69,8 +70,11 @@ def test_cli_warns_when_mlc_dense_step_or_index_cannot_fit(tmp_path: Path, capsy
     assert main(["plan", str(config), "--memory-gb", "16"]) == 0
     out = capsys.readouterr().out
     assert "rows    100,000 (1 part(s) from .npy headers)" in out
-    assert "warning: cluster.assign_sample: spectral clustering 100,000 rows with a dense n x n matrix needs 74.5 GiB" in out
+    assert "spectral clustering of 100,000 rows, sparse kNN membership" in out
+    assert "warning: cluster.assign_memory_gb" not in out
     assert "warning: index: index.memory_budget" in out
+    assert main(["plan", str(config), "--set", "cluster.assign_memory_gb=0.05"]) == 0
+    assert "warning: cluster.assign_memory_gb: spectral clustering 100,000 rows" in capsys.readouterr().out
     assert main(["plan", str(config), "--memory-gb", "16", "--set", "cluster.assign_sample=1000",
                  "--set", "index.memory_budget_gb=1"]) == 0
     assert "warning" not in capsys.readouterr().out
