@@ -110,37 +110,44 @@ def evaluate(clusters: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return scores(table.matrix())
 
 
-DEFAULTS: dict[str, Callable[[], object]] = {
+DEFAULTS: dict[str, Callable[..., object]] = {
     "kmeans": lambda: {"niter": 25, "restarts": 10}, "mlc": MLCConfig, "scan": ScanConfig, "spice": SpiceConfig}
 CPP_ACC = 0.720  # rate reduction trained 60 epochs on mnist5k (ALGORITHMS.md, "Measured here")
+Overrides = dict[str, dict[str, str]]
 
 
-def defaults(method: str) -> str:
-    """The method's defaults as text: a recorded fit counts only while they are unchanged."""
-    return repr(DEFAULTS[method]())
+def settings(method: str, overrides: Overrides) -> object:
+    """The method's defaults with --set overrides (scan / spice fields) applied and validated."""
+    return DEFAULTS[method](**overrides.get(method, {}))
 
 
-def one_fit(task: tuple[str, str, int]) -> dict[str, object]:
+def defaults(method: str, overrides: Overrides) -> str:
+    """The method's settings as text: a recorded fit counts only while they are unchanged."""
+    return repr(settings(method, overrides))
+
+
+def one_fit(task: tuple[str, str, int, Overrides]) -> dict[str, object]:
     """One (data set, method, seed) fit, scored; runs in its own process."""
     torch.set_num_threads(1)  # comparable timings on a shared machine
-    run_dir, method, seed = task
+    run_dir, method, seed, overrides = task
     x, labels = load(Path(run_dir).parent, Path(run_dir).name)
     started = time.time()
-    clusters = METHODS[method](x, len(set(labels.tolist())), seed)
+    extra = (settings(method, overrides),) if method in overrides else ()
+    clusters = METHODS[method](x, len(set(labels.tolist())), seed, *extra)
     seconds = time.time() - started
     result = evaluate(clusters, labels)
     print(f"  {Path(run_dir).name} {method} seed {seed}: ACC {result['acc']:.3f} NMI {result['nmi']:.3f} "
           f"ARI {result['ari']:.3f} ({seconds:.0f} s)", flush=True)
-    return {"set": Path(run_dir).name, "method": method, "seed": seed, "defaults": defaults(method),
+    return {"set": Path(run_dir).name, "method": method, "seed": seed, "defaults": defaults(method, overrides),
             "seconds": seconds, **result}
 
 
-def recorded(path: Path) -> list[dict[str, object]]:
-    """Every fit in the results file whose method defaults are the current ones."""
+def recorded(path: Path, overrides: Overrides) -> list[dict[str, object]]:
+    """Every fit in the results file whose method settings are the current ones."""
     if not path.exists():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["method"] in DEFAULTS and r["defaults"] == defaults(str(r["method"]))]
+    return [r for r in rows if r["method"] in DEFAULTS and r["defaults"] == defaults(str(r["method"]), overrides)]
 
 
 def verdicts(table: dict[str, dict[str, np.ndarray]]) -> list[str]:
@@ -176,18 +183,35 @@ def main() -> None:
                         help="JSON lines of finished fits: appended to, and read back to skip recorded fits")
     parser.add_argument("--agreement", type=int, nargs="+", metavar="M",
                         help="only print the label agreement of each row's M index neighbours per set")
+    parser.add_argument("--set", nargs="+", default=[], metavar="METHOD.FIELD=VALUE",
+                        help="override a scan or spice default (experiments; the table names them)")
     args = parser.parse_args()
+    overrides: Overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        method, _, field = key.partition(".")
+        if method not in ("scan", "spice") or not field or not value:
+            parser.error(f"--set {item}: expected scan.FIELD=VALUE or spice.FIELD=VALUE")
+        overrides.setdefault(method, {})[field] = value
+    for method in overrides:
+        try:
+            settings(method, overrides)
+        except ValueError as error:  # pydantic's ValidationError names the field
+            parser.error(f"--set: {error}")
     if args.agreement:
         print("\n".join(neighbor_agreement(r, args.agreement) for r in args.runs))
         return
-    done = recorded(args.results)
+    done = recorded(args.results, overrides)
     have = {(r["set"], r["method"], r["seed"]) for r in done}
     tasks = [(r, m, s) for r in args.runs for m in args.methods for s in args.seeds if (Path(r).name, m, s) not in have]
+    tasks = [(*t, overrides) for t in tasks]
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool, args.results.open("a") as out:
         for row in pool.imap_unordered(one_fit, tasks, chunksize=1):
             out.write(json.dumps(row) + "\n")
             out.flush()
             done.append(row)
+    if overrides:
+        print("settings overridden: " + " ".join(args.set))
     print(f"\n| data set | method | ACC | NMI | ARI | s per fit |   (mean ± std over seeds {args.seeds})")
     print("|---|---|---|---|---|---|")
     table: dict[str, dict[str, np.ndarray]] = {}
