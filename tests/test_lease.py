@@ -121,7 +121,7 @@ def test_cli_refuses_with_one_line_and_exit_3(tmp_path: Path, capsys: pytest.Cap
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
     with Lease(str(tmp_path / "run"), StorageConfig(), "update") as cron:
         for command in (["update", str(config)], ["run", str(config)], ["embed", str(config)], ["fit", str(config)],
-                        ["index", str(config)], ["report", str(tmp_path / "run")]):
+                        ["index", str(config)], ["report", str(tmp_path / "run")], ["dedup", str(tmp_path / "run")]):
             capsys.readouterr()
             assert main(command) == 3, command
             err = capsys.readouterr().err

@@ -43,10 +43,15 @@ def _recorded(run_dir: str) -> tuple[Config, Any]:
 
 def cmd_dedup(args: argparse.Namespace) -> int:
     from scaleclust.index.duplicates import dedup
+    from scaleclust.lease import Lease
+    from scaleclust.pipeline import recorded
+    from scaleclust.ray_setup import ensure_ray
 
-    cfg, run = _recorded(args.run_dir)
-    table, counts = dedup(run, args.threshold, args.thresholds, args.scope, args.nprobe or cfg.index.nprobe,
-                          cfg.index.shards_per_searcher)
+    cfg, run, _ = recorded(args.run_dir.rstrip("/"))
+    with Lease(cfg.run_dir, cfg.storage, "dedup", ttl=cfg.update.lease_seconds):  # it writes duplicates.parquet
+        ensure_ray(cfg)
+        table, counts = dedup(run, args.threshold, args.thresholds, args.scope, args.nprobe or cfg.index.nprobe,
+                              cfg.index.shards_per_searcher)
     groups = int(np.sum(table["is_keeper"].to_numpy(zero_copy_only=False)))
     print(f"dedup ({args.scope}): {groups} groups, {table.num_rows - groups} rows to remove at cosine >= "
           f"{args.threshold}; written to {run.path('duplicates.parquet')}")
