@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "scaleclust.cli"]
 TINY = ["--set", "embed.model={kind: open_clip, arch: scaleclust-tiny, pretrained: null}",
         "--set", "embed.cpus_per_actor=0.5", "--set", "embed.batch_size=32", "--set", "cluster.k=3",
-        "--set", "cluster.restarts=2", "--set", f"label.vocabulary={NOUNS}"]
+        "--set", "cluster.restarts=2", "--set", "cluster.method=kmeans", "--set", f"label.vocabulary={NOUNS}"]
 
 
 @pytest.fixture(scope="module")
