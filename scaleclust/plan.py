@@ -282,8 +282,11 @@ def index_stages(cfg: Config, rows: Rows, enc: Encoder, n_shards: int, warnings:
     per_shard = rows.largest_shard_rows * spec.bytes_per_vector
     queries = min(cfg.index.queries, rows.total)
     return [
-        Stage("index: train", f"{spec.factory} on {spec.train_rows:,} rows", spec.train_rows * d * 4, spec.total_bytes,
-              [f"{spec.bytes_per_vector} bytes per vector; whole index {spec.total_bytes / GIB:.2f} GiB"]),
+        Stage("index: train", f"{spec.factory} on {spec.train_rows:,} rows", spec.train_rows * d * 4,
+              spec.total_bytes + rows.total * spec.stored_bytes_per_vector,
+              [f"{spec.bytes_per_vector} bytes per vector; whole index {spec.total_bytes / GIB:.2f} GiB"]
+              + ([f"re-ranking: {spec.stored_bytes_per_vector} bytes per vector of fp16 copies on disk (memory-mapped)"]
+                 if spec.stored_bytes_per_vector else [])),
         Stage("index: search", f"actors holding up to {cfg.index.shards_per_searcher} shard indexes each",
               min(cfg.index.shards_per_searcher, n_shards) * per_shard),
         Stage("neighbors", f"kNN graph of {queries:,} rows, searched by those actors", 0,

@@ -109,3 +109,24 @@ def test_shards_that_are_not_tars_are_named(tmp_path: Path) -> None:
     cfg = tiny_config(str(tmp_path / "run"), str(tmp_path / "in" / "*.tar"))
     with pytest.raises(ValueError, match=r"no sample found .*00000\.tar.*00001\.tar; are these WebDataset tars"):
         make_plan(cfg, 8 * GIB)
+
+
+def test_reranking_copies_counted_on_disk(tmp_path: Path) -> None:
+    """IVF-PQ with re-ranking keeps an fp16 copy of every vector on disk: the plan's index disk grows by
+    rows x 2d bytes with refine_factor on, and not at all with it off."""
+    from scaleclust.config import load
+    from scaleclust.plan import make_plan
+
+    laion_dump(tmp_path / "dump", 20_000)
+    config = tmp_path / "laion.yaml"
+    config.write_text(yaml.safe_dump({
+        "run_dir": str(tmp_path / "run"),
+        "input": {"format": "laion_embeddings", "shards": str(tmp_path / "dump")},
+        "embed": {"model": {"arch": "scaleclust-tiny"}},
+        "index": {"kind": "ivf_pq", "pq_m": 2}}))
+
+    def index_disk(refine: int) -> int:
+        plan = make_plan(load(str(config), [f"index.refine_factor={refine}"]), 16 << 30)
+        return next(s["disk_bytes"] for s in plan["stages"] if s["name"] == "index: train")
+
+    assert index_disk(20) - index_disk(0) == 20_000 * 2 * 4
