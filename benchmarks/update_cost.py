@@ -53,7 +53,7 @@ def photo_shards(folder: Path, n_shards: int, per_shard: int, unique: int) -> li
 
 def config(run_dir: Path, shards: list[str], args: argparse.Namespace):
     base = stage_config(run_dir, shards, args.model, "cpu", args.ray_cpus, []).model_dump(mode="json")
-    base["cluster"].update(k=args.k, sample_size=100_000)
+    base["cluster"].update(method="kmeans", k=args.k, sample_size=100_000)
     base["update"] = {"refit": "never"}
     for assignment in args.set:
         apply_override(base, assignment)

@@ -49,7 +49,8 @@ from scaleclust.sample import sample_embeddings
 from scaleclust.storage import copy_file, remove, write_bytes_atomic, write_json_atomic
 from scaleclust.versions import Versions
 
-MODEL_FILES = {"kmeans": ["centroids.npy"], "mlc": ["head.pt", "subspaces.npy"]}
+MODEL_FILES = {"kmeans": ["centroids.npy"], "mlc": ["head.pt", "subspaces.npy"],
+               **{method: ["head.pt"] for method in ("scan", "spice", "sic", "scl", "turtle")}}  # the files model.json describes
 EXAMPLES = 20  # novel keys listed in drift.json
 REFITS = ("kmeans", "mlc")  # methods with a warm refit
 

@@ -98,7 +98,7 @@ def tiny_config(run_dir: str, shards: list[str] | str, **sections: Any) -> Confi
         "input": {"shards": shards, "label_field": "label"},
         "embed": {"model": {"arch": "scaleclust-tiny"}, "batch_size": 32, "cpus_per_actor": 0.5,
                   "decode_cpus": 0.5, "decode_batch": 16},
-        "cluster": {"k": 3, "sample_size": 1000, "restarts": 2},
+        "cluster": {"method": "kmeans", "k": 3, "sample_size": 1000, "restarts": 2},
         "label": {"vocabulary": NOUNS},
     }
     for section, values in sections.items():

@@ -48,7 +48,7 @@ def build_run(root: Path, n_shards: int, rows_per_shard: int, k: int, image_shar
     conf_sum = np.zeros(k)
     contingency = Contingency()
     cfg = from_dict({"run_dir": str(run), "input": {"shards": [str(root / "shards" / "*.tar")], "label_field": "label"},
-                     "embed": {"model": {"arch": "scaleclust-tiny"}}, "cluster": {"k": k},
+                     "embed": {"model": {"arch": "scaleclust-tiny"}}, "cluster": {"method": "kmeans", "k": k},
                      **({"report": report} if report else {})})
     rundir = RunDir(cfg.run_dir, cfg.storage)
     for s in range(n_shards):

@@ -22,7 +22,7 @@ def config_file(tmp_path: Path, shards: str, **extra) -> Path:
     data = {"run_dir": str(tmp_path / "run"), "input": {"shards": shards, "label_field": "label"},
             "embed": {"model": {"arch": "scaleclust-tiny"}, "batch_size": 8, "cpus_per_actor": 0.5,
                       "decode_cpus": 0.5, "decode_batch": 4},
-            "cluster": {"k": 3, "sample_size": 1000}, "label": {"vocabulary": NOUNS}, **extra}
+            "cluster": {"method": "kmeans", "k": 3, "sample_size": 1000}, "label": {"vocabulary": NOUNS}, **extra}
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

@@ -60,14 +60,14 @@ def test_run_dir_inside_the_input_folder(tmp_path: Path, capsys) -> None:
 def test_k_over_the_rows_of_a_laion_dump_fails_before_embedding(tmp_path: Path, capsys) -> None:
     write_dump(tmp_path / "dump", np.float16)  # 20 + 15 + 10 rows
     cfg = config(tmp_path, input={"format": "laion_embeddings", "shards": str(tmp_path / "dump")},
-                 cluster={"k": 50, "sample_size": 1000})
+                 cluster={"method": "kmeans", "k": 50, "sample_size": 1000})
     assert one_line_error(capsys, ["run", str(cfg)]) == (
         "scaleclust: config error: cluster.k: 50 clusters exceed the 45 rows in the input; lower cluster.k or add input")
     assert not (tmp_path / "run" / "embeddings").exists()
 
 
 def test_k_over_the_sample_size(tmp_path: Path, capsys) -> None:
-    cfg = config(tmp_path, input={"shards": str(tmp_path / "shards" / "*.tar")}, cluster={"k": 20, "sample_size": 10})
+    cfg = config(tmp_path, input={"shards": str(tmp_path / "shards" / "*.tar")}, cluster={"method": "kmeans", "k": 20, "sample_size": 10})
     assert one_line_error(capsys, ["run", str(cfg)]) == (
         "scaleclust: config error: cluster.k: 20 clusters exceed cluster.sample_size=10 rows to fit them on; "
         "lower cluster.k or raise cluster.sample_size")

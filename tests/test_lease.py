@@ -116,7 +116,7 @@ def test_cli_refuses_with_one_line_and_exit_3(tmp_path: Path, capsys: pytest.Cap
     write_synthetic_shards(tmp_path / "shards", 1, 2)
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "input": {"shards": str(tmp_path / "shards" / "*.tar")},
-                                      "embed": {"model": {"arch": "scaleclust-tiny"}}}))
+                                      "embed": {"model": {"arch": "scaleclust-tiny"}}, "cluster": {"method": "kmeans"}}))
     prepare(load(str(config), []))  # a recorded run directory, as `report RUN` and `label RUN` need
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
     with Lease(str(tmp_path / "run"), StorageConfig(), "update") as cron:
