@@ -259,9 +259,10 @@ class ClusterConfig(Strict):
     """The fit stage: a clustering learned on a sample of the embeddings, then used to assign every row."""
 
     method: Literal["kmeans", "mlc", "scan", "spice", "sic", "scl", "turtle"] = Field(
-        "kmeans", description="kmeans (spherical, faiss); mlc (rate reduction, Ray Train); scan, spice, sic or scl (heads "
-        "trained on neighbours from the index, Ray Train; the index stage runs before their fit); turtle (Ray Train, "
-        "no neighbours)")
+        "scan", description="scan, spice, sic or scl: heads trained on neighbours from the index (Ray Train; the "
+        "index stage runs before their fit); scan is the default, ahead of k-means and MLC on every labelled set "
+        "(README, Measured); kmeans (spherical, faiss); mlc (rate reduction, Ray Train); turtle (Ray Train, no "
+        "neighbours)")
     k: int | Literal["auto"] = Field(10, description="clusters (>= 2), or 'auto' (mlc): the candidate of k_candidates "
                                    "whose clusterings agree most across halves of the assign sample")
     k_candidates: list[int] = Field(default_factory=lambda: list(range(5, 51, 5)),
@@ -390,8 +391,9 @@ class IndexConfig(Strict):
 class UpdateConfig(Strict):
     """The nightly `scaleclust update`: drift thresholds, refit policy, id matching (see README)."""
 
-    refit: Literal["on_drift", "every_n", "never"] = Field(
-        "on_drift", description="refit when the drift score reaches drift_refit, every every_n updates, or never")
+    refit: Literal["on_drift", "every_n", "never"] | None = Field(
+        None, description="refit when the drift score reaches drift_refit, every every_n updates, or never; null: "
+        "on_drift for kmeans and mlc (which have a warm refit), never for the methods trained on neighbours")
     every_n: int = Field(7, gt=0, description="refit=every_n: updates between refits")
     drift_warn: float = Field(0.1, ge=0, description="drift score that is reported as a warning")
     drift_refit: float = Field(0.25, ge=0, description="drift score that triggers a refit (refit=on_drift)")

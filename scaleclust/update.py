@@ -55,10 +55,15 @@ EXAMPLES = 20  # novel keys listed in drift.json
 REFITS = ("kmeans", "mlc")  # methods with a warm refit
 
 
+def refit_policy(cfg: Config) -> str:
+    """update.refit, or its default for the method: on_drift where a warm refit exists, else never."""
+    return cfg.update.refit or ("on_drift" if cfg.cluster.method in REFITS else "never")
+
+
 def check(cfg: Config) -> None:
     """What the update needs of the config, checked before any work."""
     fit.check(cfg)
-    if cfg.update.refit != "never" and cfg.cluster.method not in REFITS:
+    if refit_policy(cfg) != "never" and cfg.cluster.method not in REFITS:
         raise ConfigError(f"update.refit: {cfg.update.refit!r} refits cluster.method 'kmeans' and 'mlc' only; a "
                           f"warm refit of {cfg.cluster.method!r} would retrain its heads from the current weights "
                           f"on neighbours from the index, which the training loop cannot start from yet; set "
@@ -111,12 +116,12 @@ def drift(run: RunDir, latest: dict[str, Any], new: list[str], upd: UpdateConfig
             **report(fitted, total, upd.growth, upd.min_expected_rows, upd.drift_warn, upd.drift_refit)}
 
 
-def decide(upd: UpdateConfig, latest: dict[str, Any], report_: dict[str, Any]) -> tuple[bool, str]:
-    """Whether this update refits, and why."""
-    if upd.refit == "on_drift":
+def decide(upd: UpdateConfig, policy: str, latest: dict[str, Any], report_: dict[str, Any]) -> tuple[bool, str]:
+    """Whether this update refits under `policy` (refit_policy), and why."""
+    if policy == "on_drift":
         hit = report_["score"] >= upd.drift_refit
         return hit, f"drift score {report_['score']:.3f} {'>=' if hit else '<'} update.drift_refit {upd.drift_refit}"
-    if upd.refit == "every_n":
+    if policy == "every_n":
         since = latest.get("updates_since_refit", 0) + 1
         return since >= upd.every_n, f"{since} update(s) since the last refit, update.every_n {upd.every_n}"
     return False, "update.refit is never"
@@ -357,7 +362,7 @@ def _update(cfg: Config, lease: Lease, history: Versions) -> dict[str, Any]:
         report_ = drift(run, latest, new, cfg.update)
         clock.lap("drift")
         write_json_atomic(history.path(version, "drift.json"), report_, run.storage)
-        refit, reason = decide(cfg.update, latest, report_)
+        refit, reason = decide(cfg.update, refit_policy(cfg), latest, report_)
         decision = {"parent": latest["version"], "refit": refit, "reason": reason, "model": None}
         run.write_marker(history.path(version, "decision.json"), decision)
     else:

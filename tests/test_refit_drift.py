@@ -106,16 +106,19 @@ def test_summary_partial_round_trip() -> None:
 
 def test_update_refuses_a_refit_policy_for_scan_before_any_work(tmp_path, capsys) -> None:
     """scan/spice have no warm refit: `update` with update.refit other than never is a config error (exit 2)
-    that says why, before anything is written; mlc and kmeans pass the check."""
+    that says why, before anything is written; mlc and kmeans pass the check, and an unset policy is never
+    for scan/spice."""
     import yaml
 
     from scaleclust.cli import main
     from scaleclust.config import from_dict
-    from scaleclust.update import check
+    from scaleclust.update import check, refit_policy
 
     base = {"run_dir": str(tmp_path / "run"), "input": {"shards": str(tmp_path / "shards" / "*.tar")}}
-    for method in ("kmeans", "mlc"):
+    for method in ("kmeans", "mlc", "scan", "spice"):  # left unset, the policy follows the method
         check(from_dict({**base, "cluster": {"method": method}}))
+    assert [refit_policy(from_dict({**base, "cluster": {"method": m}})) for m in ("kmeans", "mlc", "scan")] == [
+        "on_drift", "on_drift", "never"]
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump({**base, "cluster": {"method": "scan"}, "update": {"refit": "on_drift"}}))
     assert main(["update", str(config)]) == 2
