@@ -64,10 +64,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
+    from scaleclust import fit
     from scaleclust.pipeline import prepare, run_stage
     from scaleclust.ray_setup import ensure_ray
 
     cfg = _load(args)
+    fit.check(cfg)  # a bad method setting fails before the lease creates the run directory
     with Lease(cfg.run_dir, cfg.storage, args.stage, ttl=cfg.update.lease_seconds):  # one writer, as run/update
         run, shards = prepare(cfg)
         ensure_ray(cfg)

@@ -114,6 +114,7 @@ STAGES = ("embed", "fit", "assign", "summary", "label", "report")
 def run_all(cfg: Config) -> dict[str, Any]:
     """All stages; each skips what is already committed, so a re-run resumes where the last one stopped.
     Holds the run directory's lease (one writer at a time)."""
+    fit.check(cfg)  # a bad method setting fails before the lease creates the run directory
     with Lease(cfg.run_dir, cfg.storage, "run", ttl=cfg.update.lease_seconds):
         run, shards = prepare(cfg)
         ensure_ray(cfg)
