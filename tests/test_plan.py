@@ -55,18 +55,23 @@ def laion_dump(root: Path, rows: int, dim: int = 4) -> None:
     pq.write_table(pa.table({"key": [str(i) for i in range(rows)]}), root / "metadata" / "metadata_0.parquet")
 
 
-def test_cli_warns_when_mlc_assigner_or_index_cannot_fit(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """LAION's job settings on a 100,000-row dump: assign_sample=100,000 is spectral-clustered on a
-    sparse kNN graph within the task's memory request, a request below its estimate is named, and a
-    tiny index budget fits no index: it is named."""
-    laion_dump(tmp_path / "dump", 100_000)
+def laion_job(tmp_path: Path, rows: int, **sections: dict) -> Path:
+    """A config over a `rows`-row LAION-layout dump with the tiny model, plus `sections`."""
+    laion_dump(tmp_path / "dump", rows)
     config = tmp_path / "laion.yaml"
     config.write_text(yaml.safe_dump({
         "run_dir": str(tmp_path / "run"),
         "input": {"format": "laion_embeddings", "shards": str(tmp_path / "dump")},
-        "embed": {"model": {"arch": "scaleclust-tiny"}},
-        "cluster": {"method": "mlc", "k": 10, "assign_sample": 100_000},
-        "index": {"memory_budget_gb": 0.0001}}))
+        "embed": {"model": {"arch": "scaleclust-tiny"}}, **sections}))
+    return config
+
+
+def test_cli_warns_when_mlc_assigner_or_index_cannot_fit(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """LAION's job settings on a 100,000-row dump: assign_sample=100,000 is spectral-clustered on a
+    sparse kNN graph within the task's memory request, a request below its estimate is named, and a
+    tiny index budget fits no index: it is named."""
+    config = laion_job(tmp_path, 100_000, cluster={"method": "mlc", "k": 10, "assign_sample": 100_000},
+                       index={"memory_budget_gb": 0.0001})
     assert main(["plan", str(config), "--memory-gb", "16"]) == 0
     out = capsys.readouterr().out
     assert "rows    100,000 (1 part(s) from .npy headers)" in out
@@ -117,13 +122,7 @@ def test_reranking_copies_counted_on_disk(tmp_path: Path) -> None:
     from scaleclust.config import load
     from scaleclust.plan import make_plan
 
-    laion_dump(tmp_path / "dump", 20_000)
-    config = tmp_path / "laion.yaml"
-    config.write_text(yaml.safe_dump({
-        "run_dir": str(tmp_path / "run"),
-        "input": {"format": "laion_embeddings", "shards": str(tmp_path / "dump")},
-        "embed": {"model": {"arch": "scaleclust-tiny"}},
-        "index": {"kind": "ivf_pq", "pq_m": 2}}))
+    config = laion_job(tmp_path, 20_000, index={"kind": "ivf_pq", "pq_m": 2})
 
     def index_disk(refine: int) -> int:
         plan = make_plan(load(str(config), [f"index.refine_factor={refine}"]), 16 << 30)
