@@ -92,3 +92,22 @@ def test_text_needs_a_clip_model() -> None:
 
     with pytest.raises(ValidationError, match="caption embeddings need an open_clip model"):
         EmbedConfig(model=ModelConfig(kind="timm", arch="efficientnet_lite0"), text=True)
+
+
+def test_outputs_of_shards_with_and_without_urls_merge() -> None:
+    """Ray hands an all-null url column to the actor as float NaN. Passed on as floats, that batch's
+    output could not be merged with a batch that has urls (the two-batch calls of the embed stage failed
+    so); the actor gives the text columns back as strings or None."""
+    from ray.data._internal.arrow_ops.transform_pyarrow import concat
+    from ray.data.block import BlockAccessor
+
+    actor = EncodeBatch(EmbedConfig(model=ModelConfig(arch="scaleclust-tiny"), batch_size=2), StorageConfig())
+    pixels = np.zeros((2, 64, 64, 3), np.uint8)
+    blocks = []
+    for urls in (np.full(2, np.nan, np.float32), np.asarray(["http://a/1.jpg", None], object)):
+        out = actor({"image": pixels.copy(), "error": np.asarray(["", ""], object), "url": urls,
+                     "caption": np.full(2, np.nan, np.float32), "busy": np.zeros(2)})
+        blocks.append(BlockAccessor.batch_to_block(out))
+    merged = concat(blocks)
+    assert merged["url"].to_pylist() == [None, None, "http://a/1.jpg", None]
+    assert merged["caption"].to_pylist() == [None] * 4

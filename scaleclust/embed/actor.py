@@ -22,6 +22,7 @@ import torch
 from scaleclust.config import EmbedConfig, StorageConfig
 from scaleclust.embed.device_decode import decode_batch
 from scaleclust.embed.encoders import load_encoder
+from scaleclust.embed.writer import TEXT, texts
 
 
 def encoder_threads(embed: EmbedConfig, device: str) -> int:
@@ -177,5 +178,8 @@ class EncodeBatch:
             if has_text.any():
                 batch["text_embedding"][has_text] = self._encode_text(list(batch["caption"][has_text]))
             batch["has_text"] = has_text
+        for column in TEXT:  # typed as strings, so outputs of shards with and without them can merge
+            if column in batch:
+                batch[column] = texts(batch[column])
         batch["busy"] = batch["busy"] + (time.perf_counter() - started) / n if n else batch["busy"]
         return batch

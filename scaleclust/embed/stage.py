@@ -123,8 +123,10 @@ def _embed(cfg: Config, run: RunDir, pending: dict[str, ShardSpec]) -> None:
         "image_size": prep.image_size, "crop_pct": prep.crop_pct, "input_cfg": cfg.input,
         "storage": cfg.storage, "batch_rows": cfg.embed.decode_batch,
         "max_pixels": cfg.embed.max_image_pixels, "encoded": cfg.embed.decodes_on_device()})
+    # An actor call takes at least two encoder batches, so its chunk pipeline has a next chunk to copy
+    # while one computes.
     ds = ds.map_batches(
-        EncodeBatch, batch_size=cfg.embed.batch_size, fn_constructor_kwargs={"embed": cfg.embed, "storage": cfg.storage},
+        EncodeBatch, batch_size=max(2 * cfg.embed.batch_size, cfg.embed.decode_batch), fn_constructor_kwargs={"embed": cfg.embed, "storage": cfg.storage},
         compute=ray.data.ActorPoolStrategy(min_size=cfg.embed.min_actors, max_size=cfg.embed.max_actors),
         num_gpus=cfg.embed.gpus_per_actor or None, num_cpus=cfg.embed.cpus_per_actor)
     ds = ds.map_batches(write_parts, batch_size=None, num_cpus=0.25, fn_kwargs={"run": run})

@@ -38,9 +38,19 @@ def embedding_matrix(column: pa.ChunkedArray | pa.Array, dtype: Any = np.float32
     return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, d).astype(dtype, copy=False)
 
 
+TEXT = ("caption", "url", "label")  # string columns that may be null on every row of a batch
+
+
+def texts(values: np.ndarray) -> np.ndarray:
+    """Strings with None for null, as an object array. Ray Data hands an all-null column back as float
+    NaN; passed on as floats, it cannot be merged with another batch's strings (a string vs float schema
+    clash in Ray's block builder), while None-only columns merge as Arrow's null type."""
+    return np.asarray([v if isinstance(v, str) else None for v in values.tolist()], dtype=object)
+
+
 def string_array(values: np.ndarray) -> pa.Array:
-    """Strings with nulls. Ray Data hands an all-None column back as float NaN; both mean null here."""
-    return pa.array([v if isinstance(v, str) else None for v in values.tolist()], pa.string())
+    """Strings with nulls (see texts)."""
+    return pa.array(texts(values), pa.string())
 
 
 def write_parts(batch: dict[str, np.ndarray], run: RunDir) -> dict[str, np.ndarray]:
