@@ -36,9 +36,9 @@ def prepare(cfg: Config) -> tuple[RunDir, dict[str, ShardSpec]]:
     """Plan the input shards and record the resolved config in RUN/config.yaml.
 
     Fails (before any Ray work) when no shard matches, or when the run directory holds embeddings of
-    another model: mixing embedding spaces would silently ruin the clustering.
+    another model: mixing embedding spaces would silently ruin the clustering. The method settings are
+    the caller's to check (fit.check) before it takes the lease, so a bad one leaves no run directory.
     """
-    fit.check(cfg)
     shards = plan(cfg.input, cfg.storage)
     run = RunDir(cfg.run_dir, cfg.storage)
     if run.exists(run.config):

@@ -23,6 +23,10 @@ for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "te
                     "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "0"}.items():
     os.environ[name] = value
 
+# Ray's loggers (ray.data's too) bind their stream when first imported. Imported here, at collection, that is the
+# session's stream, not the capsys stream of whichever test imports ray first, which is closed after it.
+import ray.data  # noqa: E402,F401
+
 from scaleclust.config import Config, from_dict  # noqa: E402
 from tests.shards import write_synthetic_shards  # noqa: E402
 
