@@ -161,15 +161,8 @@ def config(run_dir: Path, dump: Path, args: argparse.Namespace, method: str) -> 
         "ray": {"num_cpus": 4}})
 
 
-def measure(rows: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    dump, run_dir = work / f"dump{rows}", work / f"run{rows}"
-    started = time.perf_counter()
-    parts = write_dump(dump, rows, args.dim, args.part_rows, args.clusters, args.seed)
-    print(json.dumps({"rows": rows, "stage": "write dump", "parts": parts,
-                      "seconds": round(time.perf_counter() - started, 1)}), flush=True)
-    cfg_k, cfg_m = config(run_dir, dump, args, "kmeans"), config(run_dir, dump, args, "mlc")
-    with contextlib.redirect_stdout(io.StringIO()):
-        run, shards = prepare(cfg_k)
+def start_ray() -> None:
+    """A fresh local Ray, as every scaleclust command starts its own."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")  # a loaded shared machine starts slowly
     # On a machine shared with other jobs Ray's memory monitor kills (and retries, without end) the task
@@ -185,6 +178,18 @@ def measure(rows: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
             if attempt == 2:
                 raise
     ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def measure(rows: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    dump, run_dir = work / f"dump{rows}", work / f"run{rows}"
+    started = time.perf_counter()
+    parts = write_dump(dump, rows, args.dim, args.part_rows, args.clusters, args.seed)
+    print(json.dumps({"rows": rows, "stage": "write dump", "parts": parts,
+                      "seconds": round(time.perf_counter() - started, 1)}), flush=True)
+    cfg_k, cfg_m = config(run_dir, dump, args, "kmeans"), config(run_dir, dump, args, "mlc")
+    with contextlib.redirect_stdout(io.StringIO()):
+        run, shards = prepare(cfg_k)
+    start_ray()
     probe = PeakRSS()
     stages: list[tuple[str, Callable[[], Any]]] = [
         ("ingest", lambda: embed.run(cfg_k, run, shards)),
@@ -200,6 +205,12 @@ def measure(rows: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     try:
         probe.take()
         for name, step in stages:
+            if name in args.skip:
+                continue
+            if args.ray_per_stage and name != stages[0][0]:
+                ray.shutdown()  # Ray reuses worker processes, whose RSS keeps what earlier stages' tasks left
+                start_ray()
+                probe.take()
             t0 = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()):
                 step()
@@ -303,6 +314,11 @@ def main() -> None:
     parser.add_argument("--shards-per-searcher", type=int, default=20,
                         help="index.shards_per_searcher: parts one search actor holds (bounds its memory)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ray-per-stage", action="store_true",
+                        help="a fresh local Ray for each stage, as separate `scaleclust stage` commands run, so a "
+                             "stage's reused worker processes carry no memory of an earlier stage's tasks")
+    parser.add_argument("--skip", nargs="*", default=[], help="stages to leave out (their outputs are not "
+                        "needed by later stages: dedup)")
     parser.add_argument("--keep", action="store_true", help="keep the dumps and run directories")
     parser.add_argument("--work", help="folder for dumps and runs (default: a temporary folder)")
     parser.add_argument("--from-log", help="re-print the comparison and projection from a run's printed lines")

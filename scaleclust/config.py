@@ -376,7 +376,7 @@ class IndexConfig(Strict):
     target_recall: float = Field(0.9, gt=0, le=1, description="nprobe auto: recall@k the index stage's "
                                  "calibration must reach (on recall_queries sampled rows against exact search)")
     opq: bool = Field(False, description="ivf_pq: learn an OPQ rotation before product quantization")
-    refine_factor: int = Field(20, ge=0, description="ivf_pq: re-score refine_factor x k PQ candidates exactly "
+    refine_factor: int = Field(30, ge=0, description="ivf_pq: re-score refine_factor x k PQ candidates exactly "
                                "against the stored fp16 vectors (on disk, memory-mapped); 0 = off")
     train_gpus: float = Field(0.0, ge=0, description="GPUs given to the index training task (faiss-gpu trains "
                               "the coarse quantizer and codebooks there); 0 = CPU")

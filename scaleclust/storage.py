@@ -227,6 +227,18 @@ def exists(url: str, storage: StorageConfig) -> bool:
     return fs.exists(path)
 
 
+def stamp(url: str, storage: StorageConfig) -> str | None:
+    """A file's version as the store reports it (size and ETag or modification time), None when absent:
+    enough to tell a cached result derived from the file that the file was rewritten since."""
+    fs, path = filesystem(url, storage)
+    try:
+        info = fs.info(path, refresh=True) if is_s3(fs) else fs.info(path)
+    except FileNotFoundError:
+        return None
+    version = info.get("ETag") or info.get("mtime") or info.get("LastModified") or info.get("created")
+    return f"{info.get('size')}:{version}"
+
+
 def listdir(url: str, storage: StorageConfig) -> list[str]:
     """File names (not paths) directly under `url`; empty when the folder does not exist."""
     fs, path = filesystem(url, storage)

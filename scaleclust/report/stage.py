@@ -1,7 +1,8 @@
 """Report stage: RUN/report/ = index.html (written last: the commit), plots/*.png, img/*.jpg.
 
-Reads clusters.parquet, assignments/ + embeddings/ (one pass, one Ray task per shard), metrics.json
-and the markers; reads back from the source shards only the thumbnails it shows.
+Reads clusters.parquet, assignments/ + embeddings/ (one Ray task per shard; when a night only added
+shards, only those, merged into RUN/report-picks.json: see collect), metrics.json and the markers;
+reads back from the source shards only the thumbnails it shows that an earlier report did not write.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from scaleclust.report.thumbs import read_thumbnails, thumb_name
 from scaleclust.rundir import RunDir
 from scaleclust.runinfo import describe
 from scaleclust.sources import ShardSpec
-from scaleclust.storage import write_bytes_atomic
+from scaleclust.storage import listdir, write_bytes_atomic
 
 PAGE_SIZE = 50  # cluster sections per page
 
@@ -62,12 +63,26 @@ def overview(run: RunDir, metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return sections
 
 
-def _members(members: list[Member], thumbs: dict[str, bytes]) -> list[dict[str, Any]]:
-    return [{"key": key, "conf": round(conf, 4), "thumb": thumb_name(key) if key in thumbs else None,
-             "caption": caption, "url": url} for conf, key, _, caption, url in members]
+def thumbnails(run: RunDir, wanted: dict[str, set[str]], shards: dict[str, ShardSpec],
+               cfg: Config) -> tuple[dict[str, str], int]:
+    """Key -> thumbnail file (under report/) for the wanted keys (shard -> keys) that have an image, and how
+    many were read from the source shards: thumbnails an earlier report wrote are reused."""
+    px = cfg.report.thumbnail_px
+    names = {key: thumb_name(key, px) for keys in wanted.values() for key in keys}
+    present = {f"img/{name}" for name in listdir(run.path("report", "img"), run.storage)}
+    missing = {shard: todo for shard, keys in wanted.items() if (todo := {k for k in keys if names[k] not in present})}
+    read = read_thumbnails(missing, shards, cfg.input, cfg.storage, px) if missing else {}
+    for key, jpeg in read.items():
+        write_bytes_atomic(run.path("report", names[key]), jpeg, run.storage)
+    return {key: name for key, name in names.items() if key in read or name in present}, len(read)
 
 
-def cluster_rows(table: dict[str, Any], picks: Picks, thumbs: dict[str, bytes], deduped: bool,
+def _members(members: list[Member], thumbs: dict[str, str]) -> list[dict[str, Any]]:
+    return [{"key": key, "conf": round(conf, 4), "thumb": thumbs.get(key), "caption": caption, "url": url}
+            for conf, key, _, caption, url in members]
+
+
+def cluster_rows(table: dict[str, Any], picks: Picks, thumbs: dict[str, str], deduped: bool,
                  n_captions: int) -> list[dict[str, Any]]:
     """One JSON-ready dict per non-empty cluster."""
     rows = []
@@ -95,16 +110,15 @@ def run(cfg: Config, run: RunDir, shards: dict[str, ShardSpec]) -> dict[str, Any
     opts = cfg.report
     rows = int(sizes.sum())
     progress = Progress("report", total=rows, unit="rows")
-    picks, deduped = collect(run, np.asarray(table["cluster"], np.int64), opts.images, opts.borderline, progress)
+    picks, deduped, shards_read = collect(run, np.asarray(table["cluster"], np.int64), opts.images, opts.borderline,
+                                          progress)
     progress.close()
 
     wanted: dict[str, set[str]] = {}
     for c in np.argsort(-sizes, kind="stable")[:opts.image_clusters]:
         for _, key, shard, _, _ in picks.top[c] + picks.low[c]:
             wanted.setdefault(shard, set()).add(key)
-    thumbs = read_thumbnails(wanted, shards, cfg.input, cfg.storage, opts.thumbnail_px) if wanted else {}
-    for key, jpeg in thumbs.items():
-        write_bytes_atomic(run.path("report", thumb_name(key)), jpeg, run.storage)
+    thumbs, read = thumbnails(run, wanted, shards, cfg)
 
     labels = [name or str(c) for c, name in zip(table["cluster"], table["name"])]
     centroids = embedding_matrix(clusters["centroid"])
@@ -129,4 +143,5 @@ def run(cfg: Config, run: RunDir, shards: dict[str, ShardSpec]) -> dict[str, Any
                               ("map", "2-D map of the clusters"))]})
     write_bytes_atomic(index_url(run), html.encode(), run.storage)
     return {"report": index_url(run), "clusters": len(data["clusters"]), "thumbnails": len(thumbs),
-            "html_bytes": len(html.encode()), "seconds": round(time.time() - started, 2)}
+            "thumbnails_read": read, "shards_read": shards_read, "html_bytes": len(html.encode()),
+            "seconds": round(time.time() - started, 2)}

@@ -21,9 +21,10 @@ from scaleclust.sources.decode import output_key
 THREADS = 4
 
 
-def thumb_name(key: str) -> str:
-    """File name of a key's thumbnail: a hash, so no key text ever becomes a path."""
-    return f"img/{hashlib.sha1(key.encode()).hexdigest()[:20]}.jpg"
+def thumb_name(key: str, px: int) -> str:
+    """File name of a key's thumbnail at px: a hash, so no key text ever becomes a path. A later report
+    finds the thumbnails it can reuse by name."""
+    return f"img/{hashlib.sha1(f'{px}:{key}'.encode()).hexdigest()[:20]}.jpg"
 
 
 def thumbnail(data: bytes, px: int) -> bytes:
