@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+import yaml
 
 for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
@@ -47,6 +49,20 @@ def private_ray_env() -> Iterator[dict[str, str]]:
             except OSError:
                 continue
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def rejected_before_ray(tmp_path: Path, job: dict[str, Any], timeout: float) -> str:
+    """Run `scaleclust run` on `job` (written to tmp_path/job.yaml) in a subprocess with a private Ray
+    dir; assert it exits 2 with no Ray started and no run directory written; return its stderr."""
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    with private_ray_env() as env:
+        done = subprocess.run([sys.executable, "-m", "scaleclust.cli", "run", str(tmp_path / "job.yaml")],
+                              capture_output=True, text=True, timeout=timeout, env=env)
+        ray_dirs = list(Path(env["RAY_TMPDIR"]).iterdir())
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert ray_dirs == [], "Ray started before the config was rejected"
+    assert not Path(job["run_dir"]).exists()
+    return done.stderr
 
 
 def kill_when_present(proc: subprocess.Popen, folder: Path, pattern: str, timeout: float = 300,

@@ -4,17 +4,14 @@ part of the fit's identity."""
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from scaleclust.cluster.mlc import MLCConfig
 from scaleclust.config import ClusterConfig, ConfigError, MLCSettings, from_dict
 from scaleclust.fit import build_mlc, fit_params
-from tests.conftest import private_ray_env
+from tests.conftest import rejected_before_ray
 
 
 def test_typed_section_matches_the_method_config() -> None:
@@ -33,16 +30,9 @@ def test_typed_section_matches_the_method_config() -> None:
 def test_bad_mlc_field_fails_before_ray(tmp_path: Path, field: str, value, hint: str) -> None:
     data = {"run_dir": str(tmp_path / "run"), "input": {"shards": str(tmp_path / "*.tar")},
             "cluster": {"method": "mlc", "k": 3, "mlc": {field: value}}}
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(data))
-    with private_ray_env() as env:
-        done = subprocess.run([sys.executable, "-m", "scaleclust.cli", "run", str(tmp_path / "job.yaml")],
-                              capture_output=True, text=True, timeout=50, env=env)
-        ray_dirs = list(Path(env["RAY_TMPDIR"]).iterdir())
-    assert done.returncode == 2, done.stderr[-2000:]
-    naming = [line for line in done.stderr.splitlines() if f"cluster.mlc.{field}" in line]
-    assert len(naming) == 1 and hint in naming[0], done.stderr
-    assert ray_dirs == [], "Ray started before the config was rejected"
-    assert not (tmp_path / "run").exists()
+    stderr = rejected_before_ray(tmp_path, data, timeout=50)
+    naming = [line for line in stderr.splitlines() if f"cluster.mlc.{field}" in line]
+    assert len(naming) == 1 and hint in naming[0], stderr
 
 
 @pytest.mark.parametrize("field, value, hint", [

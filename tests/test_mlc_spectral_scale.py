@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from sklearn.metrics import adjusted_rand_score
 
 from scaleclust.cluster.mlc import MLCConfig, assign_memory_bytes, knn_membership, membership_affinity
@@ -19,7 +18,7 @@ from scaleclust.cluster.spectral import SpectralBasis, spectral_cluster
 from scaleclust.config import ClusterConfig, ConfigError
 from scaleclust.fit import check_assign_memory
 from scaleclust.index.synthetic import clustered_vectors
-from tests.conftest import private_ray_env
+from tests.conftest import rejected_before_ray
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,14 +59,8 @@ def test_memory_estimate_refuses_a_dense_sample_before_any_work() -> None:
 def test_an_assign_sample_too_big_for_its_memory_fails_before_ray(tmp_path: Path) -> None:
     data = {"run_dir": str(tmp_path / "run"), "input": {"shards": str(tmp_path / "shards" / "*.tar")},
             "cluster": {"method": "mlc", "k": 10, "assign_sample": 5000, "assign_memory_gb": 0.1}}
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(data))
-    with private_ray_env() as env:
-        done = subprocess.run([sys.executable, "-m", "scaleclust.cli", "run", str(tmp_path / "job.yaml")],
-                              capture_output=True, text=True, timeout=140, env=env)
-        ray_dirs = list(Path(env["RAY_TMPDIR"]).iterdir())
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert "cluster.assign_memory_gb" in done.stderr and "5,000 rows" in done.stderr, done.stderr
-    assert ray_dirs == [] and not (tmp_path / "run").exists()
+    stderr = rejected_before_ray(tmp_path, data, timeout=140)
+    assert "cluster.assign_memory_gb" in stderr and "5,000 rows" in stderr, stderr
 
 
 BOUND_GIB = 1.5  # the stated bound for 100,000 rows of 64-d embeddings, k 20: the README says the same
