@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import os
 import shutil
 import sys
@@ -46,6 +47,7 @@ from scaleclust.embed import stage as embed  # noqa: E402
 from scaleclust.index import neighbors  # noqa: E402
 from scaleclust.index import stage as index_stage  # noqa: E402
 from scaleclust.index.build import unit_float32  # noqa: E402
+from scaleclust.index.choose import default_nlist  # noqa: E402
 from scaleclust.index.duplicates import dedup  # noqa: E402
 from scaleclust.pipeline import prepare  # noqa: E402
 
@@ -255,6 +257,11 @@ def compare(first: dict[str, Any], last: dict[str, Any]) -> None:
 
 
 PER_ROW = ("ingest", "assign kmeans", "index", "dedup", "assign mlc")  # work grows with the rows, split by shard
+# IVF stages: a row's cost grows with the lists (adding: its distance to every coarse centroid) or with the
+# list sizes (range search: nprobe lists of rows/nlist each), and index.nlist defaults to ~4 sqrt(rows) up to
+# 65,536 lists, so their cost per row grows as sqrt(rows) until that cap, then stays flat.
+SQRT_ROWS = ("index", "dedup")
+NLIST_CAP_ROWS = (default_nlist(10**12) / 4) ** 2
 
 
 def project(first: dict[str, Any], last: dict[str, Any], rows: float, dim: int, measured_dim: int,
@@ -262,8 +269,10 @@ def project(first: dict[str, Any], last: dict[str, Any], rows: float, dim: int, 
     """Hours for `rows` rows of `dim` dimensions on N nodes like this one. A per-row stage costs its
     marginal seconds per row (between the first and the last measured size; the last size's average when
     only one was measured or the difference is not positive), times rows x dim / measured dim, divided
-    over the nodes (its tasks are per shard), plus its fixed start-up cost as measured. The fits (fixed
-    samples) and the neighbours graph (fixed queries) are taken as measured, scaled by dim only."""
+    over the nodes (its tasks are per shard), plus its fixed start-up cost as measured; for the IVF stages
+    (SQRT_ROWS) the last size's seconds per row times sqrt(rows / last rows), with rows capped where
+    index.nlist stops growing. The fits (fixed samples) and the neighbours graph (fixed queries) are
+    taken as measured, scaled by dim only."""
     scale_dim = dim / measured_dim
     print(f"\nprojection to {rows:,.0f} rows x {dim} dims from {first['rows']:,} and {last['rows']:,} rows x "
           f"{measured_dim} dims, on N nodes of this machine's size")
@@ -276,6 +285,8 @@ def project(first: dict[str, Any], last: dict[str, Any], rows: float, dim: int, 
         if marginal <= 0:
             marginal = t1 / last["rows"]
         fixed = max(t1 - marginal * last["rows"], 0.0)
+        if stage in SQRT_ROWS:
+            marginal, fixed = t1 / last["rows"] * math.sqrt(min(rows, NLIST_CAP_ROWS) / last["rows"]), 0.0
         if stage in PER_ROW:
             hours = [(fixed + marginal * rows * scale_dim / n) / 3600 for n in nodes]
         else:
