@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import os
 import shutil
 import sys
@@ -48,10 +47,12 @@ from scaleclust.index import neighbors  # noqa: E402
 from scaleclust.index import stage as index_stage  # noqa: E402
 from scaleclust.index.build import unit_float32  # noqa: E402
 from scaleclust.index.choose import default_nlist  # noqa: E402
+from scaleclust.index.coarse import NESTED_MIN, QUANTIZER_NPROBE, top_count  # noqa: E402
 from scaleclust.index.duplicates import dedup  # noqa: E402
 from scaleclust.pipeline import prepare  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+NPROBE = 8  # index.nprobe of the runs here
 
 
 def write_dump(root: Path, rows: int, dim: int, part_rows: int, clusters: int, seed: int) -> int:
@@ -158,7 +159,7 @@ def config(run_dir: Path, dump: Path, args: argparse.Namespace, method: str) -> 
                     "restarts": 1, "assign_sample": args.assign_sample,
                     "mlc": {"steps": args.mlc_steps, "warmup_steps": args.mlc_steps // 4, "batch_size": 256},
                     "train": {"workers": 2, "cpus_per_worker": 1, "checkpoint_every": 10_000}},
-        "index": {"kind": "ivf_flat", "queries": args.queries, "recall_queries": 200, "nprobe": 8,
+        "index": {"kind": "ivf_flat", "queries": args.queries, "recall_queries": 200, "nprobe": NPROBE,
                   "shards_per_searcher": args.shards_per_searcher},
         "ray": {"num_cpus": 4}})
 
@@ -257,11 +258,16 @@ def compare(first: dict[str, Any], last: dict[str, Any]) -> None:
 
 
 PER_ROW = ("ingest", "assign kmeans", "index", "dedup", "assign mlc")  # work grows with the rows, split by shard
-# IVF stages: a row's cost grows with the lists (adding: its distance to every coarse centroid) or with the
-# list sizes (range search: nprobe lists of rows/nlist each), and index.nlist defaults to ~4 sqrt(rows) up to
-# 65,536 lists, so their cost per row grows as sqrt(rows) until that cap, then stays flat.
-SQRT_ROWS = ("index", "dedup")
-NLIST_CAP_ROWS = (default_nlist(10**12) / 4) ** 2
+IVF_STAGES = ("index", "dedup")  # a row's cost follows ivf_work(): assigning it to lists (+ scanning nprobe lists)
+
+
+def ivf_work(rows: float, scan: bool) -> float:
+    """Work per row of an IVF stage at index.nlist's default, in d-dimensional dot products: assigning
+    the row to its lists (flat quantizer: nlist; nested: (1 + its nprobe) x top cells), plus, for a
+    search or a dedup range search (``scan``), NPROBE lists of rows / nlist rows each."""
+    nlist = default_nlist(int(rows))
+    assign_work = (1 + QUANTIZER_NPROBE) * top_count(nlist) if nlist >= NESTED_MIN else nlist
+    return assign_work + (NPROBE * rows / nlist if scan else 0)
 
 
 def project(first: dict[str, Any], last: dict[str, Any], rows: float, dim: int, measured_dim: int,
@@ -270,9 +276,9 @@ def project(first: dict[str, Any], last: dict[str, Any], rows: float, dim: int, 
     marginal seconds per row (between the first and the last measured size; the last size's average when
     only one was measured or the difference is not positive), times rows x dim / measured dim, divided
     over the nodes (its tasks are per shard), plus its fixed start-up cost as measured; for the IVF stages
-    (SQRT_ROWS) the last size's seconds per row times sqrt(rows / last rows), with rows capped where
-    index.nlist stops growing. The fits (fixed samples) and the neighbours graph (fixed queries) are
-    taken as measured, scaled by dim only."""
+    (IVF_STAGES) the last size's seconds per row times the ratio of ivf_work at `rows` and at the last
+    size. The fits (fixed samples) and the neighbours graph (fixed queries) are taken as measured,
+    scaled by dim only."""
     scale_dim = dim / measured_dim
     print(f"\nprojection to {rows:,.0f} rows x {dim} dims from {first['rows']:,} and {last['rows']:,} rows x "
           f"{measured_dim} dims, on N nodes of this machine's size")
@@ -285,8 +291,9 @@ def project(first: dict[str, Any], last: dict[str, Any], rows: float, dim: int, 
         if marginal <= 0:
             marginal = t1 / last["rows"]
         fixed = max(t1 - marginal * last["rows"], 0.0)
-        if stage in SQRT_ROWS:
-            marginal, fixed = t1 / last["rows"] * math.sqrt(min(rows, NLIST_CAP_ROWS) / last["rows"]), 0.0
+        if stage in IVF_STAGES:
+            scan = stage == "dedup"  # the index stage adds rows: it assigns them, it scans no list
+            marginal, fixed = t1 / last["rows"] * ivf_work(rows, scan) / ivf_work(last["rows"], scan), 0.0
         if stage in PER_ROW:
             hours = [(fixed + marginal * rows * scale_dim / n) / 3600 for n in nodes]
         else:

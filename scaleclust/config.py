@@ -369,7 +369,8 @@ class IndexConfig(Strict):
         "auto", description="auto: IVF-Flat when it fits memory_budget_gb, else IVF-PQ with the largest M that fits")
     memory_budget_gb: float | None = Field(None, gt=0, description="whole-index memory budget for kind=auto; "
                                            "null = no limit (IVF-Flat)")
-    nlist: int | None = Field(None, gt=0, description="inverted lists; null = ~4*sqrt(rows), at most rows/39")
+    nlist: int | None = Field(None, gt=0, description="inverted lists; null = ~4*sqrt(rows), or rows/256 when "
+                               "more (short lists keep search work per row flat), at most rows/39 and 2^20")
     pq_m: int | None = Field(None, gt=0, description="ivf_pq: sub-quantizers (bytes per code), must divide the dim")
     nprobe: PositiveInt | Literal["auto"] = Field(16, description="inverted lists scanned per query, or auto: the smallest "
                                           "that reached target_recall when the index stage measured it")
@@ -378,8 +379,8 @@ class IndexConfig(Strict):
     opq: bool = Field(False, description="ivf_pq: learn an OPQ rotation before product quantization")
     refine_factor: int = Field(30, ge=0, description="ivf_pq: re-score refine_factor x k PQ candidates exactly "
                                "against the stored fp16 vectors (on disk, memory-mapped); 0 = off")
-    train_gpus: float = Field(0.0, ge=0, description="GPUs given to the index training task (faiss-gpu trains "
-                              "the coarse quantizer and codebooks there); 0 = CPU")
+    train_gpus: float = Field(0.0, ge=0, description="GPUs given to the index training task (faiss-gpu runs "
+                              "its k-means there); 0 = CPU")
     shards_per_searcher: int = Field(256, gt=0, description="shard indexes held by one search actor; it holds "
                                      "about this x rows per shard x bytes_per_vector (manifest.json)")
     k: int = Field(10, gt=0, description="neighbours per row in the kNN graph")

@@ -10,6 +10,7 @@ measured for the model (MEASURED_RATES, each with its source), or the run's own 
 from __future__ import annotations
 
 import io
+import math
 import os
 import posixpath
 import tarfile
@@ -271,6 +272,7 @@ def stages(cfg: Config, rows: Rows, enc: Encoder) -> list[Stage]:
 
 def index_stages(cfg: Config, rows: Rows, enc: Encoder, n_shards: int, warnings: list[str]) -> list[Stage]:
     """The index the index stage would choose for these rows, its build and its search actors."""
+    from scaleclust.index.coarse import quantizer_factory
     from scaleclust.index.stage import choose
 
     d = enc.dim or 0
@@ -282,13 +284,16 @@ def index_stages(cfg: Config, rows: Rows, enc: Encoder, n_shards: int, warnings:
     per_shard = rows.largest_shard_rows * spec.bytes_per_vector
     queries = min(cfg.index.queries, rows.total)
     return [
-        Stage("index: train", f"{spec.factory} on {spec.train_rows:,} rows", spec.train_rows * d * 4,
+        Stage("index: train", f"{spec.factory}: {spec.small_rows:,} rows held, {spec.train_rows:,} streamed",
+              spec.train_memory_bytes(math.ceil(rows.largest_shard_rows * spec.train_rows / max(rows.total, 1))),
               spec.total_bytes + rows.total * spec.stored_bytes_per_vector,
               [f"{spec.bytes_per_vector} bytes per vector; whole index {spec.total_bytes / GIB:.2f} GiB"]
+              + ([f"training spills {spec.train_rows * d * 2 / GIB:.2f} GiB (fp16) to the task's local disk"]
+                 if quantizer_factory(spec.nlist) else [])
               + ([f"re-ranking: {spec.stored_bytes_per_vector} bytes per vector of fp16 copies on disk (memory-mapped)"]
                  if spec.stored_bytes_per_vector else [])),
-        Stage("index: search", f"actors holding up to {cfg.index.shards_per_searcher} shard indexes each",
-              min(cfg.index.shards_per_searcher, n_shards) * per_shard),
+        Stage("index: search", f"actors holding up to {cfg.index.shards_per_searcher} shard indexes each "
+              "and the quantizer they share", min(cfg.index.shards_per_searcher, n_shards) * per_shard + spec.fixed_bytes),
         Stage("neighbors", f"kNN graph of {queries:,} rows, searched by those actors", 0,
               queries * cfg.index.k * (int(rows.key_bytes) + 4)),
     ]

@@ -11,6 +11,8 @@ asked for. Without a Ray cluster (unit tests, benchmarks on arrays) the same rea
 from __future__ import annotations
 
 import zlib
+from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,7 @@ from scaleclust.storage import arrow_source
 
 ROW = "_row"  # pseudo-column: a sampled row's position in its shard (its global id is first_id + ROW)
 READ_CPUS = 0.5  # reads wait on storage and decompression; half a CPU lets them run beside a caller's task
+READ_AHEAD = 4  # shards a streaming reader keeps in flight
 
 
 def quotas(sizes: dict[str, int], n: int) -> dict[str, int]:
@@ -120,3 +123,21 @@ def sample_embeddings(run: RunDir, markers: dict[str, dict[str, Any]], n: int, s
     dim = next(iter(markers.values()))["dim"] if markers else 0
     blocks = [x.astype(np.float32) for x, _ in parts]
     return (np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)), extra
+
+
+def sample_blocks(run: RunDir, markers: dict[str, dict[str, Any]], n: int, seed: int,
+                  ahead: int = READ_AHEAD) -> Iterator[np.ndarray]:
+    """The rows of ``sample_embeddings(run, markers, n, seed)`` as float32 blocks, one per shard, for a
+    caller that streams a sample too large to hold: at most ``ahead`` shards are read ahead."""
+    plan = iter(sample_plan(markers, n, seed).items())
+    if not ray.is_initialized():
+        for shard, rows in plan:
+            yield _read_sample(run, shard, rows, (), np.float16)[0].astype(np.float32)
+        return
+    pending: deque[ray.ObjectRef] = deque()
+    for shard, rows in plan:
+        pending.append(_read_task.remote(run, shard, rows, (), np.float16)[0])
+        if len(pending) > ahead:
+            yield ray.get(pending.popleft()).astype(np.float32)
+    while pending:
+        yield ray.get(pending.popleft()).astype(np.float32)

@@ -50,6 +50,10 @@ def test_sample_is_seeded_and_matches_whole_shard_reads(tmp_path: Path, monkeypa
     again, _ = sample.sample_embeddings(run, markers, 900, seed=7)
     other, _ = sample.sample_embeddings(run, markers, 900, seed=8)
     assert np.array_equal(x, again) and not np.array_equal(x, other)
+    blocks = list(sample.sample_blocks(run, markers, 900, seed=7))  # the same rows, streamed shard by shard
+    assert [len(b) for b in blocks] == [c for _, c in sorted(sample.quotas(
+        {s: m["embedded"] for s, m in markers.items()}, 900).items())]
+    assert np.array_equal(np.concatenate(blocks), x)
 
 
 def test_reads_only_the_row_groups_holding_sampled_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,5 +79,7 @@ def test_ray_tasks_draw_the_same_sample_and_keys(tmp_path: Path, monkeypatch: py
     run, markers, vectors = _write_run(tmp_path, monkeypatch)
     x, extra = sample.sample_embeddings(run, markers, 700, seed=3, columns=("key",))
     assert np.array_equal(x, _reference(markers, vectors, 700, 3))
+    streamed = sample.sample_blocks(run, markers, 700, seed=3, ahead=1)  # one shard read ahead at a time
+    assert np.array_equal(np.concatenate(list(streamed)), x)
     keys = sample.keys_of_rows(run, {"00001": np.array([1199, 0, 7, 7]), "00002": np.array([2])})
     assert keys == {"00001": ["00001-1199", "00001-0", "00001-7", "00001-7"], "00002": ["00002-2"]}

@@ -1,18 +1,22 @@
 """Train an empty IVF index once on a sample; add each embeddings shard into its own copy.
 
 Everything crosses process boundaries as bytes (faiss.serialize_index), so a Ray stage only moves
-bytes: ``train(sample) -> bytes``, ``add(empty, vectors, first_id) -> bytes``,
-``merge(parts) -> bytes``.
+bytes: ``train(small, spec, blocks) -> bytes``, ``add(empty, vectors, first_id) -> bytes``,
+``merge(parts) -> bytes``. Every shard's copy shares the trained coarse quantizer (nlist x d floats,
+up to 3.2 GB at LAION scale), so the index stage stores shards without it (``add(...,
+shared_quantizer=True)``) and :func:`load_shard` puts the trained one back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import faiss
 import numpy as np
 
 from scaleclust.index.choose import IndexSpec
+from scaleclust.index.coarse import fill_quantizer, train_centroids
 from scaleclust.index.device import to_device, to_host
 
 
@@ -33,29 +37,92 @@ def from_bytes(data: bytes) -> faiss.Index:
     return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
 
 
-def train(sample: np.ndarray, spec: IndexSpec) -> bytes:
-    """Train the coarse quantizer (and PQ codebooks) on ``sample``; return the empty index as bytes.
+def transforms(index: faiss.Index) -> list[faiss.VectorTransform]:
+    """The vector transforms in front of the IVF (the OPQ rotation), in the order they apply."""
+    if not isinstance(index, faiss.IndexPreTransform):
+        return []
+    return [faiss.downcast_VectorTransform(index.chain.at(i)) for i in range(index.chain.size())]
 
-    Use about ``spec.train_rows`` rows. Spherical k-means is faiss's default for inner product. With
-    OPQ the rotation is trained first, then the IVF-PQ on the rotated sample.
+
+def ivf_of(index: faiss.Index) -> faiss.IndexIVFInterface:
+    """The IVF index itself, behind an OPQ rotation or not."""
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+    if not isinstance(inner, faiss.IndexIVFInterface):
+        raise TypeError(f"expected an IVF index, got {type(inner).__name__}")
+    return inner
+
+
+def train(small: np.ndarray, spec: IndexSpec, blocks: Iterable[np.ndarray] | None = None, seed: int = 0) -> bytes:
+    """Train the OPQ rotation, coarse centroids and PQ codebooks; return the empty index as bytes.
+
+    ``small`` (about ``spec.small_rows`` rows) trains the rotation, the top level of the centroids and
+    the codebooks; ``blocks`` streams the whole training sample (about ``spec.train_rows`` rows) for
+    the centroids, one block in memory at a time (default: ``small`` itself). Rows are L2-normalised
+    here; the k-means is spherical (inner product = cosine).
     """
-    x = unit_float32(sample)
+    x = unit_float32(small)
     if x.shape[1] != spec.d:
         raise ValueError(f"sample has d={x.shape[1]}, spec says d={spec.d}")
     index = faiss.index_factory(spec.d, spec.factory, faiss.METRIC_INNER_PRODUCT)
-    index = to_device(index)
-    index.train(x)
+    rotations = transforms(index)
+    for rotation in rotations:
+        rotation.train(x)
+        x = rotation.apply(x)
+
+    def rotated(block: np.ndarray) -> np.ndarray:
+        block = unit_float32(block)
+        for rotation in rotations:
+            block = rotation.apply(block)
+        return block
+
+    ivf = ivf_of(index)
+    fill_quantizer(ivf.quantizer, train_centroids(x, (rotated(b) for b in (blocks or [small])), spec.nlist, seed))
+    ivf.train(x)  # the quantizer is full: only the codes' own training (PQ codebooks on residuals) is left
+    index.is_trained = True
     return to_bytes(index)
 
 
-def add(empty_index: bytes, vectors: np.ndarray, first_id: int) -> bytes:
-    """Add one shard's vectors, ids first_id .. first_id+len-1, to a copy of the trained index."""
+@contextmanager
+def borrowed_quantizer(index: faiss.Index, quantizer: faiss.Index) -> Iterator[faiss.Index]:
+    """``index`` with its IVF using ``quantizer`` (not owned) inside the block, its own one again after."""
+    ivf = ivf_of(index)
+    own, owned = ivf.quantizer, ivf.own_fields
+    ivf.quantizer, ivf.own_fields = quantizer, False
+    try:
+        yield index
+    finally:
+        ivf.quantizer, ivf.own_fields = own, owned
+
+
+def add(empty_index: bytes, vectors: np.ndarray, first_id: int, shared_quantizer: bool = False) -> bytes:
+    """Add one shard's vectors, ids first_id .. first_id+len-1, to a copy of the trained index.
+
+    With ``shared_quantizer`` the bytes leave the coarse quantizer out (an empty flat index stands in);
+    :func:`load_shard` puts the trained one back.
+    """
     x = unit_float32(vectors)
     index = to_device(from_bytes(empty_index))
     if index.ntotal:
         raise ValueError("add() expects the empty trained index from train()")
     index.add_with_ids(x, np.arange(first_id, first_id + len(x), dtype=np.int64))
-    return to_bytes(index)
+    if not shared_quantizer:
+        return to_bytes(index)
+    index = to_host(index)
+    with borrowed_quantizer(index, faiss.IndexFlat(ivf_of(index).d, index.metric_type)) as stripped:
+        return to_bytes(stripped)
+
+
+def load_shard(data: bytes, trained: faiss.Index) -> faiss.Index:
+    """A shard index stored without its quantizer (``add(..., shared_quantizer=True)``), given the
+    trained index whose quantizer it shares; on the GPU when this process has one."""
+    index = from_bytes(data)
+    ivf = ivf_of(index)
+    # The empty flat stand-in read from the file (~100 bytes) is not freed: handing a member pointer to
+    # Python's ownership (thisown) corrupts SWIG's type table in faiss 1.15 (measured: later reads fail).
+    ivf.quantizer, ivf.own_fields = ivf_of(trained).quantizer, False
+    # faiss holds a raw pointer to the shared quantizer: keep its owner alive as long as the index
+    index.referenced_objects = [*getattr(index, "referenced_objects", []), trained]
+    return to_device(index)
 
 
 def merge(parts: Iterable[bytes]) -> bytes:

@@ -5,6 +5,11 @@ why an index was chosen. The metric is always inner product on L2-normalised vec
 IVF-PQ may add an OPQ rotation (learned so that PQ's sub-vectors carry equal variance) and exact
 re-ranking: ``refine_factor * k`` PQ candidates re-scored against the stored fp16 vectors, which lie
 memory-mapped on disk beside the index (bytes on disk, not held in RAM).
+
+index.nlist defaults to ~4 sqrt(rows) (faiss's guideline) until lists would hold more than
+ROWS_PER_LIST rows (from ~1M rows on), then to rows / ROWS_PER_LIST up to NLIST_CAP: a search or a
+near-duplicate range search scans nprobe lists per query, so keeping lists short keeps that work per
+row flat as the data grows. The nested quantizer of coarse.py keeps assigning a row to its lists cheap.
 """
 
 from __future__ import annotations
@@ -13,11 +18,16 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from scaleclust.index.coarse import quantizer_factory, top_count
+
 Kind = Literal["ivf_flat", "ivf_fp16", "ivf_pq"]
 
 ID_BYTES = 8  # faiss stores one int64 id next to every code in the inverted lists
 PQ_NBITS = 8  # one byte per sub-quantizer code: 256 centroids each
 MIN_POINTS_PER_CENTROID = 39  # below this faiss warns that k-means is under-trained
+ROWS_PER_LIST = 256  # default nlist keeps lists at most this long on average, up to NLIST_CAP
+NLIST_CAP = 1 << 20  # faiss's choice for a billion rows; 3.2 GB of centroids at 768-d in every search actor
+SMALL_ROWS = 65_536  # rows that train OPQ, PQ codebooks and the top level (faiss itself uses at most 256 x 256)
 PQ_M_CHOICES = (96, 64, 48, 32, 24, 16, 8)
 
 
@@ -48,10 +58,12 @@ class IndexSpec:
 
     @property
     def fixed_bytes(self) -> int:
-        """Coarse centroids (nlist*d*4) plus PQ codebooks (256*d*4) and the OPQ matrix (d*d*4) when used."""
+        """Coarse centroids (nlist*d*4; nested: + an id and a direct-map entry each, + the top level's
+        centroids) plus PQ codebooks (256*d*4) and the OPQ matrix (d*d*4) when used."""
         codebooks = (1 << PQ_NBITS) * self.d * 4 if self.kind == "ivf_pq" else 0
         rotation = self.d * self.d * 4 if self.opq else 0
-        return self.nlist * self.d * 4 + codebooks + rotation
+        nested = 16 * self.nlist + top_count(self.nlist) * self.d * 4 if quantizer_factory(self.nlist) else 0
+        return self.nlist * self.d * 4 + nested + codebooks + rotation
 
     @property
     def total_bytes(self) -> int:
@@ -64,15 +76,24 @@ class IndexSpec:
         codes = {  # np: skip polysemous training (slow, and Hamming filtering is unused)
             "ivf_flat": "Flat", "ivf_fp16": "SQfp16", "ivf_pq": f"PQ{self.pq_m}x{PQ_NBITS}np"}
         rotation = f"OPQ{self.pq_m}," if self.opq else ""
-        return f"{rotation}IVF{self.nlist},{codes[self.kind]}"
+        return f"{rotation}IVF{self.nlist}{quantizer_factory(self.nlist)},{codes[self.kind]}"
 
     @property
     def train_rows(self) -> int:
-        """Rows to train on: ~64 per coarse centroid (>= 39*256 for 8-bit PQ), at most n."""
-        want = 64 * self.nlist
-        if self.kind == "ivf_pq":
-            want = max(want, MIN_POINTS_PER_CENTROID * (1 << PQ_NBITS))
-        return min(self.n, want)
+        """Rows streamed to train the coarse centroids: ~64 per centroid, at least SMALL_ROWS, at most n."""
+        return min(self.n, max(64 * self.nlist, SMALL_ROWS))
+
+    @property
+    def small_rows(self) -> int:
+        """Rows held to train OPQ, the PQ codebooks and the centroids' top level, at most n."""
+        return min(self.n, SMALL_ROWS)
+
+    def train_memory_bytes(self, block_rows: int) -> int:
+        """Peak bytes of the training task's arrays: the small sample (read fp16, float32 and a unit
+        copy), one streamed block of ``block_rows`` rows, one top cell (~2x its mean share of the
+        training rows, fp16 and float32) and the centroids with their nested quantizer."""
+        cell = 2 * self.train_rows // top_count(self.nlist)
+        return self.d * (self.small_rows * 10 + block_rows * 10 + cell * 6 + self.nlist * 12)
 
     def to_dict(self) -> dict:
         """Fields plus the derived figures and the arithmetic as text, for manifest.json."""
@@ -83,6 +104,7 @@ class IndexSpec:
             "fixed_bytes": self.fixed_bytes,
             "total_bytes": self.total_bytes,
             "train_rows": self.train_rows,
+            "small_rows": self.small_rows,
             "stored_bytes_per_vector": self.stored_bytes_per_vector,
             "arithmetic": f"{self.n} * ({self.code_bytes} + {ID_BYTES}) + {self.fixed_bytes}"
             f" = {self.total_bytes} bytes",
@@ -90,8 +112,10 @@ class IndexSpec:
 
 
 def default_nlist(n: int) -> int:
-    """~4*sqrt(n) inverted lists, at least 1, at most n/39 (so k-means has data) and 65536."""
-    return max(1, min(round(4 * math.sqrt(n)), n // MIN_POINTS_PER_CENTROID, 65536))
+    """~4*sqrt(n) inverted lists, or n/ROWS_PER_LIST when more; at least 1, at most n/39 (so k-means
+    has data) and NLIST_CAP."""
+    want = max(round(4 * math.sqrt(n)), n // ROWS_PER_LIST)
+    return max(1, min(want, n // MIN_POINTS_PER_CENTROID, NLIST_CAP))
 
 
 def code_bytes(kind: Kind, d: int, pq_m: int = 0) -> int:

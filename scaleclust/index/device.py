@@ -22,9 +22,13 @@ def usable_gpus() -> int:
 
 
 def to_device(index: faiss.Index) -> faiss.Index:
-    """Clone a CPU index onto the usable GPUs, or return it unchanged when there are none."""
+    """Clone a CPU index onto the usable GPUs, or return it unchanged when there are none. An IVF whose
+    coarse quantizer is not flat (the nested one of large nlist, see coarse.py) stays on the CPU: the
+    GPU IVF classes take a flat quantizer."""
     gpus = usable_gpus()
-    return faiss.index_cpu_to_all_gpus(index, ngpu=gpus) if gpus else index
+    if not gpus or not isinstance(faiss.downcast_index(faiss.extract_index_ivf(index).quantizer), faiss.IndexFlat):
+        return index
+    return faiss.index_cpu_to_all_gpus(index, ngpu=gpus)
 
 
 def to_host(index: faiss.Index) -> faiss.Index:

@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 import torch
 
-from scaleclust.index.build import from_bytes, unit_float32
+from scaleclust.index.build import from_bytes, ivf_of, transforms, unit_float32
 from scaleclust.index.device import to_device
 from scaleclust.index.vectors import StoredVectors
 
@@ -90,21 +90,6 @@ def merge_topk_vectors(a: VectorResult, b: VectorResult, k: int) -> VectorResult
     return sims, ids, np.take_along_axis(vectors, pos[:, :, None], axis=1)
 
 
-def transforms(index: faiss.Index) -> list[faiss.VectorTransform]:
-    """The vector transforms in front of the IVF (the OPQ rotation), in the order they apply."""
-    if not isinstance(index, faiss.IndexPreTransform):
-        return []
-    return [faiss.downcast_VectorTransform(index.chain.at(i)) for i in range(index.chain.size())]
-
-
-def ivf_of(index: faiss.Index) -> faiss.IndexIVFInterface:
-    """The IVF index itself, behind an OPQ rotation or not."""
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
-    if not isinstance(inner, faiss.IndexIVFInterface):
-        raise TypeError(f"expected an IVF index, got {type(inner).__name__}")
-    return inner
-
-
 def reconstruct(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
     """float16 vectors (ids.shape + (d,)) of ids held by this index (zeros for -1): exact for Flat and
     fp16 lists, PQ's decoding (rotated back when OPQ) for IVF-PQ. Builds the id map on first use."""
@@ -124,10 +109,13 @@ def reconstruct(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
 
 def as_index(item: faiss.Index | bytes) -> faiss.Index:
     """Accept an IVF index, optionally behind OPQ (used where it lives), or its bytes (loaded onto the
-    GPU when present)."""
+    GPU when present). Raises on a shard stored without its quantizer (see build.load_shard)."""
     is_bytes = isinstance(item, bytes | bytearray | memoryview)
     index = to_device(from_bytes(item)) if is_bytes else item
-    ivf_of(index)
+    ivf = ivf_of(index)
+    if ivf.quantizer.ntotal != ivf.nlist:
+        raise ValueError(f"IVF index with {ivf.quantizer.ntotal} of its {ivf.nlist} coarse centroids: a shard "
+                         "stored without its quantizer is loaded with build.load_shard(data, trained)")
     return index
 
 

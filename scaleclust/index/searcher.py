@@ -15,10 +15,11 @@ from typing import Any, Iterator
 import numpy as np
 import ray
 
+from scaleclust.index.build import from_bytes, load_shard
 from scaleclust.index.dedup import Pairs, pairs_from_index
 from scaleclust.index.search import (Refine, Result, VectorResult, as_index, empty_result, merge_topk,
                                      merge_topk_vectors, search, search_vectors)
-from scaleclust.index.stage import ids_to_keys, load_manifest, resolve_nprobe
+from scaleclust.index.stage import ids_to_keys, load_manifest, resolve_nprobe, trained_url
 from scaleclust.index.vectors import StoredVectors
 from scaleclust.rundir import RunDir
 
@@ -33,7 +34,8 @@ class Searcher:
     def __init__(self, run: RunDir, manifest: dict[str, Any], entries: list[dict[str, Any]]) -> None:
         """``manifest`` is index/manifest.json less its shards; ``entries`` are this group's shards."""
         self.manifest = manifest  # without its shards: the entries of this group come apart
-        self.indexes = [as_index(run.read_bytes(run.path("index", e["file"]))) for e in entries]
+        trained = from_bytes(run.read_bytes(trained_url(run)))  # its coarse quantizer, shared by every shard
+        self.indexes = [as_index(load_shard(run.read_bytes(run.path("index", e["file"])), trained)) for e in entries]
         factor = manifest["spec"].get("refine_factor", 0)
         self.refine = Refine([StoredVectors(run.path("index", e["vectors"]), run.storage, e["first_id"])
                               for e in entries], factor) if factor else None

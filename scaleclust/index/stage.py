@@ -1,7 +1,8 @@
 """Index stage: train the IVF index once on a sample, add every committed embeddings shard in parallel.
 
 Layout under RUN/index/: trained.faiss (the empty trained index), shards/SHARD.COMMIT.faiss (one per
-embeddings commit, so re-adding a changed shard never overwrites a file the current manifest names),
+embeddings commit, so re-adding a changed shard never overwrites a file the current manifest names;
+stored without the coarse quantizer, which build.load_shard takes from trained.faiss),
 with re-ranking also shards/SHARD.COMMIT.f16.npy (the shard's unit vectors, fp16, in id order) and
 manifest.json, written last: the spec and its bytes-per-vector arithmetic, each shard's contiguous
 global id range and the embeddings commit it was built from, the next free id, and with index.nprobe
@@ -25,10 +26,11 @@ from scaleclust.index.choose import IndexSpec, choose_index
 from scaleclust.index.vectors import npy_bytes
 from scaleclust.parallel import map_shards
 from scaleclust.rundir import RunDir
-from scaleclust.sample import keys_of_rows, sample_embeddings
+from scaleclust.sample import keys_of_rows, sample_blocks, sample_embeddings
 from scaleclust.storage import listdir, remove, write_bytes_atomic, write_json_atomic
 
 GB = 1 << 30
+SMALL_SEED_OFFSET = 1  # the training task's held sample is drawn apart from its streamed one
 
 
 def manifest_url(run: RunDir) -> str:
@@ -116,9 +118,11 @@ def shard_vectors(run: RunDir, manifest: dict[str, Any]) -> Iterator[tuple[int, 
 
 @ray.remote(num_cpus=1)
 def _train(run: RunDir, markers: dict[str, dict[str, Any]], spec: IndexSpec, seed: int) -> None:
-    """Train on a uniform sample of spec.train_rows rows and write RUN/index/trained.faiss."""
-    sample, _ = sample_embeddings(run, markers, spec.train_rows, seed)
-    write_bytes_atomic(trained_url(run), build.train(sample, spec), run.storage)
+    """Train on spec.small_rows held rows and spec.train_rows streamed ones (two uniform samples) and
+    write RUN/index/trained.faiss."""
+    small, _ = sample_embeddings(run, markers, spec.small_rows, seed + SMALL_SEED_OFFSET)
+    blocks = sample_blocks(run, markers, spec.train_rows, seed)
+    write_bytes_atomic(trained_url(run), build.train(small, spec, blocks, seed), run.storage)
 
 
 def add_shard(item: dict[str, Any], run: RunDir) -> str:
@@ -126,7 +130,7 @@ def add_shard(item: dict[str, Any], run: RunDir) -> str:
     vectors = embedding_matrix(run.read_table(run.embeddings(item["shard"]), ["embedding"])["embedding"])
     if len(vectors) != item["count"]:
         raise RuntimeError(f"index: {item['shard']} has {len(vectors)} rows, its marker says {item['count']}")
-    data = build.add(run.read_bytes(trained_url(run)), vectors, item["first_id"])
+    data = build.add(run.read_bytes(trained_url(run)), vectors, item["first_id"], shared_quantizer=True)
     if "vectors" in item:  # before the index file: a shard is only listed once both exist
         write_bytes_atomic(run.path("index", item["vectors"]), npy_bytes(build.unit_float32(vectors)), run.storage)
     write_bytes_atomic(run.path("index", item["file"]), data, run.storage)
