@@ -4,10 +4,10 @@ import faiss
 import numpy as np
 import pytest
 
-from scaleclust.index.build import add, from_bytes, merge, to_bytes, train
+from scaleclust.index.build import add, from_bytes, merge, to_bytes, train, unit_float32
 from scaleclust.index.choose import choose_index
 from scaleclust.index.ids import IdRanges
-from scaleclust.index.search import merge_topk, search
+from scaleclust.index.search import coarse_assign, merge_topk, search
 from scaleclust.index.synthetic import clustered_vectors
 
 faiss.omp_set_num_threads(1)  # shared 2-core machine: no OpenMP spin contention
@@ -43,6 +43,13 @@ def test_sharded_search_equals_unsharded(data, kind):
     np.testing.assert_array_equal(lazy[1], want[1])
     grouped = search([merge(parts[:2]), merge(parts[2:])], queries, K, NPROBE)
     np.testing.assert_array_equal(grouped[1], want[1])
+    # the groups of a fan-out reuse one coarse assignment, computed once for all of them
+    coarse = coarse_assign(empty, unit_float32(queries), NPROBE)
+    shared = [search(parts[:2], queries, K, NPROBE, coarse=coarse), search(parts[2:], queries, K, NPROBE, coarse=coarse)]
+    np.testing.assert_array_equal(merge_topk(*shared, K)[1], want[1])
+    with pytest.raises(ValueError, match="trained separately"):
+        search(parts, queries, K, NPROBE, coarse=coarse_assign(train(x[:4096], choose_index(N, D, kind=kind, nlist=32,
+               pq_m=8 if kind == "ivf_pq" else None)), unit_float32(queries), NPROBE))
     # and it is the same as faiss's own search on the unsharded index
     index = from_bytes(whole)
     index.nprobe = NPROBE

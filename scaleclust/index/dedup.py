@@ -20,7 +20,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from scaleclust.index.build import unit_float32
-from scaleclust.index.search import preassigned
+from scaleclust.index.search import Coarse, preassigned
 
 
 @dataclass(frozen=True)
@@ -79,18 +79,19 @@ def pairs_within_clusters(
 
 def pairs_from_index(
     indexes: Iterable[faiss.Index | bytes], vectors: np.ndarray, ids: np.ndarray,
-    threshold: float, nprobe: int,
+    threshold: float, nprobe: int, coarse: Coarse | None = None,
 ) -> Pairs:
     """Pairs with cosine >= threshold between ``vectors`` (global ``ids``) and everything indexed.
 
-    Range search over each index with one shared coarse assignment; approximate (IVF misses pairs
-    whose members fall in cells not probed). Call per batch of queries and ``Pairs.concat`` them.
+    Range search over each index with one shared coarse assignment (``coarse`` when given); approximate
+    (IVF misses pairs whose members fall in cells not probed). Call per batch of queries and
+    ``Pairs.concat`` them.
     """
     q = unit_float32(vectors)
     ids = np.asarray(ids, np.int64)
     radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))  # faiss keeps sim > r
     found = []
-    for probe in preassigned(indexes, q, nprobe):
+    for probe in preassigned(indexes, q, nprobe, coarse):
         lims, sims, hits = probe.ivf.range_search_preassigned(probe.queries, radius, probe.centroid_ids,
                                                               probe.centroid_sims)
         rows = np.repeat(ids, np.diff(lims).astype(np.int64))

@@ -16,7 +16,7 @@ import ray
 
 from scaleclust.embed.writer import embedding_matrix
 from scaleclust.index.dedup import Pairs, group_duplicates, pairs_within_clusters, removal_counts
-from scaleclust.index.searcher import searchers
+from scaleclust.index.searcher import searchers, shared
 from scaleclust.index.stage import ids_to_keys, load_manifest, shard_vectors
 from scaleclust.parallel import map_shards
 from scaleclust.rundir import RunDir
@@ -50,9 +50,10 @@ def find_pairs(run: RunDir, manifest: dict[str, Any], threshold: float, scope: L
         return Pairs.concat(map_shards(bucket_pairs, items, run=run, manifest=manifest, threshold=threshold))
     with searchers(run, manifest, per_actor) as actors:
         found = []
-        for first_id, vectors in shard_vectors(run, manifest):
+        for turn, (first_id, vectors) in enumerate(shard_vectors(run, manifest)):
             ids = np.arange(first_id, first_id + len(vectors))
-            found += ray.get([a.pairs.remote(vectors, ids, threshold, nprobe) for a in actors])
+            ref, coarse = shared(actors, vectors, nprobe, turn)  # the actors take turns assigning shards
+            found += ray.get([a.pairs.remote(ref, ids, threshold, nprobe, coarse) for a in actors])
     return Pairs.concat(found)
 
 

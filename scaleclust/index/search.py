@@ -1,7 +1,7 @@
 """Fan-out search over per-shard (or per-group) IVF indexes that share one trained quantizer.
 
-The queries are assigned to their ``nprobe`` nearest coarse centroids once, with the first index's
-quantizer; every index is then scanned with that assignment (``search_preassigned``) and the
+The queries are assigned to their ``nprobe`` nearest coarse centroids once (:func:`coarse_assign`,
+with the first index's quantizer, or given by the caller); every index is then scanned with that assignment (``search_preassigned``) and the
 per-index top-k lists are merged exactly. Because the indexes are copies of one trained index, the
 result equals one unsharded index over the same data. Indexes may come from a generator that
 loads them one at a time, so a searcher holds one index plus a (queries x k) result in memory.
@@ -141,54 +141,74 @@ def rerank(queries: np.ndarray, result: Result, refine: Refine, k: int) -> Resul
     return out
 
 
-def preassigned(indexes: Iterable[faiss.Index | bytes], queries: np.ndarray, nprobe: int) -> Iterator[Probe]:
+@dataclass(frozen=True)
+class Coarse:
+    """Unit queries in the IVF's space (rotated by OPQ when the index has it), their nprobe nearest lists
+    with similarities, and the nlist of the index that assigned them."""
+
+    queries: np.ndarray
+    centroid_ids: np.ndarray
+    centroid_sims: np.ndarray
+    nlist: int
+
+
+def coarse_assign(index: faiss.Index | bytes, queries: np.ndarray, nprobe: int) -> Coarse:
+    """The coarse assignment of unit ``queries`` by ``index``'s rotation and quantizer, shared by every
+    copy of that trained index: a fan-out computes it once per batch, not once per search actor."""
+    index = as_index(index)
+    ivf = ivf_of(index)
+    rotated = queries
+    for transform in transforms(index):
+        rotated = transform.apply(rotated)
+    sims, ids = ivf.quantizer.search(rotated, min(nprobe, ivf.nlist))
+    return Coarse(rotated, ids, sims, ivf.nlist)
+
+
+def preassigned(indexes: Iterable[faiss.Index | bytes], queries: np.ndarray, nprobe: int,
+                coarse: Coarse | None = None) -> Iterator[Probe]:
     """Yield each index as a :class:`Probe` with the queries' one shared coarse assignment.
 
-    The rotation and the assignment are computed with the first index; each IVF gets ``nprobe`` set.
-    All indexes must be copies of one trained index (checked: same nlist).
+    The assignment is ``coarse`` when given, else computed with the first index; each IVF gets its
+    nprobe set. All indexes must be copies of one trained index (checked: same nlist).
     """
-    coarse = None
     for item in indexes:
         index = as_index(item)
         ivf = ivf_of(index)
         if coarse is None:
-            nlist = ivf.nlist
-            rotated = queries
-            for transform in transforms(index):
-                rotated = transform.apply(rotated)
-            coarse = ivf.quantizer.search(rotated, min(nprobe, nlist))
-        elif ivf.nlist != nlist:
-            raise ValueError(f"indexes were trained separately: nlist {ivf.nlist} != {nlist}")
-        ivf.nprobe = coarse[1].shape[1]
-        yield Probe(index, ivf, rotated, coarse[1], coarse[0])
+            coarse = coarse_assign(index, queries, nprobe)
+        if ivf.nlist != coarse.nlist:
+            raise ValueError(f"indexes were trained separately: nlist {ivf.nlist} != {coarse.nlist}")
+        ivf.nprobe = coarse.centroid_ids.shape[1]
+        yield Probe(index, ivf, coarse.queries, coarse.centroid_ids, coarse.centroid_sims)
 
 
 def search(indexes: Iterable[faiss.Index | bytes], queries: np.ndarray, k: int, nprobe: int,
-           refine: Refine | None = None) -> Result:
+           refine: Refine | None = None, coarse: Coarse | None = None) -> Result:
     """Top-k neighbours of ``queries`` over all indexes: (sims (nq, k), ids (nq, k)) best first.
 
-    Queries are L2-normalised here; ``nprobe`` is set on each index as it is searched. With ``refine``
-    the merged top ``refine.factor * k`` PQ candidates of all indexes are re-scored exactly, once.
+    Queries are L2-normalised here; ``nprobe`` is set on each index as it is searched (``coarse``: the
+    queries' assignment computed already). With ``refine`` the merged top ``refine.factor * k`` PQ
+    candidates of all indexes are re-scored exactly, once.
     """
     q = unit_float32(queries)
     want = refine.factor * k if refine else k
     best = empty_result(len(q), want)
-    for probe in preassigned(indexes, q, nprobe):
+    for probe in preassigned(indexes, q, nprobe, coarse):
         found = probe.ivf.search_preassigned(probe.queries, want, probe.centroid_ids, probe.centroid_sims)
         best = merge_topk(best, found, want)
     return rerank(q, best, refine, k) if refine else best
 
 
 def search_vectors(indexes: Iterable[faiss.Index | bytes], queries: np.ndarray, k: int, nprobe: int,
-                   refine: Refine | None = None) -> VectorResult:
+                   refine: Refine | None = None, coarse: Coarse | None = None) -> VectorResult:
     """:func:`search` that also returns each neighbour's vector: the stored one with re-ranking, else
     reconstructed from the index holding it."""
     if refine:
-        sims, ids = search(indexes, queries, k, nprobe, refine)
+        sims, ids = search(indexes, queries, k, nprobe, refine, coarse)
         return sims, ids, refine.take(ids)
     q = unit_float32(queries)
     best = (*empty_result(len(q), k), np.zeros((len(q), k, q.shape[1]), np.float16))
-    for probe in preassigned(indexes, q, nprobe):
+    for probe in preassigned(indexes, q, nprobe, coarse):
         sims, ids = probe.ivf.search_preassigned(probe.queries, k, probe.centroid_ids, probe.centroid_sims)
         best = merge_topk_vectors(best, (sims, ids, reconstruct(probe.index, ids)), k)
     return best

@@ -15,10 +15,10 @@ from typing import Any, Iterator
 import numpy as np
 import ray
 
-from scaleclust.index.build import from_bytes, load_shard
+from scaleclust.index.build import from_bytes, load_shard, unit_float32
 from scaleclust.index.dedup import Pairs, pairs_from_index
-from scaleclust.index.search import (Refine, Result, VectorResult, as_index, empty_result, merge_topk,
-                                     merge_topk_vectors, search, search_vectors)
+from scaleclust.index.search import (Coarse, Refine, Result, VectorResult, as_index, coarse_assign, empty_result,
+                                     merge_topk, merge_topk_vectors, search, search_vectors)
 from scaleclust.index.stage import ids_to_keys, load_manifest, resolve_nprobe, trained_url
 from scaleclust.index.vectors import StoredVectors
 from scaleclust.rundir import RunDir
@@ -40,17 +40,24 @@ class Searcher:
         self.refine = Refine([StoredVectors(run.path("index", e["vectors"]), run.storage, e["first_id"])
                               for e in entries], factor) if factor else None
 
-    def search(self, queries: np.ndarray, k: int, nprobe: int | str) -> Result:
+    def coarse(self, queries: np.ndarray, nprobe: int | str) -> Coarse:
+        """The queries' coarse assignment, for every actor of a fan-out to reuse (each actor's shards share
+        one quantizer: assigning once per batch, not once per actor, keeps the work per query flat)."""
+        return coarse_assign(self.indexes[0], unit_float32(queries), resolve_nprobe(nprobe, self.manifest))
+
+    def search(self, queries: np.ndarray, k: int, nprobe: int | str, coarse: Coarse | None = None) -> Result:
         """Top-k (sims, ids) of the queries over this group."""
-        return search(self.indexes, queries, k, resolve_nprobe(nprobe, self.manifest), self.refine)
+        return search(self.indexes, queries, k, resolve_nprobe(nprobe, self.manifest), self.refine, coarse)
 
-    def search_vectors(self, queries: np.ndarray, k: int, nprobe: int | str) -> VectorResult:
+    def search_vectors(self, queries: np.ndarray, k: int, nprobe: int | str,
+                       coarse: Coarse | None = None) -> VectorResult:
         """Top-k (sims, ids, vectors float16) of the queries over this group."""
-        return search_vectors(self.indexes, queries, k, resolve_nprobe(nprobe, self.manifest), self.refine)
+        return search_vectors(self.indexes, queries, k, resolve_nprobe(nprobe, self.manifest), self.refine, coarse)
 
-    def pairs(self, vectors: np.ndarray, ids: np.ndarray, threshold: float, nprobe: int | str) -> Pairs:
+    def pairs(self, vectors: np.ndarray, ids: np.ndarray, threshold: float, nprobe: int | str,
+              coarse: Coarse | None = None) -> Pairs:
         """Pairs with cosine >= threshold between the vectors (global ids) and this group."""
-        return pairs_from_index(self.indexes, vectors, ids, threshold, resolve_nprobe(nprobe, self.manifest))
+        return pairs_from_index(self.indexes, vectors, ids, threshold, resolve_nprobe(nprobe, self.manifest), coarse)
 
 
 @contextmanager
@@ -67,10 +74,18 @@ def searchers(run: RunDir, manifest: dict[str, Any], per_actor: int) -> Iterator
             ray.kill(actor)
 
 
+def shared(actors: list[Any], queries: np.ndarray, nprobe: int | str, turn: int = 0) -> tuple[Any, Any]:
+    """(queries, their coarse assignment) as object refs for every actor: the queries are put in the object
+    store once, and actor ``turn`` (modulo their number) assigns them for all."""
+    ref = ray.put(np.asarray(queries, np.float32))
+    return ref, actors[turn % len(actors)].coarse.remote(ref, nprobe)
+
+
 def fan_out(actors: list[Any], queries: np.ndarray, k: int, nprobe: int | str) -> Result:
     """Search every actor's group and merge the top-k lists exactly."""
     best = empty_result(len(queries), k)
-    for result in ray.get([a.search.remote(queries, k, nprobe) for a in actors]):
+    ref, coarse = shared(actors, queries, nprobe)
+    for result in ray.get([a.search.remote(ref, k, nprobe, coarse) for a in actors]):
         best = merge_topk(best, result, k)
     return best
 
@@ -79,7 +94,8 @@ def fan_out_vectors(actors: list[Any], queries: np.ndarray, k: int, nprobe: int 
     """fan_out that also brings each neighbour's vector (float16) from the actor holding it."""
     d = np.shape(queries)[1]
     best = (*empty_result(len(queries), k), np.zeros((len(queries), k, d), np.float16))
-    for result in ray.get([a.search_vectors.remote(queries, k, nprobe) for a in actors]):
+    ref, coarse = shared(actors, queries, nprobe)
+    for result in ray.get([a.search_vectors.remote(ref, k, nprobe, coarse) for a in actors]):
         best = merge_topk_vectors(best, result, k)
     return best
 
