@@ -114,7 +114,8 @@ def add(empty_index: bytes, vectors: np.ndarray, first_id: int, shared_quantizer
 
 def load_shard(data: bytes, trained: faiss.Index) -> faiss.Index:
     """A shard index stored without its quantizer (``add(..., shared_quantizer=True)``), given the
-    trained index whose quantizer it shares; on the GPU when this process has one."""
+    trained index whose quantizer it shares (a CPU index: :func:`to_device` moves it, or the group it
+    is merged into)."""
     index = from_bytes(data)
     ivf = ivf_of(index)
     # The empty flat stand-in read from the file (~100 bytes) is not freed: handing a member pointer to
@@ -122,19 +123,24 @@ def load_shard(data: bytes, trained: faiss.Index) -> faiss.Index:
     ivf.quantizer, ivf.own_fields = ivf_of(trained).quantizer, False
     # faiss holds a raw pointer to the shared quantizer: keep its owner alive as long as the index
     index.referenced_objects = [*getattr(index, "referenced_objects", []), trained]
-    return to_device(index)
+    return index
+
+
+def merge_indexes(indexes: Iterable[faiss.Index]) -> faiss.Index:
+    """Move the entries of CPU copies of one trained index into the first (ids kept), one index at a
+    time: a search then visits each probed list once per group, not once per shard."""
+    merged = None
+    for index in indexes:
+        if merged is None:
+            merged = index
+        else:
+            ivf_of(merged).merge_from(ivf_of(index), 0)
+            merged.ntotal = ivf_of(merged).ntotal
+    if merged is None:
+        raise ValueError("merge needs at least one index")
+    return merged
 
 
 def merge(parts: Iterable[bytes]) -> bytes:
     """Merge per-shard indexes (same trained quantizer and rotation) into one group index; ids are kept."""
-    merged = None
-    for part in parts:
-        index = from_bytes(part)
-        if merged is None:
-            merged = index
-        else:
-            faiss.extract_index_ivf(merged).merge_from(faiss.extract_index_ivf(index), 0)
-            merged.ntotal = faiss.extract_index_ivf(merged).ntotal
-    if merged is None:
-        raise ValueError("merge() needs at least one index")
-    return to_bytes(merged)
+    return to_bytes(merge_indexes(from_bytes(part) for part in parts))

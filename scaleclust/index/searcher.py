@@ -15,7 +15,8 @@ from typing import Any, Iterator
 import numpy as np
 import ray
 
-from scaleclust.index.build import from_bytes, load_shard, unit_float32
+from scaleclust.index.build import from_bytes, load_shard, merge_indexes, unit_float32
+from scaleclust.index.device import to_device
 from scaleclust.index.dedup import Pairs, pairs_from_index
 from scaleclust.index.search import (Coarse, Refine, Result, VectorResult, as_index, coarse_assign, empty_result,
                                      merge_topk, merge_topk_vectors, search, search_vectors)
@@ -28,14 +29,16 @@ SEARCHER_CPUS = 0.5  # faiss threads itself; a fraction keeps 2-core machines fr
 
 @ray.remote(num_cpus=SEARCHER_CPUS)
 class Searcher:
-    """Holds the indexes of a group of shards (loaded from the run directory, on the GPU if any), and
-    with re-ranking their stored vectors (memory-mapped, not loaded)."""
+    """Holds the indexes of a group of shards, merged into one (loaded from the run directory, on the
+    GPU if any), and with re-ranking their stored vectors (memory-mapped, not loaded)."""
 
     def __init__(self, run: RunDir, manifest: dict[str, Any], entries: list[dict[str, Any]]) -> None:
         """``manifest`` is index/manifest.json less its shards; ``entries`` are this group's shards."""
         self.manifest = manifest  # without its shards: the entries of this group come apart
         trained = from_bytes(run.read_bytes(trained_url(run)))  # its coarse quantizer, shared by every shard
-        self.indexes = [as_index(load_shard(run.read_bytes(run.path("index", e["file"])), trained)) for e in entries]
+        # One index for the group: a query visits each probed list once here, not once per shard.
+        group = merge_indexes(load_shard(run.read_bytes(run.path("index", e["file"])), trained) for e in entries)
+        self.indexes = [as_index(to_device(group))]
         factor = manifest["spec"].get("refine_factor", 0)
         self.refine = Refine([StoredVectors(run.path("index", e["vectors"]), run.storage, e["first_id"])
                               for e in entries], factor) if factor else None
