@@ -293,7 +293,8 @@ def index_stages(cfg: Config, rows: Rows, enc: Encoder, n_shards: int, warnings:
               + ([f"re-ranking: {spec.stored_bytes_per_vector} bytes per vector of fp16 copies on disk (memory-mapped)"]
                  if spec.stored_bytes_per_vector else [])),
         Stage("index: search", f"actors holding up to {cfg.index.shards_per_searcher} shard indexes each "
-              "and the quantizer they share", min(cfg.index.shards_per_searcher, n_shards) * per_shard + spec.fixed_bytes),
+              "and the quantizer they share",
+              min(cfg.index.shards_per_searcher, n_shards) * per_shard + spec.fixed_bytes),
         Stage("neighbors", f"kNN graph of {queries:,} rows, searched by those actors", 0,
               queries * cfg.index.k * (int(rows.key_bytes) + 4)),
     ]

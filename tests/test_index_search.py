@@ -45,7 +45,7 @@ def test_sharded_search_equals_unsharded(data, kind):
     np.testing.assert_array_equal(grouped[1], want[1])
     # the groups of a fan-out reuse one coarse assignment, computed once for all of them
     coarse = coarse_assign(empty, unit_float32(queries), NPROBE)
-    shared = [search(parts[:2], queries, K, NPROBE, coarse=coarse), search(parts[2:], queries, K, NPROBE, coarse=coarse)]
+    shared = [search(group, queries, K, NPROBE, coarse=coarse) for group in (parts[:2], parts[2:])]
     np.testing.assert_array_equal(merge_topk(*shared, K)[1], want[1])
     with pytest.raises(ValueError, match="trained separately"):
         search(parts, queries, K, NPROBE, coarse=coarse_assign(train(x[:4096], choose_index(N, D, kind=kind, nlist=32,

@@ -90,10 +90,12 @@ class IndexSpec:
 
     def train_memory_bytes(self, block_rows: int) -> int:
         """Peak bytes of the training task's arrays: the small sample (read fp16, float32 and a unit
-        copy), one streamed block of ``block_rows`` rows, one top cell (~2x its mean share of the
-        training rows, fp16 and float32) and the centroids with their nested quantizer."""
-        cell = 2 * self.train_rows // top_count(self.nlist)
-        return self.d * (self.small_rows * 10 + block_rows * 10 + cell * 6 + self.nlist * 12)
+        copy), one streamed block of ``block_rows`` rows, then with the nested quantizer one top cell
+        (~2x its mean share of the training rows, fp16 and float32), else the whole stream (its blocks
+        and their concatenation), and the centroids with their nested quantizer."""
+        nested = quantizer_factory(self.nlist)
+        held = 2 * self.train_rows // top_count(self.nlist) * 6 if nested else self.train_rows * 8
+        return self.d * (self.small_rows * 10 + block_rows * 10 + held + self.nlist * 12)
 
     def to_dict(self) -> dict:
         """Fields plus the derived figures and the arithmetic as text, for manifest.json."""

@@ -1,10 +1,11 @@
 """Fan-out search over per-shard (or per-group) IVF indexes that share one trained quantizer.
 
 The queries are assigned to their ``nprobe`` nearest coarse centroids once (:func:`coarse_assign`,
-with the first index's quantizer, or given by the caller); every index is then scanned with that assignment (``search_preassigned``) and the
-per-index top-k lists are merged exactly. Because the indexes are copies of one trained index, the
-result equals one unsharded index over the same data. Indexes may come from a generator that
-loads them one at a time, so a searcher holds one index plus a (queries x k) result in memory.
+with the first index's quantizer, or given by the caller); every index is then scanned with that
+assignment (``search_preassigned``) and the per-index top-k lists are merged exactly. Because the
+indexes are copies of one trained index, the result equals one unsharded index over the same data.
+Indexes may come from a generator that loads them one at a time, so a caller can hold one index plus
+a (queries x k) result in memory.
 
 An OPQ index is an IVF behind a rotation: the queries are rotated once and the IVF inside is
 searched. With :class:`Refine`, the indexes' merged top ``factor * k`` PQ candidates are re-scored
