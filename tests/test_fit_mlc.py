@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import yaml
 from scaleclust.config import from_dict
 from scaleclust.pipeline import run_all
 from scaleclust.rundir import RunDir
+from scaleclust.train.loop import LOCAL_CHECKPOINT_PREFIX
 from scaleclust.verify import verify
 from tests.conftest import NOUNS, kill_when_present, private_ray_env
 from tests.shards import write_synthetic_shards
@@ -35,7 +37,10 @@ def mlc_config(tmp_path: Path, run: str, **cluster) -> dict:
 def test_mlc_pipeline_with_ray_train(tmp_path: Path) -> None:
     write_synthetic_shards(tmp_path / "shards", n_shards=4, per_shard=30)
     cfg = from_dict(mlc_config(tmp_path, "run"))
+    local = Path(tempfile.gettempdir())
+    before = set(local.glob(f"{LOCAL_CHECKPOINT_PREFIX}*"))
     metrics = run_all(cfg)
+    assert set(local.glob(f"{LOCAL_CHECKPOINT_PREFIX}*")) <= before  # checkpoints uploaded, local copies gone
     assert verify(cfg.run_dir, deep=True) == []
     model = RunDir(cfg.run_dir, cfg.storage).marker(RunDir(cfg.run_dir, cfg.storage).model("model.json"))
     assert model["method"] == "mlc" and model["k"] == 3

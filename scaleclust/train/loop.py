@@ -32,6 +32,7 @@ from scaleclust.sample import sample_refs
 from scaleclust.storage import arrow_filesystem, join, listdir, read_bytes, remove
 
 STATE = "state.pt"
+LOCAL_CHECKPOINT_PREFIX = "scaleclust-ckpt-"  # temporary folder a checkpoint is written to before upload
 KEEP_STATS = 50  # last steps' stats kept in the checkpoint (label-free head selection reads them)
 KEEP = 2  # checkpoints kept under model/train/NAME/
 CHECKPOINT = re.compile(r"checkpoint_step_(\d+)")
@@ -69,12 +70,12 @@ def embeddings_dataset(run: RunDir, markers: dict[str, dict[str, Any]], sample_s
     return ds.map_batches(_as_rows, batch_format="numpy").materialize()
 
 
-def _save(head: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, losses: list[float],
-          starts: list[int], stats: list[dict[str, float]]) -> str:
-    folder = tempfile.mkdtemp(prefix="scaleclust-ckpt-")
+def _save(folder: str, head: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, losses: list[float],
+          starts: list[int], stats: list[dict[str, float]]) -> ray.train.Checkpoint:
+    """The training state as a checkpoint in ``folder`` (a local temporary folder that report uploads)."""
     torch.save({"head": unwrap(head).state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "losses": losses, "starts": starts, "stats": stats}, os.path.join(folder, STATE))
-    return folder
+    return ray.train.Checkpoint.from_directory(folder)
 
 
 def checkpoints(run: RunDir, name: str) -> list[tuple[int, str]]:
@@ -168,9 +169,10 @@ def train_worker(config: dict[str, Any]) -> None:
         kept = [*kept[1 - KEEP_STATS:], {name: float(v) for name, v in stats.items()}]
         if step % config["checkpoint_every"] == 0 or step == method.steps:
             metrics = {"step": step, "loss": losses[-1], "rows_per_second": rows / (time.time() - started)}
-            folder = _save(head, optimizer, step, losses, starts, kept) if rank == 0 else None
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None,
-                             checkpoint_dir_name=f"checkpoint_step_{step:08d}")
+            # report uploads the checkpoint before it returns; the local copy then goes (it once piled up in /tmp)
+            with tempfile.TemporaryDirectory(prefix=LOCAL_CHECKPOINT_PREFIX) as folder:
+                checkpoint = _save(folder, head, optimizer, step, losses, starts, kept) if rank == 0 else None
+                ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_step_{step:08d}")
 
 
 def train(run: RunDir, name: str, method: Method, in_dim: int, dataset: ray.data.MaterializedDataset,
