@@ -13,7 +13,7 @@ import yaml
 from scaleclust.config import from_dict
 from scaleclust.rundir import RunDir
 from scaleclust.verify import verify
-from tests.conftest import kill_when_present, private_ray_env
+from tests.conftest import NOUNS, kill_when_present, private_ray_env
 from tests.shards import write_synthetic_shards
 
 SCAN = {"heads": 2, "hidden": 16, "steps": 120, "self_label_steps": 30, "batch_size": 16, "neighbors": 4,
@@ -27,7 +27,8 @@ def test_scan_fit_with_index_neighbours_killed_and_resumed(tmp_path: Path) -> No
             "embed": {"model": {"arch": "scaleclust-tiny"}, "cpus_per_actor": 0.5, "decode_cpus": 0.5},
             "index": {"nprobe": 4},
             "cluster": {"method": "scan", "k": 3, "sample_size": 1000, "scan": SCAN,
-                        "train": {"workers": 2, "cpus_per_worker": 0.5, "checkpoint_every": 25}}}
+                        "train": {"workers": 2, "cpus_per_worker": 0.5, "checkpoint_every": 25}},
+            "label": {"vocabulary": NOUNS}}  # WordNet's 67,893 prompts took 106 s of this test
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(data))
     cli = [sys.executable, "-m", "scaleclust.cli"]
