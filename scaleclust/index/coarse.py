@@ -2,17 +2,17 @@
 assigns rows to them.
 
 Flat k-means of nlist centroids on ~64*nlist rows costs rows x nlist per iteration and holds the whole
-sample in one process, and both grow with the data when nlist does. From NESTED_MIN lists on
-(hierarchical k-means):
-sqrt(nlist) top centroids are learned on a small sample; each streamed block of the training sample is
-assigned to its top cell and appended, fp16, to that cell's file on local disk; then each cell's rows
-are clustered into a share of the nlist centroids proportional to its rows. The process holds the
-small sample, one block and one cell at a time; a pass costs rows x 2*sqrt(nlist) x d.
+sample in one process, and both grow with the data when nlist does. From NESTED_MIN lists on the
+centroids are learned by hierarchical k-means: sqrt(nlist) top centroids on a small sample; each
+streamed block of the training sample is assigned to its top cell and appended, fp16, to that cell's
+file on local disk; then each cell's rows are clustered into a share of the nlist centroids
+proportional to its rows. The process holds the small sample, one block and one cell at a time; a
+pass costs rows x 2*sqrt(nlist) x d. Below NESTED_MIN one flat k-means runs on the (short) stream.
 
 From NESTED_MIN lists on, the quantizer that assigns a row to its lists is itself an IVF over the
 centroids (sqrt(nlist) lists, QUANTIZER_NPROBE probed), so assigning a row costs ~(1 + nprobe) *
-sqrt(nlist) dot products instead of nlist: with index.nlist growing with the rows, adding and
-searching stay near-constant work per row.
+sqrt(nlist) dot products instead of nlist: with index.nlist growing with the rows, the work per row
+of adding and searching grows as sqrt(nlist), not nlist.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from scaleclust.cluster.kmeans import spherical_kmeans
 from scaleclust.index.device import usable_gpus
 
 NESTED_MIN = 2048  # lists from which the quantizer is an IVF over the centroids
-QUANTIZER_NPROBE = 8  # top cells the nested quantizer scans to assign a row (recall 1.0 of a row's own list at 4M)
+QUANTIZER_NPROBE = 8  # top cells the nested quantizer scans per row (a row found its own list 100% at 4M)
 NITER = 20  # k-means iterations at each level
 
 
