@@ -32,6 +32,8 @@ def test_shares_are_proportional_bounded_and_exact() -> None:
     assert shares(np.array([2, 2]), 4).tolist() == [2, 2]  # every row a centroid when it must
     with pytest.raises(ValueError, match="index.nlist"):
         shares(np.array([3, 4]), 8)
+    with pytest.raises(ValueError, match="3 cells hold rows"):  # one centroid each cannot be kept
+        shares(np.array([3, 4, 5]), 2)
 
 
 def test_streamed_two_level_centroids_partition_like_kmeans(data) -> None:

@@ -45,11 +45,14 @@ def quantizer_factory(nlist: int) -> str:
 
 def shares(sizes: np.ndarray, total: int) -> np.ndarray:
     """Centroids per cell: proportional to its rows (largest remainders), at least one per non-empty cell
-    and at most its rows, summing to ``total``. Raises when the cells hold fewer rows than ``total``."""
+    and at most its rows, summing to ``total``. Raises when the cells hold fewer rows than ``total`` or
+    more cells than ``total`` hold rows."""
     sizes = np.asarray(sizes, np.int64)
     if sizes.sum() < total:
         raise ValueError(f"index.nlist: {total} lists need at least as many training rows, the sample has "
                          f"{int(sizes.sum())}; lower index.nlist")
+    if (sizes > 0).sum() > total:
+        raise ValueError(f"{int((sizes > 0).sum())} cells hold rows, more than the {total} centroids to share")
     exact = total * sizes / sizes.sum()
     k = np.minimum(sizes, np.maximum(sizes > 0, np.floor(exact))).astype(np.int64)
     while k.sum() < total:  # at most one step per cell: floor() loses < 1 per cell
