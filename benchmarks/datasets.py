@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "jobs"))
 from prepare_demo import write_shards  # noqa: E402  (jobs/ is not a package)
 
 from scaleclust.config import StorageConfig, load as load_config  # noqa: E402
-from scaleclust.embed.writer import embedding_matrix  # noqa: E402
+from scaleclust.tables import embedding_matrix  # noqa: E402
 from scaleclust.pipeline import prepare, run_stage  # noqa: E402
 from scaleclust.ray_setup import ensure_ray  # noqa: E402
 from scaleclust.rundir import RunDir  # noqa: E402

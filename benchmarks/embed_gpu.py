@@ -7,7 +7,7 @@ soon as it is measured (a run cut short still reports), then the ratios.
   loader    a torch DataLoader script: one worker process per free core, each reading whole shards and
             decoding with scaleclust's CPU decode (decode_shard), pinned memory, batches moved
             non_blocking, the same model and dtype; model load included.
-  stage     scaleclust.embed.stage.run on a fresh run directory (decode tasks -> encoder actors -> per-shard
+  stage     scaleclust.stages.embed.run on a fresh run directory (decode tasks -> encoder actors -> per-shard
             commit) with `embed.decode` auto (JPEG decode on the device on cuda); whole-stage images/s
             and steady-state images/s (after the first encoder actor was ready).
 GPU busy %: NVML utilisation sampled every 0.2 s during each side (cuda only).

@@ -4,7 +4,7 @@ Same shards (realistic 256-512 px JPEG photos), same model, same torch threads, 
   (a) one process reads each shard, decodes + resizes with scaleclust's own functions (read_tar_samples,
       decode_shard), normalises and encodes in batches with load_encoder's encoder, writes one Parquet
       per shard: what a simple script does;
-  (b) scaleclust.embed.stage.run on a fresh run directory (Ray Data decode tasks -> encoder actor pool ->
+  (b) scaleclust.stages.embed.run on a fresh run directory (Ray Data decode tasks -> encoder actor pool ->
       parts -> per-shard commit), on a local Ray started once (its start-up is reported, not counted).
 Both times include loading the model. Repetitions interleave (a, b, a, b, ...) and medians are reported,
 because the machine is shared. Where the time goes: `a ready s` = model load of (a); `b ready s` = stage
@@ -39,7 +39,7 @@ from _embed_bench import MODELS, gpu_busy, run_stage, stage_config, start_ray, w
 from scaleclust.config import Config, InputConfig, StorageConfig
 from scaleclust.embed.actor import encoder_threads
 from scaleclust.embed.encoders import load_encoder
-from scaleclust.embed.writer import embedding_array
+from scaleclust.tables import embedding_array
 from scaleclust.sources.decode import decode_shard
 from scaleclust.sources.webdataset import read_tar_samples
 

@@ -37,7 +37,7 @@ from _embed_bench import write_photo_shards
 
 from scaleclust.config import ModelConfig, StorageConfig
 from scaleclust.embed.encoders import load_encoder
-from scaleclust.embed.writer import embedding_matrix
+from scaleclust.tables import embedding_matrix
 
 CLIP_RETRIEVAL = "clip-retrieval==2.45.0"
 ARCH = "ViT-B-32"

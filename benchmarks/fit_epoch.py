@@ -20,7 +20,7 @@ import ray
 
 from scaleclust.cluster.mlc import MLC, MLCConfig
 from scaleclust.config import StorageConfig, TrainConfig
-from scaleclust.embed.writer import METADATA, embedding_array, write_commit
+from scaleclust.tables import METADATA, embedding_array, write_commit
 from scaleclust.index.synthetic import clustered_vectors
 from scaleclust.rundir import RunDir
 from scaleclust.train.loop import embeddings_dataset, train

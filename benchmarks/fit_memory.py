@@ -107,7 +107,7 @@ def child(config: str) -> None:
     """Run the fit stage of `config` with a fresh local Ray; print the memory report as JSON."""
     import ray
 
-    from scaleclust import fit
+    from scaleclust.stages import fit
     from scaleclust.config import load
     from scaleclust.rundir import RunDir
 

@@ -26,7 +26,7 @@ import faiss
 import numpy as np
 
 from scaleclust.config import StorageConfig
-from scaleclust.embed.writer import embedding_matrix
+from scaleclust.tables import embedding_matrix
 from scaleclust.index.build import add, from_bytes, train, unit_float32
 from scaleclust.index.calibrate import smallest_nprobe
 from scaleclust.index.choose import choose_index

@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 import ray  # noqa: E402
 
-from scaleclust.report import stage as report  # noqa: E402
+from scaleclust.stages import report  # noqa: E402
 from tests.browser import visit  # noqa: E402
 from tests.report_runs import build_run  # noqa: E402
 

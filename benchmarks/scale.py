@@ -40,15 +40,15 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import ray  # noqa: E402
 
-from scaleclust import assign, fit  # noqa: E402
+from scaleclust.stages import assign, fit  # noqa: E402
 from scaleclust.config import Config, from_dict  # noqa: E402
-from scaleclust.embed import stage as embed  # noqa: E402
-from scaleclust.index import neighbors  # noqa: E402
-from scaleclust.index import stage as index_stage  # noqa: E402
+from scaleclust.stages import embed  # noqa: E402
+from scaleclust.stages import neighbors  # noqa: E402
+from scaleclust.stages import index as index_stage  # noqa: E402
 from scaleclust.index.build import unit_float32  # noqa: E402
 from scaleclust.index.choose import default_nlist  # noqa: E402
 from scaleclust.index.coarse import NESTED_MIN, QUANTIZER_NPROBE, top_count  # noqa: E402
-from scaleclust.index.duplicates import dedup  # noqa: E402
+from scaleclust.index.dedup import dedup  # noqa: E402
 from scaleclust.pipeline import prepare  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")

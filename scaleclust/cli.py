@@ -1,5 +1,5 @@
 """Command line: `scaleclust run CONFIG` (all stages), one sub-command per stage, verify, eval, export,
-report and info over a run directory; the index commands (scaleclust.index.cli) and submit/status/logs
+report and info over a run directory; the index commands (scaleclust.index_commands) and submit/status/logs
 for Ray clusters (scaleclust.submit). Heavy modules (torch, ray) are imported by the command that uses
 them, so --help answers at once."""
 from __future__ import annotations
@@ -51,7 +51,7 @@ def print_metrics(metrics: dict[str, Any]) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from scaleclust.pipeline import run_all
 
-    from scaleclust.report.stage import index_url
+    from scaleclust.stages.report import index_url
     from scaleclust.rundir import RunDir
 
     cfg = _load(args)
@@ -64,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from scaleclust import fit
+    from scaleclust.stages import fit
     from scaleclust.pipeline import prepare, run_stage
     from scaleclust.ray_setup import ensure_ray
 
@@ -163,7 +163,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import ray
 
     from scaleclust.cluster.metrics import scores
-    from scaleclust.summary import reduce_run
+    from scaleclust.stages.summary import reduce_run
 
     _, run, _ = open_run(args)
     model = run.marker(run.model("model.json"))
@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_storage(sub.add_parser("info", help="committed stages, shard counts, skipped rows by error type, the model"))
     p.add_argument("--json", action="store_true", help="print it as JSON")
     p.set_defaults(func=cmd_info)
-    from scaleclust.index.cli import add_commands as add_index_commands
+    from scaleclust.index_commands import add_commands as add_index_commands
     from scaleclust.submit import add_commands as add_submit_commands
     add_index_commands(sub)
     add_submit_commands(sub, with_config)

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scaleclust.config import StorageConfig
-from scaleclust.embed.writer import embedding_matrix
+from scaleclust.tables import embedding_matrix
 from scaleclust.rundir import RunDir
 from scaleclust.storage import join, write_bytes_atomic
 

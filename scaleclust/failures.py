@@ -37,3 +37,8 @@ def reasons(errors: Iterable[str | None], limit: int = 3) -> str:
 def needs_retry(marker: dict[str, Any]) -> bool:
     """A committed shard whose marker counts failures that may pass."""
     return bool(marker.get("retryable"))
+
+
+def error_type(message: str) -> str:
+    """'TruncatedShard: no end-of-archive ...' -> 'TruncatedShard' (errors/ rows are 'Type: message')."""
+    return (message or "").split(":", 1)[0].strip() or "Unknown"

@@ -7,10 +7,10 @@ from typing import Any
 
 import yaml
 
-from scaleclust import assign, fit, label, summary
+from scaleclust.stages import assign, fit, label, summary
 from scaleclust.config import Config, ConfigError, StorageConfig
-from scaleclust.embed import stage as embed
-from scaleclust.report import stage as report
+from scaleclust.stages import embed
+from scaleclust.stages import report
 from scaleclust.lease import Lease
 from scaleclust.ray_setup import ensure_ray
 from scaleclust.rundir import RunDir
@@ -97,7 +97,7 @@ def run_stage(name: str, cfg: Config, run: RunDir, shards: dict[str, ShardSpec])
     elif name == "label":
         result = label.run(cfg, run)
     elif name == "index":
-        from scaleclust.index import stage as index_stage
+        from scaleclust.stages import index as index_stage
         result = index_stage.run(cfg, run)
     elif name == "report":
         result = report.run(cfg, run, shards)

@@ -259,7 +259,7 @@ def stages(cfg: Config, rows: Rows, enc: Encoder) -> list[Stage]:
                          f"sample{' with its neighbours' if neighbors else ''}", share * per_row))
     if c.method == "mlc":
         from scaleclust.cluster.mlc import DENSE_MAX_ROWS
-        from scaleclust.fit import assign_memory
+        from scaleclust.stages.fit import assign_memory
 
         n = min(c.assign_sample, rows.total)
         graph = f"dense {n:,} x {n:,} membership" if n <= DENSE_MAX_ROWS else f"sparse kNN membership ({c.assign_neighbors} per row)"
@@ -273,7 +273,7 @@ def stages(cfg: Config, rows: Rows, enc: Encoder) -> list[Stage]:
 def index_stages(cfg: Config, rows: Rows, enc: Encoder, n_shards: int, warnings: list[str]) -> list[Stage]:
     """The index the index stage would choose for these rows, its build and its search actors."""
     from scaleclust.index.coarse import quantizer_factory
-    from scaleclust.index.stage import choose
+    from scaleclust.stages.index import choose
 
     d = enc.dim or 0
     try:
@@ -307,7 +307,7 @@ def memory_warnings(cfg: Config, found: list[Stage], rows: Rows, dim: int, memor
     c = cfg.cluster
     if c.method == "mlc":
         from scaleclust.config import ConfigError
-        from scaleclust.fit import check_assign_memory
+        from scaleclust.stages.fit import check_assign_memory
 
         try:
             check_assign_memory(c, min(c.assign_sample, rows.total), dim)

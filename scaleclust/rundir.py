@@ -37,6 +37,11 @@ def id_slots(ids: np.ndarray) -> np.ndarray:
     return table
 
 
+def cluster_ids(model: dict[str, Any]) -> np.ndarray:
+    """Stable cluster id of each model output (slot) 0..k-1."""
+    return np.asarray(model.get("cluster_ids") or range(model["k"]), np.int32)
+
+
 @dataclass(frozen=True)
 class RunDir:
     url: str

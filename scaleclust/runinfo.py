@@ -7,12 +7,8 @@ from typing import Any
 
 import yaml
 
+from scaleclust.failures import error_type
 from scaleclust.rundir import RunDir
-
-
-def error_type(message: str) -> str:
-    """'TruncatedShard: no end-of-archive ...' -> 'TruncatedShard' (errors/ rows are 'Type: message')."""
-    return (message or "").split(":", 1)[0].strip() or "Unknown"
 
 
 def skipped_by_type(run: RunDir, markers: dict[str, dict[str, Any]]) -> Counter[str]:

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from scaleclust.embed.writer import embedding_matrix
+from scaleclust.tables import embedding_matrix
 from scaleclust.rundir import RunDir
 from scaleclust.storage import arrow_source
 

@@ -163,7 +163,7 @@ def report(client: Any, job_id: str) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     config, overrides = Path(args.config), args.set or []
     data = read(config, overrides)
-    from scaleclust import fit  # torch: imported only when a job is submitted, not for --help
+    from scaleclust.stages import fit  # torch: imported only when a job is submitted, not for --help
 
     fit.check(from_dict(data, str(config)))  # a bad config fails here, before the cluster is contacted
     check_portable(data)

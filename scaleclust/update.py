@@ -31,20 +31,19 @@ import pyarrow.compute as pc
 import ray
 import torch
 
-from scaleclust import fit, summary
-from scaleclust.assign import cluster_ids
+from scaleclust.stages import fit, summary
 from scaleclust.cluster.drift import DriftCounts, Novelty, calibrate, report
 from scaleclust.cluster.mlc import head_features
 from scaleclust.cluster.refit import (match_ids, match_similar, novel_seeds, novel_subspaces, subspace_similarity,
                                       warm_kmeans, warm_subspaces)
 from scaleclust.cluster.subspaces import SubspaceAssigner
 from scaleclust.config import ClusterConfig, Config, ConfigError, UpdateConfig
-from scaleclust.embed.writer import embedding_matrix
+from scaleclust.tables import embedding_matrix
 from scaleclust.lease import Lease
 from scaleclust.parallel import map_shards
 from scaleclust.pipeline import STAGES, prepare, run_stage
 from scaleclust.ray_setup import ensure_ray
-from scaleclust.rundir import RunDir
+from scaleclust.rundir import RunDir, cluster_ids
 from scaleclust.sample import sample_embeddings
 from scaleclust.storage import copy_file, remove, write_bytes_atomic, write_json_atomic
 from scaleclust.versions import Versions
@@ -306,7 +305,7 @@ def _first_version(cfg: Config, run: RunDir, shards: dict, history: Versions, le
 
 
 def run_stage_index(cfg: Config, run: RunDir) -> None:
-    from scaleclust.index import stage as index
+    from scaleclust.stages import index
 
     index.run(cfg, run)
 

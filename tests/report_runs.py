@@ -15,7 +15,7 @@ import yaml
 
 from scaleclust.cluster.metrics import Contingency, scores
 from scaleclust.config import Config, from_dict
-from scaleclust.embed.writer import embedding_array, write_commit
+from scaleclust.tables import embedding_array, write_commit
 from scaleclust.rundir import RunDir, assignments_file
 from scaleclust.sources import ShardSpec
 from scaleclust.sources.shard_writer import tar_bytes

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from scaleclust.embed.writer import embedding_array, write_commit
+from scaleclust.tables import embedding_array, write_commit
 from scaleclust.pipeline import prepare
 from scaleclust.rundir import assignments_file
 from scaleclust.sources import describe, shard_keys

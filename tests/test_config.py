@@ -55,7 +55,7 @@ def test_bad_override_and_missing_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("job", sorted(p.name for p in (Path(__file__).parents[1] / "jobs").glob("*.yaml")))
 def test_shipped_job_configs_are_valid(job: str) -> None:
-    from scaleclust import fit
+    from scaleclust.stages import fit
 
     cfg = load(Path(__file__).parents[1] / "jobs" / job)
     fit.check(cfg)  # method parameters too (cluster.mlc is checked against MLCConfig)

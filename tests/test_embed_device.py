@@ -148,7 +148,7 @@ def test_stage_with_device_decode_commits_what_the_cpu_decode_commits(tmp_path: 
     import pyarrow.parquet as pq
 
     from scaleclust.embed import stage
-    from scaleclust.embed.writer import embedding_matrix
+    from scaleclust.tables import embedding_matrix
     from scaleclust.pipeline import prepare
     from tests.shards import write_bad_shards
 

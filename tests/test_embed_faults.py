@@ -12,7 +12,7 @@ import boto3
 import numpy as np
 import pytest
 
-from scaleclust.embed.writer import embedding_matrix
+from scaleclust.tables import embedding_matrix
 from scaleclust.pipeline import run_all
 from scaleclust.rundir import RunDir
 from scaleclust.verify import verify

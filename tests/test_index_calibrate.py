@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scaleclust.index import neighbors, stage
+from scaleclust.index import manifest as index_manifest
+from scaleclust.stages import index as stage, neighbors
 from scaleclust.index.build import from_bytes, load_shard, unit_float32
 from scaleclust.index.calibrate import nprobe_ladder
 from scaleclust.index.knn import drop_self, recall_at_k
@@ -58,18 +59,18 @@ def test_nprobe_ladder_doubles_up_to_nlist():
 
 
 def test_resolve_nprobe_needs_a_calibration():
-    assert stage.resolve_nprobe(7, {}) == 7
-    assert stage.resolve_nprobe("auto", {"calibration": {"nprobe": 4}}) == 4
+    assert index_manifest.resolve_nprobe(7, {}) == 7
+    assert index_manifest.resolve_nprobe("auto", {"calibration": {"nprobe": 4}}) == 4
     with pytest.raises(RuntimeError, match="no calibration"):
-        stage.resolve_nprobe("auto", {"spec": {}})
+        index_manifest.resolve_nprobe("auto", {"spec": {}})
 
 
 def test_stored_vectors_beside_each_shard(indexed: dict[str, Any]) -> None:
     run: RunDir = indexed["run"]
-    manifest = stage.load_manifest(run)
+    manifest = index_manifest.load_manifest(run)
     assert manifest["spec"]["factory"] == "IVF32,PQ8x8np" and manifest["spec"]["refine_factor"] == 10
     assert manifest["spec"]["bytes_per_vector"] == 16 and manifest["spec"]["stored_bytes_per_vector"] == 2 * DIM
-    for first_id, vectors in stage.shard_vectors(run, manifest):
+    for first_id, vectors in index_manifest.shard_vectors(run, manifest):
         entry = next(e for e in manifest["shards"].values() if e["first_id"] == first_id)
         stored = np.load(run.path("index", entry["vectors"]))
         assert stored.dtype == np.float16
@@ -80,7 +81,7 @@ def test_stored_vectors_beside_each_shard(indexed: dict[str, Any]) -> None:
 
 def test_auto_nprobe_is_the_smallest_reaching_the_target(indexed: dict[str, Any]) -> None:
     run, cfg = indexed["run"], indexed["cfg"]
-    manifest = stage.load_manifest(run)
+    manifest = index_manifest.load_manifest(run)
     calibration = manifest["calibration"]
     assert indexed["result"]["calibration"] == calibration
     chosen = calibration["nprobe"]
@@ -90,10 +91,10 @@ def test_auto_nprobe_is_the_smallest_reaching_the_target(indexed: dict[str, Any]
     assert chosen > 1  # PQ8 on these clusters needs more than one list: the search is a real one
     # recall at the chosen nprobe, measured here without Ray: the shard files, re-ranked, vs numpy's exact top-k
     entries = sorted(manifest["shards"].values(), key=lambda e: e["first_id"])
-    x = np.concatenate([v for _, v in stage.shard_vectors(run, manifest)])
+    x = np.concatenate([v for _, v in index_manifest.shard_vectors(run, manifest)])
     xs = unit_float32(x)
     refine = Refine([StoredVectors(run.path("index", e["vectors"]), run.storage, e["first_id"]) for e in entries], 10)
-    trained = from_bytes(run.read_bytes(stage.trained_url(run)))  # shard files leave the quantizer out
+    trained = from_bytes(run.read_bytes(index_manifest.trained_url(run)))  # shard files leave the quantizer out
     indexes = [load_shard(run.read_bytes(run.path("index", e["file"])), trained) for e in entries]
     q = np.arange(0, len(x), 7)
     truth = np.argsort(-(xs[q] @ xs.T), axis=1)[:, :cfg.index.k + 1]
@@ -104,11 +105,11 @@ def test_auto_nprobe_is_the_smallest_reaching_the_target(indexed: dict[str, Any]
 
 def test_neighbors_use_it_and_a_rerun_keeps_it(indexed: dict[str, Any]) -> None:
     run, cfg = indexed["run"], indexed["cfg"]
-    before = stage.load_manifest(run)["calibration"]
+    before = index_manifest.load_manifest(run)["calibration"]
     result = neighbors.run(cfg, run)
     assert result["nprobe"] == before["nprobe"] and result["recall_at_k"] >= 0.85
     again = stage.run(cfg, run)
     assert again["added"] == 0 and again["calibration"] == before  # nothing added: not measured again
     stricter = cfg.model_copy(update={"index": cfg.index.model_copy(update={"target_recall": 0.99})})
     assert stage.run(stricter, run)["calibration"]["nprobe"] >= before["nprobe"]
-    assert stage.load_manifest(run)["calibration"]["target_recall"] == 0.99
+    assert index_manifest.load_manifest(run)["calibration"]["target_recall"] == 0.99

@@ -6,7 +6,7 @@ import pytest
 
 from scaleclust.index.build import add, train, unit_float32
 from scaleclust.index.choose import choose_index
-from scaleclust.index.dedup import (
+from scaleclust.index.pairs import (
     Pairs, group_duplicates, pairs_from_index, pairs_within_clusters, removal_counts,
 )
 from scaleclust.index.synthetic import clustered_vectors

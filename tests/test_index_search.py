@@ -6,7 +6,7 @@ import pytest
 
 from scaleclust.index.build import add, from_bytes, merge, to_bytes, train, unit_float32
 from scaleclust.index.choose import choose_index
-from scaleclust.index.ids import IdRanges
+from tests.index_ids import IdRanges
 from scaleclust.index.search import coarse_assign, merge_topk, search
 from scaleclust.index.synthetic import clustered_vectors
 

@@ -10,9 +10,11 @@ import pytest
 from PIL import Image
 
 from scaleclust.cli import main
-from scaleclust.index import build, neighbors, stage
+from scaleclust.index import build
+from scaleclust.index import manifest as index_manifest
+from scaleclust.stages import index as stage, neighbors
 from scaleclust.index.search import search
-from scaleclust.index.searcher import fan_out, searchers
+from scaleclust.index.actors import fan_out, searchers
 from scaleclust.pipeline import prepare, run_all, run_stage
 from scaleclust.rundir import RunDir
 from scaleclust.sources.shard_writer import jpeg_bytes, sample_members, tar_bytes
@@ -54,12 +56,12 @@ def indexed(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> dict[s
 
 def test_sharded_search_equals_one_unsharded_index(indexed: dict[str, Any]) -> None:
     run = indexed["run"]
-    manifest = stage.load_manifest(run)
+    manifest = index_manifest.load_manifest(run)
     assert indexed["result"]["trained"] and len(manifest["shards"]) == 4 > INDEX["shards_per_searcher"]
     assert manifest["spec"]["nlist"] == 4 and "bytes_per_vector" in manifest["spec"]
-    vectors = np.concatenate([v for _, v in stage.shard_vectors(run, manifest)])
+    vectors = np.concatenate([v for _, v in index_manifest.shard_vectors(run, manifest)])
     assert manifest["next_id"] == manifest["rows"] == len(vectors)
-    whole = build.add(run.read_bytes(stage.trained_url(run)), vectors, 0)
+    whole = build.add(run.read_bytes(index_manifest.trained_url(run)), vectors, 0)
     queries = vectors[::5]
     expected = search([whole], queries, 7, nprobe=2)
     with searchers(run, manifest, INDEX["shards_per_searcher"]) as actors:
@@ -123,17 +125,17 @@ def test_search_by_key_image_and_text(indexed: dict[str, Any], capsys) -> None:
 def test_incremental_add_without_retraining(indexed: dict[str, Any]) -> None:
     """A nightly shard is added under new ids; a re-embedded shard is re-added under a new range."""
     cfg, run = indexed["cfg"], indexed["run"]
-    trained = run.read_bytes(stage.trained_url(run))
-    before = stage.load_manifest(run)
+    trained = run.read_bytes(index_manifest.trained_url(run))
+    before = index_manifest.load_manifest(run)
     new = write_synthetic_shards(indexed["folder"] / "nightly", n_shards=4, per_shard=10)[3:]
     cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"shards": cfg.input.shards + new})})
     Path(run.embeddings_marker("00000")).unlink()  # as if 00000 were re-embedded: a new commit
     run, planned = prepare(cfg)
     run_stage("embed", cfg, run, planned)
     result = stage.run(cfg, run)
-    after = stage.load_manifest(run)
+    after = index_manifest.load_manifest(run)
     assert not result["trained"] and result["added"] == 2
-    assert run.read_bytes(stage.trained_url(run)) == trained
+    assert run.read_bytes(index_manifest.trained_url(run)) == trained
     kept = set(before["shards"]) - {"00000"}
     assert {s: after["shards"][s] for s in kept} == {s: before["shards"][s] for s in kept}
     assert after["shards"]["00000"]["first_id"] == before["next_id"]  # sorted: 00000 before 00003
@@ -141,7 +143,7 @@ def test_incremental_add_without_retraining(indexed: dict[str, Any]) -> None:
     assert after["shards"]["00003"]["count"] == 10 and after["next_id"] == before["next_id"] + 30
     files = sorted(Path(run.path("index", "shards")).iterdir())
     assert [f"shards/{f.name}" for f in files] == sorted(e["file"] for e in after["shards"].values())
-    keys = stage.ids_to_keys(run, after, np.array([before["next_id"], before["next_id"] + 20]))
+    keys = index_manifest.ids_to_keys(run, after, np.array([before["next_id"], before["next_id"] + 20]))
     assert keys[0].startswith("00000") and keys[1].startswith("00003")
     with pytest.raises(ValueError):
-        stage.ids_to_keys(run, after, np.array([before["shards"]["00000"]["first_id"]]))  # dropped range
+        index_manifest.ids_to_keys(run, after, np.array([before["shards"]["00000"]["first_id"]]))  # dropped range

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scaleclust import label
+from scaleclust.stages import label
 from scaleclust.cli import main
 from scaleclust.cluster.naming import UNNAMED
 from scaleclust.pipeline import run_all

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from scaleclust.config import ConfigError, StorageConfig
-from scaleclust.embed.writer import embedding_matrix
+from scaleclust.tables import embedding_matrix
 from scaleclust.export import export_laion
 from scaleclust.rundir import RunDir
 from scaleclust.sources.laion import LaionPart, ingest_part, list_parts

@@ -10,7 +10,7 @@ import pytest
 
 from scaleclust.cluster.mlc import MLCConfig
 from scaleclust.config import ClusterConfig, ConfigError, MLCSettings, from_dict
-from scaleclust.fit import build_mlc, fit_params
+from scaleclust.stages.fit import build_mlc, fit_params
 from tests.conftest import rejected_before_ray
 
 

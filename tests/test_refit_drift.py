@@ -8,7 +8,7 @@ from scaleclust.cluster.drift import DriftCounts, calibrate, report
 from scaleclust.cluster.refit import (match_ids, match_similar, novel_seeds, novel_subspaces, subspace_similarity,
                                       warm_kmeans, warm_subspaces)
 from scaleclust.cluster.subspaces import SubspaceAssigner, fit_subspaces
-from scaleclust.summary import Partial
+from scaleclust.stages.summary import Partial
 
 
 def blobs(centres: np.ndarray, n: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scaleclust.report import stage as report
+from scaleclust.stages import report
 from scaleclust.sources.shard_writer import jpeg_bytes, sample_members
 from tests.browser import Visit, needs_chromium, visit
 from tests.report_runs import build_run

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from scaleclust.cluster.drift import DriftCounts, report as drift_report
-from scaleclust.report import stage as report
+from scaleclust.stages import report
 from scaleclust.versions import Versions
 from tests.report_runs import build_run
 

@@ -12,7 +12,7 @@ import pytest
 from scaleclust import rundir as rundir_module
 from scaleclust import sample
 from scaleclust.config import StorageConfig
-from scaleclust.embed.writer import embedding_array
+from scaleclust.tables import embedding_array
 from scaleclust.rundir import RunDir
 
 SIZES = {"00000": 3000, "00001": 1200, "00002": 2500}

@@ -23,10 +23,10 @@ import yaml
 
 from scaleclust.cli import main
 from scaleclust.cluster.drift import Novelty
-from scaleclust.embed.writer import embedding_matrix
+from scaleclust.tables import embedding_matrix
 from scaleclust.lease import LeaseHeld, holder_gone
 from scaleclust.rundir import RunDir
-from scaleclust.summary import reduce_run
+from scaleclust.stages.summary import reduce_run
 from scaleclust.update import update
 from scaleclust.verify import verify
 from scaleclust.versions import Versions

@@ -22,7 +22,7 @@ import torch
 from scaleclust.config import EmbedConfig, StorageConfig
 from scaleclust.embed.device_decode import decode_batch
 from scaleclust.embed.encoders import load_encoder
-from scaleclust.embed.writer import TEXT, texts
+from scaleclust.tables import TEXT, texts
 
 
 def encoder_threads(embed: EmbedConfig, device: str) -> int:

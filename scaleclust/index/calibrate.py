@@ -13,9 +13,8 @@ from typing import Any
 
 from scaleclust.config import IndexConfig
 from scaleclust.index.knn import drop_self, exact_search, recall_at_k
-from scaleclust.index.neighbors import sample_rows
-from scaleclust.index.searcher import fan_out, searchers
-from scaleclust.index.stage import shard_vectors
+from scaleclust.index.actors import fan_out, searchers
+from scaleclust.index.manifest import sample_rows, shard_vectors
 from scaleclust.rundir import RunDir
 
 SEED_OFFSET = 1  # a different sample from the neighbors stage's recall check (same index.seed)

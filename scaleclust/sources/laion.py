@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scaleclust.config import ConfigError, StorageConfig
-from scaleclust.embed.writer import embedding_array, write_commit
+from scaleclust.tables import embedding_array, write_commit
 from scaleclust.rundir import RunDir
 from scaleclust.storage import arrow_source, filesystem, join, listdir, read_bytes
 

@@ -15,11 +15,11 @@ THRESHOLDS = (0.9, 0.95, 0.98, 0.99)
 
 def cmd_stage(args: argparse.Namespace) -> int:
     """Run the index or neighbors stage; its duration goes into metrics.json like the other stages."""
-    from scaleclust.index import neighbors, stage
+    from scaleclust.stages import index as stage, neighbors
     from scaleclust.lease import Lease
     from scaleclust.pipeline import prepare
     from scaleclust.ray_setup import ensure_ray
-    from scaleclust.summary import record_seconds
+    from scaleclust.stages.summary import record_seconds
 
     cfg = load(args.config, args.set or [])
     with Lease(cfg.run_dir, cfg.storage, args.stage, ttl=cfg.update.lease_seconds):  # one writer per run directory
@@ -42,7 +42,7 @@ def _recorded(run_dir: str) -> tuple[Config, Any]:
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
-    from scaleclust.index.duplicates import dedup
+    from scaleclust.index.dedup import dedup
     from scaleclust.lease import Lease
     from scaleclust.pipeline import recorded
     from scaleclust.ray_setup import ensure_ray
@@ -65,8 +65,8 @@ def query_vector(cfg: Config, run: Any, args: argparse.Namespace) -> np.ndarray:
     """The query as one embedding: a key's stored row, a caption through the text tower, or an image file."""
     import pyarrow.compute as pc
 
-    from scaleclust.embed.writer import embedding_matrix
-    from scaleclust.index.stage import load_manifest
+    from scaleclust.tables import embedding_matrix
+    from scaleclust.index.manifest import load_manifest
 
     if args.key is not None:
         for shard in sorted(load_manifest(run)["shards"]):
@@ -95,7 +95,7 @@ def query_vector(cfg: Config, run: Any, args: argparse.Namespace) -> np.ndarray:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from scaleclust.index.searcher import search_run
+    from scaleclust.index.actors import search_run
 
     cfg, run = _recorded(args.run_dir)
     keys, sims = search_run(run, query_vector(cfg, run, args), args.k, args.nprobe or cfg.index.nprobe,

@@ -14,26 +14,13 @@ import pyarrow as pa
 
 from scaleclust.config import Config
 from scaleclust.index.knn import drop_self, exact_search, recall_at_k
-from scaleclust.index.searcher import fan_out, searchers
-from scaleclust.index.stage import ids_to_keys, load_manifest, resolve_nprobe, shard_vectors
+from scaleclust.index.actors import fan_out, searchers
+from scaleclust.index.manifest import ids_to_keys, load_manifest, resolve_nprobe, sample_rows, shard_vectors
 from scaleclust.rundir import RunDir
 from scaleclust.sample import sample_embeddings
 from scaleclust.storage import remove, write_json_atomic
 
 PART_ROWS = 10_000
-
-
-def sample_rows(run: RunDir, manifest: dict[str, Any], n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """A uniform sample of indexed rows: (vectors, global ids, keys)."""
-    markers = {s: {"embedded": e["count"], "dim": manifest["spec"]["d"]} for s, e in manifest["shards"].items()}
-    vectors, extra = sample_embeddings(run, markers, n, seed, columns=("key", "shard"))
-    ids = np.empty(len(vectors), np.int64)
-    shard_of = np.asarray(extra["shard"], dtype=object)
-    for shard in np.unique(shard_of):
-        rows = {k: i for i, k in enumerate(run.read_table(run.embeddings(shard), ["key"])["key"].to_pylist())}
-        mine = np.flatnonzero(shard_of == shard)
-        ids[mine] = [manifest["shards"][shard]["first_id"] + rows[extra["key"][i]] for i in mine]
-    return vectors, ids, extra["key"]
 
 
 def record_metrics(run: RunDir, name: str, values: dict[str, Any]) -> None:

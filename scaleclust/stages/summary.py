@@ -11,13 +11,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from scaleclust.assign import cluster_ids
 from scaleclust.cluster.metrics import Contingency, scores
 from scaleclust.config import Config
-from scaleclust.embed.writer import embedding_matrix
+from scaleclust.tables import embedding_matrix
 from scaleclust.parallel import map_shards
 from scaleclust.progress import Progress
-from scaleclust.rundir import RunDir
+from scaleclust.rundir import RunDir, cluster_ids
 from scaleclust.storage import write_json_atomic
 
 

@@ -21,7 +21,7 @@ import ray
 
 from scaleclust.cluster.naming import UNNAMED, name_clusters, softmax_top, vote_matrix
 from scaleclust.config import Config
-from scaleclust.embed.writer import embedding_matrix
+from scaleclust.tables import embedding_matrix
 from scaleclust.parallel import map_shards
 from scaleclust.rundir import RunDir, id_slots
 from scaleclust.semantic.space import CLASSIFIER, SemanticSpace, build_space, is_current, load_space, space_names

@@ -235,8 +235,8 @@ def _fit_with_neighbors(run: RunDir, cfg: Config, markers: dict[str, dict[str, A
     """Train the cluster heads on the sample with each row's neighbours from the index, keep the head
     with the lowest loss over the last steps (no labels), commit head.pt and model.json. SIC first
     builds its semantic space (in a Ray task with the encoder's resources)."""
-    from scaleclust.index.searcher import IndexNeighbors, searchers
-    from scaleclust.index.stage import load_manifest
+    from scaleclust.index.actors import IndexNeighbors, searchers
+    from scaleclust.index.manifest import load_manifest
     from scaleclust.train.loop import embeddings_dataset, train
 
     started, cluster = time.time(), cfg.cluster

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from scaleclust.config import Config
-from scaleclust.embed.writer import embedding_matrix
+from scaleclust.tables import embedding_matrix
 from scaleclust.progress import Progress
 from scaleclust.report import plots
 from scaleclust.report.collect import Member, Picks, collect

@@ -15,16 +15,11 @@ import numpy as np
 import pyarrow as pa
 
 from scaleclust.config import Config
-from scaleclust.embed.writer import embedding_matrix
-from scaleclust.fit import load_assigner
+from scaleclust.tables import embedding_matrix
+from scaleclust.stages.fit import load_assigner
 from scaleclust.parallel import map_shards
 from scaleclust.progress import Progress
-from scaleclust.rundir import RunDir, assignments_file
-
-
-def cluster_ids(model: dict[str, Any]) -> np.ndarray:
-    """Stable cluster id of each model output (slot) 0..k-1."""
-    return np.asarray(model.get("cluster_ids") or range(model["k"]), np.int32)
+from scaleclust.rundir import RunDir, assignments_file, cluster_ids
 
 
 def assign_shard(item: dict[str, Any], run: RunDir, temperature: float, model_id: str,

@@ -17,10 +17,10 @@ import ray
 
 from scaleclust.index.build import from_bytes, load_shard, merge_indexes, unit_float32
 from scaleclust.index.device import to_device
-from scaleclust.index.dedup import Pairs, pairs_from_index
+from scaleclust.index.pairs import Pairs, pairs_from_index
 from scaleclust.index.search import (Coarse, Refine, Result, VectorResult, as_index, coarse_assign, empty_result,
                                      merge_topk, merge_topk_vectors, search, search_vectors)
-from scaleclust.index.stage import ids_to_keys, load_manifest, resolve_nprobe, trained_url
+from scaleclust.index.manifest import ids_to_keys, load_manifest, resolve_nprobe, trained_url
 from scaleclust.index.vectors import StoredVectors
 from scaleclust.rundir import RunDir
 
