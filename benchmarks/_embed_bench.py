@@ -102,7 +102,8 @@ def run_stage(cfg: Config) -> dict[str, float]:
     timeline), and `check`: seconds after the last shard's commit marker (the stage's key de-duplication)."""
     started, wall = time.perf_counter(), time.time()
     with contextlib.redirect_stdout(io.StringIO()):
-        run, shards = prepare(cfg)
+        ctx = prepare(cfg)
+        run, shards = ctx.run, ctx.shards
         stats = stage.run(cfg, run, shards)
     seconds, ended = time.perf_counter() - started, time.time()
     last_commit = max(p.stat().st_mtime for p in Path(cfg.run_dir, "embeddings").glob("*.done.json"))

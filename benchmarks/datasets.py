@@ -107,9 +107,10 @@ def prepare_set(out: Path, name: str) -> dict[str, object]:
     shards = out / "_shards" / name
     write_shards(shards, images, labels, caption, source, n_shards=max(2, len(images) // 1000))
     cfg = load_config(REPO / "jobs" / "demo.yaml", [f"run_dir={out / name}", f"input.shards=[{shards}/*.tar]"])
-    run, planned = prepare(cfg)
+    ctx = prepare(cfg)
+    run, planned = ctx.run, ctx.shards
     ensure_ray(cfg)
-    run_stage("embed", cfg, run, planned)
+    run_stage("embed", ctx)
     x, y = load(out, name, require_ready=False)
     facts = {"rows": int(len(x)), "classes": int(len(np.unique(y))), "dim": int(x.shape[1]), "source": source,
              "images": int(len(images)), "image_size": list(images.shape[1:])}

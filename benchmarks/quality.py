@@ -43,9 +43,10 @@ from scaleclust.cluster.kmeans import spherical_kmeans
 from scaleclust.cluster.local_fit import fit
 from scaleclust.cluster.metrics import Contingency, scores
 from scaleclust.cluster.mlc import MLC, MLCConfig, fit_assigner
-from scaleclust.cluster.scan import SCAN, HeadAssigner, select_head
-from scaleclust.cluster.spice_method import SPICE
-from scaleclust.config import IndexConfig, ScanConfig, SpiceConfig
+from scaleclust.cluster.heads import HeadAssigner, select_head
+from scaleclust.cluster.scan import SCAN, ScanConfig
+from scaleclust.cluster.spice import SPICE, SpiceConfig
+from scaleclust.config import IndexConfig
 from scaleclust.index.build import add, train
 from scaleclust.index.choose import choose_index
 from scaleclust.index.search import search_vectors

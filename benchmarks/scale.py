@@ -191,7 +191,8 @@ def measure(rows: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
                       "seconds": round(time.perf_counter() - started, 1)}), flush=True)
     cfg_k, cfg_m = config(run_dir, dump, args, "kmeans"), config(run_dir, dump, args, "mlc")
     with contextlib.redirect_stdout(io.StringIO()):
-        run, shards = prepare(cfg_k)
+        ctx = prepare(cfg_k)
+        run, shards = ctx.run, ctx.shards
     start_ray()
     probe = PeakRSS()
     stages: list[tuple[str, Callable[[], Any]]] = [

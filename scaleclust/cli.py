@@ -70,10 +70,10 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     fit.check(cfg)  # a bad method setting fails before the lease creates the run directory
-    with Lease(cfg.run_dir, cfg.storage, args.stage, ttl=cfg.update.lease_seconds):  # one writer, as run/update
-        run, shards = prepare(cfg)
+    with Lease(cfg.run_dir, cfg.storage, args.stage, ttl=cfg.update.lease_seconds) as lease:  # one writer
+        ctx = prepare(cfg, lease)
         ensure_ray(cfg)
-        result = run_stage(args.stage, cfg, run, shards)
+        result = run_stage(args.stage, ctx)
     print(json.dumps(result, indent=2, default=str))
     return retry_exit(result.get("retryable", 0))
 
@@ -97,10 +97,10 @@ def run_storage(args: argparse.Namespace) -> Any:
     return StorageConfig(**given, anon=args.anon) if given or args.anon else None
 
 
-def open_run(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    """(config, RunDir, shards) of the RUN argument; a run directory that cannot be reached is a one-line
+def open_run(args: argparse.Namespace) -> Any:
+    """The recorded Context (config, RunDir, shards) of the RUN argument; a run directory that cannot be reached is a one-line
     error naming it and the option that names its endpoint."""
-    from scaleclust.pipeline import recorded
+    from scaleclust.stage import recorded
 
     url = args.run_dir.rstrip("/")
     reachable(url, run_storage(args))
@@ -165,7 +165,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from scaleclust.cluster.metrics import scores
     from scaleclust.stages.summary import reduce_run
 
-    _, run, _ = open_run(args)
+    run = open_run(args).run
     model = run.marker(run.model("model.json"))
     if model is None:
         raise ConfigError(f"{args.run_dir}: no committed model to evaluate")
@@ -178,7 +178,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from scaleclust.export import export_laion
 
-    _, run, _ = open_run(args)
+    run = open_run(args).run
     written = export_laion(run, args.out.rstrip("/"), run.storage)
     print(f"export: {len(written)} files in LAION layout (img_emb/, metadata/ with cluster and confidence) "
           f"under {args.out}")
@@ -189,8 +189,10 @@ def cmd_label(args: argparse.Namespace) -> int:
     from scaleclust.config import apply_override, from_dict
     from scaleclust.pipeline import run_stage
     from scaleclust.ray_setup import ensure_ray
+    from scaleclust.stage import Context
 
-    cfg, run, shards = open_run(args)
+    ctx = open_run(args)
+    cfg, run = ctx.cfg, ctx.run
     if not run.exists(run.clusters):
         raise ConfigError(f"{args.run_dir}: no clusters.parquet yet; run `scaleclust run CONFIG` first")
     data = cfg.model_dump(mode="json")
@@ -200,9 +202,9 @@ def cmd_label(args: argparse.Namespace) -> int:
                               f"recorded in {run.config}")
         apply_override(data, assignment)
     cfg = from_dict(data, f"{run.config} with --set")
-    with Lease(run.url, run.storage, "label", ttl=cfg.update.lease_seconds):
+    with Lease(run.url, run.storage, "label", ttl=cfg.update.lease_seconds) as lease:
         ensure_ray(cfg)
-        result = run_stage("label", cfg, run, shards)
+        result = run_stage("label", Context(cfg, run, ctx.shards, lease))
     print_clusters(run.url, cfg.storage)
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -221,11 +223,12 @@ def with_storage(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def cmd_report(args: argparse.Namespace) -> int:
     from scaleclust.pipeline import run_stage
     from scaleclust.ray_setup import ensure_ray
+    from scaleclust.stage import Context
 
-    cfg, run, shards = open_run(args)
-    with Lease(run.url, run.storage, "report", ttl=cfg.update.lease_seconds):
-        ensure_ray(cfg)
-        result = run_stage("report", cfg, run, shards)
+    ctx = open_run(args)
+    with Lease(ctx.run.url, ctx.run.storage, "report", ttl=ctx.cfg.update.lease_seconds) as lease:
+        ensure_ray(ctx.cfg)
+        result = run_stage("report", Context(ctx.cfg, ctx.run, ctx.shards, lease))
     print(f"report: {result['clusters']} clusters, {result['thumbnails']} thumbnails -> {result['report']}")
     return 0
 
@@ -233,11 +236,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from scaleclust.config import StorageConfig
     from scaleclust.rundir import RunDir
+    from scaleclust.pipeline import status
     from scaleclust.runinfo import describe
 
     url = args.run_dir.rstrip("/")
     reachable(url, run_storage(args))
-    info = describe(RunDir(url, run_storage(args) or StorageConfig()))
+    run = RunDir(url, run_storage(args) or StorageConfig())
+    info = describe(run)
+    info = {"run_dir": info.pop("run_dir"), "stages": status(run), **info}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -275,10 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scaleclust", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    with_config(sub.add_parser("run", help="all stages: embed, fit, assign, summary, label")).set_defaults(func=cmd_run)
-    for stage in ("embed", "fit", "assign", "summary"):
-        p = with_config(sub.add_parser(stage, help=f"only the {stage} stage"))
-        p.set_defaults(func=cmd_stage, stage=stage)
+    with_config(sub.add_parser("run", help="every stage a run needs, in order (docs/architecture.md)")
+                ).set_defaults(func=cmd_run)
     p = with_storage(sub.add_parser("label", help="(re)name the clusters of a run, with its recorded config"))
     p.add_argument("--set", action="append", metavar="label.FIELD=VALUE", help="override a label field, "
                    "e.g. label.min_score=0.2")
@@ -309,9 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print it as JSON")
     p.set_defaults(func=cmd_info)
     from scaleclust.index_commands import add_commands as add_index_commands
+    from scaleclust.pipeline import STAGES
     from scaleclust.submit import add_commands as add_submit_commands
     add_index_commands(sub)
     add_submit_commands(sub, with_config)
+    for stage in STAGES:  # the other stages' commands: CONFIG in, that stage alone
+        if stage.name not in sub.choices:
+            p = with_config(sub.add_parser(stage.name, help=f"only the {stage.name} stage (commits "
+                                           f"{', '.join(stage.commits)})"))
+            p.set_defaults(func=cmd_stage, stage=stage.name)
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show Ray's logs and progress bars, worker output and tracebacks")
     for command in sub.choices.values():  # also accepted after the command

@@ -1,42 +1,23 @@
-"""Commands `index`, `neighbors` (stages over a config), `dedup` and `search` (over a run directory)."""
+"""Commands `dedup` and `search` over a run directory's index."""
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from typing import Any
 
 import numpy as np
 
-from scaleclust.config import Config, ConfigError, load
+from scaleclust.config import Config, ConfigError
 
 THRESHOLDS = (0.9, 0.95, 0.98, 0.99)
 
 
-def cmd_stage(args: argparse.Namespace) -> int:
-    """Run the index or neighbors stage; its duration goes into metrics.json like the other stages."""
-    from scaleclust.stages import index as stage, neighbors
-    from scaleclust.lease import Lease
-    from scaleclust.pipeline import prepare
-    from scaleclust.ray_setup import ensure_ray
-    from scaleclust.stages.summary import record_seconds
-
-    cfg = load(args.config, args.set or [])
-    with Lease(cfg.run_dir, cfg.storage, args.stage, ttl=cfg.update.lease_seconds):  # one writer per run directory
-        run, _ = prepare(cfg)
-        ensure_ray(cfg)
-        started = time.time()
-        result = (stage if args.stage == "index" else neighbors).run(cfg, run)
-        record_seconds(run, args.stage, time.time() - started)
-    print(json.dumps(result, indent=2, default=str))
-    return 0
-
-
 def _recorded(run_dir: str) -> tuple[Config, Any]:
-    from scaleclust.pipeline import recorded
     from scaleclust.ray_setup import ensure_ray
+    from scaleclust.stage import recorded
 
-    cfg, run, _ = recorded(run_dir.rstrip("/"))
+    ctx = recorded(run_dir.rstrip("/"))
+    cfg, run = ctx.cfg, ctx.run
     ensure_ray(cfg)
     return cfg, run
 
@@ -44,10 +25,11 @@ def _recorded(run_dir: str) -> tuple[Config, Any]:
 def cmd_dedup(args: argparse.Namespace) -> int:
     from scaleclust.index.dedup import dedup
     from scaleclust.lease import Lease
-    from scaleclust.pipeline import recorded
     from scaleclust.ray_setup import ensure_ray
+    from scaleclust.stage import recorded
 
-    cfg, run, _ = recorded(args.run_dir.rstrip("/"))
+    ctx = recorded(args.run_dir.rstrip("/"))
+    cfg, run = ctx.cfg, ctx.run
     with Lease(cfg.run_dir, cfg.storage, "dedup", ttl=cfg.update.lease_seconds):  # it writes duplicates.parquet
         ensure_ray(cfg)
         table, counts = dedup(run, args.threshold, args.thresholds, args.scope, args.nprobe or cfg.index.nprobe,
@@ -107,13 +89,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers: Any) -> None:
-    """Register index, neighbors, dedup and search on the scaleclust parser."""
-    for name, text in (("index", "train the sharded IVF index once and add new embeddings shards"),
-                       ("neighbors", "kNN graph of a sample of rows + recall@k against exact search")):
-        p = subparsers.add_parser(name, help=text)
-        p.add_argument("config", help="YAML config (see jobs/demo.yaml)")
-        p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a field, e.g. index.k=20")
-        p.set_defaults(func=cmd_stage, stage=name)
+    """Register dedup and search on the scaleclust parser (the index and neighbors stages have the
+    commands of every stage)."""
     p = subparsers.add_parser("dedup", help="near-duplicate groups with one keeper each -> duplicates.parquet")
     p.add_argument("run_dir")
     p.add_argument("--threshold", type=float, default=0.95, help="cosine at or above which two rows are duplicates")

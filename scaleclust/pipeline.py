@@ -1,4 +1,4 @@
-"""Run the stages in order over one run directory: prepare -> embed -> fit -> assign -> summary -> label."""
+"""Run the stages of the registry (STAGES) in order over one run directory, after `prepare`."""
 from __future__ import annotations
 
 import time
@@ -7,16 +7,14 @@ from typing import Any
 
 import yaml
 
-from scaleclust.stages import assign, fit, label, summary
-from scaleclust.config import Config, ConfigError, StorageConfig
-from scaleclust.stages import embed
-from scaleclust.stages import report
+from scaleclust.config import Config, ConfigError
 from scaleclust.lease import Lease
 from scaleclust.ray_setup import ensure_ray
 from scaleclust.rundir import RunDir
-from scaleclust.config import from_dict
 from scaleclust.sources import ShardSpec, plan
 from scaleclust.sources.laion import npy_rows
+from scaleclust.stage import Context, Stage
+from scaleclust.stages import assign, embed, fit, index, label, neighbors, report, summary
 from scaleclust.storage import write_bytes_atomic
 
 VERSIONED = ("scaleclust", "torch", "ray", "open_clip_torch", "timm", "faiss-cpu", "pyarrow")
@@ -32,7 +30,7 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def prepare(cfg: Config) -> tuple[RunDir, dict[str, ShardSpec]]:
+def prepare(cfg: Config, lease: Lease | None = None) -> Context:
     """Plan the input shards and record the resolved config in RUN/config.yaml.
 
     Fails (before any Ray work) when no shard matches, or when the run directory holds embeddings of
@@ -53,7 +51,7 @@ def prepare(cfg: Config) -> tuple[RunDir, dict[str, ShardSpec]]:
     if rows is not None:
         fit.check_rows(cfg.cluster, rows, "in the input")
     write_bytes_atomic(run.config, yaml.safe_dump(record, sort_keys=False).encode(), cfg.storage)
-    return run, shards
+    return Context(cfg, run, shards, lease)
 
 
 def known_rows(cfg: Config, run: RunDir, shards: dict[str, ShardSpec]) -> int | None:
@@ -72,54 +70,35 @@ def known_rows(cfg: Config, run: RunDir, shards: dict[str, ShardSpec]) -> int | 
     return rows
 
 
-def recorded(run_url: str, storage: StorageConfig | None = None) -> tuple[Config, RunDir, dict[str, ShardSpec]]:
-    """The config and shard plan a run directory was last prepared with."""
-    probe = RunDir(run_url, storage or StorageConfig())
-    if not probe.exists(probe.config):
-        raise FileNotFoundError(f"{run_url}: not a run directory (no config.yaml)")
-    record = yaml.safe_load(probe.read_bytes(probe.config))
-    cfg = from_dict(record["config"])
-    shards = {name: ShardSpec(tuple(spec["urls"]), spec["root"], spec["kind"]) for name, spec in record["shards"].items()}
-    return cfg, RunDir(run_url, storage or cfg.storage), shards
+# The stages in the order a full run runs them; `run`, the single-stage commands, `update`, `plan` and
+# `info` all read this list. Each stage's `when` says whether a full run or update runs it.
+STAGES: tuple[Stage, ...] = (embed.STAGE, index.STAGE, neighbors.STAGE, fit.STAGE, assign.STAGE, summary.STAGE,
+                             label.STAGE, report.STAGE)
+BY_NAME = {stage.name: stage for stage in STAGES}
 
 
-def run_stage(name: str, cfg: Config, run: RunDir, shards: dict[str, ShardSpec]) -> dict[str, Any]:
+def run_stage(name: str, ctx: Context) -> dict[str, Any]:
     """Run one stage by name and record its duration in metrics.json."""
     started = time.time()
-    if name == "embed":
-        result = embed.run(cfg, run, shards)
-    elif name == "fit":
-        result = fit.run(cfg, run)
-    elif name == "assign":
-        result = assign.run(cfg, run)
-    elif name == "summary":
-        result = summary.run(cfg, run)
-    elif name == "label":
-        result = label.run(cfg, run)
-    elif name == "index":
-        from scaleclust.stages import index as index_stage
-        result = index_stage.run(cfg, run)
-    elif name == "report":
-        result = report.run(cfg, run, shards)
-    else:
-        raise ValueError(f"unknown stage {name!r}")
+    result = BY_NAME[name].run(ctx)
     rate = result.get("rows_per_second")  # stages that measure their throughput (embed)
-    summary.record_seconds(run, name, time.time() - started, rate if isinstance(rate, (int, float)) else None)
+    ctx.run.record_seconds(name, time.time() - started, rate if isinstance(rate, (int, float)) else None)
     return result
 
 
-STAGES = ("embed", "fit", "assign", "summary", "label", "report")
+def status(run: RunDir) -> dict[str, dict[str, Any]]:
+    """Per stage: whether its output is committed and, for per-shard stages, how many shards are."""
+    return {stage.name: stage.status(run) for stage in STAGES}
 
 
 def run_all(cfg: Config) -> dict[str, Any]:
-    """All stages; each skips what is already committed, so a re-run resumes where the last one stopped.
-    Holds the run directory's lease (one writer at a time)."""
+    """Every stage whose `when` holds, in order; each skips what is already committed, so a re-run resumes
+    where the last one stopped. Holds the run directory's lease (one writer at a time)."""
     fit.check(cfg)  # a bad method setting fails before the lease creates the run directory
-    with Lease(cfg.run_dir, cfg.storage, "run", ttl=cfg.update.lease_seconds):
-        run, shards = prepare(cfg)
+    with Lease(cfg.run_dir, cfg.storage, "run", ttl=cfg.update.lease_seconds) as lease:
+        ctx = prepare(cfg, lease)
         ensure_ray(cfg)
-        for name in STAGES:
-            if name == "fit" and fit.needs_index(cfg.cluster):
-                run_stage("index", cfg, run, shards)  # the method trains on neighbours from the index
-            run_stage(name, cfg, run, shards)
-        return run.marker(run.metrics)
+        for stage in STAGES:
+            if stage.when(ctx):
+                run_stage(stage.name, ctx)
+        return ctx.run.marker(ctx.run.metrics)

@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scaleclust.config import Config
+from scaleclust.pipeline import STAGES
 from scaleclust.rundir import RunDir
 from scaleclust.sources import ShardSpec, plan as plan_shards
 from scaleclust.sources.laion import CHUNK, npy_rows
 from scaleclust.sources.webdataset import split_member
+from scaleclust.stage import Context
 from scaleclust.storage import filesystem
 
 GIB = 1 << 30
@@ -232,23 +234,26 @@ def encode_rate(cfg: Config, encoder: Encoder, committed: dict[str, dict[str, An
                 f"({encoder.params / 1e6:.0f}M against {REFERENCE_PARAMS / 1e6:.0f}M), at most {DECODE_BOUND}", True)
 
 
-def stages(cfg: Config, rows: Rows, enc: Encoder) -> list[Stage]:
-    """Per-stage memory per worker and disk added to the run directory."""
+def embed_needs(cfg: Config, rows: Rows, enc: Encoder, n_shards: int, warnings: list[str]) -> list[Stage]:
+    """The embed stage (or a LAION dump's ingest): memory per worker and the embeddings it adds."""
     d = enc.dim or 0
-    c = cfg.cluster
-    out: list[Stage] = []
     if cfg.input.format == "laion_embeddings":
-        out.append(Stage("ingest", "one task per part, normalised in chunks", CHUNK * d * 4,
-                         rows.total * (d * 2 + int(rows.key_bytes) + 8)))
-    else:
-        batch = cfg.embed.decode_batch * 3 * (enc.image_size or 224) ** 2
-        out.append(Stage("embed: decode", "one task per shard: the shard read whole, decoded blocks",
-                         rows.largest_shard_bytes + batch * 4))
-        weights = (enc.params or 0) * 4 + cfg.embed.batch_size * 3 * (enc.image_size or 224) ** 2 * 4
-        vectors = rows.total * (d * 2 * (2 if cfg.embed.text else 1) + int(rows.key_bytes) + 8)
-        out.append(Stage("embed: encode", f"{cfg.embed.min_actors}..{cfg.embed.max_actors} actor(s)", weights, vectors,
-                         ["weights + one input batch; activations not counted"]))
+        return [Stage("ingest", "one task per part, normalised in chunks", CHUNK * d * 4,
+                      rows.total * (d * 2 + int(rows.key_bytes) + 8))]
+    batch = cfg.embed.decode_batch * 3 * (enc.image_size or 224) ** 2
+    weights = (enc.params or 0) * 4 + cfg.embed.batch_size * 3 * (enc.image_size or 224) ** 2 * 4
+    vectors = rows.total * (d * 2 * (2 if cfg.embed.text else 1) + int(rows.key_bytes) + 8)
+    return [Stage("embed: decode", "one task per shard: the shard read whole, decoded blocks",
+                  rows.largest_shard_bytes + batch * 4),
+            Stage("embed: encode", f"{cfg.embed.min_actors}..{cfg.embed.max_actors} actor(s)", weights, vectors,
+                  ["weights + one input batch; activations not counted"])]
+
+
+def fit_needs(cfg: Config, rows: Rows, enc: Encoder, n_shards: int, warnings: list[str]) -> list[Stage]:
+    """The fit stage: its task or Train workers (with neighbours), and MLC's assigner task."""
+    d, c = enc.dim or 0, cfg.cluster
     sample = min(c.sample_size, rows.total)
+    out: list[Stage] = []
     if c.method == "kmeans":
         out.append(Stage("fit (kmeans)", "one task: the sample, float32", sample * d * 4 + int(c.k) * d * 4))
     else:
@@ -259,18 +264,22 @@ def stages(cfg: Config, rows: Rows, enc: Encoder) -> list[Stage]:
                          f"sample{' with its neighbours' if neighbors else ''}", share * per_row))
     if c.method == "mlc":
         from scaleclust.cluster.mlc import DENSE_MAX_ROWS
-        from scaleclust.stages.fit import assign_memory
+        from scaleclust.methods import assign_memory
 
         n = min(c.assign_sample, rows.total)
         graph = f"dense {n:,} x {n:,} membership" if n <= DENSE_MAX_ROWS else f"sparse kNN membership ({c.assign_neighbors} per row)"
         out.append(Stage("fit: mlc assigner", f"one task: spectral clustering of {n:,} rows, {graph}",
                          assign_memory(c, n, d)))
-    out.append(Stage("assign", "one task per shard", rows.largest_shard_rows * d * 4,
-                     rows.total * (int(rows.key_bytes) + 12)))
     return out
 
 
-def index_stages(cfg: Config, rows: Rows, enc: Encoder, n_shards: int, warnings: list[str]) -> list[Stage]:
+def assign_needs(cfg: Config, rows: Rows, enc: Encoder, n_shards: int, warnings: list[str]) -> list[Stage]:
+    """The assign stage: one shard's rows per task, and the assignments it adds."""
+    return [Stage("assign", "one task per shard", rows.largest_shard_rows * (enc.dim or 0) * 4,
+                  rows.total * (int(rows.key_bytes) + 12))]
+
+
+def index_needs(cfg: Config, rows: Rows, enc: Encoder, n_shards: int, warnings: list[str]) -> list[Stage]:
     """The index the index stage would choose for these rows, its build and its search actors."""
     from scaleclust.index.coarse import quantizer_factory
     from scaleclust.stages.index import choose
@@ -307,7 +316,7 @@ def memory_warnings(cfg: Config, found: list[Stage], rows: Rows, dim: int, memor
     c = cfg.cluster
     if c.method == "mlc":
         from scaleclust.config import ConfigError
-        from scaleclust.stages.fit import check_assign_memory
+        from scaleclust.methods import check_assign_memory
 
         try:
             check_assign_memory(c, min(c.assign_sample, rows.total), dim)
@@ -318,6 +327,10 @@ def memory_warnings(cfg: Config, found: list[Stage], rows: Rows, dim: int, memor
     return warnings
 
 
+# What the plan estimates, per stage of the registry (scaleclust.pipeline.STAGES) that a run would run.
+NEEDS = {"embed": embed_needs, "index": index_needs, "fit": fit_needs, "assign": assign_needs}
+
+
 def make_plan(cfg: Config, memory_bytes: int | None = None) -> dict[str, Any]:
     """The plan as a dict: shards, rows, encoder, rate and GPU-hours, stages, totals, warnings."""
     memory = memory_bytes or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -326,7 +339,9 @@ def make_plan(cfg: Config, memory_bytes: int | None = None) -> dict[str, Any]:
     rows = count_rows(cfg, shards, committed)
     enc = encoder_facts(cfg, shards, committed)
     warnings: list[str] = []
-    found = stages(cfg, rows, enc) + index_stages(cfg, rows, enc, len(shards), warnings)
+    ctx = Context(cfg, RunDir(cfg.run_dir, cfg.storage), shards)
+    found = [need for stage in STAGES if stage.name in NEEDS and stage.when(ctx)
+             for need in NEEDS[stage.name](cfg, rows, enc, len(shards), warnings)]
     warnings = memory_warnings(cfg, found, rows, enc.dim or 0, memory) + warnings
     embed: dict[str, Any] = {"rows": rows.to_embed}
     rate = encode_rate(cfg, enc, committed) if cfg.input.format != "laion_embeddings" else None

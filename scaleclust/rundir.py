@@ -121,3 +121,12 @@ class RunDir:
 
     def exists(self, url: str) -> bool:
         return exists(url, self.storage)
+
+    def record_seconds(self, stage: str, seconds: float, rows_per_second: float | None = None) -> None:
+        """Keep each stage's last duration (and its throughput, when it did work) in metrics.json, whether
+        stages run together or one by one."""
+        metrics = self.marker(self.metrics) or {}
+        metrics.setdefault("seconds", {})[stage] = round(seconds, 2)
+        if rows_per_second:
+            metrics.setdefault("rows_per_second", {})[stage] = rows_per_second
+        write_json_atomic(self.metrics, metrics, self.storage)

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-import yaml
-
 from scaleclust.failures import error_type
 from scaleclust.rundir import RunDir
 
@@ -23,35 +21,14 @@ def skipped_by_type(run: RunDir, markers: dict[str, dict[str, Any]]) -> Counter[
     return counts
 
 
-def stages(run: RunDir) -> dict[str, Any]:
-    """Per stage: whether it is committed and, for per-shard stages, how many shards are."""
-    planned = len(yaml.safe_load(run.read_bytes(run.config)).get("shards", {}))
-    embedded = run.committed("embeddings")
-    assigned = run.committed("assignments")
-    named = False
-    if run.exists(run.clusters):
-        names = run.read_table(run.clusters, ["name"])["name"]
-        named = names.null_count < len(names)
-    return {
-        "embed": {"done": len(embedded) == planned and planned > 0, "shards": f"{len(embedded)}/{planned}"},
-        "fit": {"done": run.exists(run.model("model.json"))},
-        "assign": {"done": bool(assigned) and len(assigned) == len(embedded), "shards": f"{len(assigned)}/{len(embedded)}"},
-        "summary": {"done": run.exists(run.clusters)},
-        "label": {"done": named},
-        "index": {"done": run.exists(run.path("index", "manifest.json"))},
-        "report": {"done": run.exists(run.path("report", "index.html"))},
-    }
-
-
 def describe(run: RunDir) -> dict[str, Any]:
-    """Everything `scaleclust info` prints, as one dict."""
+    """What `scaleclust info` prints besides each stage's status (scaleclust.pipeline.status), as one dict."""
     if not run.exists(run.config):
         raise FileNotFoundError(f"{run.url}: not a run directory (no config.yaml)")
     markers = run.committed("embeddings")
     model = run.marker(run.model("model.json"))
     return {
         "run_dir": run.url,
-        "stages": stages(run),
         "rows": sum(m["rows"] for m in markers.values()),
         "embedded": sum(m["embedded"] for m in markers.values()),
         "skipped": dict(skipped_by_type(run, markers).most_common()),

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import ray
 import torch
 
+from scaleclust import methods
 from scaleclust.stages import fit, summary
 from scaleclust.cluster.drift import DriftCounts, Novelty, calibrate, report
 from scaleclust.cluster.mlc import head_features
@@ -41,15 +42,14 @@ from scaleclust.config import ClusterConfig, Config, ConfigError, UpdateConfig
 from scaleclust.tables import embedding_matrix
 from scaleclust.lease import Lease
 from scaleclust.parallel import map_shards
-from scaleclust.pipeline import STAGES, prepare, run_stage
+from scaleclust.pipeline import BY_NAME, STAGES, prepare, run_stage
 from scaleclust.ray_setup import ensure_ray
 from scaleclust.rundir import RunDir, cluster_ids
 from scaleclust.sample import sample_embeddings
+from scaleclust.stage import Context
 from scaleclust.storage import copy_file, remove, write_bytes_atomic, write_json_atomic
 from scaleclust.versions import Versions
 
-MODEL_FILES = {"kmeans": ["centroids.npy"], "mlc": ["head.pt", "subspaces.npy"],
-               **{method: ["head.pt"] for method in ("scan", "spice", "sic", "scl", "turtle")}}  # the files model.json describes
 EXAMPLES = 20  # novel keys listed in drift.json
 REFITS = ("kmeans", "mlc")  # methods with a warm refit
 
@@ -79,7 +79,7 @@ def _calibrate(run: RunDir, model: dict[str, Any], markers: dict[str, dict[str, 
                upd: UpdateConfig, seed: int) -> None:
     """Novelty prototypes and thresholds of the committed model from a sample of the rows (a Ray task)."""
     x, _ = sample_embeddings(run, markers, upd.calibration_rows, seed)
-    slots, _, _ = fit.load_assigner(run, model["model_id"], temperature)(x)
+    slots, _, _ = methods.load_assigner(run, model["model_id"], temperature)(x)
     ids = cluster_ids(model)
     novelty = calibrate(x, ids[slots], ids, upd.novelty_quantile)
     write_bytes_atomic(_novelty_url(run, model["model_id"]), novelty.to_bytes(), run.storage)
@@ -156,7 +156,7 @@ def refit_model(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers:
     model_id = uuid.uuid4().hex
     if mlc:
         head_pt = run.read_bytes(run.path("models", old["model_id"], "head.pt"))
-        head = fit.build_mlc(ClusterConfig.model_validate(old["params"])).head(old["dim"])
+        head = methods.build_mlc(ClusterConfig.model_validate(old["params"])).head(old["dim"])
         head.load_state_dict(torch.load(io.BytesIO(head_pt), weights_only=True))
         z, c = head_features(head, x)
         feats = z if old["space"] == "z" else c
@@ -174,7 +174,7 @@ def refit_model(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers:
         ids, mapping = match_ids(old_centroids, old_ids, centroids, upd.match_floor, next_id)
         files = {"centroids.npy": _npy(centroids.astype(np.float32))}
         slots = np.argmax(x @ centroids.T, axis=1)
-        facts = {"params": fit.fit_params(cluster), "k": int(len(centroids))}
+        facts = {"params": methods.fit_params(cluster), "k": int(len(centroids))}
     for name, data in files.items():
         write_bytes_atomic(run.path("models", model_id, name), data, run.storage)
     write_bytes_atomic(_novelty_url(run, model_id), calibrate(x, ids[slots], ids, upd.novelty_quantile).to_bytes(),
@@ -190,7 +190,7 @@ def promote(run: RunDir, model: dict[str, Any]) -> None:
     """Make an archived model the committed one: model.json removed first and written last, so no
     reader ever pairs one model's metadata with another's files."""
     remove(run.model("model.json"), run.storage)
-    for name in MODEL_FILES[model["method"]]:
+    for name in methods.get(model["method"]).files:
         copy_file(run.path("models", model["model_id"], name), run.model(name), run.storage)
     write_json_atomic(run.model("model.json"), model, run.storage)
 
@@ -236,7 +236,7 @@ def write_version(run: RunDir, history: Versions, version: str, lease: Lease, pa
                    or assigned[s]["embed_commit"] != m["commit"])
     if stale:
         raise RuntimeError(f"update: shards {stale[:5]} are not assigned by model {model['model_id']}; re-run")
-    history.archive_model(model, MODEL_FILES[model["method"]])
+    history.archive_model(model, list(methods.get(model["method"]).files))
     copy_file(run.clusters, history.path(version, "clusters.parquet"), run.storage)
     clusters = run.read_table(run.clusters, ["cluster", "size"]).to_pylist()
     manifest = {
@@ -273,41 +273,35 @@ def summarise(cfg: Config, run: RunDir, history: Versions, version: str, parent:
     else:
         _, total = summary.summarise(cfg, run)
     write_bytes_atomic(history.path(version, "partial.npz"), total.to_bytes(), run.storage)
-    summary.record_seconds(run, "summary", time.time() - started)
+    run.record_seconds("summary", time.time() - started)
 
 
-def after_summary(cfg: Config, run: RunDir, shards: dict, parent: dict[str, Any] | None, history: Versions,
-                  relabel: bool) -> None:
+def after_summary(ctx: Context, parent: dict[str, Any] | None, history: Versions, relabel: bool) -> None:
     """The pipeline's stages after summary (naming, report). Names are first carried over by cluster id
     from the parent version; the label stage re-runs only when `relabel` (a new model): with the model
     unchanged a cluster keeps its name, and the night skips the label stage's pass over every shard."""
-    carry_names(run, history.path(parent["version"], "clusters.parquet") if parent else None)
-    for name in STAGES[STAGES.index("summary") + 1:]:
-        if name != "label" or relabel:
-            run_stage(name, cfg, run, shards)
+    carry_names(ctx.run, history.path(parent["version"], "clusters.parquet") if parent else None)
+    for stage in STAGES[STAGES.index(BY_NAME["summary"]) + 1:]:
+        if stage.when(ctx) and (stage.name != "label" or relabel):
+            run_stage(stage.name, ctx)
 
 
-def _first_version(cfg: Config, run: RunDir, shards: dict, history: Versions, lease: Lease) -> dict[str, Any]:
-    for name in ("embed", "fit", "assign"):
-        run_stage(name, cfg, run, shards)
-    if run.exists(run.path("index", "manifest.json")):
-        run_stage_index(cfg, run)
+def _first_version(ctx: Context, history: Versions, lease: Lease) -> dict[str, Any]:
+    """Version 1: the registry's stages up to assign, the model's novelty calibration, then as any night."""
+    cfg, run = ctx.cfg, ctx.run
+    for stage in STAGES[:STAGES.index(BY_NAME["assign"]) + 1]:
+        if stage.when(ctx):
+            run_stage(stage.name, ctx)
     model = run.marker(run.model("model.json"))
     markers = run.committed("embeddings")
     ray.get(ray.remote(num_cpus=1)(_calibrate).remote(run, model, markers, cfg.assign.temperature, cfg.update,
                                                       cfg.cluster.seed))
     version = history.start(None)
     summarise(cfg, run, history, version, None, sorted(markers))
-    after_summary(cfg, run, shards, None, history, relabel=True)
+    after_summary(ctx, None, history, relabel=True)
     facts = {"refit": True, "reason": "first version", "new_shards": sorted(markers),
              "new_rows": sum(m["embedded"] for m in markers.values()), "updates_since_refit": 0}
     return write_version(run, history, version, lease, None, facts)
-
-
-def run_stage_index(cfg: Config, run: RunDir) -> None:
-    from scaleclust.stages import index
-
-    index.run(cfg, run)
 
 
 def prune(upd: UpdateConfig, history: Versions, lease: Lease) -> None:
@@ -336,18 +330,19 @@ def update(cfg: Config) -> dict[str, Any]:
 def _update(cfg: Config, lease: Lease, history: Versions) -> dict[str, Any]:
     """The update's steps under the lease (see the module docstring)."""
     clock = Clock()
-    run, shards = prepare(cfg)
+    ctx = prepare(cfg, lease)
+    run = ctx.run
     clock.lap("prepare")
     ensure_ray(cfg)
     clock.lap("ray")
     latest, unfinished = history.recover()
     clock.lap("versions")
     if latest is None:
-        return _first_version(cfg, run, shards, history, lease)
-    run_stage("embed", cfg, run, shards)
+        return _first_version(ctx, history, lease)
+    run_stage("embed", ctx)
     clock.lap("embed")
-    if run.exists(run.path("index", "manifest.json")):
-        run_stage_index(cfg, run)
+    if BY_NAME["index"].when(ctx):
+        run_stage("index", ctx)
     clock.lap("index")
     new = sorted(set(run.committed("embeddings")) - set(latest["shards"]))
     if not new and unfinished is None:
@@ -356,7 +351,7 @@ def _update(cfg: Config, lease: Lease, history: Versions) -> dict[str, Any]:
     version = unfinished or history.start(latest)
     decision = run.marker(history.path(version, "decision.json"))
     if decision is None:
-        run_stage("assign", cfg, run, shards)
+        run_stage("assign", ctx)
         clock.lap("assign")
         report_ = drift(run, latest, new, cfg.update)
         clock.lap("drift")
@@ -383,11 +378,11 @@ def _update(cfg: Config, lease: Lease, history: Versions) -> dict[str, Any]:
             promote(run, meta)
         print_id_map(run.marker(history.path(version, "id_map.json")))
     clock.lap("refit")
-    run_stage("assign", cfg, run, shards)
+    run_stage("assign", ctx)
     clock.lap("assign")
     summarise(cfg, run, history, version, latest, new)
     clock.lap("summary")
-    after_summary(cfg, run, shards, latest, history, relabel=decision["refit"])
+    after_summary(ctx, latest, history, relabel=decision["refit"])
     clock.lap("label_report")
     facts = {"refit": decision["refit"], "reason": decision["reason"], "new_shards": new,
              "new_rows": sum(run.committed("embeddings")[s]["embedded"] for s in new),

@@ -20,8 +20,8 @@ import numpy as np
 
 from scaleclust.config import StorageConfig
 from scaleclust.failures import count_retryable, reasons
-from scaleclust.pipeline import recorded
 from scaleclust.rundir import RunDir
+from scaleclust.stage import recorded
 from scaleclust.sources import describe, shard_keys
 from scaleclust.versions import Versions
 
@@ -69,7 +69,8 @@ def verify(url: str, storage: StorageConfig | None = None, deep: bool = False,
     probe = RunDir(url, storage or StorageConfig())
     if not probe.exists(probe.config):
         return [f"{url}: no config.yaml; not a run directory"]
-    cfg, run, shards = recorded(url, storage)
+    ctx = recorded(url, storage)
+    cfg, run, shards = ctx.cfg, ctx.run, ctx.shards
     problems: list[str] = []
     embedded = run.committed("embeddings")
     assigned = run.committed("assignments")

@@ -20,7 +20,8 @@ def committed_run(folder: Path, n_shards: int = 2, per_shard: int = 4) -> str:
     """Shards under folder/shards, a run at folder/run with every key embedded and assigned once."""
     write_synthetic_shards(folder / "shards", n_shards, per_shard)
     cfg = tiny_config(str(folder / "run"), str(folder / "shards" / "*.tar"))
-    run, shards = prepare(cfg)
+    ctx = prepare(cfg)
+    run, shards = ctx.run, ctx.shards
     rng = np.random.default_rng(0)
     for name, spec in shards.items():
         keys = shard_keys(name, spec, cfg.input, cfg.storage)

@@ -156,7 +156,8 @@ def test_stage_with_device_decode_commits_what_the_cpu_decode_commits(tmp_path: 
     out = {}
     for decode in ("cpu", "device"):
         cfg = make_config(str(tmp_path / decode), inputs, embed={"decode": decode})
-        run, shards = prepare(cfg)
+        ctx = prepare(cfg)
+        run, shards = ctx.run, ctx.shards
         stage.run(cfg, run, shards)
         tables = {name: pq.read_table(run.embeddings(name)) for name in shards}
         errors = {name: sorted((r["key"], r["error"]) for r in pq.read_table(run.errors(name)).to_pylist())

@@ -46,18 +46,20 @@ def indexed(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> Path:
     folder = tmp_path_factory.mktemp("methods")
     write_synthetic_shards(folder / "shards", n_shards=4, per_shard=30)
     cfg = from_dict(job(folder, "indexed"))
-    run, shards = prepare(cfg)
+    ctx = prepare(cfg)
+    run, shards = ctx.run, ctx.shards
     for stage in ("embed", "index"):
-        run_stage(stage, cfg, run, shards)
+        run_stage(stage, ctx)
     return folder
 
 
 def fit_and_assign(data: dict[str, Any]) -> tuple[RunDir, dict[str, Any]]:
     """Fit and assign in this process (on the session's Ray), verify the run, check the assignments."""
     cfg = from_dict(data)
-    run, shards = prepare(cfg)
+    ctx = prepare(cfg)
+    run, shards = ctx.run, ctx.shards
     for stage in ("fit", "assign"):
-        run_stage(stage, cfg, run, shards)
+        run_stage(stage, ctx)
     model = run.marker(run.model("model.json"))
     method = data["cluster"]["method"]
     steps = METHODS[method]["steps"] + METHODS[method].get("self_label_steps", 0)

@@ -47,8 +47,9 @@ def indexed(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> dict[s
     folder = tmp_path_factory.mktemp("calibrate")
     write_dump(folder / "dump")
     cfg = tiny_config(str(folder / "run"), str(folder / "dump"), input={"format": "laion_embeddings"}, index=INDEX)
-    run, shards = prepare(cfg)
-    run_stage("embed", cfg, run, shards)
+    ctx = prepare(cfg)
+    run, shards = ctx.run, ctx.shards
+    run_stage("embed", ctx)
     return {"cfg": cfg, "run": run, "result": stage.run(cfg, run)}
 
 

@@ -130,8 +130,9 @@ def test_incremental_add_without_retraining(indexed: dict[str, Any]) -> None:
     new = write_synthetic_shards(indexed["folder"] / "nightly", n_shards=4, per_shard=10)[3:]
     cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"shards": cfg.input.shards + new})})
     Path(run.embeddings_marker("00000")).unlink()  # as if 00000 were re-embedded: a new commit
-    run, planned = prepare(cfg)
-    run_stage("embed", cfg, run, planned)
+    ctx = prepare(cfg)
+    run, planned = ctx.run, ctx.shards
+    run_stage("embed", ctx)
     result = stage.run(cfg, run)
     after = index_manifest.load_manifest(run)
     assert not result["trained"] and result["added"] == 2

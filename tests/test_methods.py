@@ -8,12 +8,14 @@ import torch
 
 from scaleclust.cli import main
 from scaleclust.cluster.local_fit import fit
-from scaleclust.cluster.scan import SCAN, HeadAssigner
-from scaleclust.cluster.scl_method import SCL, ProjectedHeads
+from scaleclust.cluster.heads import HeadAssigner, OneHead
+from scaleclust.cluster.scan import SCAN, ScanConfig
+from scaleclust.cluster.scl import SCL, ProjectedHeads, SclConfig
 from scaleclust.cluster.sic import space_nouns
-from scaleclust.cluster.sic_method import SIC
-from scaleclust.cluster.turtle import OneHead, TaskEncoder
-from scaleclust.config import ClusterConfig, ScanConfig, SclConfig, SicConfig, TurtleSettings
+from scaleclust.cluster.sic import SIC, SicConfig
+from scaleclust.cluster.turtle import TaskEncoder
+from scaleclust.cluster.turtle import TurtleConfig
+from scaleclust.config import ClusterConfig
 from tests.test_cli_mistakes import config
 
 
@@ -135,7 +137,7 @@ def test_turtle_assigner_gives_the_labelling_argmax_and_its_probability() -> Non
         encoder.maps[0].parametrizations.weight.original1.copy_(torch.eye(2))
         encoder.maps[0].bias.zero_()
     x = np.array([[2.0, 0.0], [0.0, 1.0]], np.float32)
-    cluster, confidence, second = HeadAssigner(OneHead(encoder), 0).assign(x)
+    cluster, confidence, second = HeadAssigner(OneHead(encoder, 2), 0).assign(x)
     assert cluster.tolist() == [0, 1] and second.tolist() == [1, 0]
     np.testing.assert_allclose(confidence, [1 / (1 + np.exp(-2.0)), 1 / (1 + np.exp(-1.0))], rtol=1e-5)
 
@@ -147,7 +149,7 @@ def test_turtle_assigner_gives_the_labelling_argmax_and_its_probability() -> Non
 def test_bad_method_fields_are_named(section: str, values: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         ClusterConfig.model_validate({"method": section, section: values})
-    assert TurtleSettings().steps > 0
+    assert TurtleConfig().steps > 0
 
 
 def test_a_bad_method_field_stops_the_cli_before_any_work(tmp_path, capsys) -> None:

@@ -16,7 +16,7 @@ from sklearn.metrics import adjusted_rand_score
 from scaleclust.cluster.mlc import MLCConfig, assign_memory_bytes, knn_membership, membership_affinity
 from scaleclust.cluster.spectral import SpectralBasis, spectral_cluster
 from scaleclust.config import ClusterConfig, ConfigError
-from scaleclust.stages.fit import check_assign_memory
+from scaleclust.methods import check_assign_memory
 from scaleclust.index.synthetic import clustered_vectors
 from tests.conftest import rejected_before_ray
 

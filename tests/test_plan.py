@@ -24,7 +24,9 @@ def test_tiny_config(tmp_path: Path, shards: list[str]) -> None:
     assert plan["embed"]["images_per_second"] == planner.MEASURED_RATES[("open_clip", "scaleclust-tiny", "cpu")].images_per_second
     assert plan["embed"]["gpu_hours"] == 0 and not plan["embed"]["estimate"]
     names = [s["name"] for s in plan["stages"]]
-    assert names[:3] == ["embed: decode", "embed: encode", "fit (kmeans)"] and "index: train" in names
+    assert names == ["embed: decode", "embed: encode", "fit (kmeans)", "assign"]  # k-means needs no index
+    scan = make_plan(cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"method": "scan"})}), 8 * GIB)
+    assert [s["name"] for s in scan["stages"]][2:5] == ["index: train", "index: search", "neighbors"]
     encode = plan["stages"][1]
     assert encode["disk_bytes"] >= 36 * 64 * 2  # fp16 embeddings
     assert plan["warnings"] == []

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from scaleclust.cluster.local_fit import fit
-from scaleclust.cluster.scan import (SCAN, ClusterHeads, HeadAssigner, balanced_cross_entropy, confident_targets,
-                                     consistency, entropy, scan_loss, select_head)
-from scaleclust.config import ScanConfig
+from scaleclust.cluster.heads import ClusterHeads, HeadAssigner, select_head
+from scaleclust.cluster.scan import (SCAN, ScanConfig, balanced_cross_entropy, confident_targets, consistency,
+                                     entropy, scan_loss)
 
 
 def test_consistency_is_mean_negative_log_agreement() -> None:

@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from scaleclust.cluster.local_fit import fit
-from scaleclust.cluster.scan import HeadAssigner
-from scaleclust.cluster.spice_method import SPICE
-from scaleclust.config import SpiceConfig
+from scaleclust.cluster.heads import HeadAssigner
+from scaleclust.cluster.spice import SPICE, SpiceConfig
 
 
 def test_spice_needs_neighbours() -> None:

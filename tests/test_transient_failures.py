@@ -29,11 +29,12 @@ def test_vanished_shards_are_retried_and_a_corrupt_one_is_not(tmp_path: Path, s3
     for path in paths:
         client.upload_file(path, "flaky", f"shards/{Path(path).name}")
     cfg = make_config("s3://flaky/run", "s3://flaky/shards/*.tar", storage={"endpoint_url": s3_endpoint})
-    run, shards = prepare(cfg)  # the shard list is fixed here; then two objects vanish before they are read
+    ctx = prepare(cfg)
+    run, shards = ctx.run, ctx.shards  # the shard list is fixed here; then two objects vanish before they are read
     vanished = ["00001", "00002"]
     for name in vanished:
         client.delete_object(Bucket="flaky", Key=f"shards/{name}.tar")
-    stats = run_stage("embed", cfg, run, shards)
+    stats = run_stage("embed", ctx)
     summary = capsys.readouterr().out
     assert stats["retryable"] == 2 and stats["embedded"] < 4 * 6
     assert "embed: 2 shard(s) still fail for reasons that may pass, 2 row(s): 00001: ReadFailed: FileNotFoundError" \

@@ -1,32 +1,108 @@
-"""Heads trained on frozen embeddings."""
+"""What every multi-head method trained on neighbours shares (SCAN, SPICE, SIC, SCL): its config
+section, `heads` cluster heads on one trunk, the recipe's common part (Adam, counted in steps), the
+label-free choice of the head with the lowest loss, and assigning rows with the chosen head."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
+from scaleclust.cluster.method import unwrap
+from scaleclust.cluster.settings import Strict
 
-class SubspaceClusterHead(nn.Module):
-    """The MLC/CPP head: a shared MLP, then two L2-normalised linear heads.
 
-    Z (subspace features) carries the rate-reduction geometry; C (cluster features) only feeds the
-    membership matrix. Layout: Linear(D->h) BN ReLU Linear(h->h) ReLU, then Linear(h->d) twice.
-    """
+class HeadsConfig(Strict):
+    """What every multi-head method trained on neighbours shares (cluster.scan, cluster.spice): heads on
+    frozen embeddings, Adam, counted in steps, the lowest-loss head kept (label-free)."""
 
-    def __init__(self, in_dim: int, hidden: int, out_dim: int) -> None:
+    heads: int = Field(10, gt=0, description="heads trained at once; the one with the lowest loss is kept")
+    hidden: int = Field(0, ge=0, description="width of the shared Linear-BN-ReLU trunk; 0 = linear heads")
+    steps: int = Field(600, gt=0, description="steps of the method's first phase")
+    self_label_steps: int = Field(200, ge=0, description="further steps adding labels of confident/reliable rows")
+    batch_size: int = Field(256, gt=0, description="rows per step per worker")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    weight_decay: float = Field(1e-4, ge=0, description="Adam weight decay")
+    neighbors: int = Field(20, gt=0, description="neighbours per row, from the index (index.nprobe)")
+    select_steps: int = Field(50, gt=0, le=50, description="last steps whose per-head losses choose the head")
+
+
+class ClusterHeads(nn.Module):
+    """`heads` classifiers over K clusters on a shared trunk: Linear(D->h) BN ReLU (hidden > 0), or
+    none (linear heads on the embeddings). forward: (b, D) -> logits (heads, b, K)."""
+
+    def __init__(self, in_dim: int, k: int, heads: int, hidden: int) -> None:
         super().__init__()
-        self.trunk = nn.Sequential(
-            nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
-        )
-        self.z_head = nn.Linear(hidden, out_dim)
-        self.c_head = nn.Linear(hidden, out_dim)
+        self.trunk = (nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU())
+                      if hidden > 0 else nn.Identity())
+        self.heads = nn.Linear(hidden if hidden > 0 else in_dim, heads * k)
+        self.k, self.n_heads = k, heads
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.trunk(x)
-        return (nn.functional.normalize(self.z_head(h), dim=-1),
-                nn.functional.normalize(self.c_head(h), dim=-1))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.heads(self.trunk(x)).view(len(x), self.n_heads, self.k).transpose(0, 1)
+
+
+class HeadsMethod:
+    """The shared part of the multi-head methods trained on neighbours (SCAN, SPICE): `heads` cluster
+    heads on one trunk, Adam, `steps` + `self_label_steps` steps, `neighbors` per row."""
+
+    def __init__(self, config: HeadsConfig, k: int) -> None:
+        self.config, self.k = config, k
+        self.steps = config.steps + config.self_label_steps
+        self.batch_size = config.batch_size
+        self.neighbors = config.neighbors
+
+    def head(self, in_dim: int) -> ClusterHeads:
+        return ClusterHeads(in_dim, self.k, self.config.heads, self.config.hidden)
+
+    def optimizer(self, head: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.Adam(head.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    def on_step(self, head: nn.Module, step: int) -> None:
+        """No schedule: nothing to do between steps."""
+
+
+class OneHead(nn.Module):
+    """Any model giving logits (b, K), e.g. TURTLE's task encoder, seen as a one-head cluster model
+    (logits (1, b, K), attribute k): the shape `HeadAssigner` assigns with."""
+
+    def __init__(self, module: nn.Module, k: int) -> None:
+        super().__init__()
+        self.inner, self.k = module, k  # not `module`: unwrap() takes that for a DDP wrapper's
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x).unsqueeze(0)
+
+
+def select_head(stats: list[dict[str, float]], heads: int) -> int:
+    """The head with the lowest mean SCAN loss over the given steps' stats (label-free selection)."""
+    means = [float(np.mean([s[f"head{h}"] for s in stats])) for h in range(heads)]
+    return int(np.argmin(means))
+
+
+@dataclass(frozen=True)
+class HeadAssigner:
+    """Assigns any rows with one head of a trained ClusterHeads: the argmax cluster, its softmax
+    probability as confidence, and the runner-up."""
+
+    head: nn.Module
+    index: int
 
     @torch.no_grad()
-    def copy_z_to_c(self) -> None:
-        """Start the cluster head from the subspace head (the end of MLC's warm-up)."""
-        self.c_head.load_state_dict(self.z_head.state_dict())
+    def probabilities(self, x: torch.Tensor | np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        module = unwrap(self.head)
+        training = module.training
+        module.eval()
+        x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        parts = [module(x[i:i + batch_size])[self.index].softmax(-1) for i in range(0, len(x), batch_size)]
+        module.train(training)
+        return torch.cat(parts).numpy() if parts else np.zeros((0, module.k), np.float32)
+
+    def assign(self, x: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(cluster int32, confidence float32, second-choice cluster int32) per row."""
+        p = self.probabilities(x)
+        order = np.argsort(-p, axis=1)[:, :2]
+        rows = np.arange(len(p))
+        return order[:, 0].astype(np.int32), p[rows, order[:, 0]].astype(np.float32), order[:, 1].astype(np.int32)

@@ -8,38 +8,71 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
-from scaleclust.cluster.heads import SubspaceClusterHead
 from scaleclust.cluster.method import unwrap
 from scaleclust.cluster.rate_reduction import coding_rate, compression_rate
+from scaleclust.cluster.settings import Strict
 from scaleclust.cluster.sinkhorn import sinkhorn_membership
 from scaleclust.cluster.spectral import spectral_cluster
 from scaleclust.cluster.subspaces import SubspaceAssigner, fit_subspaces
 
 
-@dataclass(frozen=True)
-class MLCConfig:
-    """MLC hyper-parameters (the CIFAR recipe of ALGORITHMS.md, scaled down). Defaults: the settings
-    benchmarked in README, which train a demo-size sample in minutes on a CPU; the recipe's own
-    (hidden 4096, out_dim 128, batch_size 1024; ImageNet: hidden 2048, out_dim 1024, eta 0.12,
-    warmup_steps 2000) suit GPUs. Counted in steps, not epochs. The pipeline builds this from the
-    validated `cluster.mlc` section (scaleclust.config.MLCSettings), which keeps the same defaults."""
+class MLCConfig(Strict):
+    """`cluster.mlc`: MLC hyper-parameters (the CIFAR recipe of ALGORITHMS.md, scaled down), counted in
+    steps, not epochs. Defaults: the settings benchmarked in docs/measurements.md (a demo-size fit in
+    minutes on a CPU); GPUs can afford the recipe's own (hidden 4096, out_dim 128, batch_size 1024;
+    ImageNet: hidden 2048, out_dim 1024, eta 0.12, warmup_steps 2000)."""
 
-    hidden: int = 512
-    out_dim: int = 32
-    eps2: float = 0.1
-    eta: float = 0.175
-    sinkhorn_iters: int = 5
-    gamma: float = 1.0
-    pi_reg: float = 0.05
-    lr: float = 1e-4
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    weight_decay_c: float = 5e-3
-    batch_size: int = 512
-    steps: int = 300
-    warmup_steps: int = 50
+    hidden: int = Field(512, gt=0, description="width of the head's hidden layers")
+    out_dim: int = Field(32, gt=0, description="dimension of the Z (subspace) and C (cluster) features")
+    eps2: float = Field(0.1, gt=0, description="coding precision eps^2 of the rate terms")
+    eta: float = Field(0.175, gt=0, description="Sinkhorn entropy weight of the membership Pi")
+    sinkhorn_iters: int = Field(5, gt=0, description="Sinkhorn iterations per step")
+    gamma: float = Field(1.0, ge=0, description="weight of the compression term Rc")
+    pi_reg: float = Field(0.05, ge=0, description="weight of ||Pi||_F^2 / 2")
+    lr: float = Field(1e-4, gt=0, description="SGD learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(1e-4, ge=0, description="weight decay of the body and Z head")
+    weight_decay_c: float = Field(5e-3, ge=0, description="weight decay of the C head")
+    batch_size: int = Field(512, ge=2, description="rows per step on each Train worker")
+    steps: int = Field(300, gt=0, description="training steps (not epochs: small samples are not under-trained)")
+    warmup_steps: int = Field(50, ge=0, description="first steps that optimise the rate R(Z) only")
+
+    @model_validator(mode="after")
+    def _warmup_before_end(self) -> "MLCConfig":
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps: {self.warmup_steps} leaves no step of clustering in {self.steps} "
+                             "steps; lower cluster.mlc.warmup_steps or raise cluster.mlc.steps")
+        return self
+
+
+class SubspaceClusterHead(nn.Module):
+    """The MLC/CPP head: a shared MLP, then two L2-normalised linear heads.
+
+    Z (subspace features) carries the rate-reduction geometry; C (cluster features) only feeds the
+    membership matrix. Layout: Linear(D->h) BN ReLU Linear(h->h) ReLU, then Linear(h->d) twice.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+        )
+        self.z_head = nn.Linear(hidden, out_dim)
+        self.c_head = nn.Linear(hidden, out_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.trunk(x)
+        return (nn.functional.normalize(self.z_head(h), dim=-1),
+                nn.functional.normalize(self.c_head(h), dim=-1))
+
+    @torch.no_grad()
+    def copy_z_to_c(self) -> None:
+        """Start the cluster head from the subspace head (the end of MLC's warm-up)."""
+        self.c_head.load_state_dict(self.z_head.state_dict())
 
 
 class MLC:

@@ -15,11 +15,19 @@ of it, on frozen embeddings (no image augmentations, hence no instance-level vie
       L_i = -1/|P(i)| sum_{p in P(i)} log( exp(f_i.f_p / tau) / sum_{a in P(i) + N(i)} exp(f_i.f_a / tau) )
   averaged over the anchors that have at least one positive. Unlabelled rows are neither anchors,
   positives nor negatives.
+
+`SCL` is the recipe (a `Method`) with its config section `SclConfig` (cluster.scl): cluster heads read
+the learnt unit projection f; the loss is SCAN's consistency + entropy plus contrastive_weight x this
+term on f.
 """
 from __future__ import annotations
 
 import torch
+from pydantic import Field
+from torch import nn
 
+from scaleclust.cluster.heads import ClusterHeads, HeadsConfig
+from scaleclust.cluster.scan import SCAN
 from scaleclust.cluster.shapes import check_shape
 
 
@@ -69,3 +77,60 @@ def cluster_contrastive_loss(f: torch.Tensor, labels: torch.Tensor, neighbors: t
     log_denom = torch.logsumexp(s.masked_fill(~cand_mask, -torch.inf), dim=1, keepdim=True)
     log_prob = (s - log_denom).masked_fill(~pos_mask, 0.0)
     return (-log_prob.sum(1) / pos_mask.sum(1)).mean()
+
+
+class SclConfig(HeadsConfig):
+    """SCL (cluster.method scl): cluster heads on a learnt unit projection; SCAN's consistency + entropy,
+    plus the cluster-aware contrastive term on the projection (positives: batch rows and neighbours that
+    share the row's pseudo-label)."""
+
+    self_label_steps: int = Field(0, ge=0, description="further steps adding SCAN's self-labelling")
+    projection: int = Field(128, gt=0, description="width of the unit projection the heads and contrast read")
+    entropy_weight: float = Field(5.0, ge=0, description="weight of the entropy of the mean prediction")
+    contrastive_weight: float = Field(1.0, ge=0, description="weight of the cluster-aware contrastive term")
+    temperature: float = Field(0.1, gt=0, description="contrastive temperature tau")
+    label_confidence: float = Field(0.7, ge=0, le=1, description="rows (and neighbours) whose heads' mean top "
+                                    "probability is below this take no part in the contrastive term")
+    threshold: float = Field(0.99, gt=0, lt=1, description="self-labelling: top probability above which a row is confident")
+
+
+class ProjectedHeads(nn.Module):
+    """Linear(D->h) BN ReLU (hidden > 0), Linear(->p), L2-normalised: f; then `heads` linear cluster
+    heads on f. forward(x): logits (heads, b, K); forward(x, features=True): (logits, f (b, p))."""
+
+    def __init__(self, in_dim: int, k: int, heads: int, hidden: int, projection: int) -> None:
+        super().__init__()
+        trunk = [nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU()] if hidden > 0 else []
+        self.project = nn.Sequential(*trunk, nn.Linear(hidden if hidden > 0 else in_dim, projection))
+        self.clusters = ClusterHeads(projection, k, heads, 0)
+        self.k, self.n_heads = k, heads
+
+    def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        f = nn.functional.normalize(self.project(x), dim=-1)
+        logits = self.clusters(f)
+        return (logits, f) if features else logits
+
+
+class SCL(SCAN):
+    """SCAN's loss on the projected heads, plus the cluster-aware contrastive term over rows and all
+    their neighbours, with pseudo-labels from the mean of the heads' probabilities."""
+
+    config: SclConfig
+
+    def head(self, in_dim: int) -> ProjectedHeads:
+        return ProjectedHeads(in_dim, self.k, self.config.heads, self.config.hidden, self.config.projection)
+
+    def loss(self, head: nn.Module, x: torch.Tensor, step: int,
+             neighbors: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        total, stats = super().loss(head, x, step, neighbors)
+        b, m, d = neighbors.shape
+        logits, f = head(torch.cat([x, neighbors.reshape(b * m, d)]), features=True)
+        top, labels = logits.detach().softmax(-1).mean(0).max(-1)         # heads' consensus, (b + b m,)
+        labels = labels.masked_fill(top < self.config.label_confidence, -1)  # unsure rows take no part
+        mask = consistent_neighbors(labels[:b], labels[b:].view(b, m))
+        contrast = self.config.contrastive_weight * cluster_contrastive_loss(
+            f[:b], labels[:b], f[b:].view(b, m, -1), mask, self.config.temperature)
+        stats["contrast"] = contrast.item()
+        stats["consistent"] = float(mask.float().mean())
+        stats["loss"] += contrast.item()
+        return total + contrast, stats

@@ -12,14 +12,21 @@ default; the paper says 0.99) of its m neighbours' predicted labels equal its ow
 smallest non-empty cluster, its most confident ones. Neighbour labels come from the neighbours'
 embeddings through the same head (`neighbor_labels`): at fit time neighbours travel with their rows
 as embeddings, never as ids into a global table.
+
+`SPICE` is the recipe (a `Method`) with its config section `SpiceConfig` (cluster.spice): several heads
+trained with cross-entropy on each batch's prototype pseudo-labels; after `steps`, each head adds
+cross-entropy on its reliable rows, with the row's drawn neighbour as its augmented view. The lowest
+prototype loss picks the head.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from scaleclust.cluster.heads import HeadsConfig, HeadsMethod
 from scaleclust.cluster.method import unwrap
 from scaleclust.cluster.shapes import check_shape
 
@@ -95,3 +102,46 @@ def reliable_set(q: torch.Tensor, neighbor_labels: torch.Tensor, agreement: floa
     rank = torch.empty_like(labels)
     rank[order] = torch.arange(b) - start[labels[order]]
     return reliable & (rank < cap)
+
+
+class SpiceConfig(HeadsConfig):
+    """SPICE (cluster.method spice): prototype pseudo-labels per batch over several heads, then
+    self-training on the reliable set (neighbours agree, confident, balanced); counted in steps."""
+
+    batch_size: int = Field(512, gt=0, description="rows per step per worker (SPICE's prototypes need >= ~10 K)")
+    top_fraction: float = Field(0.5, gt=0, description="top rows per cluster (x B/K) that make its prototype")
+    agreement: float = Field(0.9, gt=0, le=1, description="reliable: share of neighbours with the row's label")
+    confidence: float = Field(0.99, gt=0, lt=1, description="reliable: top probability at least this")
+
+
+class SPICE(HeadsMethod):
+    """Loss: per head, CE on prototype pseudo-labels; after `steps`, plus CE on the reliable rows' views."""
+
+    def loss(self, head: nn.Module, x: torch.Tensor, step: int,
+             neighbors: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        if neighbors is None:
+            raise ValueError("SPICE needs each row's neighbours' embeddings (b, m, d)")
+        b, m, _ = neighbors.shape
+        reliable_phase = step >= self.config.steps
+        if reliable_phase:
+            pick = torch.randint(m, (b,), generator=torch.Generator().manual_seed(step)).to(x.device)
+            both = head(torch.cat([x, neighbors[torch.arange(b, device=x.device), pick]]))
+            logits, view = both[:, :b], both[:, b:]
+            near = neighbor_labels(head, neighbors)                        # (H, b, m)
+        else:
+            logits = head(x)
+        total = x.new_zeros(())
+        stats: dict[str, float] = {}
+        for h in range(len(logits)):
+            q = logits[h].softmax(-1)
+            loss = nn.functional.cross_entropy(logits[h], prototype_labels(q, x, self.config.top_fraction),
+                                               ignore_index=-1)
+            stats[f"head{h}"] = loss.item()
+            if reliable_phase:
+                keep = reliable_set(q, near[h], self.config.agreement, self.config.confidence)
+                stats[f"reliable{h}"] = float(keep.float().mean())
+                if bool(keep.any()):
+                    loss = loss + nn.functional.cross_entropy(view[h][keep], q.detach().argmax(-1)[keep])
+            total = total + loss
+        stats["loss"] = total.item() / len(logits)
+        return total, stats

@@ -16,10 +16,11 @@ import pyarrow as pa
 
 from scaleclust.config import Config
 from scaleclust.tables import embedding_matrix
-from scaleclust.stages.fit import load_assigner
+from scaleclust.methods import load_assigner
 from scaleclust.parallel import map_shards
 from scaleclust.progress import Progress
 from scaleclust.rundir import RunDir, assignments_file, cluster_ids
+from scaleclust.stage import Stage
 
 
 def assign_shard(item: dict[str, Any], run: RunDir, temperature: float, model_id: str,
@@ -54,3 +55,15 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     progress.close()
     rows = sum(m["rows"] for m in run.committed("assignments").values())
     return {"shards": len(embedded), "assigned": rows, "seconds": round(time.time() - started, 2)}
+
+
+def status(run: RunDir) -> dict[str, Any]:
+    """Committed when every embedded shard has its assignments marker."""
+    embedded, assigned = run.committed("embeddings"), run.committed("assignments")
+    return {"done": bool(assigned) and len(assigned) == len(embedded), "shards": f"{len(assigned)}/{len(embedded)}"}
+
+
+STAGE = Stage("assign", reads=("embeddings/", "model/"),
+              commits=("assignments/SHARD.MODEL.COMMIT.parquet", "assignments/SHARD.done.json"),
+              resources="one task of 1 CPU per shard",
+              run=lambda ctx: run(ctx.cfg, ctx.run), status=status)

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import ray
+import yaml
 
 from scaleclust.config import Config, StorageConfig
 from scaleclust.embed.actor import EncodeBatch
@@ -24,6 +25,7 @@ from scaleclust.sources import ShardSpec, describe, laion_part, read_samples
 from scaleclust.sources.laion import ingest_part
 from scaleclust.sources.decode import decode_shard
 from scaleclust.storage import remove
+from scaleclust.stage import Stage
 
 
 def _decode(batch: dict[str, Any], storage: StorageConfig, **kwargs: Any):
@@ -173,3 +175,16 @@ def _embed(cfg: Config, run: RunDir, pending: dict[str, ShardSpec]) -> None:
             raise RuntimeError(f"embed: shard {shard} ({source[shard]}) lost rows: got {tally.get(shard, 0)} of "
                                f"{expected.get(shard, ('?',))[0]}; re-run to redo it")
         remove(run.embedding_parts(shard), run.storage, recursive=True)  # parts a late retry wrote
+
+
+def status(run: RunDir) -> dict[str, Any]:
+    """Committed when every planned shard has its marker."""
+    planned = len(yaml.safe_load(run.read_bytes(run.config)).get("shards", {}))
+    embedded = run.committed("embeddings")
+    return {"done": len(embedded) == planned and planned > 0, "shards": f"{len(embedded)}/{planned}"}
+
+
+STAGE = Stage("embed", reads=("input shards (input.shards)",),
+              commits=("embeddings/SHARD.parquet", "errors/SHARD.parquet", "embeddings/SHARD.done.json"),
+              resources="decode tasks of embed.decode_cpus CPU; embed.min_actors..embed.max_actors encoder actors of embed.cpus_per_actor CPU and embed.gpus_per_actor GPU",
+              run=lambda ctx: run(ctx.cfg, ctx.run, ctx.shards), status=status)

@@ -17,6 +17,7 @@ from typing import Any
 
 import ray
 
+from scaleclust import methods
 from scaleclust.config import Config
 from scaleclust.index import build
 from scaleclust.index.calibrate import calibrate
@@ -28,6 +29,7 @@ from scaleclust.rundir import RunDir
 from scaleclust.sample import sample_blocks, sample_embeddings
 from scaleclust.tables import embedding_matrix
 from scaleclust.storage import listdir, remove, write_bytes_atomic, write_json_atomic
+from scaleclust.stage import Stage, Context
 
 GB = 1 << 30
 SMALL_SEED_OFFSET = 1  # the training task's held sample is drawn apart from its streamed one
@@ -105,3 +107,21 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     return {"trained": trained, "shards": len(shards), "added": len(todo), "rows": manifest["rows"],
             "next_id": next_id, "type": manifest["spec"]["factory"], "calibration": manifest.get("calibration"),
             "seconds": round(time.time() - started, 2)}
+
+
+def wanted(ctx: Context) -> bool:
+    """The index runs before fit when the method trains on neighbours, when the config asks for it (it
+    has an `index:` section), and to keep up with new shards in a run directory that has one."""
+    return (methods.needs_index(ctx.cfg.cluster) or "index" in ctx.cfg.model_fields_set
+            or ctx.run.exists(manifest_url(ctx.run)))
+
+
+def status(run: RunDir) -> dict[str, Any]:
+    """Committed when the manifest exists."""
+    return {"done": run.exists(manifest_url(run))}
+
+
+STAGE = Stage("index", reads=("embeddings/",),
+              commits=("index/trained.faiss", "index/shards/", "index/manifest.json"),
+              resources="one training task of 1 CPU and index.train_gpus GPU; one add task of 1 CPU per shard",
+              run=lambda ctx: run(ctx.cfg, ctx.run), status=status, when=wanted)

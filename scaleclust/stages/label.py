@@ -25,6 +25,7 @@ from scaleclust.tables import embedding_matrix
 from scaleclust.parallel import map_shards
 from scaleclust.rundir import RunDir, id_slots
 from scaleclust.semantic.space import CLASSIFIER, SemanticSpace, build_space, is_current, load_space, space_names
+from scaleclust.stage import Stage
 
 LOGIT_ROWS = 256  # voters scored at a time: bounds the (rows, nouns) logits matrix (~70 MB at 68k nouns)
 _CACHE: dict[str, SemanticSpace] = {}  # one space per worker process, reused across its shards
@@ -151,3 +152,17 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
           f"({int(counts.sum())} voters); {unnamed} with weak evidence named '{UNNAMED}'", flush=True)
     return {"clusters": len(order), "named": len(order) - unnamed, "unnamed": unnamed, "voters": int(counts.sum()),
             "nouns": len(names), "seconds": round(time.time() - started, 2)}
+
+
+def status(run: RunDir) -> dict[str, Any]:
+    """Committed when clusters.parquet holds at least one name."""
+    if not run.exists(run.clusters):
+        return {"done": False}
+    names = run.read_table(run.clusters, ["name"])["name"]
+    return {"done": names.null_count < len(names)}
+
+
+STAGE = Stage("label", reads=("clusters.parquet", "assignments/", "embeddings/"),
+              commits=("semantic/", "clusters.parquet (names)"),
+              resources="one task with the encoder's resources (embed.cpus_per_actor CPU, embed.gpus_per_actor GPU); one task of 1 CPU per shard",
+              run=lambda ctx: run(ctx.cfg, ctx.run), status=status)

@@ -19,6 +19,7 @@ from scaleclust.index.manifest import ids_to_keys, load_manifest, resolve_nprobe
 from scaleclust.rundir import RunDir
 from scaleclust.sample import sample_embeddings
 from scaleclust.storage import remove, write_json_atomic
+from scaleclust.stage import Stage, on_request
 
 PART_ROWS = 10_000
 
@@ -66,3 +67,14 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     print(f"neighbors: {done['rows']} rows x {k} neighbours in {done['parts']} part(s); "
           f"recall@{k} {recall:.3f} on {len(pick)} queries (nprobe {nprobe})")
     return {**metrics, "seconds": round(time.time() - started, 2)}
+
+
+def status(run: RunDir) -> dict[str, Any]:
+    """Committed when metrics.json records the kNN graph's recall."""
+    return {"done": "neighbors" in (run.marker(run.metrics) or {})}
+
+
+STAGE = Stage("neighbors", reads=("index/", "embeddings/"),
+              commits=("neighbors/PART.parquet", "metrics.json"),
+              resources="search actors of 0.5 CPU, each holding index.shards_per_searcher shard indexes",
+              run=lambda ctx: run(ctx.cfg, ctx.run), status=status, when=on_request)

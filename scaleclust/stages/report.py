@@ -23,6 +23,7 @@ from scaleclust.rundir import RunDir
 from scaleclust.runinfo import describe
 from scaleclust.sources import ShardSpec
 from scaleclust.storage import listdir, write_bytes_atomic
+from scaleclust.stage import Stage
 
 PAGE_SIZE = 50  # cluster sections per page
 
@@ -145,3 +146,14 @@ def run(cfg: Config, run: RunDir, shards: dict[str, ShardSpec]) -> dict[str, Any
     return {"report": index_url(run), "clusters": len(data["clusters"]), "thumbnails": len(thumbs),
             "thumbnails_read": read, "shards_read": shards_read, "html_bytes": len(html.encode()),
             "seconds": round(time.time() - started, 2)}
+
+
+def status(run: RunDir) -> dict[str, Any]:
+    """Committed when report/index.html exists."""
+    return {"done": run.exists(index_url(run))}
+
+
+STAGE = Stage("report", reads=("clusters.parquet", "assignments/", "embeddings/", "input shards (thumbnails)"),
+              commits=("report/index.html",),
+              resources="one task per shard for its thumbnails",
+              run=lambda ctx: run(ctx.cfg, ctx.run, ctx.shards), status=status)

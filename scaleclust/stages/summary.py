@@ -18,6 +18,7 @@ from scaleclust.parallel import map_shards
 from scaleclust.progress import Progress
 from scaleclust.rundir import RunDir, cluster_ids
 from scaleclust.storage import write_json_atomic
+from scaleclust.stage import Stage
 
 
 class Partial:
@@ -108,16 +109,6 @@ def reduce_run(run: RunDir, top: int, label: str | None, shards: list[str] | Non
     return total
 
 
-def record_seconds(run: RunDir, stage: str, seconds: float, rows_per_second: float | None = None) -> None:
-    """Keep each stage's last duration (and its throughput, when it did work) in metrics.json, whether
-    stages run together or one by one."""
-    metrics = run.marker(run.metrics) or {}
-    metrics.setdefault("seconds", {})[stage] = round(seconds, 2)
-    if rows_per_second:
-        metrics.setdefault("rows_per_second", {})[stage] = rows_per_second
-    write_json_atomic(run.metrics, metrics, run.storage)
-
-
 def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     return summarise(cfg, run)[0]
 
@@ -162,3 +153,14 @@ def summarise(cfg: Config, run: RunDir, base: Partial | None = None,
     metrics["labels"] = {"column": label, **scores(total.contingency.matrix())} if label else None
     write_json_atomic(run.metrics, metrics, run.storage)
     return metrics, total
+
+
+def status(run: RunDir) -> dict[str, Any]:
+    """Committed when clusters.parquet exists."""
+    return {"done": run.exists(run.clusters)}
+
+
+STAGE = Stage("summary", reads=("assignments/", "embeddings/", "model/"),
+              commits=("clusters.parquet", "metrics.json"),
+              resources="one task of 1 CPU per shard",
+              run=lambda ctx: run(ctx.cfg, ctx.run), status=status)

@@ -1,0 +1,379 @@
+"""The method registry: for each clustering method (its loss terms, recipe and config section live in one
+module of scaleclust/cluster/), how the fit stage trains it and how its committed model assigns rows.
+
+A method is one `MethodEntry`, registered once with `register`. `trains` says where it trains: in one
+Ray task ("task": k-means), or on the Ray Train loop ("ray_train"), with each sampled row's neighbours
+from the index when `neighbors` is set (the index stage then runs before the fit). A Ray-Train method
+only needs `build` (its `Method` from the config) unless it finishes differently: by default the trained
+head is saved as head.pt, the head with the lowest loss over the last steps assigns (one head: that one),
+and confidence is its softmax probability.
+
+kmeans: spherical k-means in one Ray task. mlc: the MLC head trained with Ray Train, then, in one Ray
+task, the number of clusters (k: auto, by stability across halves of a sample), spectral clustering of a
+sample's membership and one subspace per cluster, which assign uses for every row. scan, spice, sic, scl:
+cluster heads trained on the sample and each sampled row's neighbours, fetched from the index's search
+actors (sic first reduces the run's semantic space to the nouns near the sample's k-means centres).
+turtle: its task encoder trained on the sample, no neighbours.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import numpy as np
+import ray
+import torch
+from torch import nn
+
+from scaleclust.cluster.heads import HeadAssigner, HeadsMethod, OneHead, select_head
+from scaleclust.cluster.kmeans import soft_assign, spherical_kmeans
+from scaleclust.cluster.method import Method
+from scaleclust.cluster.mlc import GB, MLC, assign_memory_bytes, fit_assigner, head_features
+from scaleclust.cluster.scan import SCAN
+from scaleclust.cluster.scl import SCL
+from scaleclust.cluster.sic import SIC, space_nouns
+from scaleclust.cluster.spice import SPICE
+from scaleclust.cluster.stability import choose_k_by_stability
+from scaleclust.cluster.subspaces import SubspaceAssigner
+from scaleclust.cluster.turtle import Turtle
+from scaleclust.config import ClusterConfig, Config, ConfigError
+from scaleclust.index.actors import IndexNeighbors, searchers
+from scaleclust.index.device import usable_gpus
+from scaleclust.index.manifest import load_manifest
+from scaleclust.rundir import RunDir
+from scaleclust.sample import sample_embeddings
+from scaleclust.storage import write_bytes_atomic
+from scaleclust.train.loop import embeddings_dataset, train
+
+Assigner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+Markers = dict[str, dict[str, Any]]
+
+# Settings that say how a fit runs, not what it computes: they may change between a killed fit and its
+# re-run, which then resumes from the checkpoint (and a committed model is reused). `workers` is not one
+# of them: each worker trains on its own share of the sample with its own batches, so the worker count
+# changes the result. `use_gpu` is not either: a checkpoint holds tensors of the device it was saved on.
+OPERATIONAL = {"train": ("checkpoint_every", "max_failures", "cpus_per_worker")}
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """One clustering method as the fit, assign and update steps see it."""
+
+    name: str
+    trains: Literal["task", "ray_train"]
+    fit: Callable[[Config, RunDir, Markers], dict[str, Any]] | None = None  # None: the Ray-Train default
+    load: Callable[[RunDir, dict[str, Any], float], Assigner] | None = None  # None: the head default
+    build: Callable[[ClusterConfig], Method] | None = None  # the recipe, for the Ray-Train default
+    neighbors: bool = False  # trains on neighbours from the index (the index stage runs before the fit)
+    files: tuple[str, ...] = ("head.pt",)  # the model files model.json describes
+    check: Callable[[Config], None] | None = None  # what the config alone cannot validate, before any work
+
+
+REGISTRY: dict[str, MethodEntry] = {}
+
+
+def register(entry: MethodEntry) -> MethodEntry:
+    """Add a method (or replace one of the same name); returns it."""
+    if entry.trains == "task" and (entry.fit is None or entry.load is None):
+        raise ValueError(f"method {entry.name!r}: a method trained in a task gives its own fit and load")
+    if entry.trains == "ray_train" and entry.build is None and entry.fit is None:
+        raise ValueError(f"method {entry.name!r}: a Ray-Train method gives build (or its own fit)")
+    REGISTRY[entry.name] = entry
+    return entry
+
+
+def get(name: str) -> MethodEntry:
+    """The registered method `name`; a ConfigError naming cluster.method otherwise."""
+    if name not in REGISTRY:
+        raise ConfigError(f"cluster.method: {name!r} is not a method; use one of {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def needs_index(cluster: ClusterConfig) -> bool:
+    """Whether the method trains on neighbours from the index (so the index stage runs before fit)."""
+    return get(cluster.method).neighbors
+
+
+def fit_params(cluster: ClusterConfig) -> dict[str, Any]:
+    """The fit's identity: the `cluster` section less its operational settings. It names the Ray Train
+    run (so the same identity resumes) and decides whether a committed model is reused."""
+    params = cluster.model_dump(mode="json")
+    for section, names in OPERATIONAL.items():
+        for name in names:
+            params[section].pop(name)
+    params.pop("assign_memory_gb")  # a memory request, not a parameter of the result
+    return params
+
+
+def train_name(params: dict[str, Any]) -> str:
+    """The Ray Train run's name for a fit identity: the same identity resumes the same checkpoints."""
+    return "fit-" + hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def commit(run: RunDir, cluster: ClusterConfig, started: float, **facts: Any) -> dict[str, Any]:
+    """Write model/model.json, the fit's commit marker (written after every model file)."""
+    meta = {"method": cluster.method, "params": fit_params(cluster), "model_id": uuid.uuid4().hex,
+            "seconds": round(time.time() - started, 2), **facts}
+    run.write_marker(run.model("model.json"), meta)
+    return meta
+
+
+def save(run: RunDir, name: str, value: np.ndarray | dict[str, torch.Tensor]) -> None:
+    """A model file: an array as .npy, a state dict with torch.save (loadable with weights_only)."""
+    buffer = io.BytesIO()
+    np.save(buffer, value) if isinstance(value, np.ndarray) else torch.save(value, buffer)
+    write_bytes_atomic(run.model(name), buffer.getvalue(), run.storage)
+
+
+def _load_npy(run: RunDir, name: str) -> np.ndarray:
+    return np.load(io.BytesIO(run.read_bytes(run.model(name))))
+
+
+def _load_head(run: RunDir, method: Method, dim: int) -> nn.Module:
+    head = method.head(dim)
+    head.load_state_dict(torch.load(io.BytesIO(run.read_bytes(run.model("head.pt"))), weights_only=True))
+    return head.eval()
+
+
+def _sample_rows(cluster: ClusterConfig, markers: Markers) -> int:
+    return min(cluster.sample_size, sum(m["embedded"] for m in markers.values()))
+
+
+# kmeans ------------------------------------------------------------------------------------------
+
+def _kmeans_task(run: RunDir, cluster: ClusterConfig, markers: Markers) -> dict[str, Any]:
+    started = time.time()
+    x, _ = sample_embeddings(run, markers, cluster.sample_size, cluster.seed)
+    if len(x) < cluster.k:
+        raise ValueError(f"cluster.k={cluster.k} exceeds the {len(x)} embedded rows; lower cluster.k")
+    centroids, objective = spherical_kmeans(x, cluster.k, cluster.niter, cluster.restarts, cluster.seed,
+                                            gpus=usable_gpus())
+    save(run, "centroids.npy", centroids.astype(np.float32))
+    return commit(run, cluster, started, k=cluster.k, dim=int(x.shape[1]), sample_rows=int(len(x)),
+                  objective=objective)
+
+
+def fit_kmeans(cfg: Config, run: RunDir, markers: Markers) -> dict[str, Any]:
+    """Spherical k-means on the sample in one Ray task (faiss-gpu's on the GPU the task is given)."""
+    gpus = 1 if cfg.cluster.train.use_gpu else 0
+    return ray.get(ray.remote(num_cpus=1, num_gpus=gpus)(_kmeans_task).remote(run, cfg.cluster, markers))
+
+
+def load_kmeans(run: RunDir, meta: dict[str, Any], temperature: float) -> Assigner:
+    """Nearest centroid, with a softmax over cosine / temperature as confidence."""
+    centroids = _load_npy(run, "centroids.npy")
+
+    def by_centroid(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = soft_assign(x, centroids, temperature)
+        return out["cluster"], out["confidence"], out["cluster2"]
+
+    return by_centroid
+
+
+# mlc ---------------------------------------------------------------------------------------------
+
+def build_mlc(cluster: ClusterConfig) -> MLC:
+    """The MLC method from the validated `cluster.mlc` section."""
+    return MLC(cluster.mlc)
+
+
+def assign_memory(cluster: ClusterConfig, rows: int, dim: int) -> int:
+    """Bytes the MLC assigner fit needs on `rows` sampled rows of width `dim` (the largest k it may try)."""
+    k_max = cluster.k if isinstance(cluster.k, int) else max(cluster.k_candidates)
+    return assign_memory_bytes(rows, dim, cluster.mlc, k_max, cluster.assign_neighbors)
+
+
+def check_assign_memory(cluster: ClusterConfig, rows: int, dim: int) -> None:
+    """The MLC assigner fit's memory estimate (rows x dim embeddings) against cluster.assign_memory_gb,
+    the memory its Ray task requests: a clear error before any work instead of an OOM-killed task."""
+    k_max = cluster.k if isinstance(cluster.k, int) else max(cluster.k_candidates)
+    need = assign_memory(cluster, rows, dim)
+    if need > cluster.assign_memory_gb * GB:
+        shape = f"dim {dim}" if dim else "before the embeddings' dimension is known"
+        raise ConfigError(f"cluster.assign_memory_gb: spectral clustering {rows:,} rows of cluster.assign_sample "
+                          f"({shape}, k up to {k_max}) needs about {need / GB:.1f} GiB, more than the "
+                          f"{cluster.assign_memory_gb} GiB requested; raise cluster.assign_memory_gb or lower "
+                          "cluster.assign_sample")
+
+
+def check_mlc(cfg: Config) -> None:
+    """The assigner fit's memory, as far as it is known before embedding."""
+    check_assign_memory(cfg.cluster, cfg.cluster.assign_sample, 0)
+
+
+def _mlc_assigner_task(run: RunDir, cluster: ClusterConfig, markers: Markers, state: dict[str, torch.Tensor],
+                       facts: dict[str, Any], started: float) -> dict[str, Any]:
+    """Choose K (when auto), spectral-cluster a sample in the trained head's space, fit the subspaces."""
+    method = build_mlc(cluster)
+    x, _ = sample_embeddings(run, markers, cluster.assign_sample, cluster.seed)
+    head = method.head(x.shape[1])
+    head.load_state_dict(state)
+    head.eval()
+    stabilities: dict[int, float] = {}
+    k = cluster.k
+    if k == "auto":
+        _, c = head_features(head, x)
+        candidates = [n for n in cluster.k_candidates if 2 <= n <= len(x) // 4]  # each half holds >= 2n rows
+        if not candidates:
+            raise ValueError(f"cluster.k_candidates: none fits the {len(x)}-row assign sample (at most "
+                             f"{len(x) // 4}); raise cluster.assign_sample or lower the candidates")
+        k, stabilities = choose_k_by_stability(c, candidates, seed=cluster.seed)
+    assigner, _ = fit_assigner(head, x, k, method.config, cluster.seed, rank=cluster.subspace_rank,
+                               neighbors=cluster.assign_neighbors)
+    save(run, "head.pt", state)
+    save(run, "subspaces.npy", assigner.subspaces.bases)
+    return commit(run, cluster, started, k=int(k), dim=int(x.shape[1]), space=assigner.space,
+                  sample_rows=_sample_rows(cluster, markers), assign_sample_rows=int(len(x)),
+                  k_stability={str(n): v for n, v in stabilities.items()}, train=facts)
+
+
+def fit_mlc(cfg: Config, run: RunDir, markers: Markers) -> dict[str, Any]:
+    """The MLC head on the Ray Train loop, then its subspaces in one Ray task of cluster.assign_memory_gb."""
+    started, cluster = time.time(), cfg.cluster
+    method = build_mlc(cluster)
+    dim = next(iter(markers.values()))["dim"]
+    check_assign_memory(cluster, min(cluster.assign_sample, sum(m["embedded"] for m in markers.values())), dim)
+    memory = int(cluster.assign_memory_gb * GB)
+    if memory > ray.cluster_resources().get("memory", 0):
+        raise ConfigError(f"cluster.assign_memory_gb: {cluster.assign_memory_gb} GiB exceeds the Ray cluster's "
+                          f"memory ({ray.cluster_resources().get('memory', 0) / GB:.1f} GiB); the task could never start")
+    dataset = embeddings_dataset(run, markers, cluster.sample_size, cluster.seed)
+    state, facts = train(run, train_name(fit_params(cluster)), method, dim, dataset, cluster.train, cluster.seed)
+    facts.pop("recent_stats")
+    print(f"fit: trained {facts['steps']} steps on {facts['workers']} workers, final loss {facts['final_loss']:.4f}")
+    task = ray.remote(num_cpus=1, memory=memory)(_mlc_assigner_task)
+    return ray.get(task.remote(run, cluster, markers, state, facts, started))
+
+
+def load_mlc(run: RunDir, meta: dict[str, Any], temperature: float) -> Assigner:
+    """The head's features (Z or C, as chosen at fit), then the nearest cluster subspace."""
+    head = _load_head(run, build_mlc(ClusterConfig.model_validate(meta["params"])), meta["dim"])
+    subspaces = SubspaceAssigner(_load_npy(run, "subspaces.npy"), temperature)
+
+    def by_subspace(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        z, c = head_features(head, x)
+        return subspaces.assign(z if meta["space"] == "z" else c)
+
+    return by_subspace
+
+
+# methods trained on the Ray Train loop (the default fit and load) --------------------------------
+
+def _sic_space(cfg: Config, run: RunDir, markers: Markers, dim: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """SIC's semantic space: the run's space of nouns (built with the label stage's settings, or the one
+    committed), reduced to the cluster.sic.space_nouns nouns nearest each k-means centre of the assign
+    sample. Returns the nouns' vectors (V, d) and facts for model.json."""
+    from scaleclust.semantic import build_space  # the encoder's modules: only where SIC trains
+    from scaleclust.semantic.space import signature
+
+    cluster = cfg.cluster
+    space = build_space(cfg, run)
+    if space.vectors.shape[1] != dim:
+        raise ConfigError(f"cluster.method: sic needs nouns in the {dim}-d embedding space, but embed.model maps them "
+                          f"to {space.vectors.shape[1]}-d; use the encoder that made the embeddings")
+    x, _ = sample_embeddings(run, markers, cluster.assign_sample, cluster.seed)
+    centres, _ = spherical_kmeans(x, int(cluster.k), cluster.niter, 1, cluster.seed)
+    keep = space_nouns(torch.from_numpy(centres), torch.from_numpy(space.vectors), cluster.sic.space_nouns).numpy()
+    return space.vectors[keep], {"nouns": int(len(keep)), "space_nouns": len(space.names), "kind": space.kind,
+                                 "signature": signature(cfg)}
+
+
+def fit_sic(cfg: Config, run: RunDir, markers: Markers) -> dict[str, Any]:
+    """The default Ray-Train fit, after building SIC's semantic space in a Ray task with the encoder's
+    resources; its nouns' vectors train the heads and their signature joins the fit's identity."""
+    dim = next(iter(markers.values()))["dim"]
+    task = ray.remote(num_cpus=cfg.embed.cpus_per_actor, num_gpus=cfg.embed.gpus_per_actor)(_sic_space)
+    nouns, semantic = ray.get(task.remote(cfg, run, markers, dim))
+    print(f"fit: sic trains against {len(nouns)} nouns of the semantic space")
+    method = SIC(cfg.cluster.sic, int(cfg.cluster.k), torch.tensor(nouns))  # a copy: object-store arrays are read-only
+    return fit_on_train(cfg, run, markers, method, {"semantic": semantic["signature"]}, semantic=semantic)
+
+
+def fit_on_train(cfg: Config, run: RunDir, markers: Markers, method: Method | None = None,
+                 identity: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """Train the method's head on the Ray Train loop on the sample (with each row's neighbours from the
+    index when the method needs them), keep the head with the lowest loss over the last steps (no labels),
+    commit head.pt and model.json. `identity` joins the fit's identity (the Train run's name)."""
+    started, cluster = time.time(), cfg.cluster
+    entry = get(cluster.method)
+    method = method or entry.build(cluster)
+    dim = next(iter(markers.values()))["dim"]
+    params, found = {**fit_params(cluster), **(identity or {})}, {}
+    dataset = embeddings_dataset(run, markers, cluster.sample_size, cluster.seed)
+    if entry.neighbors:
+        manifest = load_manifest(run)
+        params.update(nprobe=cfg.index.nprobe, index_next_id=manifest["next_id"])
+        found["neighbors"] = {"m": method.neighbors, "nprobe": cfg.index.nprobe, "index": manifest["spec"]["factory"]}
+        with searchers(run, manifest, cfg.index.shards_per_searcher) as actors:
+            neighbors = IndexNeighbors(actors, method.neighbors, cfg.index.nprobe)
+            state, facts = train(run, train_name(params), method, dim, dataset, cluster.train, cluster.seed, neighbors)
+    else:
+        state, facts = train(run, train_name(params), method, dim, dataset, cluster.train, cluster.seed)
+    recent, chosen, said = facts.pop("recent_stats"), 0, ""
+    if isinstance(method, HeadsMethod):
+        heads, recent = method.config.heads, recent[-method.config.select_steps:]
+        chosen = select_head(recent, heads)
+        said = f"; head {chosen} of {heads} has the lowest loss"
+        found["head_losses"] = [round(float(np.mean([s[f"head{h}"] for s in recent])), 5) for h in range(heads)]
+    print(f"fit: trained {facts['steps']} steps on {facts['workers']} workers, final loss {facts['final_loss']:.4f}{said}")
+    save(run, "head.pt", state)
+    return commit(run, cluster, started, k=int(cluster.k), dim=int(dim), head=chosen,
+                  sample_rows=_sample_rows(cluster, markers), **found, train=facts, **extra)
+
+
+def load_head(run: RunDir, meta: dict[str, Any], temperature: float) -> Assigner:
+    """The chosen head of the committed model: argmax cluster, its softmax probability, the runner-up."""
+    method = get(meta["method"]).build(ClusterConfig.model_validate(meta["params"]))
+    head = _load_head(run, method, meta["dim"])
+    return HeadAssigner(head if isinstance(method, HeadsMethod) else OneHead(head, int(meta["k"])), int(meta["head"])).assign
+
+
+def build_turtle(cluster: ClusterConfig) -> Turtle:
+    """TURTLE from the validated `cluster.turtle` section."""
+    return Turtle(cluster.turtle, int(cluster.k))
+
+
+def fit_turtle(cfg: Config, run: RunDir, markers: Markers) -> dict[str, Any]:
+    """The default Ray-Train fit, after checking cluster.turtle.dims against the embeddings' width."""
+    method = build_turtle(cfg.cluster)
+    try:
+        method.dims(next(iter(markers.values()))["dim"])
+    except ValueError as err:
+        raise ConfigError(f"cluster.turtle.dims: {err}") from None
+    return fit_on_train(cfg, run, markers, method)
+
+
+def _heads(recipe: type) -> Callable[[ClusterConfig], Method]:
+    """The builder of a multi-head method from its own section of the config (cluster.<name>)."""
+    return lambda cluster: recipe(getattr(cluster, cluster.method), int(cluster.k))
+
+
+register(MethodEntry("kmeans", "task", fit=fit_kmeans, load=load_kmeans, files=("centroids.npy",)))
+register(MethodEntry("mlc", "ray_train", fit=fit_mlc, load=load_mlc, build=build_mlc,
+                     files=("head.pt", "subspaces.npy"), check=check_mlc))
+register(MethodEntry("scan", "ray_train", build=_heads(SCAN), neighbors=True))
+register(MethodEntry("spice", "ray_train", build=_heads(SPICE), neighbors=True))
+register(MethodEntry("sic", "ray_train", fit=fit_sic, build=_heads(SIC), neighbors=True))
+register(MethodEntry("scl", "ray_train", build=_heads(SCL), neighbors=True))
+register(MethodEntry("turtle", "ray_train", fit=fit_turtle, build=build_turtle))
+
+_LOADED: dict[tuple[str, str, float], Assigner] = {}
+
+
+def load_assigner(run: RunDir, model_id: str, temperature: float) -> Assigner:
+    """The committed model as a function: embeddings (n, d) -> (cluster, confidence, second choice).
+    Cached per process, so each assign worker loads a model once."""
+    key = (run.url, model_id, temperature)
+    if key not in _LOADED:
+        _LOADED.clear()
+        meta = run.marker(run.model("model.json"))
+        if meta is None or meta["model_id"] != model_id:
+            raise RuntimeError(f"model {model_id} is no longer the committed model of {run.url}; re-run assign")
+        entry = get(meta["method"])
+        _LOADED[key] = (entry.load or load_head)(run, meta, temperature)
+    return _LOADED[key]
