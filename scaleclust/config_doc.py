@@ -1,6 +1,7 @@
-"""The config reference (docs/config.md), generated from the pydantic models of scaleclust.config: one row
-per field with its default, its description and its constraints, one heading row per section with the
-section's docstring. docs/config.md holds the output between BEGIN and END; tests/test_config_doc.py
+"""The config reference (docs/config.md), generated from the pydantic models of scaleclust.config.
+
+One row per field with its default, its description and its constraints, one heading row per section
+with the section's docstring. docs/config.md holds the output between BEGIN and END; tests/test_config_doc.py
 compares the two, so the reference cannot drift from the models.
 
     python -m scaleclust.config_doc                         print the table
