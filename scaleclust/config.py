@@ -140,7 +140,7 @@ class TrainConfig(Strict):
 class MLCSettings(Strict):
     """`cluster.mlc`: MLC hyper-parameters (scaleclust.cluster.mlc.MLCConfig, which the fit builds from
     these), checked here so a bad value fails before any work. Defaults: the settings benchmarked in
-    README (a demo-size fit in minutes on a CPU); GPUs can afford the CIFAR recipe (hidden 4096,
+    docs/measurements.md (a demo-size fit in minutes on a CPU); GPUs can afford the CIFAR recipe (hidden 4096,
     out_dim 128, batch_size 1024)."""
 
     hidden: int = Field(512, gt=0, description="width of the head's hidden layers")
@@ -184,7 +184,7 @@ class HeadsConfig(Strict):
 class ScanConfig(HeadsConfig):
     """SCAN (cluster.method scan): kNN consistency + entropy over several heads, the lowest-loss head
     kept, then self-labelling on confident rows; counted in steps. One fixed set for every data set:
-    a 512-wide trunk and 5 neighbours won on all three labelled sets of README's quality table."""
+    a 512-wide trunk and 5 neighbours won on all three labelled sets of the quality table in docs/measurements.md."""
 
     hidden: int = Field(512, ge=0, description="width of the shared Linear-BN-ReLU trunk; 0 = linear heads")
     neighbors: int = Field(5, gt=0, description="neighbours per row, from the index (index.nprobe)")
@@ -261,7 +261,7 @@ class ClusterConfig(Strict):
     method: Literal["kmeans", "mlc", "scan", "spice", "sic", "scl", "turtle"] = Field(
         "scan", description="scan, spice, sic or scl: heads trained on neighbours from the index (Ray Train; the "
         "index stage runs before their fit); scan is the default, ahead of k-means and MLC on every labelled set "
-        "(README, Measured); kmeans (spherical, faiss); mlc (rate reduction, Ray Train); turtle (Ray Train, no "
+        "(docs/measurements.md); kmeans (spherical, faiss); mlc (rate reduction, Ray Train); turtle (Ray Train, no "
         "neighbours)")
     k: int | Literal["auto"] = Field(10, description="clusters (>= 2), or 'auto' (mlc): the candidate of k_candidates "
                                    "whose clusterings agree most across halves of the assign sample")
@@ -390,7 +390,7 @@ class IndexConfig(Strict):
 
 
 class UpdateConfig(Strict):
-    """The nightly `scaleclust update`: drift thresholds, refit policy, id matching (see README)."""
+    """The nightly `scaleclust update`: drift thresholds, refit policy, id matching (see docs/operations.md)."""
 
     refit: Literal["on_drift", "every_n", "never"] | None = Field(
         None, description="refit when the drift score reaches drift_refit, every every_n updates, or never; null: "

@@ -21,7 +21,7 @@ from scaleclust.cluster.subspaces import SubspaceAssigner, fit_subspaces
 @dataclass(frozen=True)
 class MLCConfig:
     """MLC hyper-parameters (the CIFAR recipe of ALGORITHMS.md, scaled down). Defaults: the settings
-    benchmarked in README, which train a demo-size sample in minutes on a CPU; the recipe's own
+    benchmarked in docs/measurements.md, which train a demo-size sample in minutes on a CPU; the recipe's own
     (hidden 4096, out_dim 128, batch_size 1024; ImageNet: hidden 2048, out_dim 1024, eta 0.12,
     warmup_steps 2000) suit GPUs. Counted in steps, not epochs. The pipeline builds this from the
     validated `cluster.mlc` section (scaleclust.config.MLCSettings), which keeps the same defaults."""
