@@ -15,7 +15,7 @@ starts, imports torch/open_clip/timm, builds the model); `b check s` = after the
 
     .venv/bin/python benchmarks/embed_throughput.py --model tiny --shards 16 --per-shard 1000 --repeats 2
     .venv/bin/python benchmarks/embed_throughput.py --model effnet --shards 4 --per-shard 500 --repeats 2
-        # the README's figures; the defaults (4 x 128 photos) finish fast but measure mostly the stage's
+        # the figures of docs/measurements.md; the defaults (4 x 128 photos) finish fast but measure mostly the stage's
         # fixed start-up (an encoder actor's process and model load, ~4-6 s), not its throughput
     .venv/bin/python benchmarks/embed_throughput.py --model effnet --set embed.cpus_per_actor=2
     .venv/bin/python benchmarks/embed_throughput.py --device cuda --model all --shards 32 --per-shard 500

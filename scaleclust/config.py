@@ -145,7 +145,7 @@ class ClusterConfig(Strict):
     method: str = Field(
         "scan", description="scan, spice, sic or scl: heads trained on neighbours from the index (Ray Train; the "
         "index stage runs before their fit); scan is the default, ahead of k-means and MLC on every labelled set "
-        "(README, Measured); kmeans (spherical, faiss); mlc (rate reduction, Ray Train); turtle (Ray Train, no "
+        "(docs/measurements.md); kmeans (spherical, faiss); mlc (rate reduction, Ray Train); turtle (Ray Train, no "
         "neighbours)")
     k: int | Literal["auto"] = Field(10, description="clusters (>= 2), or 'auto' (mlc): the candidate of k_candidates "
                                    "whose clusterings agree most across halves of the assign sample")
@@ -274,7 +274,7 @@ class IndexConfig(Strict):
 
 
 class UpdateConfig(Strict):
-    """The nightly `scaleclust update`: drift thresholds, refit policy, id matching (see README)."""
+    """The nightly `scaleclust update`: drift thresholds, refit policy, id matching (see docs/operations.md)."""
 
     refit: Literal["on_drift", "every_n", "never"] | None = Field(
         None, description="refit when the drift score reaches drift_refit, every every_n updates, or never; null: "

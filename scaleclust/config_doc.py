@@ -1,10 +1,12 @@
-"""The README's config reference, generated from the pydantic models of scaleclust.config: one row per
-field with its default, its description and its constraints, one heading row per section with the
-section's docstring. README.md holds the output between BEGIN and END; a test compares the two, so the
-reference cannot drift from the models.
+"""The config reference (docs/config.md), generated from the pydantic models of scaleclust.config.
 
-    python -m scaleclust.config_doc                    print the table
-    python -m scaleclust.config_doc --write README.md  replace the table in README.md
+One row per field with its default, its description and its constraints, one heading row per section
+with the section's docstring. docs/config.md holds the output between BEGIN and END; tests/test_config_doc.py
+compares the two, so the reference cannot drift from the models.
+
+    python -m scaleclust.config_doc                         print the table
+    python -m scaleclust.config_doc --write                 replace the table in docs/config.md
+    python -m scaleclust.config_doc --write docs/config.md  the same, the file named
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from pydantic.fields import FieldInfo
 
 from scaleclust.config import Config
 
-BEGIN = "<!-- config reference: generated from scaleclust/config.py by `python -m scaleclust.config_doc --write README.md` -->"
+TARGET = "docs/config.md"  # relative to the repository root, where the command is run
+BEGIN = f"<!-- config reference: generated from scaleclust/config.py by `python -m scaleclust.config_doc --write {TARGET}` -->"
 END = "<!-- end of the generated config reference -->"
 BOUNDS = ((annotated_types.Gt, "gt", "> {}"), (annotated_types.Ge, "ge", ">= {}"),
           (annotated_types.Lt, "lt", "< {}"), (annotated_types.Le, "le", "<= {}"))
@@ -94,18 +97,19 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def with_table(readme: str) -> str:
-    """`readme` with the text between BEGIN and END replaced by the current table."""
-    if BEGIN not in readme or END not in readme:
-        raise ValueError(f"README has no generated config reference: add the lines\n{BEGIN}\n{END}")
-    head, rest = readme.split(BEGIN, 1)
+def with_table(text: str) -> str:
+    """`text` with the lines between BEGIN and END replaced by the current table."""
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"the file has no generated config reference: add the lines\n{BEGIN}\n{END}")
+    head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     return f"{head}{BEGIN}\n{table()}\n{END}{tail}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scaleclust.config_doc", description=__doc__.splitlines()[0])
-    parser.add_argument("--write", metavar="README", help="replace the generated table in this file")
+    parser.add_argument("--write", metavar="FILE", nargs="?", const=TARGET,
+                        help=f"replace the generated table in FILE (default {TARGET})")
     args = parser.parse_args(argv)
     if not args.write:
         print(table())

@@ -43,7 +43,7 @@ class Rate:
 
 _H200 = ("scaleclust embed stage on one H200 with 16 CPUs, bf16 weights, batch 256, 72k photos, one encoder "
          "actor, rate after the actor was ready (2026-11-29)")
-_CPU = "scaleclust embed stage on 2 CPUs, one encoder actor (README 'Measured', 2026-11-25)"
+_CPU = "scaleclust embed stage on 2 CPUs, one encoder actor (docs/measurements.md, 2026-11-25)"
 MEASURED_RATES: dict[tuple[str, str, str], Rate] = {
     ("open_clip", "ViT-B-32", "gpu"): Rate(3000, _H200),
     ("open_clip", "ViT-L-14", "gpu"): Rate(1486, _H200),

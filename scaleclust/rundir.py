@@ -1,4 +1,4 @@
-"""The run directory: the only contract between stages (see README, "Run directory").
+"""The run directory: the only contract between stages (see docs/run-directory.md).
 
 Paths are built here and nowhere else. A stage's output counts only once its marker exists: per-shard
 `embeddings/SHARD.done.json` and `assignments/SHARD.done.json`, and `model/model.json` for the fit.

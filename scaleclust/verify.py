@@ -1,4 +1,4 @@
-"""Check the run directory's invariants (see README, "Run directory"):
+"""Check the run directory's invariants (see docs/run-directory.md):
 
 - every input shard is committed, and its embeddings + errors rows equal its marker's row count;
 - each sample of a shard appears exactly once in that shard's embeddings ∪ errors (with `deep`, the

@@ -1,4 +1,4 @@
-"""README's config reference is generated from the pydantic models: it fails here when they differ."""
+"""The config reference, docs/config.md, is generated from the pydantic models: it fails here when they differ."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,16 +6,20 @@ from pathlib import Path
 import pytest
 
 from scaleclust.config import Config
-from scaleclust.config_doc import BEGIN, END, main, rows, table, with_table
+from scaleclust.config_doc import BEGIN, END, TARGET, main, rows, table, with_table
 
-README = Path(__file__).parent.parent / "README.md"
+REPO = Path(__file__).parent.parent
+REFERENCE = REPO / TARGET
 
 
-def test_readme_holds_the_generated_reference() -> None:
-    text = README.read_text(encoding="utf-8")
+def test_docs_config_holds_the_generated_reference() -> None:
+    assert TARGET == "docs/config.md"
+    text = REFERENCE.read_text(encoding="utf-8")
+    assert BEGIN in text and END in text, f"{TARGET} lost its BEGIN/END markers"
     generated = text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
-    assert generated == table(), "README's config reference differs from scaleclust/config.py: run " \
-                                 "`python -m scaleclust.config_doc --write README.md`"
+    assert generated == table(), f"{TARGET}'s config reference differs from scaleclust/config.py: run " \
+                                 f"`python -m scaleclust.config_doc --write {TARGET}`"
+    assert BEGIN not in (REPO / "README.md").read_text(encoding="utf-8"), "the reference lives in docs/config.md only"
 
 
 def test_every_field_is_described_with_its_default_and_bounds() -> None:
@@ -33,10 +37,16 @@ def test_every_field_is_described_with_its_default_and_bounds() -> None:
     assert {n for n in leaves if "." in n and n.split(".")[0] in ("storage", "index", "update")} <= set(found)
 
 
-def test_write_replaces_only_the_marked_table(tmp_path: Path) -> None:
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# title\n\nbefore\n{BEGIN}\n| stale |\n{END}\nafter\n", encoding="utf-8")
-    assert main(["--write", str(readme)]) == 0
-    assert readme.read_text(encoding="utf-8") == f"# title\n\nbefore\n{BEGIN}\n{table()}\n{END}\nafter\n"
+def test_write_replaces_only_the_marked_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(f"# title\n\nbefore\n{BEGIN}\n| stale |\n{END}\nafter\n", encoding="utf-8")
+    assert main(["--write", str(page)]) == 0
+    assert page.read_text(encoding="utf-8") == f"# title\n\nbefore\n{BEGIN}\n{table()}\n{END}\nafter\n"
+    # --write without a file writes docs/config.md, relative to the working directory (the repository root)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / TARGET).write_text(f"intro\n{BEGIN}\n{END}\n", encoding="utf-8")
+    assert main(["--write"]) == 0
+    assert (tmp_path / TARGET).read_text(encoding="utf-8") == f"intro\n{BEGIN}\n{table()}\n{END}\n"
     with pytest.raises(ValueError, match="no generated config reference"):
-        with_table("# a README without markers\n")
+        with_table("# a page without markers\n")

@@ -63,7 +63,7 @@ def test_an_assign_sample_too_big_for_its_memory_fails_before_ray(tmp_path: Path
     assert "cluster.assign_memory_gb" in stderr and "5,000 rows" in stderr, stderr
 
 
-BOUND_GIB = 1.5  # the stated bound for 100,000 rows of 64-d embeddings, k 20: the README says the same
+BOUND_GIB = 1.5  # the stated bound for 100,000 rows of 64-d embeddings, k 20: docs/measurements.md says the same
 
 SCRIPT = textwrap.dedent("""
     import json, resource
