@@ -66,8 +66,8 @@ class MethodEntry:
 
     name: str
     trains: Literal["task", "ray_train"]
-    fit: Callable[[Config, RunDir, Markers], dict[str, Any]] | None = None  # None: the Ray-Train default
-    load: Callable[[RunDir, dict[str, Any], float], Assigner] | None = None  # None: the head default
+    fit: Callable[[Config, RunDir, Markers], dict[str, Any]] | None = None  # None: fit_on_train
+    load: Callable[[RunDir, dict[str, Any], float], Assigner] | None = None  # None: load_head
     build: Callable[[ClusterConfig], Method] | None = None  # the recipe, for the Ray-Train default
     neighbors: bool = False  # trains on neighbours from the index (the index stage runs before the fit)
     files: tuple[str, ...] = ("head.pt",)  # the model files model.json describes
@@ -326,9 +326,10 @@ def fit_on_train(cfg: Config, run: RunDir, markers: Markers, method: Method | No
                   sample_rows=_sample_rows(cluster, markers), **found, train=facts, **extra)
 
 
-def load_head(run: RunDir, meta: dict[str, Any], temperature: float) -> Assigner:
+def load_head(run: RunDir, meta: dict[str, Any], temperature: float,
+              entry: MethodEntry | None = None) -> Assigner:
     """The chosen head of the committed model: argmax cluster, its softmax probability, the runner-up."""
-    method = get(meta["method"]).build(ClusterConfig.model_validate(meta["params"]))
+    method = (entry or get(meta["method"])).build(ClusterConfig.model_validate(meta["params"]))
     head = _load_head(run, method, meta["dim"])
     return HeadAssigner(head if isinstance(method, HeadsMethod) else OneHead(head, int(meta["k"])), int(meta["head"])).assign
 
@@ -365,15 +366,16 @@ register(MethodEntry("turtle", "ray_train", fit=fit_turtle, build=build_turtle))
 _LOADED: dict[tuple[str, str, float], Assigner] = {}
 
 
-def load_assigner(run: RunDir, model_id: str, temperature: float) -> Assigner:
+def load_assigner(run: RunDir, model_id: str, temperature: float, entry: MethodEntry | None = None) -> Assigner:
     """The committed model as a function: embeddings (n, d) -> (cluster, confidence, second choice).
-    Cached per process, so each assign worker loads a model once."""
+    `entry`: the model's method, where the caller resolved it (a Ray worker's registry holds only the
+    methods the package registers). Cached per process, so each assign worker loads a model once."""
     key = (run.url, model_id, temperature)
     if key not in _LOADED:
         _LOADED.clear()
         meta = run.marker(run.model("model.json"))
         if meta is None or meta["model_id"] != model_id:
             raise RuntimeError(f"model {model_id} is no longer the committed model of {run.url}; re-run assign")
-        entry = get(meta["method"])
-        _LOADED[key] = (entry.load or load_head)(run, meta, temperature)
+        entry = entry or get(meta["method"])
+        _LOADED[key] = entry.load(run, meta, temperature) if entry.load else load_head(run, meta, temperature, entry)
     return _LOADED[key]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from scaleclust.config import from_dict
+from scaleclust.config import ConfigError, from_dict
 from scaleclust.pipeline import prepare, run_stage
 from scaleclust.rundir import RunDir
 from scaleclust.verify import verify
@@ -102,3 +102,55 @@ def test_sic_fit_killed_resumes_and_assigns(indexed: Path, tmp_path: Path) -> No
     _, model = fit_and_assign(data)
     assert len(model["train"]["starts"]) == 2 and model["train"]["starts"][1] > 0  # resumed, not restarted
     assert 0 < model["semantic"]["nouns"] <= 60 and model["semantic"]["kind"] == "text"
+
+
+@pytest.mark.timeout(600)
+def test_a_method_registered_from_outside_the_package_runs_end_to_end(indexed: Path, tmp_path: Path) -> None:
+    """Adding a method is its module and one registry entry, nothing else: a toy method (a linear head that
+    maximises the mutual information between rows and clusters) registered here, with no config section,
+    trains on Ray Train, assigns every row, summarises and passes verify. Its classes live in this
+    function so that Ray's workers receive them by value."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from scaleclust import methods
+
+    class MutualInformation:
+        steps, batch_size, neighbors = 40, 30, 0
+
+        def __init__(self, k: int) -> None:
+            self.k = k
+
+        def head(self, in_dim: int) -> nn.Module:
+            return nn.Linear(in_dim, self.k)
+
+        def optimizer(self, head: nn.Module) -> torch.optim.Optimizer:
+            return torch.optim.Adam(head.parameters(), lr=0.05)
+
+        def loss(self, head: nn.Module, x: torch.Tensor, step: int,
+                 neighbors: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+            p = head(x).softmax(-1)
+            mean = p.mean(0)
+            loss = -(p * p.clamp_min(1e-8).log()).sum(1).mean() + (mean * mean.clamp_min(1e-8).log()).sum()
+            return loss, {"loss": loss.item()}
+
+        def on_step(self, head: nn.Module, step: int) -> None:
+            """No schedule."""
+
+    methods.register(methods.MethodEntry("toy", "ray_train", build=lambda cluster: MutualInformation(int(cluster.k))))
+    try:
+        data = copy_indexed(indexed, tmp_path, "toy")
+        cfg = from_dict(data)
+        ctx = prepare(cfg)
+        for stage in ("fit", "assign", "summary"):
+            run_stage(stage, ctx)
+        model = ctx.run.marker(ctx.run.model("model.json"))
+        assert model["method"] == "toy" and model["train"]["steps"] == 40 and model["head"] == 0
+        assert verify(cfg.run_dir, deep=True) == []
+        sizes = np.asarray(ctx.run.read_table(ctx.run.clusters, ["size"])["size"].to_pylist())
+        assert sizes.sum() == 120 and (sizes > 0).sum() >= 2  # every row assigned, into more than one cluster
+    finally:
+        methods.REGISTRY.pop("toy")
+    with pytest.raises(ConfigError, match="cluster.method: 'toy' is not a method"):
+        methods.get("toy")

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from scaleclust import methods
 from scaleclust.config import Config
 from scaleclust.tables import embedding_matrix
-from scaleclust.methods import load_assigner
 from scaleclust.parallel import map_shards
 from scaleclust.progress import Progress
 from scaleclust.rundir import RunDir, assignments_file, cluster_ids
@@ -24,11 +24,11 @@ from scaleclust.stage import Stage
 
 
 def assign_shard(item: dict[str, Any], run: RunDir, temperature: float, model_id: str,
-                 ids: np.ndarray) -> dict[str, Any]:
+                 ids: np.ndarray, method: methods.MethodEntry) -> dict[str, Any]:
     shard = item["shard"]
     started = time.time()
     table = run.read_table(run.embeddings(shard), ["key", "embedding"])
-    cluster, confidence, second = load_assigner(run, model_id, temperature)(embedding_matrix(table["embedding"]))
+    cluster, confidence, second = methods.load_assigner(run, model_id, temperature, method)(embedding_matrix(table["embedding"]))
     run.write_table(run.assignments(shard, model_id, item["commit"]), pa.table({
         "key": table["key"], "cluster": pa.array(ids[cluster], pa.int32()),
         "confidence": pa.array(confidence, pa.float32()), "cluster2": pa.array(ids[second], pa.int32())}))
@@ -50,7 +50,8 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     print(f"assign: {len(embedded)} shards, {len(embedded) - len(todo)} already assigned, {len(todo)} to do")
     progress = Progress("assign", total=sum(embedded[item["shard"]]["embedded"] for item in todo), unit="rows")
     for marker in map_shards(assign_shard, todo, num_cpus=1, run=run, temperature=cfg.assign.temperature,
-                             model_id=model["model_id"], ids=cluster_ids(model)):
+                             model_id=model["model_id"], ids=cluster_ids(model),
+                             method=methods.get(model["method"])):  # resolved here: a worker may not have it
         progress.update(marker["rows"])
     progress.close()
     rows = sum(m["rows"] for m in run.committed("assignments").values())
