@@ -278,7 +278,7 @@ class UpdateConfig(Strict):
 
     refit: Literal["on_drift", "every_n", "never"] | None = Field(
         None, description="refit when the drift score reaches drift_refit, every every_n updates, or never; null: "
-        "on_drift for kmeans and mlc (which have a warm refit), never for the methods trained on neighbours")
+        "on_drift (every method has a warm refit)")
     every_n: int = Field(7, gt=0, description="refit=every_n: updates between refits")
     drift_warn: float = Field(0.1, ge=0, description="drift score that is reported as a warning")
     drift_refit: float = Field(0.25, ge=0, description="drift score that triggers a refit (refit=on_drift)")
@@ -292,6 +292,9 @@ class UpdateConfig(Strict):
     match_floor: float = Field(0.8, ge=-1, le=1, description="refit: cosine below which a new cluster matches no old one")
     max_new_clusters: int = Field(4, ge=0, description="refit: new clusters seeded among novel rows, at most")
     min_new_cluster_rows: int = Field(20, gt=0, description="refit: novel rows in the refit sample per new cluster")
+    refit_steps: int = Field(200, gt=0, description="refit of a head trained with Ray Train (scan, spice, sic, scl, "
+                             "turtle): steps from the committed head, split between the method's phases as in its "
+                             "cold fit (a quarter of scan's 800)")
     calibration_rows: int = Field(20_000, gt=0, description="rows sampled to calibrate novelty for a new model")
     lease_seconds: float = Field(120.0, gt=0, description="lease lifetime without a heartbeat (renewed every third)")
     keep_versions: int | None = Field(None, ge=1, description="versions kept (the latest included); older ones are "

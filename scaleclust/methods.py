@@ -28,7 +28,6 @@ from typing import Any, Callable, Literal
 import numpy as np
 import ray
 import torch
-from torch import nn
 
 from scaleclust.cluster.heads import HeadAssigner, HeadsMethod, OneHead, select_head
 from scaleclust.cluster.kmeans import soft_assign, spherical_kmeans
@@ -72,6 +71,8 @@ class MethodEntry:
     neighbors: bool = False  # trains on neighbours from the index (the index stage runs before the fit)
     files: tuple[str, ...] = ("head.pt",)  # the model files model.json describes
     check: Callable[[Config], None] | None = None  # what the config alone cannot validate, before any work
+    warm: Literal["task", "head"] = "head"  # a nightly refit: from the model's arrays in one Ray task, or
+    # by training the committed head (grown by new outputs) on the Ray Train loop (scaleclust.update)
 
 
 REGISTRY: dict[str, MethodEntry] = {}
@@ -110,9 +111,9 @@ def fit_params(cluster: ClusterConfig) -> dict[str, Any]:
     return params
 
 
-def train_name(params: dict[str, Any]) -> str:
-    """The Ray Train run's name for a fit identity: the same identity resumes the same checkpoints."""
-    return "fit-" + hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+def train_name(params: dict[str, Any], prefix: str = "fit") -> str:
+    """The Ray Train run's name for an identity: the same identity resumes the same checkpoints."""
+    return f"{prefix}-" + hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def commit(run: RunDir, cluster: ClusterConfig, started: float, **facts: Any) -> dict[str, Any]:
@@ -132,12 +133,6 @@ def save(run: RunDir, name: str, value: np.ndarray | dict[str, torch.Tensor]) ->
 
 def _load_npy(run: RunDir, name: str) -> np.ndarray:
     return np.load(io.BytesIO(run.read_bytes(run.model(name))))
-
-
-def _load_head(run: RunDir, method: Method, dim: int) -> nn.Module:
-    head = method.head(dim)
-    head.load_state_dict(torch.load(io.BytesIO(run.read_bytes(run.model("head.pt"))), weights_only=True))
-    return head.eval()
 
 
 def _sample_rows(cluster: ClusterConfig, markers: Markers) -> int:
@@ -252,7 +247,9 @@ def fit_mlc(cfg: Config, run: RunDir, markers: Markers) -> dict[str, Any]:
 
 def load_mlc(run: RunDir, meta: dict[str, Any], temperature: float) -> Assigner:
     """The head's features (Z or C, as chosen at fit), then the nearest cluster subspace."""
-    head = _load_head(run, build_mlc(ClusterConfig.model_validate(meta["params"])), meta["dim"])
+    head = build_mlc(ClusterConfig.model_validate(meta["params"])).head(meta["dim"])
+    head.load_state_dict(torch.load(io.BytesIO(run.read_bytes(run.model("head.pt"))), weights_only=True))
+    head.eval()
     subspaces = SubspaceAssigner(_load_npy(run, "subspaces.npy"), temperature)
 
     def by_subspace(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -283,55 +280,96 @@ def _sic_space(cfg: Config, run: RunDir, markers: Markers, dim: int) -> tuple[np
                                  "signature": signature(cfg)}
 
 
-def fit_sic(cfg: Config, run: RunDir, markers: Markers) -> dict[str, Any]:
-    """The default Ray-Train fit, after building SIC's semantic space in a Ray task with the encoder's
-    resources; its nouns' vectors train the heads and their signature joins the fit's identity."""
-    dim = next(iter(markers.values()))["dim"]
+def sic_nouns(cfg: Config, run: RunDir, markers: Markers, dim: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """SIC's nouns' vectors (a tensor) and facts, built in a Ray task with the encoder's resources."""
     task = ray.remote(num_cpus=cfg.embed.cpus_per_actor, num_gpus=cfg.embed.gpus_per_actor)(_sic_space)
     nouns, semantic = ray.get(task.remote(cfg, run, markers, dim))
+    return torch.tensor(nouns), semantic  # a copy: arrays from the object store are read-only
+
+
+def fit_sic(cfg: Config, run: RunDir, markers: Markers) -> dict[str, Any]:
+    """The default Ray-Train fit, after building SIC's semantic space; its nouns' vectors train the heads
+    and their signature joins the fit's identity."""
+    nouns, semantic = sic_nouns(cfg, run, markers, next(iter(markers.values()))["dim"])
     print(f"fit: sic trains against {len(nouns)} nouns of the semantic space")
-    method = SIC(cfg.cluster.sic, int(cfg.cluster.k), torch.tensor(nouns))  # a copy: object-store arrays are read-only
+    method = SIC(cfg.cluster.sic, int(cfg.cluster.k), nouns)
     return fit_on_train(cfg, run, markers, method, {"semantic": semantic["signature"]}, semantic=semantic)
 
 
-def fit_on_train(cfg: Config, run: RunDir, markers: Markers, method: Method | None = None,
-                 identity: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    """Train the method's head on the Ray Train loop on the sample (with each row's neighbours from the
-    index when the method needs them), keep the head with the lowest loss over the last steps (no labels),
-    commit head.pt and model.json. `identity` joins the fit's identity (the Train run's name)."""
-    started, cluster = time.time(), cfg.cluster
-    entry = get(cluster.method)
-    method = method or entry.build(cluster)
-    dim = next(iter(markers.values()))["dim"]
-    params, found = {**fit_params(cluster), **(identity or {})}, {}
+@dataclass(frozen=True)
+class Trained:
+    """A head trained on the Ray Train loop: its state, the loop's facts, the chosen head, model.json facts,
+    and the Train run's name (where its checkpoints are)."""
+
+    state: dict[str, torch.Tensor]
+    facts: dict[str, Any]
+    head: int
+    found: dict[str, Any]
+    name: str
+
+
+def train_head(cfg: Config, run: RunDir, markers: Markers, method: Method, params: dict[str, Any],
+               prefix: str = "fit", init_state: dict[str, Any] | None = None) -> Trained:
+    """Train `method`'s head on the Ray Train loop on cfg.cluster's sample, with each row's neighbours from
+    the index when the method needs them, under the name `prefix`-hash(params + the index's state), so
+    the same identity resumes; start from `init_state` (a warm refit) when no checkpoint of that name
+    exists. Keeps the head with the lowest loss over the last steps (no labels)."""
+    cluster, dim, found = cfg.cluster, next(iter(markers.values()))["dim"], {}
     dataset = embeddings_dataset(run, markers, cluster.sample_size, cluster.seed)
-    if entry.neighbors:
+    if method.neighbors:
         manifest = load_manifest(run)
-        params.update(nprobe=cfg.index.nprobe, index_next_id=manifest["next_id"])
+        params = {**params, "nprobe": cfg.index.nprobe, "index_next_id": manifest["next_id"]}
         found["neighbors"] = {"m": method.neighbors, "nprobe": cfg.index.nprobe, "index": manifest["spec"]["factory"]}
         with searchers(run, manifest, cfg.index.shards_per_searcher) as actors:
             neighbors = IndexNeighbors(actors, method.neighbors, cfg.index.nprobe)
-            state, facts = train(run, train_name(params), method, dim, dataset, cluster.train, cluster.seed, neighbors)
+            state, facts = train(run, train_name(params, prefix), method, dim, dataset, cluster.train, cluster.seed,
+                                 neighbors, init_state=init_state)
     else:
-        state, facts = train(run, train_name(params), method, dim, dataset, cluster.train, cluster.seed)
+        state, facts = train(run, train_name(params, prefix), method, dim, dataset, cluster.train, cluster.seed,
+                             init_state=init_state)
     recent, chosen, said = facts.pop("recent_stats"), 0, ""
     if isinstance(method, HeadsMethod):
         heads, recent = method.config.heads, recent[-method.config.select_steps:]
         chosen = select_head(recent, heads)
         said = f"; head {chosen} of {heads} has the lowest loss"
         found["head_losses"] = [round(float(np.mean([s[f"head{h}"] for s in recent])), 5) for h in range(heads)]
-    print(f"fit: trained {facts['steps']} steps on {facts['workers']} workers, final loss {facts['final_loss']:.4f}{said}")
-    save(run, "head.pt", state)
-    return commit(run, cluster, started, k=int(cluster.k), dim=int(dim), head=chosen,
-                  sample_rows=_sample_rows(cluster, markers), **found, train=facts, **extra)
+    print(f"{prefix}: trained {facts['steps']} steps on {facts['workers']} workers, final loss "
+          f"{facts['final_loss']:.4f}{said}")
+    return Trained(state, facts, chosen, found, train_name(params, prefix))
+
+
+def fit_on_train(cfg: Config, run: RunDir, markers: Markers, method: Method | None = None,
+                 identity: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """The default fit of a Ray-Train method: train_head, then commit head.pt and model.json.
+    `identity` joins the fit's identity (the Train run's name)."""
+    started, cluster = time.time(), cfg.cluster
+    method = method or get(cluster.method).build(cluster)
+    trained = train_head(cfg, run, markers, method, {**fit_params(cluster), **(identity or {})})
+    save(run, "head.pt", trained.state)
+    return commit(run, cluster, started, k=int(cluster.k), dim=int(next(iter(markers.values()))["dim"]),
+                  head=trained.head, sample_rows=_sample_rows(cluster, markers), **trained.found, train=trained.facts,
+                  **extra)
+
+
+def head_assigner(method: Method, state: dict[str, torch.Tensor], dim: int, k: int, index: int) -> HeadAssigner:
+    """Rows -> (cluster, confidence, second choice) by head `index` of `method`'s head with weights `state`."""
+    head = method.head(dim)
+    head.load_state_dict(state)
+    head.eval()
+    return HeadAssigner(head if isinstance(method, HeadsMethod) else OneHead(head, k), index)
+
+
+def model_cluster(meta: dict[str, Any]) -> ClusterConfig:
+    """The `cluster` section a committed model was fitted with, at its current k (a refit may grow it)."""
+    return ClusterConfig.model_validate({**meta["params"], "k": meta["k"]})
 
 
 def load_head(run: RunDir, meta: dict[str, Any], temperature: float,
               entry: MethodEntry | None = None) -> Assigner:
     """The chosen head of the committed model: argmax cluster, its softmax probability, the runner-up."""
-    method = (entry or get(meta["method"])).build(ClusterConfig.model_validate(meta["params"]))
-    head = _load_head(run, method, meta["dim"])
-    return HeadAssigner(head if isinstance(method, HeadsMethod) else OneHead(head, int(meta["k"])), int(meta["head"])).assign
+    method = (entry or get(meta["method"])).build(model_cluster(meta))
+    state = torch.load(io.BytesIO(run.read_bytes(run.model("head.pt"))), weights_only=True)
+    return head_assigner(method, state, meta["dim"], int(meta["k"]), int(meta["head"])).assign
 
 
 def build_turtle(cluster: ClusterConfig) -> Turtle:
@@ -354,9 +392,9 @@ def _heads(recipe: type) -> Callable[[ClusterConfig], Method]:
     return lambda cluster: recipe(getattr(cluster, cluster.method), int(cluster.k))
 
 
-register(MethodEntry("kmeans", "task", fit=fit_kmeans, load=load_kmeans, files=("centroids.npy",)))
+register(MethodEntry("kmeans", "task", fit=fit_kmeans, load=load_kmeans, files=("centroids.npy",), warm="task"))
 register(MethodEntry("mlc", "ray_train", fit=fit_mlc, load=load_mlc, build=build_mlc,
-                     files=("head.pt", "subspaces.npy"), check=check_mlc))
+                     files=("head.pt", "subspaces.npy"), check=check_mlc, warm="task"))
 register(MethodEntry("scan", "ray_train", build=_heads(SCAN), neighbors=True))
 register(MethodEntry("spice", "ray_train", build=_heads(SPICE), neighbors=True))
 register(MethodEntry("sic", "ray_train", fit=fit_sic, build=_heads(SIC), neighbors=True))

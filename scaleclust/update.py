@@ -8,10 +8,12 @@ Steps, each committed before the next, so a killed update re-run resumes (see sc
    an index; assign them with the current model (the assign stage skips assigned ones);
 2. drift of the new shards' rows against the latest version (Ray task per shard) and the refit decision,
    recorded in versions/V/decision.json and drift.json;
-3. on refit (kmeans, mlc): a warm start from the current model on a fresh sample in a Ray task (k-means
-   from the centroids; MLC keeps its head and refits its subspaces), ids matched to the old clusters,
-   the model written to models/NEW/ and then promoted to model/; every shard re-assigned into new files
-   (the old ones stay for older versions);
+3. on refit: a warm start from the current model on a fresh sample (k-means from the centroids; MLC
+   keeps its head and refits its subspaces, both in a Ray task; the heads trained with Ray Train
+   (scan, spice, sic, scl, turtle) train update.refit_steps steps from the committed head, grown by
+   outputs for new concepts, with each row's neighbours from the index), ids matched to the old
+   clusters, the model written to models/NEW/ and then promoted to model/; every shard re-assigned
+   into new files (the old ones stay for older versions);
 4. summary (clusters.parquet, metrics.json; without a refit only the new shards are read and merged
    into the parent version's partial), cluster names carried over by id, the label stage (after a refit
    only) and the report, the model archived in models/, versions/V/manifest.json, then the pointer;
@@ -34,11 +36,14 @@ import torch
 from scaleclust import methods
 from scaleclust.stages import fit, summary
 from scaleclust.cluster.drift import DriftCounts, Novelty, calibrate, report
+from scaleclust.cluster.grow import grow_state
+from scaleclust.cluster.heads import OneHead
+from scaleclust.cluster.sic import SIC
 from scaleclust.cluster.mlc import head_features
-from scaleclust.cluster.refit import (match_ids, match_similar, novel_seeds, novel_subspaces, subspace_similarity,
-                                      warm_kmeans, warm_subspaces)
+from scaleclust.cluster.refit import (match_ids, match_similar, novel_groups, novel_seeds, novel_subspaces,
+                                      prototypes, subspace_similarity, warm_kmeans, warm_subspaces)
 from scaleclust.cluster.subspaces import SubspaceAssigner
-from scaleclust.config import ClusterConfig, Config, ConfigError, UpdateConfig
+from scaleclust.config import ClusterConfig, Config, UpdateConfig
 from scaleclust.tables import embedding_matrix
 from scaleclust.lease import Lease
 from scaleclust.parallel import map_shards
@@ -47,26 +52,21 @@ from scaleclust.ray_setup import ensure_ray
 from scaleclust.rundir import RunDir, cluster_ids
 from scaleclust.sample import sample_embeddings
 from scaleclust.stage import Context
-from scaleclust.storage import copy_file, remove, write_bytes_atomic, write_json_atomic
+from scaleclust.storage import copy_file, join, remove, write_bytes_atomic, write_json_atomic
 from scaleclust.versions import Versions
 
 EXAMPLES = 20  # novel keys listed in drift.json
-REFITS = ("kmeans", "mlc")  # methods with a warm refit
+KNOWN_ROWS = 20_000  # sampled rows the old clusters accept that place a grown head's new outputs' biases
 
 
 def refit_policy(cfg: Config) -> str:
-    """update.refit, or its default for the method: on_drift where a warm refit exists, else never."""
-    return cfg.update.refit or ("on_drift" if cfg.cluster.method in REFITS else "never")
+    """update.refit, or its default: on_drift (every method has a warm refit)."""
+    return cfg.update.refit or "on_drift"
 
 
 def check(cfg: Config) -> None:
     """What the update needs of the config, checked before any work."""
     fit.check(cfg)
-    if refit_policy(cfg) != "never" and cfg.cluster.method not in REFITS:
-        raise ConfigError(f"update.refit: {cfg.update.refit!r} refits cluster.method 'kmeans' and 'mlc' only; a "
-                          f"warm refit of {cfg.cluster.method!r} would retrain its heads from the current weights "
-                          f"on neighbours from the index, which the training loop cannot start from yet; set "
-                          f"update.refit=never (drift is still reported every night)")
 
 
 # novelty of a model -------------------------------------------------------------------------------
@@ -184,6 +184,100 @@ def refit_model(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers:
             "seeded_new": int(n_new), "novel_in_sample": int(novel.sum()), "seconds": round(time.time() - started, 2)}
     write_json_atomic(run.path("models", model_id, "model.json"), meta, run.storage)
     return meta, {"from_model": old["model_id"], "to_model": model_id, **mapping}
+
+
+# refit of a head trained with Ray Train ------------------------------------------------------------
+
+def refit_cluster(cluster: ClusterConfig, upd: UpdateConfig, old: dict[str, Any], k: int) -> ClusterConfig:
+    """The `cluster` section a head refit trains with: the committed model's (its method and architecture)
+    at k clusters, with update.refit_steps steps, split between the method's phases in the proportion of
+    its cold fit (scan: consistency, then self-labelling); sample size, seed and workers are today's."""
+    fitted = methods.model_cluster(old)
+    section = getattr(fitted, fitted.method)
+    if hasattr(section, "self_label_steps"):
+        first = max(1, round(upd.refit_steps * section.steps / (section.steps + section.self_label_steps)))
+        steps = {"steps": first, "self_label_steps": max(0, upd.refit_steps - first)}
+    else:
+        steps = {"steps": upd.refit_steps}
+    return cluster.model_copy(update={"method": fitted.method, "k": k,
+                                      fitted.method: section.model_copy(update=steps)})
+
+
+def _committed_head(run: RunDir, old: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return torch.load(io.BytesIO(run.read_bytes(run.path("models", old["model_id"], "head.pt"))), weights_only=True)
+
+
+def warm_start(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers: dict[str, dict[str, Any]],
+               old: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The committed head grown for new concepts, on the refit's sample (a Ray task): novel rows (the old
+    model's novelty test) grouped by k-means, one group per update.min_new_cluster_rows of them, at most
+    update.max_new_clusters, each seeding a new output (cluster.grow). Returns the grown state
+    ("head"), the number of new outputs, and the old clusters' prototypes on this sample (for the ids)."""
+    x, _ = sample_embeddings(run, markers, cluster.sample_size, seed)
+    novel = _novelty(run, old["model_id"]).novel(x)
+    wanted = min(upd.max_new_clusters, int(novel.sum()) // upd.min_new_cluster_rows)
+    groups = novel_groups(x[novel], wanted, cluster.niter, seed)
+    n_new = int(groups.max()) + 1 if wanted and len(groups) else 0
+    method = methods.get(old["method"]).build(methods.model_cluster(old))
+    assigner = methods.head_assigner(method, _committed_head(run, old), old["dim"], int(old["k"]), int(old["head"]))
+    known = x[~novel][:: max(1, int((~novel).sum()) // KNOWN_ROWS)]
+    trained = assigner.head.inner if isinstance(assigner.head, OneHead) else assigner.head
+    grown = grow_state(trained, torch.from_numpy(x[novel]), torch.from_numpy(groups), n_new, torch.from_numpy(known))
+    return {"head": grown, "n_new": n_new, "novel": int(novel.sum()), "rows": int(len(x)),
+            "old_prototypes": prototypes(x, assigner.assign(x)[0], int(old["k"]))}
+
+
+def finish_heads(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers: dict[str, dict[str, Any]],
+                 old: dict[str, Any], seed: int, trained: methods.Trained, warm: dict[str, Any],
+                 started: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """After the refit's training (a Ray task): ids matched by the Hungarian algorithm on prototypes (the
+    normalised mean embedding of each cluster's rows in the refit's sample) above update.match_floor,
+    novelty calibrated, models/NEW/ written (model.json last)."""
+    x, _ = sample_embeddings(run, markers, cluster.sample_size, seed)
+    method = methods.get(old["method"]).build(cluster)
+    slots = methods.head_assigner(method, trained.state, old["dim"], int(cluster.k), trained.head).assign(x)[0]
+    old_ids = cluster_ids(old)
+    next_id = old.get("next_cluster_id", int(old_ids.max()) + 1)
+    ids, mapping = match_ids(warm["old_prototypes"], old_ids, prototypes(x, slots, int(cluster.k)), upd.match_floor,
+                             next_id)
+    model_id = uuid.uuid4().hex
+    buffer = io.BytesIO()
+    torch.save(trained.state, buffer)
+    write_bytes_atomic(run.path("models", model_id, "head.pt"), buffer.getvalue(), run.storage)
+    write_bytes_atomic(_novelty_url(run, model_id), calibrate(x, ids[slots], ids, upd.novelty_quantile).to_bytes(),
+                       run.storage)
+    meta = {"method": old["method"], "params": old["params"], "k": int(cluster.k), "model_id": model_id,
+            "dim": int(old["dim"]), "head": trained.head, "sample_rows": int(len(x)), "cluster_ids": ids.tolist(),
+            "next_cluster_id": mapping["next_id"], "warm_from": old["model_id"], "seeded_new": warm["n_new"],
+            "novel_in_sample": warm["novel"], **trained.found, "train": {**trained.facts, "name": trained.name},
+            "seconds": round(time.time() - started, 2), **({"semantic": old["semantic"]} if "semantic" in old else {})}
+    write_json_atomic(run.path("models", model_id, "model.json"), meta, run.storage)
+    return meta, {"from_model": old["model_id"], "to_model": model_id, **mapping}
+
+
+def refit_heads(cfg: Config, run: RunDir, markers: dict[str, dict[str, Any]], old: dict[str, Any], seed: int,
+                version: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Warm refit of a head trained with Ray Train: the committed head, grown for new concepts
+    (warm_start), trains update.refit_steps steps on a fresh seeded sample over all shards, each row with
+    its neighbours from the index (which the update has extended by the new shards), under a Train name
+    of its own (refit-, the old model, the version, the seed), so a killed refit resumes from its newest
+    checkpoint and ends where an unbroken one ends. Returns finish_heads' (meta, id mapping)."""
+    started = time.time()
+    sample = cfg.cluster.model_copy(update={"seed": seed})
+    warm = ray.get(ray.remote(num_cpus=1)(warm_start).remote(
+        run, refit_cluster(sample, cfg.update, old, int(old["k"])), cfg.update, markers, old, seed))
+    cluster = refit_cluster(sample, cfg.update, old, int(old["k"]) + warm["n_new"])
+    refit_cfg = cfg.model_copy(update={"cluster": cluster})
+    if old["method"] == "sic":
+        method = SIC(cluster.sic, int(cluster.k), methods.sic_nouns(refit_cfg, run, markers, old["dim"])[0])
+    else:
+        method = methods.get(old["method"]).build(cluster)
+    identity = {"from": old["model_id"], "version": version, "seed": seed, "params": methods.fit_params(cluster)}
+    trained = methods.train_head(refit_cfg, run, markers, method, identity, prefix="refit", init_state={"head": warm["head"]})
+    print(f"refit: {old['method']} trained from model {old['model_id']} with {warm['n_new']} new output(s) "
+          f"({warm['novel']} novel rows in the {warm['rows']}-row sample)")
+    finish = ray.remote(num_cpus=1)(finish_heads)
+    return ray.get(finish.remote(run, cluster, cfg.update, markers, old, seed, trained, warm, started))
 
 
 def promote(run: RunDir, model: dict[str, Any]) -> None:
@@ -368,11 +462,17 @@ def _update(cfg: Config, lease: Lease, history: Versions) -> dict[str, Any]:
         if decision["model"] is None:
             old = run.marker(run.path("models", latest["model"], "model.json"))
             seed = cfg.cluster.seed + int(version[:5])  # a fresh sample every refit
-            task = ray.remote(num_cpus=1)(refit_model)
-            meta, mapping = ray.get(task.remote(run, cfg.cluster, cfg.update, run.committed("embeddings"), old, seed))
+            if methods.get(old["method"]).warm == "head":
+                meta, mapping = refit_heads(cfg, run, run.committed("embeddings"), old, seed, version)
+            else:
+                task = ray.remote(num_cpus=1)(refit_model)
+                meta, mapping = ray.get(task.remote(run, cfg.cluster, cfg.update, run.committed("embeddings"), old,
+                                                    seed))
             write_json_atomic(history.path(version, "id_map.json"), mapping, run.storage)
             decision["model"] = meta["model_id"]
             run.write_marker(history.path(version, "decision.json"), decision)
+            if "name" in meta.get("train", {}):  # the refit is recorded: its checkpoints are no longer needed
+                remove(join(run.model("train"), meta["train"]["name"]), run.storage, recursive=True)
         meta = run.marker(run.path("models", decision["model"], "model.json"))
         if (run.marker(run.model("model.json")) or {}).get("model_id") != meta["model_id"]:
             promote(run, meta)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from scaleclust.cluster.drift import DriftCounts, calibrate, report
-from scaleclust.cluster.refit import (match_ids, match_similar, novel_seeds, novel_subspaces, subspace_similarity,
-                                      warm_kmeans, warm_subspaces)
+from scaleclust.cluster.refit import (match_ids, match_similar, novel_seeds, novel_subspaces, prototypes,
+                                      subspace_similarity, warm_kmeans, warm_subspaces)
 from scaleclust.cluster.subspaces import SubspaceAssigner, fit_subspaces
 from scaleclust.stages.summary import Partial
 
@@ -104,24 +104,66 @@ def test_summary_partial_round_trip() -> None:
     assert back.contingency.counts == part.contingency.counts and back.exemplars == part.exemplars
 
 
-def test_update_refuses_a_refit_policy_for_scan_before_any_work(tmp_path, capsys) -> None:
-    """scan/spice have no warm refit: `update` with update.refit other than never is a config error (exit 2)
-    that says why, before anything is written; mlc and kmeans pass the check, and an unset policy is never
-    for scan/spice."""
-    import yaml
-
-    from scaleclust.cli import main
+def test_every_method_refits_on_drift_by_default(tmp_path) -> None:
+    """Every method has a warm refit: an unset update.refit is on_drift for each, and `check` accepts
+    every policy for each."""
     from scaleclust.config import from_dict
     from scaleclust.update import check, refit_policy
 
     base = {"run_dir": str(tmp_path / "run"), "input": {"shards": str(tmp_path / "shards" / "*.tar")}}
-    for method in ("kmeans", "mlc", "scan", "spice"):  # left unset, the policy follows the method
-        check(from_dict({**base, "cluster": {"method": method}}))
-    assert [refit_policy(from_dict({**base, "cluster": {"method": m}})) for m in ("kmeans", "mlc", "scan")] == [
-        "on_drift", "on_drift", "never"]
-    config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({**base, "cluster": {"method": "scan"}, "update": {"refit": "on_drift"}}))
-    assert main(["update", str(config)]) == 2
-    err = capsys.readouterr().err
-    assert "update.refit: 'on_drift'" in err and "'scan'" in err and "set update.refit=never" in err
+    for method in ("kmeans", "mlc", "scan", "spice", "sic", "scl", "turtle"):
+        assert refit_policy(from_dict({**base, "cluster": {"method": method}})) == "on_drift"
+        for policy in ("on_drift", "every_n", "never"):
+            check(from_dict({**base, "cluster": {"method": method}, "update": {"refit": policy}}))
     assert not (tmp_path / "run").exists()
+
+
+def test_prototypes_are_normalised_means_and_empty_slots_match_nothing() -> None:
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    protos = prototypes(x, np.array([0, 0, 2]), 3)
+    assert np.allclose(protos, [[2 ** -0.5, 2 ** -0.5], [0, 0], [1, 0]])
+    ids, mapping = match_ids(protos, np.array([5, 6, 7]), protos[[2, 0, 1]], floor=0.8, next_id=8)
+    assert ids.tolist() == [7, 5, 8] and mapping["retired"] == [6]  # the empty slot matches nothing
+
+
+def test_grown_heads_keep_old_rows_and_seed_new_outputs_on_novel_groups() -> None:
+    """A trained head grown by two outputs from two groups of novel rows: before any training, the
+    known rows keep their clusters, and each novel group prefers its own new output (the heads on a
+    trunk or on the embeddings, and TURTLE's encoder; SCL's projection, fitted to the old concepts
+    only, may merge a new one with an old one, so only its shapes are checked)."""
+    import torch
+
+    from scaleclust.cluster.grow import grow_state
+    from scaleclust.cluster.heads import ClusterHeads, HeadAssigner, OneHead
+    from scaleclust.cluster.scl import ProjectedHeads
+    from scaleclust.cluster.turtle import TaskEncoder
+
+    rng = np.random.default_rng(8)
+    centres = unit(rng, 5, 16)
+    x_old, old_label = blobs(centres[:3], 300, 0.1, 9)
+    x_new, new_label = blobs(centres[3:], 100, 0.1, 10)
+    for make in (lambda k: ClusterHeads(16, k, 2, 32), lambda k: ClusterHeads(16, k, 3, 0),
+                 lambda k: ProjectedHeads(16, k, 2, 32, 8), lambda k: TaskEncoder((8, 8), k)):
+        torch.manual_seed(0)
+        head = make(3)
+        view = (lambda m: OneHead(m, m.maps[0].out_features)) if isinstance(head, TaskEncoder) else (lambda m: m)
+        optimizer = torch.optim.Adam(head.parameters(), lr=0.01)
+        for _ in range(200):  # a head that separates the three old concepts
+            logits = view(head)(torch.from_numpy(x_old))
+            loss = sum(torch.nn.functional.cross_entropy(h, torch.from_numpy(old_label)) for h in logits)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        head.eval()
+        grown = make(5)
+        grown.load_state_dict(grow_state(head, torch.from_numpy(x_new), torch.from_numpy(new_label), 2,
+                                         torch.from_numpy(x_old)))
+        grown.eval()
+        if isinstance(head, ProjectedHeads):
+            assert HeadAssigner(grown, 0).probabilities(x_new).shape == (len(x_new), 5)
+            continue
+        for index in range(len(view(head)(torch.from_numpy(x_old[:2])))):
+            before = HeadAssigner(view(head), index).assign(x_old)[0]
+            assert (HeadAssigner(view(grown), index).assign(x_old)[0] == before).mean() >= 0.95
+            novel = HeadAssigner(view(grown), index).assign(x_new)[0]
+            assert (novel == new_label + 3).mean() >= 0.9, type(head).__name__

@@ -104,3 +104,24 @@ def match_similar(sims: np.ndarray, old_ids: np.ndarray, floor: float,
     retired = [int(i) for i in old_ids if int(i) not in kept]
     return ids.astype(np.int32), {"matched": matched, "new": fresh, "retired": retired, "floor": floor,
                                   "next_id": int(next_id)}
+
+
+def prototypes(x: np.ndarray, slots: np.ndarray, k: int) -> np.ndarray:
+    """(k, d) prototype of each cluster slot: the normalised mean of the rows of x (n, d) assigned to it
+    (a zero row for a slot without rows, which then matches nothing). The id matching of head refits
+    compares these, so two models are compared on the same rows whatever their parameters look like."""
+    x = np.asarray(x, np.float64)
+    sums = np.zeros((k, x.shape[1]))
+    np.add.at(sums, np.asarray(slots, np.int64), x)
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return np.where(norms > 0, sums / np.maximum(norms, 1e-12), 0.0)
+
+
+def novel_groups(x_novel: np.ndarray, n: int, niter: int, seed: int) -> np.ndarray:
+    """Group of each novel row (n groups, by spherical k-means among the novel rows; novel_seeds), with
+    the groups that drew no row dropped and the others renumbered 0..m-1."""
+    if n <= 0 or len(x_novel) == 0:
+        return np.zeros(len(x_novel), np.int64)
+    centroids = novel_seeds(x_novel, n, niter, seed)
+    groups = np.argmax(np.asarray(x_novel, np.float32) @ centroids.T, axis=1)
+    return np.unique(groups, return_inverse=True)[1].astype(np.int64)

@@ -7,6 +7,10 @@ did. Checkpoint folders are named by step (checkpoint_step_00000120) and workers
 storage themselves: Ray Train's own record of its checkpoints is written after the upload, so a job
 killed in between would resume from an older one and never delete the newer. After a fit only the
 newest KEEP checkpoints stay.
+
+A warm start (`init_state`: a head's weights, optionally its optimizer's state) only replaces the
+fresh head of step 0: a run that finds a checkpoint of its own name resumes from that, so a killed
+warm refit ends where an unbroken one ends.
 """
 from __future__ import annotations
 
@@ -134,12 +138,13 @@ class WorkerSample:
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """The per-worker loop: resume, then step until method.steps, checkpointing every N steps."""
+    """The per-worker loop: resume (or start from config["init_state"], else a fresh head), then step
+    until method.steps, checkpointing every N steps."""
     method: Method = config["method"]
     torch.manual_seed(config["seed"])
     head = method.head(config["in_dim"])
-    state: dict[str, Any] = newest_state(config["run"], config["name"]) or {"step": 0, "losses": [], "starts": [],
-                                                                            "stats": []}
+    state: dict[str, Any] = newest_state(config["run"], config["name"]) or {
+        "step": 0, "losses": [], "starts": [], "stats": [], **(config.get("init_state") or {})}
     if "head" in state:
         head.load_state_dict(state["head"])
     head = ray.train.torch.prepare_model(head)
@@ -177,10 +182,14 @@ def train_worker(config: dict[str, Any]) -> None:
 
 def train(run: RunDir, name: str, method: Method, in_dim: int, dataset: ray.data.MaterializedDataset,
           settings: TrainConfig, seed: int, neighbors: Callable[[np.ndarray], np.ndarray] | None = None,
-          ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+          init_state: dict[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Fit the method's head with Ray Train as run `name` (the same name resumes); returns the final head
     state dict and training facts (with `recent_stats`: rank 0's stats of the last steps).
-    `neighbors` maps rows to their neighbours' embeddings, for methods with neighbors > 0."""
+    `neighbors` maps rows to their neighbours' embeddings, for methods with neighbors > 0.
+    `init_state` warm-starts a run that has no checkpoint yet: {"head": state dict} of method.head's
+    shape, and optionally {"optimizer": state dict} of method.optimizer's."""
+    if init_state is not None and set(init_state) - {"head", "optimizer"}:
+        raise ValueError(f"init_state holds {sorted(init_state)}; only 'head' and 'optimizer' start a run")
     if method.neighbors and neighbors is None:
         raise ValueError("this method trains on neighbours: pass the index's neighbour lookup")
     shares = worker_shares(dataset, settings.workers)
@@ -190,7 +199,7 @@ def train(run: RunDir, name: str, method: Method, in_dim: int, dataset: ray.data
         train_worker,
         train_loop_config={"method": method, "in_dim": in_dim, "seed": seed, "batch_size": batch_size,
                            "checkpoint_every": settings.checkpoint_every, "run": run, "name": name,
-                           "neighbors": neighbors if method.neighbors else None},
+                           "neighbors": neighbors if method.neighbors else None, "init_state": init_state},
         scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=settings.use_gpu,
                                      resources_per_worker={"CPU": settings.cpus_per_worker}),
         datasets={f"train_{rank}": share for rank, share in enumerate(shares)},
