@@ -24,7 +24,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from scaleclust import config
+from scaleclust import config, methods
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
@@ -339,7 +339,7 @@ def test_every_job_config_is_valid_and_fits_its_cluster(root: Path) -> None:
         embed, train = cfg.embed, cfg.cluster.train
         assert embed.min_actors <= embed.max_actors <= slots(spec, embed.cpus_per_actor, embed.gpus_per_actor), \
             job["entrypoint"]
-        if cfg.cluster.method == "mlc":  # Ray Train: one GPU per worker with use_gpu
+        if methods.get(cfg.cluster.method).trains == "ray_train":  # Ray Train: one GPU per worker with use_gpu
             assert train.workers <= slots(spec, train.cpus_per_worker, int(train.use_gpu)), job["entrypoint"]
 
 
