@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import boto3
 import pytest
@@ -52,14 +53,22 @@ def clusters_by_key(run: RunDir, manifest: dict, shards: list[str]) -> dict[str,
     return found
 
 
-def test_three_nights_on_s3(tmp_path: Path, s3_endpoint: str, make_config) -> None:
-    client = boto3.client("s3", endpoint_url=s3_endpoint)
-    client.create_bucket(Bucket="nightly")
+def arrivals(endpoint: str, bucket: str) -> Callable[[list[str]], list[str]]:
+    """A new bucket on the S3 server, and a function that uploads shard files under shards/ (a night's
+    arrivals) and returns their shard names."""
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket=bucket)
 
     def arrive(paths: list[str]) -> list[str]:
         for path in paths:
-            client.upload_file(path, "nightly", f"shards/{Path(path).name}")
+            client.upload_file(path, bucket, f"shards/{Path(path).name}")
         return [Path(p).stem for p in paths]
+
+    return arrive
+
+
+def test_three_nights_on_s3(tmp_path: Path, s3_endpoint: str, make_config) -> None:
+    arrive = arrivals(s3_endpoint, "nightly")
 
     local = tmp_path / "shards"
     cfg = make_config("s3://nightly/run", "s3://nightly/shards/*.tar", storage={"endpoint_url": s3_endpoint},

@@ -12,7 +12,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import boto3
 import pytest
 import yaml
 
@@ -24,7 +23,7 @@ from scaleclust.verify import verify
 from scaleclust.versions import Versions
 from tests.conftest import kill_when_present, private_ray_env
 from tests.shards import NEW_CONCEPT, write_synthetic_shards
-from tests.test_update import clusters_by_key, labels_by_key, version_files
+from tests.test_update import arrivals, clusters_by_key, labels_by_key, version_files
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.timeout(600)]
 
@@ -43,13 +42,7 @@ def scan_config(make_config, run_dir: str, shards: str, checkpoint_every: int = 
 
 
 def test_scan_three_nights_on_s3_new_concept_gets_a_new_id(tmp_path: Path, s3_endpoint: str, make_config) -> None:
-    client = boto3.client("s3", endpoint_url=s3_endpoint)
-    client.create_bucket(Bucket="nightly-scan")
-
-    def arrive(paths: list[str]) -> list[str]:
-        for path in paths:
-            client.upload_file(path, "nightly-scan", f"shards/{Path(path).name}")
-        return [Path(p).stem for p in paths]
+    arrive = arrivals(s3_endpoint, "nightly-scan")
 
     local = tmp_path / "shards"
     cfg = scan_config(make_config, "s3://nightly-scan/run", "s3://nightly-scan/shards/*.tar",
