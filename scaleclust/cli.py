@@ -1,7 +1,6 @@
-"""Command line: `scaleclust run CONFIG` (all stages), one sub-command per stage, verify, eval, export,
-report and info over a run directory; the index commands (scaleclust.index_commands) and submit/status/logs
-for Ray clusters (scaleclust.submit). Heavy modules (torch, ray) are imported by the command that uses
-them, so --help answers at once."""
+"""Command line: `scaleclust run CONFIG` (every stage the run needs), one command per stage of the
+registry (scaleclust.pipeline.STAGES), verify, eval, export, report and info over a run directory; dedup
+and search (scaleclust.index_commands) and submit/status/logs for Ray clusters (scaleclust.submit)."""
 from __future__ import annotations
 
 import argparse
@@ -250,7 +249,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"run {info['run_dir']}")
     for stage, state in info["stages"].items():
         shards = f"  {state['shards']} shards" if "shards" in state else ""
-        print(f"  {stage:<8} {'committed' if state['done'] else '-':<10}{shards}")
+        print(f"  {stage:<10} {'committed' if state['done'] else '-':<10}{shards}")
     print(f"rows {info['rows']:,}: embedded {info['embedded']:,}, skipped {sum(info['skipped'].values()):,}")
     for kind, n in info["skipped"].items():
         print(f"  {kind:<24} {n:,}")
