@@ -1,4 +1,11 @@
-"""Shared fixtures: one local Ray for the session, a real S3 server on loopback, tiny-model configs.
+"""Shared fixtures: one local Ray for the session, a real S3 server on loopback, headless Chromium,
+tiny-model configs; and the markers that say what a test needs.
+
+Markers (registered in pyproject.toml): `ray`, `s3` and `browser` are added here to every test that uses
+the fixture implying them (ray_local, s3_endpoint, chromium; ray_head adds ray and subprocess). A test
+that starts a process itself carries `subprocess` (or `ray`/`browser`, which start processes); one
+without these markers that starts a process fails, so `make test-fast` (not ray, subprocess, browser)
+never starts one. `slow`: over about 30 s on 2 CPUs.
 
 Fake AWS credentials are set before Ray starts so that Ray workers inherit them; they only ever reach
 the moto server on 127.0.0.1.
@@ -30,7 +37,60 @@ for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "te
 import ray.data  # noqa: E402,F401
 
 from scaleclust.config import Config, from_dict  # noqa: E402
+from tests.browser import CHROMIUM  # noqa: E402
 from tests.shards import write_synthetic_shards  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+# What a fixture implies a test needs.
+FIXTURE_MARKERS = {"ray_local": ("ray",), "s3_endpoint": ("s3",), "chromium": ("browser",),
+                   "ray_head": ("ray", "subprocess")}
+# Markers under which a test may start processes (Ray's daemons and workers, Chromium, the CLI).
+STARTS_PROCESSES = ("subprocess", "ray", "browser")
+REQUIRE_BROWSER = "SCALECLUST_REQUIRE_BROWSER"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, markers in FIXTURE_MARKERS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                for marker in markers:
+                    item.add_marker(marker)
+
+
+def _started_by_us() -> bool:
+    """Whether the process being started comes from the suite or the project (the nearest caller outside the
+    standard library's subprocess module is under tests/, scaleclust/, benchmarks/ or jobs/), not from a
+    library's own probe (joblib counting cores, matplotlib asking fontconfig)."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename == subprocess.__file__:
+        frame = frame.f_back
+    return frame is not None and any(Path(frame.f_code.co_filename).resolve().is_relative_to(REPO / folder)
+                                     for folder in ("tests", "scaleclust", "benchmarks", "jobs"))
+
+
+@pytest.fixture(autouse=True)
+def _processes_only_where_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A test without a marker that allows processes fails if it starts one or starts Ray (test-fast's
+    promise): the suite's and the package's process starts are refused as they happen."""
+    if any(request.node.get_closest_marker(name) for name in STARTS_PROCESSES):
+        yield
+        return
+    import ray
+
+    popen = subprocess.Popen.__init__
+
+    def guarded(self: subprocess.Popen, args: Any, *rest: Any, **kwargs: Any) -> None:
+        if _started_by_us():
+            raise AssertionError(f"{request.node.nodeid} starts a process ({args!r}) but is not marked subprocess "
+                                 "(or ray/browser): mark it, so that `make test-fast` leaves it out")
+        popen(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+    ray_was_up = ray.is_initialized()
+    yield
+    assert ray_was_up or not ray.is_initialized(), \
+        f"{request.node.nodeid} started Ray but is not marked ray: use the ray_local fixture"
 
 
 @contextmanager
@@ -106,6 +166,28 @@ def s3_endpoint() -> Iterator[str]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium for the report's browser tests: skipped where it is absent, unless
+    SCALECLUST_REQUIRE_BROWSER=1 (set by .ci/run) makes that a failure."""
+    if Path(CHROMIUM).exists():
+        return CHROMIUM
+    reason = f"no Chromium at {CHROMIUM} (.ci/run installs Debian's chromium)"
+    if os.environ.get(REQUIRE_BROWSER) == "1":
+        pytest.fail(f"{reason}, and {REQUIRE_BROWSER}=1 requires the browser tests to run", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line at the end when browser tests were skipped, saying why."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "browser" in r.keywords]
+    if skipped:
+        longrepr = skipped[0].longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        terminalreporter.write_line(f"browser: {len(skipped)} test(s) skipped: {reason.removeprefix('Skipped: ')}; "
+                                    f"{REQUIRE_BROWSER}=1 makes that a failure", yellow=True)
+
+
 # A 60-noun vocabulary for the label stage: WordNet's 67,893 prompts through even the tiny text tower take
 # minutes on a CPU. Every test config that runs the label stage with an open_clip model should use it.
 NOUNS = str(Path(__file__).parent / "nouns.txt")
@@ -134,3 +216,4 @@ def shards(tmp_path: Path) -> list[str]:
 @pytest.fixture
 def make_config() -> Callable[..., Config]:
     return tiny_config
+
