@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -38,7 +39,7 @@ import ray.data  # noqa: E402,F401
 
 from scaleclust.config import Config, from_dict  # noqa: E402
 from tests.browser import CHROMIUM  # noqa: E402
-from tests.shards import write_synthetic_shards  # noqa: E402
+from tests.shards import write_duplicate_shard, write_synthetic_shards  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -217,3 +218,53 @@ def shards(tmp_path: Path) -> list[str]:
 def make_config() -> Callable[..., Config]:
     return tiny_config
 
+
+# The suite's one embedded and indexed run. A test that only needs committed embeddings (or an index) as its
+# input copies it (copy_shared) instead of embedding its own: embedding starts Ray Data's decode tasks and
+# encoder actors, which cost seconds per run on 2 CPUs.
+SHARED_SHARDS, SHARED_PER_SHARD = 4, 30  # 00000..00003.tar: the three classes of tests/shards.py
+SHARED_INDEX = {"nlist": 4, "nprobe": 2, "shards_per_searcher": 2, "k": 5, "queries": 60, "recall_queries": 40}
+
+
+@dataclass(frozen=True)
+class SharedRun:
+    folder: Path  # shards/ (the tars and dups.tar's originals as JPEGs) and run/, never written after the fixture
+    pairs: list[tuple[str, str]]  # dups.tar's (original, near-duplicate copy) keys
+    index: dict[str, Any]  # what the index stage returned when it built the index
+    rows: int  # embedded rows: every image of the shards
+
+    def copy(self, dest: Path) -> Path:
+        """The shards and the run under dest (dest/shards, dest/run); the run's config.yaml names the copies."""
+        shutil.copytree(self.folder / "shards", dest / "shards")
+        shutil.copytree(self.folder / "run", dest / "run")
+        config = dest / "run" / "config.yaml"
+        record = yaml.safe_load(config.read_text())
+        config.write_text(yaml.safe_dump(_moved(record, f"{self.folder}/", f"{dest}/"), sort_keys=False))
+        return dest
+
+
+def _moved(node: Any, old: str, new: str) -> Any:
+    """node with every string that starts with `old` starting with `new` instead."""
+    if isinstance(node, dict):
+        return {key: _moved(value, old, new) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_moved(value, old, new) for value in node]
+    return new + node[len(old):] if isinstance(node, str) and node.startswith(old) else node
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> SharedRun:
+    """SHARED_SHARDS x SHARED_PER_SHARD synthetic images and dups.tar (planted near-duplicates), embedded by
+    the tiny model and indexed (SHARED_INDEX), once per session. Copy it (SharedRun.copy); never write to it."""
+    from scaleclust.pipeline import prepare, run_stage
+
+    folder = tmp_path_factory.mktemp("shared")
+    write_synthetic_shards(folder / "shards", SHARED_SHARDS, SHARED_PER_SHARD)
+    pairs = write_duplicate_shard(folder / "shards")
+    cfg = tiny_config(str(folder / "run"), str(folder / "shards" / "*.tar"), index=SHARED_INDEX)
+    run, shards = prepare(cfg)
+    run_stage("embed", cfg, run, shards)
+    index = run_stage("index", cfg, run, shards)
+    rows = sum(m["embedded"] for m in run.committed("embeddings").values())
+    assert rows == SHARED_SHARDS * SHARED_PER_SHARD + 2 * len(pairs)
+    return SharedRun(folder, pairs, index, rows)
