@@ -167,26 +167,29 @@ def s3_endpoint() -> Iterator[str]:
     server.stop()
 
 
+CHROMIUM_LINE = sys._getframe().f_lineno + 3  # where the browser tests' skip is reported
+
+
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """Debian's Chromium for the report's browser tests: skipped where it is absent, unless
     SCALECLUST_REQUIRE_BROWSER=1 (set by .ci/run) makes that a failure."""
     if Path(CHROMIUM).exists():
         return CHROMIUM
-    reason = f"no Chromium at {CHROMIUM} (.ci/run installs Debian's chromium)"
+    reason = f"no Chromium at {CHROMIUM}, so the report's browser tests did not run (.ci/run installs Debian's chromium)"
     if os.environ.get(REQUIRE_BROWSER) == "1":
-        pytest.fail(f"{reason}, and {REQUIRE_BROWSER}=1 requires the browser tests to run", pytrace=False)
-    pytest.skip(reason)
+        pytest.fail(f"{reason}; {REQUIRE_BROWSER}=1 requires them", pytrace=False)
+    pytest.skip(f"{reason}; {REQUIRE_BROWSER}=1 makes this a failure")
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """One line at the end when browser tests were skipped, saying why."""
-    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "browser" in r.keywords]
-    if skipped:
-        longrepr = skipped[0].longrepr
-        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
-        terminalreporter.write_line(f"browser: {len(skipped)} test(s) skipped: {reason.removeprefix('Skipped: ')}; "
-                                    f"{REQUIRE_BROWSER}=1 makes that a failure", yellow=True)
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[pytest.TestReport]:
+    """Browser tests skipped for want of Chromium are reported at the fixture, so that the summary at the end
+    (-ra) says why in one line for all of them."""
+    report = yield
+    if report.skipped and item.get_closest_marker("browser") and isinstance(report.longrepr, tuple):
+        report.longrepr = (__file__, CHROMIUM_LINE, report.longrepr[2])
+    return report
 
 
 # A 60-noun vocabulary for the label stage: WordNet's 67,893 prompts through even the tiny text tower take
