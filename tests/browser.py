@@ -1,6 +1,8 @@
 """Open a report in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright; no browser
 download) and record what a person's browser would: console messages, page errors, every request,
-dialogs (alert/confirm: a script that ran), and the DOM's view of clusters and images."""
+dialogs (alert/confirm: a script that ran), and the DOM's view of clusters and images. Tests that
+open a page use the `chromium` fixture (tests/conftest.py): it skips them where Chromium is absent
+and fails them instead under SCALECLUST_REQUIRE_BROWSER=1, as CI runs."""
 from __future__ import annotations
 
 import shutil
@@ -9,11 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
-
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
 
 
 @dataclass

@@ -1,4 +1,11 @@
-"""Shared fixtures: one local Ray for the session, a real S3 server on loopback, tiny-model configs.
+"""Shared fixtures: one local Ray for the session, a real S3 server on loopback, headless Chromium,
+tiny-model configs; and the markers that say what a test needs.
+
+Markers (registered in pyproject.toml): `ray`, `s3` and `browser` are added here to every test that uses
+the fixture implying them (ray_local, s3_endpoint, chromium; ray_head adds ray and subprocess). A test
+that starts a process itself carries `subprocess` (or `ray`/`browser`, which start processes); one
+without these markers that starts a process fails, so `make test-fast` (not ray, subprocess, browser)
+never starts one. `slow`: over about 30 s on 2 CPUs.
 
 Fake AWS credentials are set before Ray starts so that Ray workers inherit them; they only ever reach
 the moto server on 127.0.0.1.
@@ -14,6 +21,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -30,7 +38,60 @@ for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "te
 import ray.data  # noqa: E402,F401
 
 from scaleclust.config import Config, from_dict  # noqa: E402
-from tests.shards import write_synthetic_shards  # noqa: E402
+from tests.browser import CHROMIUM  # noqa: E402
+from tests.shards import write_duplicate_shard, write_synthetic_shards  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+# What a fixture implies a test needs.
+FIXTURE_MARKERS = {"ray_local": ("ray",), "s3_endpoint": ("s3",), "chromium": ("browser",),
+                   "ray_head": ("ray", "subprocess")}
+# Markers under which a test may start processes (Ray's daemons and workers, Chromium, the CLI).
+STARTS_PROCESSES = ("subprocess", "ray", "browser")
+REQUIRE_BROWSER = "SCALECLUST_REQUIRE_BROWSER"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, markers in FIXTURE_MARKERS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                for marker in markers:
+                    item.add_marker(marker)
+
+
+def _started_by_us() -> bool:
+    """Whether the process being started comes from the suite or the project (the nearest caller outside the
+    standard library's subprocess module is under tests/, scaleclust/, benchmarks/ or jobs/), not from a
+    library's own probe (joblib counting cores, matplotlib asking fontconfig)."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename == subprocess.__file__:
+        frame = frame.f_back
+    return frame is not None and any(Path(frame.f_code.co_filename).resolve().is_relative_to(REPO / folder)
+                                     for folder in ("tests", "scaleclust", "benchmarks", "jobs"))
+
+
+@pytest.fixture(autouse=True)
+def _processes_only_where_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A test without a marker that allows processes fails if it starts one or starts Ray (test-fast's
+    promise): the suite's and the package's process starts are refused as they happen."""
+    if any(request.node.get_closest_marker(name) for name in STARTS_PROCESSES):
+        yield
+        return
+    import ray
+
+    popen = subprocess.Popen.__init__
+
+    def guarded(self: subprocess.Popen, args: Any, *rest: Any, **kwargs: Any) -> None:
+        if _started_by_us():
+            raise AssertionError(f"{request.node.nodeid} starts a process ({args!r}) but is not marked subprocess "
+                                 "(or ray/browser): mark it, so that `make test-fast` leaves it out")
+        popen(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+    ray_was_up = ray.is_initialized()
+    yield
+    assert ray_was_up or not ray.is_initialized(), \
+        f"{request.node.nodeid} started Ray but is not marked ray: use the ray_local fixture"
 
 
 @contextmanager
@@ -106,6 +167,31 @@ def s3_endpoint() -> Iterator[str]:
     server.stop()
 
 
+CHROMIUM_LINE = sys._getframe().f_lineno + 3  # where the browser tests' skip is reported
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium for the report's browser tests: skipped where it is absent, unless
+    SCALECLUST_REQUIRE_BROWSER=1 (set by .ci/run) makes that a failure."""
+    if Path(CHROMIUM).exists():
+        return CHROMIUM
+    reason = f"no Chromium at {CHROMIUM}, so the report's browser tests did not run (.ci/run installs Debian's chromium)"
+    if os.environ.get(REQUIRE_BROWSER) == "1":
+        pytest.fail(f"{reason}; {REQUIRE_BROWSER}=1 requires them", pytrace=False)
+    pytest.skip(f"{reason}; {REQUIRE_BROWSER}=1 makes this a failure")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[pytest.TestReport]:
+    """Browser tests skipped for want of Chromium are reported at the fixture, so that the summary at the end
+    (-ra) says why in one line for all of them."""
+    report = yield
+    if report.skipped and item.get_closest_marker("browser") and isinstance(report.longrepr, tuple):
+        report.longrepr = (__file__, CHROMIUM_LINE, report.longrepr[2])
+    return report
+
+
 # A 60-noun vocabulary for the label stage: WordNet's 67,893 prompts through even the tiny text tower take
 # minutes on a CPU. Every test config that runs the label stage with an open_clip model should use it.
 NOUNS = str(Path(__file__).parent / "nouns.txt")
@@ -134,3 +220,55 @@ def shards(tmp_path: Path) -> list[str]:
 @pytest.fixture
 def make_config() -> Callable[..., Config]:
     return tiny_config
+
+
+# The suite's one embedded and indexed run. A test that only needs committed embeddings (or an index) as its
+# input copies it (copy_shared) instead of embedding its own: embedding starts Ray Data's decode tasks and
+# encoder actors, which cost seconds per run on 2 CPUs.
+SHARED_SHARDS, SHARED_PER_SHARD = 4, 30  # 00000..00003.tar: the three classes of tests/shards.py
+SHARED_INDEX = {"nlist": 4, "nprobe": 2, "shards_per_searcher": 2, "k": 5, "queries": 60, "recall_queries": 40}
+
+
+@dataclass(frozen=True)
+class SharedRun:
+    folder: Path  # shards/ (the tars and dups.tar's originals as JPEGs) and run/, never written after the fixture
+    pairs: list[tuple[str, str]]  # dups.tar's (original, near-duplicate copy) keys
+    index: dict[str, Any]  # what the index stage returned when it built the index
+    rows: int  # embedded rows: every image of the shards
+
+    def copy(self, dest: Path) -> Path:
+        """The shards and the run under dest (dest/shards, dest/run); the run's config.yaml names the copies."""
+        shutil.copytree(self.folder / "shards", dest / "shards")
+        shutil.copytree(self.folder / "run", dest / "run")
+        config = dest / "run" / "config.yaml"
+        record = yaml.safe_load(config.read_text())
+        config.write_text(yaml.safe_dump(_moved(record, f"{self.folder}/", f"{dest}/"), sort_keys=False))
+        return dest
+
+
+def _moved(node: Any, old: str, new: str) -> Any:
+    """node with every string that starts with `old` starting with `new` instead."""
+    if isinstance(node, dict):
+        return {key: _moved(value, old, new) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_moved(value, old, new) for value in node]
+    return new + node[len(old):] if isinstance(node, str) and node.startswith(old) else node
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> SharedRun:
+    """SHARED_SHARDS x SHARED_PER_SHARD synthetic images and dups.tar (planted near-duplicates), embedded by
+    the tiny model and indexed (SHARED_INDEX), once per session. Copy it (SharedRun.copy); never write to it."""
+    from scaleclust.pipeline import prepare, run_stage
+
+    folder = tmp_path_factory.mktemp("shared")
+    write_synthetic_shards(folder / "shards", SHARED_SHARDS, SHARED_PER_SHARD)
+    pairs = write_duplicate_shard(folder / "shards")
+    cfg = tiny_config(str(folder / "run"), str(folder / "shards" / "*.tar"), index=SHARED_INDEX)
+    ctx = prepare(cfg)
+    run, shards = ctx.run, ctx.shards
+    run_stage("embed", ctx)
+    index = run_stage("index", ctx)
+    rows = sum(m["embedded"] for m in run.committed("embeddings").values())
+    assert rows == SHARED_SHARDS * SHARED_PER_SHARD + 2 * len(pairs)
+    return SharedRun(folder, pairs, index, rows)

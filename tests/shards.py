@@ -62,6 +62,25 @@ def write_synthetic_shards(folder: Path, n_shards: int = 2, per_shard: int = 16,
     return paths
 
 
+PLANTED = 3  # write_duplicate_shard's originals, each with one near-duplicate copy
+
+
+def write_duplicate_shard(folder: Path) -> list[tuple[str, str]]:
+    """folder/dups.tar: PLANTED images and, for each, a resized and re-encoded JPEG copy; each original also as
+    folder/origN.jpg. Returns the (original, copy) keys."""
+    rng = np.random.default_rng(7)
+    samples, pairs = [], []
+    for i in range(PLANTED):
+        image = synthetic_image(i % 3, rng)
+        copy = image.resize((int(image.width * 0.8), int(image.height * 0.8)), Image.BILINEAR)
+        for key, picture, quality in ((f"orig{i}", image, 90), (f"copy{i}", copy, 60)):
+            samples.append((key, sample_members(key, jpeg_bytes(picture, quality), "x", {"label": i % 3})))
+        (folder / f"orig{i}.jpg").write_bytes(jpeg_bytes(image, 90))
+        pairs.append((f"orig{i}", f"copy{i}"))
+    (folder / "dups.tar").write_bytes(tar_bytes(samples))
+    return pairs
+
+
 def bad_samples() -> list[tuple[str, dict[str, bytes]]]:
     """Good samples interleaved with: corrupt JPEG bytes, a non-image member, a sample with no image."""
     good = synthetic_samples(8, 4, seed=1)

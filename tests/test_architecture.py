@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from scaleclust.pipeline import STAGES
 
 ROOT = Path(__file__).parent.parent
@@ -40,6 +42,7 @@ def test_every_stage_module_registers_one_stage_with_its_own_command() -> None:
     assert all(stage.name in commands for stage in STAGES)
 
 
+@pytest.mark.subprocess
 def test_the_import_contract_holds() -> None:
     linter = Path(sys.executable).with_name("lint-imports")
     done = subprocess.run([str(linter)], cwd=ROOT, capture_output=True, text=True, timeout=120)

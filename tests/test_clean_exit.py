@@ -15,6 +15,7 @@ from tests.runs import committed_run
 CLI = [sys.executable, "-m", "scaleclust.cli"]
 
 
+@pytest.mark.subprocess
 @pytest.mark.timeout(600)
 def test_verify_deep_exits_cleanly(tmp_path: Path) -> None:
     run = committed_run(tmp_path)

@@ -16,6 +16,7 @@ from tests.conftest import NOUNS, kill_when_present, private_ray_env
 from tests.shards import write_synthetic_shards
 
 CLI = [sys.executable, "-m", "scaleclust.cli"]
+pytestmark = pytest.mark.subprocess
 
 
 def config_file(tmp_path: Path, shards: str, **extra) -> Path:
@@ -43,6 +44,7 @@ def test_bad_config_fails_before_ray_starts(tmp_path: Path, overrides: list[str]
     assert not (tmp_path / "run" / "embeddings").exists()
 
 
+@pytest.mark.ray  # the CLI's own
 @pytest.mark.timeout(400)
 def test_killed_run_resumes_with_each_key_once(tmp_path: Path) -> None:
     write_synthetic_shards(tmp_path / "shards", n_shards=6, per_shard=24)

@@ -16,10 +16,12 @@ from tests.shards import write_synthetic_shards
 from tests.test_cli import config_file
 
 CLI = [sys.executable, "-m", "scaleclust.cli"]
+pytestmark = pytest.mark.subprocess
 RAY_NOISE = (" INFO ", "RayDeprecationWarning", "core_worker", "Progress bars disabled", "Execution plan",
              "Failed to query Ray Train Controller")
 
 
+@pytest.mark.ray  # the CLI's own
 @pytest.mark.timeout(400)
 def test_quiet_run_then_info_and_report(tmp_path: Path) -> None:
     write_synthetic_shards(tmp_path / "shards", 3, 12)

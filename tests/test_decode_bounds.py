@@ -13,6 +13,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from scaleclust.config import EmbedConfig
@@ -62,6 +63,7 @@ rows["image"][1].tofile(sys.argv[4])
 """
 
 
+@pytest.mark.subprocess
 def test_huge_png_refused_and_large_jpeg_drafted_within_bound(tmp_path: Path) -> None:
     png, jpeg = tmp_path / "bomb.png", tmp_path / "photo.jpg"
     png.write_bytes(huge_png(20000, 20000))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from scaleclust.tables import embedding_matrix
-from scaleclust.pipeline import run_all
+from scaleclust.pipeline import prepare, run_all, run_stage
 from scaleclust.rundir import RunDir
 from scaleclust.verify import verify
 from tests.shards import write_synthetic_shards
@@ -78,7 +78,9 @@ def test_killed_encoder_actor_loses_nothing(tmp_path: Path, s3_endpoint: str, ma
     storage = {"endpoint_url": s3_endpoint}
     clean = make_config("s3://faults/clean", "s3://faults/shards/*.tar", embed=embed, storage=storage)
     faulty = make_config("s3://faults/faulty", "s3://faults/shards/*.tar", embed=embed, storage=storage)
-    run_all(clean)
+    ctx = prepare(clean)
+    clean_run, planned = ctx.run, ctx.shards
+    run_stage("embed", ctx)  # the reference embeddings; the faulty run goes through every stage
 
     killed: list[int] = []
     killer = threading.Thread(target=kill_encoder_after_first_part, args=(client, "faults", "faulty", killed))

@@ -1,25 +1,25 @@
 """SPICE, SIC, SCL and TURTLE trained with Ray Train (2 workers) on the tiny model's embeddings of real
-images, neighbours from the index, and their assignments pass `scaleclust verify`. One embedded and
-indexed run directory is shared (copied per method). A kill mid-fit and resume costs a Ray start in a
-subprocess, so it runs once here, for SIC; SCAN's and MLC's kill-and-resume runs live in
-test_fit_scan.py and test_fit_mlc.py (the loop they share with these recipes is the same)."""
+images, neighbours from the index, and their assignments pass `scaleclust verify`; each copies the
+session's embedded and indexed run (tests/conftest.py, shared_run). The Train loop's one kill-and-resume
+test is here, on SIC: every method but kmeans trains on the same loop (SCAN in test_fit_scan.py, MLC in
+test_fit_mlc.py), so one kill (a Ray start in a subprocess) covers them."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import numpy as np
+import torch
 import yaml
 
 from scaleclust.config import ConfigError, from_dict
 from scaleclust.pipeline import prepare, run_stage
 from scaleclust.rundir import RunDir
 from scaleclust.verify import verify
-from tests.conftest import NOUNS, kill_when_present, private_ray_env
-from tests.shards import write_synthetic_shards
+from tests.conftest import NOUNS, SharedRun, kill_when_present, private_ray_env
 
 HEADS = {"heads": 2, "hidden": 16, "steps": 60, "batch_size": 16, "neighbors": 4, "lr": 0.01, "select_steps": 20}
 METHODS: dict[str, dict[str, Any]] = {
@@ -40,20 +40,7 @@ def job(folder: Path, run: str, method: str = "kmeans") -> dict[str, Any]:
             "index": {"nprobe": 4}, "cluster": cluster, "label": {"vocabulary": NOUNS}}
 
 
-@pytest.fixture(scope="module")
-def indexed(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> Path:
-    """120 real images (three classes) embedded by the tiny model and indexed, once for every method."""
-    folder = tmp_path_factory.mktemp("methods")
-    write_synthetic_shards(folder / "shards", n_shards=4, per_shard=30)
-    cfg = from_dict(job(folder, "indexed"))
-    ctx = prepare(cfg)
-    run, shards = ctx.run, ctx.shards
-    for stage in ("embed", "index"):
-        run_stage(stage, ctx)
-    return folder
-
-
-def fit_and_assign(data: dict[str, Any]) -> tuple[RunDir, dict[str, Any]]:
+def fit_and_assign(data: dict[str, Any], rows: int) -> tuple[RunDir, dict[str, Any]]:
     """Fit and assign in this process (on the session's Ray), verify the run, check the assignments."""
     cfg = from_dict(data)
     ctx = prepare(cfg)
@@ -70,48 +57,80 @@ def fit_and_assign(data: dict[str, Any]) -> tuple[RunDir, dict[str, Any]]:
     assert verify(cfg.run_dir, deep=True) == []
     confidence = [c for shard, marker in run.committed("assignments").items()
                   for c in run.read_table(run.assigned(shard, marker), ["confidence"])["confidence"].to_pylist()]
-    assert len(confidence) == 120 and 0.0 < min(confidence) <= max(confidence) <= 1.0
+    assert len(confidence) == rows and 0.0 < min(confidence) <= max(confidence) <= 1.0
     return run, model
 
 
-def copy_indexed(indexed: Path, tmp_path: Path, method: str) -> dict[str, Any]:
-    shutil.copytree(indexed / "indexed", tmp_path / "run")
-    shutil.copytree(indexed / "shards", tmp_path / "shards")
-    return job(tmp_path, "run", method)
+def copy_shared(shared_run: SharedRun, folder: Path, method: str) -> dict[str, Any]:
+    shared_run.copy(folder)
+    return job(folder, "run", method)
 
 
-@pytest.mark.timeout(600)  # the first one also embeds and indexes (the module's fixture)
 @pytest.mark.parametrize("method", ["spice", "scl", "turtle"])
-def test_fit_with_two_workers_assigns_every_row(indexed: Path, tmp_path: Path, method: str) -> None:
-    fit_and_assign(copy_indexed(indexed, tmp_path, method))
+def test_fit_with_two_workers_assigns_every_row(shared_run: SharedRun, tmp_path: Path, method: str) -> None:
+    fit_and_assign(copy_shared(shared_run, tmp_path, method), shared_run.rows)
 
 
+def checkpoint_steps(train_dir: Path) -> list[int]:
+    """The steps of the checkpoints whose state file loads whole (a kill may cut one short)."""
+    steps = []
+    for state in train_dir.glob("*/checkpoint_step_*/state.pt"):
+        try:
+            steps.append(int(torch.load(state, weights_only=True)["step"]))
+        except (RuntimeError, EOFError, OSError):
+            continue
+    return sorted(steps)
+
+
+@pytest.mark.subprocess
+@pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_sic_fit_killed_resumes_and_assigns(indexed: Path, tmp_path: Path) -> None:
-    """The representative kill of the shared loop for these recipes: SIC, which also builds the semantic
-    space (committed under semantic/ before training, reused by the re-run)."""
-    data = copy_indexed(indexed, tmp_path, "sic")
+def test_killed_fit_resumes_from_its_newest_checkpoint(shared_run: SharedRun, tmp_path: Path) -> None:
+    """The one kill of the Train loop that every method but kmeans shares: a SIC fit (which also builds its
+    semantic space, committed under semantic/ before training) killed mid-way resumes from its newest
+    complete checkpoint, with max_failures and checkpoint_every changed (as after a crash), to the same
+    steps and final loss as an unbroken fit, keeping only the newest checkpoints."""
+    data = copy_shared(shared_run, tmp_path / "killed", "sic")
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(data))
+    train_dir = tmp_path / "killed" / "run" / "model" / "train"
     with private_ray_env() as env:
         proc = subprocess.Popen([sys.executable, "-m", "scaleclust.cli", "fit", str(tmp_path / "job.yaml")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
-        kill_when_present(proc, tmp_path / "run" / "model" / "train", "*/checkpoint_*/state.pt", timeout=400)
-    assert not (tmp_path / "run" / "model" / "model.json").exists(), "kill must land mid-fit"
-    assert (tmp_path / "run" / "semantic" / "space.json").exists()
+        kill_when_present(proc, train_dir, "*/checkpoint_*/state.pt", timeout=400, settle=1)
+    assert not (tmp_path / "killed" / "run" / "model" / "model.json").exists(), "kill must land mid-fit"
+    assert (tmp_path / "killed" / "run" / "semantic" / "space.json").exists()
+    newest = checkpoint_steps(train_dir)[-1]
 
-    _, model = fit_and_assign(data)
-    assert len(model["train"]["starts"]) == 2 and model["train"]["starts"][1] > 0  # resumed, not restarted
+    every = data["cluster"]["train"]["checkpoint_every"]
+    knobs = {"max_failures": 5, "checkpoint_every": 25}
+    _, model = fit_and_assign({**data, "cluster": {**data["cluster"], "train": {**data["cluster"]["train"], **knobs}}},
+                              shared_run.rows)
+    facts = model["train"]
+    assert len(facts["starts"]) == 2 and facts["starts"][1] > 0, facts["starts"]  # resumed, not restarted
+    # From the newest complete checkpoint, never an older one (Ray Train's own record lags its uploads).
+    # A worker orphaned by the kill may still upload a newer one before the re-run starts: hence >=.
+    assert facts["starts"][1] >= newest and facts["starts"][1] % every == 0, (facts["starts"], newest)
+    steps, start = facts["steps"], facts["starts"][1]  # the re-run checkpoints every 25 steps (and at the end)
+    kept = sorted({start, steps, *(s for s in range(start + 1, steps) if s % 25 == 0)})[-2:]
+    assert sorted(p.name for p in train_dir.glob("*/checkpoint_step_*")) == [f"checkpoint_step_{s:08d}" for s in kept]
     assert 0 < model["semantic"]["nouns"] <= 60 and model["semantic"]["kind"] == "text"
+
+    unbroken = from_dict(copy_shared(shared_run, tmp_path / "unbroken", "sic"))
+    ctx = prepare(unbroken)
+    run, shards = ctx.run, ctx.shards
+    reference = run_stage("fit", ctx)["train"]
+    assert reference["starts"] == [0] and reference["steps"] == steps
+    # A fit is deterministic given its seed (same rows per rank, epoch order from (seed, rank, epoch)), so
+    # the resumed fit retraces the unbroken one.
+    assert facts["final_loss"] == pytest.approx(reference["final_loss"], rel=1e-4, abs=1e-6)
 
 
 @pytest.mark.timeout(600)
-def test_a_method_registered_from_outside_the_package_runs_end_to_end(indexed: Path, tmp_path: Path) -> None:
+def test_a_method_registered_from_outside_the_package_runs_end_to_end(shared_run: SharedRun, tmp_path: Path) -> None:
     """Adding a method is its module and one registry entry, nothing else: a toy method (a linear head that
     maximises the mutual information between rows and clusters) registered here, with no config section,
     trains on Ray Train, assigns every row, summarises and passes verify. Its classes live in this
     function so that Ray's workers receive them by value."""
-    import numpy as np
-    import torch
     from torch import nn
 
     from scaleclust import methods
@@ -140,7 +159,7 @@ def test_a_method_registered_from_outside_the_package_runs_end_to_end(indexed: P
 
     methods.register(methods.MethodEntry("toy", "ray_train", build=lambda cluster: MutualInformation(int(cluster.k))))
     try:
-        data = copy_indexed(indexed, tmp_path, "toy")
+        data = copy_shared(shared_run, tmp_path, "toy")
         cfg = from_dict(data)
         ctx = prepare(cfg)
         for stage in ("fit", "assign", "summary"):
@@ -149,7 +168,7 @@ def test_a_method_registered_from_outside_the_package_runs_end_to_end(indexed: P
         assert model["method"] == "toy" and model["train"]["steps"] == 40 and model["head"] == 0
         assert verify(cfg.run_dir, deep=True) == []
         sizes = np.asarray(ctx.run.read_table(ctx.run.clusters, ["size"])["size"].to_pylist())
-        assert sizes.sum() == 120 and (sizes > 0).sum() >= 2  # every row assigned, into more than one cluster
+        assert sizes.sum() == shared_run.rows and (sizes > 0).sum() >= 2  # every row assigned, into more than one cluster
     finally:
         methods.REGISTRY.pop("toy")
     with pytest.raises(ConfigError, match="cluster.method: 'toy' is not a method"):

@@ -1,62 +1,52 @@
-"""SCAN trained with Ray Train (2 workers) on the tiny model's embeddings of real images, each sampled
-row's neighbours fetched from the index stage's search actors; the fit is killed mid-way, resumes from
-its checkpoint, and the assignments pass `scaleclust verify`."""
+"""SCAN trained with Ray Train (2 workers) on the tiny model's embeddings of real images (a copy of the
+session's embedded and indexed run), each sampled row's neighbours fetched from the index stage's search
+actors; the whole pipeline after it runs, and the assignments pass `scaleclust verify`. A fit killed and
+resumed is tested once for the Train loop that SCAN shares with the other methods (test_fit_methods.py)."""
 from __future__ import annotations
 
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
+from scaleclust.cli import main
 from scaleclust.config import from_dict
+from scaleclust.pipeline import run_all
 from scaleclust.rundir import RunDir
 from scaleclust.verify import verify
-from tests.conftest import NOUNS, kill_when_present, private_ray_env
-from tests.shards import write_synthetic_shards
+from tests.conftest import NOUNS, SharedRun
 
 SCAN = {"heads": 2, "hidden": 16, "steps": 120, "self_label_steps": 30, "batch_size": 16, "neighbors": 4,
         "lr": 0.01, "select_steps": 20}
 
 
-@pytest.mark.timeout(600)
-def test_scan_fit_with_index_neighbours_killed_and_resumed(tmp_path: Path) -> None:
-    write_synthetic_shards(tmp_path / "shards", n_shards=4, per_shard=30)
-    data = {"run_dir": str(tmp_path / "run"), "input": {"shards": str(tmp_path / "shards" / "*.tar"), "label_field": "label"},
+def scan_job(folder: Path) -> dict:
+    return {"run_dir": str(folder / "run"), "input": {"shards": str(folder / "shards" / "*.tar"), "label_field": "label"},
             "embed": {"model": {"arch": "scaleclust-tiny"}, "cpus_per_actor": 0.5, "decode_cpus": 0.5},
             "index": {"nprobe": 4},
             "cluster": {"method": "scan", "k": 3, "sample_size": 1000, "scan": SCAN,
                         "train": {"workers": 2, "cpus_per_worker": 0.5, "checkpoint_every": 25}},
             "label": {"vocabulary": NOUNS}}  # WordNet's 67,893 prompts took 106 s of this test
-    job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump(data))
-    cli = [sys.executable, "-m", "scaleclust.cli"]
-    run = RunDir(str(tmp_path / "run"), from_dict(data).storage)
 
-    fit_first = subprocess.run([*cli, "fit", str(job)], capture_output=True, text=True, timeout=120)
-    assert fit_first.returncode != 0 and "embed stage first" in fit_first.stderr + fit_first.stdout
-    for stage in ("embed", "index"):
-        done = subprocess.run([*cli, stage, str(job)], capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
 
-    train_dir = tmp_path / "run" / "model" / "train"
-    with private_ray_env() as env:
-        proc = subprocess.Popen([*cli, "fit", str(job)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True, env=env)
-        kill_when_present(proc, train_dir, "*/checkpoint_*/state.pt")
-    assert run.marker(run.model("model.json")) is None, "kill must land mid-fit"
+@pytest.mark.timeout(600)
+def test_scan_fit_with_index_neighbours(tmp_path: Path, shared_run: SharedRun, capsys) -> None:
+    (tmp_path / "new" / "shards").mkdir(parents=True)  # shards not embedded yet: fit refuses, saying why
+    shutil.copy(shared_run.folder / "shards" / "00000.tar", tmp_path / "new" / "shards")
+    (tmp_path / "new" / "job.yaml").write_text(yaml.safe_dump(scan_job(tmp_path / "new")))
+    assert main(["fit", str(tmp_path / "new" / "job.yaml")]) != 0
+    assert "embed stage first" in capsys.readouterr().err
 
-    done = subprocess.run([*cli, "run", str(job)], capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
+    data = scan_job(shared_run.copy(tmp_path / "indexed"))
+    metrics = run_all(from_dict(data))
+    run = RunDir(data["run_dir"], from_dict(data).storage)
     model = run.marker(run.model("model.json"))
     assert model["method"] == "scan" and model["k"] == 3 and 0 <= model["head"] < 2
-    assert model["train"]["steps"] == 150 and model["train"]["workers"] == 2
-    assert len(model["train"]["starts"]) == 2 and model["train"]["starts"][1] > 0  # resumed, not restarted
+    assert model["train"]["steps"] == 150 and model["train"]["workers"] == 2 and model["train"]["starts"] == [0]
     assert model["neighbors"]["m"] == 4 and model["head_losses"][model["head"]] == min(model["head_losses"])
-    assert verify(str(tmp_path / "run"), deep=True) == []
-    metrics = run.marker(run.metrics)
-    assert metrics["counts"]["assigned"] == 120
+    assert verify(data["run_dir"], deep=True) == []
+    assert metrics["counts"]["assigned"] == shared_run.rows
     assert metrics["labels"]["acc"] > 0.6  # three visually distinct classes; chance is 1/3
     shard, marker = sorted(run.committed("assignments").items())[0]
     confidence = run.read_table(run.assigned(shard, marker), ["confidence"])["confidence"]

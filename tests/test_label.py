@@ -1,4 +1,4 @@
-"""The label stage in a tiny pipeline on a local Ray: every cluster gets a name from the vocabulary (or
+"""The label stage in a tiny pipeline on a local Ray (a copy of the session's embedded run): every cluster gets a name from the vocabulary (or
 '?'), its voters are its most confident rows, and `scaleclust label RUN` renames from the recorded config."""
 from __future__ import annotations
 
@@ -15,13 +15,15 @@ from scaleclust.cluster.naming import UNNAMED
 from scaleclust.pipeline import run_all
 from scaleclust.rundir import RunDir
 from scaleclust.semantic.vocab import parse_noun_list
+from tests.conftest import SharedRun
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.timeout(300)]
 
 
-def test_label_stage_names_every_cluster_from_its_most_confident_rows(tmp_path: Path, shards: list[str],
+def test_label_stage_names_every_cluster_from_its_most_confident_rows(tmp_path: Path, shared_run: SharedRun,
                                                                       make_config, capsys) -> None:
-    cfg = make_config(str(tmp_path / "run"), shards, label={"votes": 4})
+    folder = shared_run.copy(tmp_path)  # embedded already: the stages after embed run here
+    cfg = make_config(str(folder / "run"), str(folder / "shards" / "*.tar"), label={"votes": 4})
     run_all(cfg)
     run = RunDir(cfg.run_dir, cfg.storage)
     nouns = set(parse_noun_list((Path(__file__).parent / "nouns.txt").read_text(), "nouns.txt").names)

@@ -14,7 +14,7 @@ from scaleclust.pipeline import run_all
 from scaleclust.verify import verify
 from tests.test_laion import BAD, ROWS, write_dump
 
-pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.subprocess, pytest.mark.timeout(300)]
 
 
 def test_laion_dump_through_the_pipeline(tmp_path: Path, make_config) -> None:

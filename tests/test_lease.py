@@ -14,7 +14,7 @@ from scaleclust.lease import Lease, LeaseHeld
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def where(request, tmp_path: Path) -> tuple[str, StorageConfig]:
     if request.param == "local":
         return str(tmp_path / "run"), StorageConfig()
@@ -83,6 +83,7 @@ def test_heartbeat_keeps_the_lease_and_notices_a_theft(where) -> None:
     assert thief.read()[0]["owner"] == thief.owner  # release never deletes another's lease
 
 
+@pytest.mark.subprocess  # a process that has exited: its pid names no process
 def test_a_dead_holders_lease_is_taken_over_at_once(tmp_path: Path) -> None:
     import socket
     import subprocess

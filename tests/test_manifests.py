@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import tomllib
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import jsonschema
 import kubernetes_validate
@@ -37,8 +37,16 @@ KINDS = {"RayCluster", "RayJob", "RayCronJob", "CronJob", "Role", "RoleBinding",
 IMAGE_PLACEHOLDER = "scaleclust"  # the base's image name; overlays set the real one with `images:`
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None,
-                                   reason="kubectl is not on PATH, so the kustomizations cannot be rendered")
+kubectl_on_path = pytest.mark.skipif(shutil.which("kubectl") is None,
+                                     reason="kubectl is not on PATH, so the kustomizations cannot be rendered")
+RENDERS = [kubectl_on_path, pytest.mark.subprocess]  # `kubectl kustomize` runs as a process
+
+
+def needs_kubectl(test: Callable[..., None]) -> Callable[..., None]:
+    for mark in RENDERS:
+        test = mark(test)
+    return test
+
 needs_crds = pytest.mark.skipif(not CRDS.is_dir(),
                                 reason="no KubeRay CRDs in shared/kuberay-crds beside the repository")
 
@@ -98,7 +106,7 @@ def resources(source: Path) -> list[Any]:
 
 
 SOURCES = [pytest.param(p, id=str(p.relative_to(REPO))) for p in yaml_files() if role(p) == "resources"] + [
-    pytest.param(root, id=f"rendered {root.relative_to(REPO)}", marks=needs_kubectl) for root in ROOTS]
+    pytest.param(root, id=f"rendered {root.relative_to(REPO)}", marks=RENDERS) for root in ROOTS]
 
 
 # --- schemas --------------------------------------------------------------------------------------------
@@ -461,6 +469,7 @@ def repository_files() -> list[Path]:
     return [REPO / name for name in out.stdout.decode().split("\0") if name and (REPO / name).is_file()]
 
 
+@pytest.mark.subprocess  # git ls-files
 def test_no_credential_in_the_repository() -> None:
     found = []
     for path in repository_files():

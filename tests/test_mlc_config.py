@@ -23,6 +23,7 @@ def test_the_typed_section_builds_the_method() -> None:
     ("steps", -5, "greater than 0"),
     ("batch_size", 0, "greater than or equal to 2"),
 ])
+@pytest.mark.subprocess
 @pytest.mark.timeout(60)
 def test_bad_mlc_field_fails_before_ray(tmp_path: Path, field: str, value, hint: str) -> None:
     data = {"run_dir": str(tmp_path / "run"), "input": {"shards": str(tmp_path / "*.tar")},

@@ -55,6 +55,7 @@ def test_memory_estimate_refuses_a_dense_sample_before_any_work() -> None:
     check_assign_memory(cluster.model_copy(update={"assign_memory_gb": 2.0}), 5000, 512)
 
 
+@pytest.mark.subprocess
 @pytest.mark.timeout(150)
 def test_an_assign_sample_too_big_for_its_memory_fails_before_ray(tmp_path: Path) -> None:
     data = {"run_dir": str(tmp_path / "run"), "input": {"shards": str(tmp_path / "shards" / "*.tar")},
@@ -88,6 +89,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.subprocess
 @pytest.mark.timeout(400)
 def test_assign_step_at_100k_rows_stays_within_its_memory_bound() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}

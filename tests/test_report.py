@@ -9,11 +9,11 @@ import pytest
 
 from scaleclust.stages import report
 from scaleclust.sources.shard_writer import jpeg_bytes, sample_members
-from tests.browser import Visit, needs_chromium, visit
+from tests.browser import Visit, visit
 from tests.report_runs import build_run
 from tests.shards import synthetic_image
 
-pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.timeout(300), needs_chromium]
+pytestmark = [pytest.mark.usefixtures("ray_local", "chromium"), pytest.mark.timeout(300)]
 
 
 def folder_size(folder: Path) -> int:

@@ -68,5 +68,7 @@ def test_transient_read_errors_are_retried_then_raised(tmp_path: Path) -> None:
     FlakyFileSystem.calls.clear()
     with pytest.raises(ConnectionError):
         read_bytes(url, StorageConfig(retries=1, retry_backoff=0.01))
+    FlakyFileSystem.calls.clear()
     with pytest.raises(FileNotFoundError):  # not transient: no retry
-        read_bytes(f"flaky://{tmp_path}/missing.bin", StorageConfig(retries=5, retry_backoff=10))
+        read_bytes(f"flaky://{tmp_path}/missing.bin", StorageConfig(retries=5, retry_backoff=0.01))
+    assert list(FlakyFileSystem.calls.values()) == [FlakyFileSystem.failures + 1]  # the drops read again, then not

@@ -116,6 +116,7 @@ for i in range(1000):
 """
 
 
+@pytest.mark.subprocess
 def test_local_commit_killed_mid_write_leaves_no_partial_file(tmp_path: Path) -> None:
     """A writer commits 32 MiB files of one repeated byte in a loop and is SIGKILLed at several moments:
     the target always holds one whole commit."""

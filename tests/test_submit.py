@@ -81,6 +81,7 @@ def test_failing_job_exits_non_zero_with_its_error(ray_head, tmp_path: Path) -> 
     assert status.returncode == 1 and "FAILED" in status.stderr
 
 
+@pytest.mark.subprocess
 def test_bad_configs_fail_before_contacting_the_cluster(tmp_path: Path) -> None:
     unreachable = f"http://127.0.0.1:{free_port()}"  # nothing listens: reaching it would fail differently
     env = {**os.environ, "RAY_ADDRESS": ""}
@@ -102,6 +103,8 @@ def test_bad_configs_fail_before_contacting_the_cluster(tmp_path: Path) -> None:
     assert unreachable_run.returncode == 1 and f"cannot reach the Ray Job API at {unreachable}" in unreachable_run.stderr
 
 
+@pytest.mark.subprocess
+@pytest.mark.ray  # its own
 @pytest.mark.timeout(120)
 def test_an_http_ray_address_is_not_joined_by_a_local_run() -> None:
     """RAY_ADDRESS=http://HEAD:8265 (set for `submit`) names the Job API: a local `run` starts its own Ray."""
@@ -152,6 +155,7 @@ def test_pack_ships_the_package_and_jobs_never_a_secret(tmp_path: Path) -> None:
     assert (tmp_path / "out2" / "id_rsa").exists()
 
 
+@pytest.mark.subprocess
 def test_submit_prints_its_manifest_and_refuses_a_named_secret(tmp_path: Path) -> None:
     root = project_with_secrets(tmp_path / "work")
     (root / "jobs" / "db_credentials.yaml").unlink()

@@ -161,6 +161,7 @@ def version_files(run_dir: Path, manifest: dict) -> dict[str, str]:
     return {n: hashlib.sha256((run_dir / n).read_bytes()).hexdigest() for n in names}
 
 
+@pytest.mark.subprocess
 def test_killed_update_resumes_and_leaves_the_old_version_untouched(tmp_path: Path, make_config, capsys) -> None:
     shards = tmp_path / "shards"
     write_synthetic_shards(shards, 2, 10)
