@@ -22,6 +22,7 @@ RAY_NOISE = (" INFO ", "RayDeprecationWarning", "core_worker", "Progress bars di
 
 
 @pytest.mark.ray  # the CLI's own
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_quiet_run_then_info_and_report(tmp_path: Path) -> None:
     write_synthetic_shards(tmp_path / "shards", 3, 12)

@@ -64,6 +64,7 @@ def copy_shared(shared_run: SharedRun, folder: Path, method: str) -> dict[str, A
     return job(folder, "run", method)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["spice", "scl", "turtle"])
 def test_fit_with_two_workers_assigns_every_row(shared_run: SharedRun, tmp_path: Path, method: str) -> None:
     fit_and_assign(copy_shared(shared_run, tmp_path, method), shared_run.rows)

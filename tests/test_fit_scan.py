@@ -32,6 +32,7 @@ def scan_job(folder: Path) -> dict:
             "label": {"vocabulary": NOUNS}}  # WordNet's 67,893 prompts took 106 s of this test
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_scan_fit_with_index_neighbours(tmp_path: Path, shared_run: SharedRun, capsys) -> None:
     (tmp_path / "new" / "shards").mkdir(parents=True)  # shards not embedded yet: fit refuses, saying why

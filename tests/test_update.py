@@ -52,6 +52,7 @@ def clusters_by_key(run: RunDir, manifest: dict, shards: list[str]) -> dict[str,
     return found
 
 
+@pytest.mark.slow
 def test_three_nights_on_s3(tmp_path: Path, s3_endpoint: str, make_config) -> None:
     client = boto3.client("s3", endpoint_url=s3_endpoint)
     client.create_bucket(Bucket="nightly")
@@ -153,6 +154,7 @@ def version_files(run_dir: Path, manifest: dict) -> dict[str, str]:
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_killed_update_resumes_and_leaves_the_old_version_untouched(tmp_path: Path, make_config, capsys) -> None:
     shards = tmp_path / "shards"
     write_synthetic_shards(shards, 2, 10)
@@ -203,6 +205,7 @@ def test_killed_update_resumes_and_leaves_the_old_version_untouched(tmp_path: Pa
     assert verify(cfg.run_dir) == [] and verify(cfg.run_dir, version=third["version"]) == []
 
 
+@pytest.mark.slow
 def test_mlc_warm_refit_keeps_ids(tmp_path: Path, make_config) -> None:
     """An MLC run refits warm: the head is kept, the subspaces are refitted from the old ones on a fresh
     sample (plus one seeded among the planted concept's novel rows), and unchanged clusters keep their ids."""
