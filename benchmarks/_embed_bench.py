@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from scaleclust.config import Config, apply_override, from_dict
-from scaleclust.embed import stage
+from scaleclust.stages import embed as stage
 from scaleclust.pipeline import prepare
 from scaleclust.sources.shard_writer import jpeg_bytes, sample_members, tar_bytes
 

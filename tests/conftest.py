@@ -5,7 +5,7 @@ Markers (registered in pyproject.toml): `ray`, `s3` and `browser` are added here
 the fixture implying them (ray_local, s3_endpoint, chromium; ray_head adds ray and subprocess). A test
 that starts a process itself carries `subprocess` (or `ray`/`browser`, which start processes); one
 without these markers that starts a process fails, so `make test-fast` (not ray, subprocess, browser)
-never starts one. `slow`: over about 30 s on 2 CPUs.
+never starts one. `slow`: about 30 s or more on 2 CPUs.
 
 Fake AWS credentials are set before Ray starts so that Ray workers inherit them; they only ever reach
 the moto server on 127.0.0.1.

@@ -45,6 +45,7 @@ def test_bad_config_fails_before_ray_starts(tmp_path: Path, overrides: list[str]
 
 
 @pytest.mark.ray  # the CLI's own
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_killed_run_resumes_with_each_key_once(tmp_path: Path) -> None:
     write_synthetic_shards(tmp_path / "shards", n_shards=6, per_shard=24)

@@ -22,6 +22,7 @@ RAY_NOISE = (" INFO ", "RayDeprecationWarning", "core_worker", "Progress bars di
 
 
 @pytest.mark.ray  # the CLI's own
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_quiet_run_then_info_and_report(tmp_path: Path) -> None:
     write_synthetic_shards(tmp_path / "shards", 3, 12)
@@ -37,7 +38,9 @@ def test_quiet_run_then_info_and_report(tmp_path: Path) -> None:
 
     marker = json.loads(next((tmp_path / "run" / "embeddings").glob("*.done.json")).read_text())
     assert marker["error_types"] == {} and 0 < marker["busy_seconds"]
-    assert marker["images_per_second"] == pytest.approx(marker["embedded"] / marker["busy_seconds"], rel=0.02)
+    # busy_seconds is stored to the millisecond: rows / images_per_second gives it back to that rounding (a
+    # relative bound fails when a shard takes under 25 ms)
+    assert marker["embedded"] / marker["images_per_second"] == pytest.approx(marker["busy_seconds"], abs=6e-4)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["rows_per_second"]["embed"] > 0
 
     info = subprocess.run([*CLI, "info", str(tmp_path / "run")], capture_output=True, text=True, timeout=60)

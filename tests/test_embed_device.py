@@ -147,7 +147,7 @@ def test_stage_with_device_decode_commits_what_the_cpu_decode_commits(tmp_path: 
     errors and (nearly) the same embeddings as with embed.decode=cpu."""
     import pyarrow.parquet as pq
 
-    from scaleclust.embed import stage
+    from scaleclust.stages import embed as stage
     from scaleclust.tables import embedding_matrix
     from scaleclust.pipeline import prepare
     from tests.shards import write_bad_shards

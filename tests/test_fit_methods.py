@@ -66,6 +66,7 @@ def copy_shared(shared_run: SharedRun, folder: Path, method: str) -> dict[str, A
     return job(folder, "run", method)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["spice", "scl", "turtle"])
 def test_fit_with_two_workers_assigns_every_row(shared_run: SharedRun, tmp_path: Path, method: str) -> None:
     fit_and_assign(copy_shared(shared_run, tmp_path, method), shared_run.rows)
@@ -125,6 +126,7 @@ def test_killed_fit_resumes_from_its_newest_checkpoint(shared_run: SharedRun, tm
     assert facts["final_loss"] == pytest.approx(reference["final_loss"], rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_method_registered_from_outside_the_package_runs_end_to_end(shared_run: SharedRun, tmp_path: Path) -> None:
     """Adding a method is its module and one registry entry, nothing else: a toy method (a linear head that

@@ -26,6 +26,7 @@ def mlc_config(tmp_path: Path, run: str, **cluster) -> dict:
                         "train": TRAIN, **cluster}, "label": {"vocabulary": NOUNS}}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_mlc_pipeline_with_ray_train(tmp_path: Path, shared_run: SharedRun) -> None:
     shared_run.copy(tmp_path)

@@ -48,6 +48,7 @@ def submit(address: str, env: dict[str, str], *args: str) -> subprocess.Complete
                           env=env, capture_output=True, text=True, timeout=400)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_submitted_demo_job_streams_logs_and_exits_with_its_status(ray_head, tmp_path: Path) -> None:
     address, env = ray_head

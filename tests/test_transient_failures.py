@@ -16,7 +16,8 @@ from scaleclust.rundir import RunDir
 from scaleclust.verify import verify
 from tests.shards import write_bad_shards, write_synthetic_shards
 
-pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.subprocess, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.subprocess, pytest.mark.slow,
+              pytest.mark.timeout(600)]
 CLI = [sys.executable, "-m", "scaleclust.cli"]
 
 

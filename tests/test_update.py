@@ -67,6 +67,7 @@ def arrivals(endpoint: str, bucket: str) -> Callable[[list[str]], list[str]]:
     return arrive
 
 
+@pytest.mark.slow
 def test_three_nights_on_s3(tmp_path: Path, s3_endpoint: str, make_config) -> None:
     arrive = arrivals(s3_endpoint, "nightly")
 

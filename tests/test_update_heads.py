@@ -41,6 +41,7 @@ def scan_config(make_config, run_dir: str, shards: str, checkpoint_every: int = 
                        **sections)
 
 
+@pytest.mark.slow
 def test_scan_three_nights_on_s3_new_concept_gets_a_new_id(tmp_path: Path, s3_endpoint: str, make_config) -> None:
     arrive = arrivals(s3_endpoint, "nightly-scan")
 
@@ -87,6 +88,8 @@ def shard_clusters(run_dir: Path, manifest: dict) -> dict[str, int]:
     return clusters_by_key(RunDir(str(run_dir), StorageConfig()), manifest, sorted(manifest["shards"]))
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_killed_scan_refit_ends_where_an_unbroken_one_ends(tmp_path: Path, make_config) -> None:
     shards = tmp_path / "shards"
     write_synthetic_shards(shards, 3, 20)
