@@ -108,7 +108,6 @@ def prepare_set(out: Path, name: str) -> dict[str, object]:
     write_shards(shards, images, labels, caption, source, n_shards=max(2, len(images) // 1000))
     cfg = load_config(REPO / "jobs" / "demo.yaml", [f"run_dir={out / name}", f"input.shards=[{shards}/*.tar]"])
     ctx = prepare(cfg)
-    run, planned = ctx.run, ctx.shards
     ensure_ray(cfg)
     run_stage("embed", ctx)
     x, y = load(out, name, require_ready=False)

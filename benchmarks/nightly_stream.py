@@ -1,7 +1,7 @@
 """A labelled set replayed as five nights of `scaleclust update`, under three refit policies side by side.
 
-The set's embeddings (benchmarks/datasets.py: the demo encoder over real labelled images; never
-Fashion-MNIST) are written as precomputed-embedding parts (img_emb/ + metadata/, one part per shard)
+The set's embeddings (benchmarks/datasets.py: the demo encoder over the developers' real labelled
+images) are written as precomputed-embedding parts (img_emb/ + metadata/, one part per shard)
 into one dump that grows night by night. Two classes are held out of night 1:
 
     night 1   share --first of the known classes' rows; fitted with k = the classes present

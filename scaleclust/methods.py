@@ -124,15 +124,17 @@ def commit(run: RunDir, cluster: ClusterConfig, started: float, **facts: Any) ->
     return meta
 
 
-def save(run: RunDir, name: str, value: np.ndarray | dict[str, torch.Tensor]) -> None:
+def save(run: RunDir, url: str, value: np.ndarray | dict[str, torch.Tensor]) -> None:
     """A model file: an array as .npy, a state dict with torch.save (loadable with weights_only)."""
     buffer = io.BytesIO()
     np.save(buffer, value) if isinstance(value, np.ndarray) else torch.save(value, buffer)
-    write_bytes_atomic(run.model(name), buffer.getvalue(), run.storage)
+    write_bytes_atomic(url, buffer.getvalue(), run.storage)
 
 
-def _load_npy(run: RunDir, name: str) -> np.ndarray:
-    return np.load(io.BytesIO(run.read_bytes(run.model(name))))
+def read(run: RunDir, url: str) -> Any:
+    """A model file that `save` wrote: an array (.npy) or a state dict."""
+    data = io.BytesIO(run.read_bytes(url))
+    return np.load(data) if url.endswith(".npy") else torch.load(data, weights_only=True)
 
 
 def _sample_rows(cluster: ClusterConfig, markers: Markers) -> int:
@@ -148,7 +150,7 @@ def _kmeans_task(run: RunDir, cluster: ClusterConfig, markers: Markers) -> dict[
         raise ValueError(f"cluster.k={cluster.k} exceeds the {len(x)} embedded rows; lower cluster.k")
     centroids, objective = spherical_kmeans(x, cluster.k, cluster.niter, cluster.restarts, cluster.seed,
                                             gpus=usable_gpus())
-    save(run, "centroids.npy", centroids.astype(np.float32))
+    save(run, run.model("centroids.npy"), centroids.astype(np.float32))
     return commit(run, cluster, started, k=cluster.k, dim=int(x.shape[1]), sample_rows=int(len(x)),
                   objective=objective)
 
@@ -161,7 +163,7 @@ def fit_kmeans(cfg: Config, run: RunDir, markers: Markers) -> dict[str, Any]:
 
 def load_kmeans(run: RunDir, meta: dict[str, Any], temperature: float) -> Assigner:
     """Nearest centroid, with a softmax over cosine / temperature as confidence."""
-    centroids = _load_npy(run, "centroids.npy")
+    centroids = read(run, run.model("centroids.npy"))
 
     def by_centroid(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         out = soft_assign(x, centroids, temperature)
@@ -220,8 +222,8 @@ def _mlc_assigner_task(run: RunDir, cluster: ClusterConfig, markers: Markers, st
         k, stabilities = choose_k_by_stability(c, candidates, seed=cluster.seed)
     assigner, _ = fit_assigner(head, x, k, method.config, cluster.seed, rank=cluster.subspace_rank,
                                neighbors=cluster.assign_neighbors)
-    save(run, "head.pt", state)
-    save(run, "subspaces.npy", assigner.subspaces.bases)
+    save(run, run.model("head.pt"), state)
+    save(run, run.model("subspaces.npy"), assigner.subspaces.bases)
     return commit(run, cluster, started, k=int(k), dim=int(x.shape[1]), space=assigner.space,
                   sample_rows=_sample_rows(cluster, markers), assign_sample_rows=int(len(x)),
                   k_stability={str(n): v for n, v in stabilities.items()}, train=facts)
@@ -248,9 +250,9 @@ def fit_mlc(cfg: Config, run: RunDir, markers: Markers) -> dict[str, Any]:
 def load_mlc(run: RunDir, meta: dict[str, Any], temperature: float) -> Assigner:
     """The head's features (Z or C, as chosen at fit), then the nearest cluster subspace."""
     head = build_mlc(ClusterConfig.model_validate(meta["params"])).head(meta["dim"])
-    head.load_state_dict(torch.load(io.BytesIO(run.read_bytes(run.model("head.pt"))), weights_only=True))
+    head.load_state_dict(read(run, run.model("head.pt")))
     head.eval()
-    subspaces = SubspaceAssigner(_load_npy(run, "subspaces.npy"), temperature)
+    subspaces = SubspaceAssigner(read(run, run.model("subspaces.npy")), temperature)
 
     def by_subspace(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         z, c = head_features(head, x)
@@ -345,7 +347,7 @@ def fit_on_train(cfg: Config, run: RunDir, markers: Markers, method: Method | No
     started, cluster = time.time(), cfg.cluster
     method = method or get(cluster.method).build(cluster)
     trained = train_head(cfg, run, markers, method, {**fit_params(cluster), **(identity or {})})
-    save(run, "head.pt", trained.state)
+    save(run, run.model("head.pt"), trained.state)
     return commit(run, cluster, started, k=int(cluster.k), dim=int(next(iter(markers.values()))["dim"]),
                   head=trained.head, sample_rows=_sample_rows(cluster, markers), **trained.found, train=trained.facts,
                   **extra)
@@ -368,7 +370,7 @@ def load_head(run: RunDir, meta: dict[str, Any], temperature: float,
               entry: MethodEntry | None = None) -> Assigner:
     """The chosen head of the committed model: argmax cluster, its softmax probability, the runner-up."""
     method = (entry or get(meta["method"])).build(model_cluster(meta))
-    state = torch.load(io.BytesIO(run.read_bytes(run.model("head.pt"))), weights_only=True)
+    state = read(run, run.model("head.pt"))
     return head_assigner(method, state, meta["dim"], int(meta["k"]), int(meta["head"])).assign
 
 

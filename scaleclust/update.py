@@ -22,7 +22,6 @@ The first update of a run directory runs every stage and writes version 1 (no dr
 """
 from __future__ import annotations
 
-import io
 import time
 import uuid
 from typing import Any
@@ -128,16 +127,6 @@ def decide(upd: UpdateConfig, policy: str, latest: dict[str, Any], report_: dict
 
 # refit -------------------------------------------------------------------------------------------
 
-def _npy(array: np.ndarray) -> bytes:
-    sink = io.BytesIO()
-    np.save(sink, array)
-    return sink.getvalue()
-
-
-def _load_npy(run: RunDir, model_id: str, name: str) -> np.ndarray:
-    return np.load(io.BytesIO(run.read_bytes(run.path("models", model_id, name))))
-
-
 def refit_model(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers: dict[str, dict[str, Any]],
                 old: dict[str, Any], seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Warm-started refit of the current model on a fresh sample, ids matched to the old model's; written
@@ -154,29 +143,33 @@ def refit_model(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers:
     old_ids = cluster_ids(old)
     next_id = old.get("next_cluster_id", int(old_ids.max()) + 1)
     model_id = uuid.uuid4().hex
+    def was(name: str) -> str:
+        return run.path("models", old["model_id"], name)
+
+    def now(name: str) -> str:
+        return run.path("models", model_id, name)
+
     if mlc:
-        head_pt = run.read_bytes(run.path("models", old["model_id"], "head.pt"))
         head = methods.build_mlc(ClusterConfig.model_validate(old["params"])).head(old["dim"])
-        head.load_state_dict(torch.load(io.BytesIO(head_pt), weights_only=True))
+        head.load_state_dict(methods.read(run, was("head.pt")))
         z, c = head_features(head, x)
         feats = z if old["space"] == "z" else c
-        old_bases = _load_npy(run, old["model_id"], "subspaces.npy")
+        old_bases = methods.read(run, was("subspaces.npy"))
         seeds = novel_subspaces(feats[novel], n_new, old_bases.shape[2], cluster.niter, seed)
         bases = warm_subspaces(feats, np.concatenate([old_bases, seeds]), cluster.niter)
         ids, mapping = match_similar(subspace_similarity(bases, old_bases), old_ids, upd.match_floor, next_id)
-        files = {"head.pt": head_pt, "subspaces.npy": _npy(bases.astype(np.float32))}
+        copy_file(was("head.pt"), now("head.pt"), run.storage)  # the head is kept
+        methods.save(run, now("subspaces.npy"), bases.astype(np.float32))
         slots = np.argmax(SubspaceAssigner(bases).scores(feats), axis=1)
         facts = {"params": old["params"], "k": int(len(bases)), "space": old["space"]}
     else:
-        old_centroids = _load_npy(run, old["model_id"], "centroids.npy")
+        old_centroids = methods.read(run, was("centroids.npy"))
         seeds = novel_seeds(x[novel], n_new, cluster.niter, seed)
         centroids = warm_kmeans(x, np.concatenate([old_centroids, seeds]), cluster.niter, seed)
         ids, mapping = match_ids(old_centroids, old_ids, centroids, upd.match_floor, next_id)
-        files = {"centroids.npy": _npy(centroids.astype(np.float32))}
+        methods.save(run, now("centroids.npy"), centroids.astype(np.float32))
         slots = np.argmax(x @ centroids.T, axis=1)
         facts = {"params": methods.fit_params(cluster), "k": int(len(centroids))}
-    for name, data in files.items():
-        write_bytes_atomic(run.path("models", model_id, name), data, run.storage)
     write_bytes_atomic(_novelty_url(run, model_id), calibrate(x, ids[slots], ids, upd.novelty_quantile).to_bytes(),
                        run.storage)
     meta = {"method": old["method"], **facts, "model_id": model_id, "dim": int(x.shape[1]), "sample_rows": int(len(x)),
@@ -203,10 +196,6 @@ def refit_cluster(cluster: ClusterConfig, upd: UpdateConfig, old: dict[str, Any]
                                       fitted.method: section.model_copy(update=steps)})
 
 
-def _committed_head(run: RunDir, old: dict[str, Any]) -> dict[str, torch.Tensor]:
-    return torch.load(io.BytesIO(run.read_bytes(run.path("models", old["model_id"], "head.pt"))), weights_only=True)
-
-
 def warm_start(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers: dict[str, dict[str, Any]],
                old: dict[str, Any], seed: int) -> dict[str, Any]:
     """The committed head grown for new concepts, on the refit's sample (a Ray task): novel rows (the old
@@ -219,7 +208,8 @@ def warm_start(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers: 
     groups = novel_groups(x[novel], wanted, cluster.niter, seed)
     n_new = int(groups.max()) + 1 if wanted and len(groups) else 0
     method = methods.get(old["method"]).build(methods.model_cluster(old))
-    assigner = methods.head_assigner(method, _committed_head(run, old), old["dim"], int(old["k"]), int(old["head"]))
+    state = methods.read(run, run.path("models", old["model_id"], "head.pt"))
+    assigner = methods.head_assigner(method, state, old["dim"], int(old["k"]), int(old["head"]))
     known = x[~novel][:: max(1, int((~novel).sum()) // KNOWN_ROWS)]
     trained = assigner.head.inner if isinstance(assigner.head, OneHead) else assigner.head
     grown = grow_state(trained, torch.from_numpy(x[novel]), torch.from_numpy(groups), n_new, torch.from_numpy(known))
@@ -241,9 +231,7 @@ def finish_heads(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers
     ids, mapping = match_ids(warm["old_prototypes"], old_ids, prototypes(x, slots, int(cluster.k)), upd.match_floor,
                              next_id)
     model_id = uuid.uuid4().hex
-    buffer = io.BytesIO()
-    torch.save(trained.state, buffer)
-    write_bytes_atomic(run.path("models", model_id, "head.pt"), buffer.getvalue(), run.storage)
+    methods.save(run, run.path("models", model_id, "head.pt"), trained.state)
     write_bytes_atomic(_novelty_url(run, model_id), calibrate(x, ids[slots], ids, upd.novelty_quantile).to_bytes(),
                        run.storage)
     meta = {"method": old["method"], "params": old["params"], "k": int(cluster.k), "model_id": model_id,

@@ -266,7 +266,7 @@ def shared_run(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> Sha
     pairs = write_duplicate_shard(folder / "shards")
     cfg = tiny_config(str(folder / "run"), str(folder / "shards" / "*.tar"), index=SHARED_INDEX)
     ctx = prepare(cfg)
-    run, shards = ctx.run, ctx.shards
+    run = ctx.run
     run_stage("embed", ctx)
     index = run_stage("index", ctx)
     rows = sum(m["embedded"] for m in run.committed("embeddings").values())

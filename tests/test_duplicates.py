@@ -44,7 +44,7 @@ def test_one_task_and_the_shuffle_find_the_same_duplicates(tmp_path: Path, make_
     (folder / "b.tar").write_bytes(tar_bytes(synthetic_samples(1, 8, seed=3)))
     cfg = make_config(str(tmp_path / "run"), str(folder / "*.tar"))
     ctx = prepare(cfg)
-    run, planned = ctx.run, ctx.shards
+    run = ctx.run
     run_stage("embed", ctx)  # find_duplicates reads committed embeddings only
     shutil.copy(run.embeddings("a"), run.embeddings("c"))  # shard c: a copy of a, committed behind the stage's back
     shutil.copy(run.embeddings_marker("a"), run.embeddings_marker("c"))

@@ -79,7 +79,6 @@ def test_killed_encoder_actor_loses_nothing(tmp_path: Path, s3_endpoint: str, ma
     clean = make_config("s3://faults/clean", "s3://faults/shards/*.tar", embed=embed, storage=storage)
     faulty = make_config("s3://faults/faulty", "s3://faults/shards/*.tar", embed=embed, storage=storage)
     ctx = prepare(clean)
-    clean_run, planned = ctx.run, ctx.shards
     run_stage("embed", ctx)  # the reference embeddings; the faulty run goes through every stage
 
     killed: list[int] = []

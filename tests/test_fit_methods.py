@@ -44,7 +44,7 @@ def fit_and_assign(data: dict[str, Any], rows: int) -> tuple[RunDir, dict[str, A
     """Fit and assign in this process (on the session's Ray), verify the run, check the assignments."""
     cfg = from_dict(data)
     ctx = prepare(cfg)
-    run, shards = ctx.run, ctx.shards
+    run = ctx.run
     for stage in ("fit", "assign"):
         run_stage(stage, ctx)
     model = run.marker(run.model("model.json"))
@@ -118,7 +118,6 @@ def test_killed_fit_resumes_from_its_newest_checkpoint(shared_run: SharedRun, tm
 
     unbroken = from_dict(copy_shared(shared_run, tmp_path / "unbroken", "sic"))
     ctx = prepare(unbroken)
-    run, shards = ctx.run, ctx.shards
     reference = run_stage("fit", ctx)["train"]
     assert reference["starts"] == [0] and reference["steps"] == steps
     # A fit is deterministic given its seed (same rows per rank, epoch order from (seed, rank, epoch)), so

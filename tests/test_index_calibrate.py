@@ -48,7 +48,7 @@ def indexed(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> dict[s
     write_dump(folder / "dump")
     cfg = tiny_config(str(folder / "run"), str(folder / "dump"), input={"format": "laion_embeddings"}, index=INDEX)
     ctx = prepare(cfg)
-    run, shards = ctx.run, ctx.shards
+    run = ctx.run
     run_stage("embed", ctx)
     return {"cfg": cfg, "run": run, "result": stage.run(cfg, run)}
 

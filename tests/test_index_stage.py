@@ -117,7 +117,7 @@ def test_incremental_add_without_retraining(indexed: dict[str, Any]) -> None:
     cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"shards": cfg.input.shards + new})})
     Path(run.embeddings_marker("00000")).unlink()  # as if 00000 were re-embedded: a new commit
     ctx = prepare(cfg)
-    run, planned = ctx.run, ctx.shards
+    run = ctx.run
     run_stage("embed", ctx)
     result = stage.run(cfg, run)
     after = index_manifest.load_manifest(run)

@@ -31,7 +31,7 @@ def test_vanished_shards_are_retried_and_a_corrupt_one_is_not(tmp_path: Path, s3
         client.upload_file(path, "flaky", f"shards/{Path(path).name}")
     cfg = make_config("s3://flaky/run", "s3://flaky/shards/*.tar", storage={"endpoint_url": s3_endpoint})
     ctx = prepare(cfg)
-    run, shards = ctx.run, ctx.shards  # the shard list is fixed here; then two objects vanish before they are read
+    run = ctx.run  # the shard list is fixed here; then two objects vanish before they are read
     vanished = ["00001", "00002"]
     for name in vanished:
         client.delete_object(Bucket="flaky", Key=f"shards/{name}.tar")

@@ -53,6 +53,22 @@ def clusters_by_key(run: RunDir, manifest: dict, shards: list[str]) -> dict[str,
     return found
 
 
+def assert_new_concept_got_a_new_id(run: RunDir, before: dict, after: dict, old_shards: list[str],
+                                    new_shards: list[str], planted: set[str] | list[str]) -> None:
+    """After a refit (version `after` of `before`): every old cluster kept its id, none retired, one new id;
+    >= 0.95 of the old shards' rows keep their cluster id, and >= 0.8 of the planted rows are in the
+    new id's cluster, the largest share of them."""
+    id_map = run.marker(Versions(run).path(after["version"], "id_map.json"))
+    old_ids = {int(c) for c in before["sizes"]}
+    assert {m["id"] for m in id_map["matched"]} == old_ids and id_map["retired"] == []
+    new_id = max(old_ids) + 1
+    assert [n["id"] for n in id_map["new"]] == [new_id]
+    was, now = clusters_by_key(run, before, old_shards), clusters_by_key(run, after, old_shards)
+    assert sum(was[k] == now[k] for k in was) >= 0.95 * len(was)
+    planted_ids = Counter(clusters_by_key(run, after, new_shards)[k] for k in planted)
+    assert planted_ids.most_common(1)[0][0] == new_id and planted_ids[new_id] >= 0.8 * len(planted)
+
+
 def arrivals(endpoint: str, bucket: str) -> Callable[[list[str]], list[str]]:
     """A new bucket on the S3 server, and a function that uploads shard files under shards/ (a night's
     arrivals) and returns their shard names."""
@@ -136,18 +152,7 @@ def test_three_nights_on_s3(tmp_path: Path, s3_endpoint: str, make_config) -> No
     # (novelty is calibrated on 36 rows here, so its 1% quantile is each cluster's farthest row)
     assert len(novel & planted) >= 0.8 * len(planted) and len(novel - planted) <= 0.25 * (len(labels) - len(planted))
     assert third["refit"] and third["drift"]["status"] == "refit" and third["model"] != second["model"]
-    # Ids: the old clusters kept theirs (their rows carry the same ids before and after the refit);
-    # the planted concept is in a cluster whose id is new.
-    id_map = run.marker(Versions(run).path(third["version"], "id_map.json"))
-    old_ids = {int(c) for c in second["sizes"]}
-    assert {m["id"] for m in id_map["matched"]} == old_ids and id_map["retired"] == []
-    assert [n["id"] for n in id_map["new"]] == [max(old_ids) + 1]
-    before = clusters_by_key(run, second, night1 + night2)
-    after = clusters_by_key(run, third, night1 + night2)
-    assert sum(before[k] == after[k] for k in before) >= 0.95 * len(before)
-    planted_ids = Counter(clusters_by_key(run, third, night3)[k] for k in planted)
-    assert planted_ids.most_common(1)[0][0] == max(old_ids) + 1
-    assert planted_ids[max(old_ids) + 1] >= 0.8 * len(planted)
+    assert_new_concept_got_a_new_id(run, second, third, night1 + night2, night3, planted)
     assert verify(cfg.run_dir, cfg.storage) == []
     for version in (first, second):  # older versions stay readable and whole
         assert verify(cfg.run_dir, cfg.storage, version=version["version"]) == []

@@ -17,7 +17,6 @@ from scaleclust.index.knn import drop_self, exact_search, recall_at_k
 from scaleclust.index.actors import fan_out, searchers
 from scaleclust.index.manifest import ids_to_keys, load_manifest, resolve_nprobe, sample_rows, shard_vectors
 from scaleclust.rundir import RunDir
-from scaleclust.sample import sample_embeddings
 from scaleclust.storage import remove, write_json_atomic
 from scaleclust.stage import Stage, on_request
 
