@@ -282,6 +282,9 @@ class UpdateConfig(Strict):
     every_n: int = Field(7, gt=0, description="refit=every_n: updates between refits")
     drift_warn: float = Field(0.1, ge=0, description="drift score that is reported as a warning")
     drift_refit: float = Field(0.25, ge=0, description="drift score that triggers a refit (refit=on_drift)")
+    grown_refit: float = Field(0.1, ge=0, le=1, description="refit=on_drift also refits when a cluster that grew "
+                               "(growth) took at least this share of the new rows beyond its fitted share: often a new "
+                               "concept an old cluster absorbed, which only a refit splits off; 1 never")
     low_confidence: float = Field(0.5, ge=0, le=1, description="assignments below this confidence count as low")
     novelty_quantile: float = Field(0.01, gt=0, lt=1, description="a cluster accepts rows at least as close as "
                                     "this quantile of its fitted rows; a row no cluster accepts is novel")
@@ -290,8 +293,9 @@ class UpdateConfig(Strict):
     min_expected_rows: int = Field(5, ge=0, description="grew/shrank is judged only for clusters with this many "
                                    "new rows, or expected rows")
     match_floor: float = Field(0.8, ge=-1, le=1, description="refit: cosine below which a new cluster matches no old one")
-    max_new_clusters: int = Field(4, ge=0, description="refit: new clusters seeded among novel rows, at most")
-    min_new_cluster_rows: int = Field(20, gt=0, description="refit: novel rows in the refit sample per new cluster")
+    max_new_clusters: int = Field(4, ge=0, description="refit: new clusters seeded for new concepts, at most")
+    min_new_cluster_rows: int = Field(20, gt=0, description="refit: rows of a new concept in the refit sample that a "
+                                      "new cluster needs (novel rows, or the new-shard part of a grown cluster)")
     refit_steps: int = Field(200, gt=0, description="refit of a head trained with Ray Train (scan, spice, sic, scl, "
                              "turtle): steps from the committed head, split between the method's phases as in its "
                              "cold fit (a quarter of scan's 800)")

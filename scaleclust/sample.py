@@ -125,6 +125,13 @@ def sample_embeddings(run: RunDir, markers: dict[str, dict[str, Any]], n: int, s
     return (np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)), extra
 
 
+def gather(refs: list[tuple[ray.ObjectRef, ray.ObjectRef]], dim: int) -> np.ndarray:
+    """The float32 rows of sample_refs' reads, in their order: for a sample drawn once and handed to
+    several tasks (it stays in the object store while any holds its refs)."""
+    blocks = [ray.get(x).astype(np.float32) for x, _ in refs]
+    return np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)
+
+
 def sample_blocks(run: RunDir, markers: dict[str, dict[str, Any]], n: int, seed: int,
                   ahead: int = READ_AHEAD) -> Iterator[np.ndarray]:
     """The rows of ``sample_embeddings(run, markers, n, seed)`` as float32 blocks, one per shard, for a

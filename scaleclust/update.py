@@ -39,8 +39,8 @@ from scaleclust.cluster.grow import grow_state
 from scaleclust.cluster.heads import OneHead
 from scaleclust.cluster.sic import SIC
 from scaleclust.cluster.mlc import head_features
-from scaleclust.cluster.refit import (match_ids, match_similar, novel_groups, novel_seeds, novel_subspaces,
-                                      prototypes, subspace_similarity, warm_kmeans, warm_subspaces)
+from scaleclust.cluster.refit import (fresh_rows, match_ids, match_similar, novel_groups, novel_subspaces, prototypes,
+                                      subspace_similarity, typical_tightness, warm_kmeans, warm_subspaces)
 from scaleclust.cluster.subspaces import SubspaceAssigner
 from scaleclust.config import ClusterConfig, Config, UpdateConfig
 from scaleclust.tables import embedding_matrix
@@ -49,7 +49,7 @@ from scaleclust.parallel import map_shards
 from scaleclust.pipeline import BY_NAME, STAGES, prepare, run_stage
 from scaleclust.ray_setup import ensure_ray
 from scaleclust.rundir import RunDir, cluster_ids
-from scaleclust.sample import sample_embeddings
+from scaleclust.sample import gather, sample_embeddings, sample_plan, sample_refs
 from scaleclust.stage import Context
 from scaleclust.storage import copy_file, join, remove, write_bytes_atomic, write_json_atomic
 from scaleclust.versions import Versions
@@ -118,6 +118,9 @@ def decide(upd: UpdateConfig, policy: str, latest: dict[str, Any], report_: dict
     """Whether this update refits under `policy` (refit_policy), and why."""
     if policy == "on_drift":
         hit = report_["score"] >= upd.drift_refit
+        if not hit and report_.get("grown_excess", 0.0) >= upd.grown_refit:
+            return True, (f"clusters {report_['grown']} grew by {report_['grown_excess']:.3f} of the new rows >= "
+                          f"update.grown_refit {upd.grown_refit}")
         return hit, f"drift score {report_['score']:.3f} {'>=' if hit else '<'} update.drift_refit {upd.drift_refit}"
     if policy == "every_n":
         since = latest.get("updates_since_refit", 0) + 1
@@ -127,19 +130,50 @@ def decide(upd: UpdateConfig, policy: str, latest: dict[str, Any], report_: dict
 
 # refit -------------------------------------------------------------------------------------------
 
+def unseen_shards(history: Versions, markers: dict[str, dict[str, Any]], model_id: str) -> set[str]:
+    """The committed shards that model `model_id` was not fitted on: those absent from the earliest
+    complete version it assigned (with that one pruned, the earliest left: fewer count, never more)."""
+    for manifest in history.complete():
+        if manifest["model"] == model_id:
+            return set(markers) - set(manifest["shards"])
+    return set()
+
+
+def news(markers: dict[str, dict[str, Any]], n: int, seed: int, unseen: set[str], grown: list[int]) -> dict[str, Any]:
+    """What a refit needs to find concepts an old cluster absorbed: for each row of the refit's sample
+    (sample_plan's order) whether its shard is one the old model has not seen, and the clusters that grew."""
+    plan = sample_plan(markers, n, seed)
+    is_new = np.concatenate([np.full(len(r), s in unseen) for s, r in plan.items()]) if plan else np.zeros(0, bool)
+    return {"is_new": is_new, "grown": list(grown)}
+
+
+def concept_groups(x: np.ndarray, novel: np.ndarray, slots: np.ndarray, old_ids: np.ndarray, new: dict[str, Any],
+                   upd: UpdateConfig, niter: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of concepts the old model lacks, which seed new clusters, and their groups (one per new
+    cluster, -1 for a row left out). The rows: novel rows (no cluster accepts them) and the new-shard
+    parts of grown clusters (cluster.refit.fresh_rows); x's rows with their old cluster slots and
+    `new` = news() of this sample. The groups: cluster.refit.novel_groups, at most
+    update.max_new_clusters, at the granularity of the old clusters."""
+    grown = [int(np.flatnonzero(old_ids == c)[0]) for c in new["grown"] if c in old_ids]
+    concept = novel | fresh_rows(x, slots, new["is_new"], grown, upd.min_new_cluster_rows, niter, seed)
+    wanted = min(upd.max_new_clusters, int(concept.sum()) // upd.min_new_cluster_rows)
+    tight = typical_tightness(x[~concept], slots[~concept], upd.min_new_cluster_rows)
+    return concept, novel_groups(x[concept], wanted, niter, seed, upd.min_new_cluster_rows, tight)
+
+
 def refit_model(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers: dict[str, dict[str, Any]],
-                old: dict[str, Any], seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+                old: dict[str, Any], seed: int, new: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Warm-started refit of the current model on a fresh sample, ids matched to the old model's; written
     to models/NEW/ (model.json last). Returns the new model's metadata and the id mapping.
 
-    kmeans: k-means from the old centroids plus centroids seeded among novel rows; ids by centroid cosine.
+    kmeans: k-means from the old centroids plus centroids seeded on new concepts (concept_groups; `new` is
+    news() of this sample); ids by centroid cosine.
     mlc: the trained head is kept; k-subspaces in its feature space from the old bases plus bases fitted on
     groups of novel rows, on a fresh assign sample; ids by subspace similarity."""
     started = time.time()
     mlc = old["method"] == "mlc"
     x, _ = sample_embeddings(run, markers, cluster.assign_sample if mlc else cluster.sample_size, seed)
     novel = _novelty(run, old["model_id"]).novel(x)
-    n_new = min(upd.max_new_clusters, int(novel.sum()) // upd.min_new_cluster_rows)
     old_ids = cluster_ids(old)
     next_id = old.get("next_cluster_id", int(old_ids.max()) + 1)
     model_id = uuid.uuid4().hex
@@ -155,6 +189,7 @@ def refit_model(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers:
         z, c = head_features(head, x)
         feats = z if old["space"] == "z" else c
         old_bases = methods.read(run, was("subspaces.npy"))
+        n_new = min(upd.max_new_clusters, int(novel.sum()) // upd.min_new_cluster_rows)
         seeds = novel_subspaces(feats[novel], n_new, old_bases.shape[2], cluster.niter, seed)
         bases = warm_subspaces(feats, np.concatenate([old_bases, seeds]), cluster.niter)
         ids, mapping = match_similar(subspace_similarity(bases, old_bases), old_ids, upd.match_floor, next_id)
@@ -164,7 +199,10 @@ def refit_model(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers:
         facts = {"params": old["params"], "k": int(len(bases)), "space": old["space"]}
     else:
         old_centroids = methods.read(run, was("centroids.npy"))
-        seeds = novel_seeds(x[novel], n_new, cluster.niter, seed)
+        concept, groups = concept_groups(x, novel, np.argmax(x @ old_centroids.T, axis=1), old_ids, new, upd,
+                                         cluster.niter, seed)
+        n_new = int(groups.max()) + 1 if len(groups) else 0
+        seeds = prototypes(x[concept][groups >= 0], groups[groups >= 0], n_new).astype(np.float32)
         centroids = warm_kmeans(x, np.concatenate([old_centroids, seeds]), cluster.niter, seed)
         ids, mapping = match_ids(old_centroids, old_ids, centroids, upd.match_floor, next_id)
         methods.save(run, now("centroids.npy"), centroids.astype(np.float32))
@@ -196,40 +234,41 @@ def refit_cluster(cluster: ClusterConfig, upd: UpdateConfig, old: dict[str, Any]
                                       fitted.method: section.model_copy(update=steps)})
 
 
-def warm_start(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers: dict[str, dict[str, Any]],
-               old: dict[str, Any], seed: int) -> dict[str, Any]:
-    """The committed head grown for new concepts, on the refit's sample (a Ray task): novel rows (the old
-    model's novelty test) grouped by k-means, one group per update.min_new_cluster_rows of them, at most
-    update.max_new_clusters, each seeding a new output (cluster.grow). Returns the grown state
-    ("head"), the number of new outputs, and the old clusters' prototypes on this sample (for the ids)."""
-    x, _ = sample_embeddings(run, markers, cluster.sample_size, seed)
+def warm_start(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, sample: list, old: dict[str, Any],
+               seed: int, new: dict[str, Any]) -> dict[str, Any]:
+    """The committed head grown for new concepts, on the refit's sample (sample_refs; a Ray task): each
+    group of rows of a concept the old model lacks (concept_groups; `new` is news() of this sample) seeds
+    a new output (cluster.grow). Returns the grown state ("head"), the number of new outputs, and the
+    counts of novel and new-concept rows."""
+    x = gather(sample, int(old["dim"]))
     novel = _novelty(run, old["model_id"]).novel(x)
-    wanted = min(upd.max_new_clusters, int(novel.sum()) // upd.min_new_cluster_rows)
-    groups = novel_groups(x[novel], wanted, cluster.niter, seed)
-    n_new = int(groups.max()) + 1 if wanted and len(groups) else 0
     method = methods.get(old["method"]).build(methods.model_cluster(old))
     state = methods.read(run, run.path("models", old["model_id"], "head.pt"))
     assigner = methods.head_assigner(method, state, old["dim"], int(old["k"]), int(old["head"]))
-    known = x[~novel][:: max(1, int((~novel).sum()) // KNOWN_ROWS)]
+    concept, groups = concept_groups(x, novel, assigner.assign(x)[0], cluster_ids(old), new, upd, cluster.niter, seed)
+    n_new = int(groups.max()) + 1 if len(groups) else 0
+    known = x[~concept][:: max(1, int((~concept).sum()) // KNOWN_ROWS)]
     trained = assigner.head.inner if isinstance(assigner.head, OneHead) else assigner.head
-    grown = grow_state(trained, torch.from_numpy(x[novel]), torch.from_numpy(groups), n_new, torch.from_numpy(known))
-    return {"head": grown, "n_new": n_new, "novel": int(novel.sum()), "rows": int(len(x)),
-            "old_prototypes": prototypes(x, assigner.assign(x)[0], int(old["k"]))}
+    grown = grow_state(trained, torch.from_numpy(x[concept][groups >= 0]), torch.from_numpy(groups[groups >= 0]),
+                       n_new, torch.from_numpy(known))
+    return {"head": grown, "n_new": n_new, "novel": int(novel.sum()), "concept": int(concept.sum()),
+            "rows": int(len(x))}
 
 
-def finish_heads(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers: dict[str, dict[str, Any]],
-                 old: dict[str, Any], seed: int, trained: methods.Trained, warm: dict[str, Any],
-                 started: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """After the refit's training (a Ray task): ids matched by the Hungarian algorithm on prototypes (the
-    normalised mean embedding of each cluster's rows in the refit's sample) above update.match_floor,
-    novelty calibrated, models/NEW/ written (model.json last)."""
-    x, _ = sample_embeddings(run, markers, cluster.sample_size, seed)
+def finish_heads(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, sample: list, old: dict[str, Any],
+                 trained: methods.Trained, warm: dict[str, Any], started: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """After the refit's training (a Ray task), on the refit's sample: ids matched by the Hungarian
+    algorithm on prototypes above update.match_floor (the new clusters' on this sample against the old
+    ones' from the old model's novelty calibration: the rows each old cluster held when it was
+    committed, so new rows an old cluster absorbed cannot carry its id off to another concept), novelty
+    calibrated, models/NEW/ written (model.json last)."""
+    x = gather(sample, int(old["dim"]))
     method = methods.get(old["method"]).build(cluster)
     slots = methods.head_assigner(method, trained.state, old["dim"], int(cluster.k), trained.head).assign(x)[0]
     old_ids = cluster_ids(old)
     next_id = old.get("next_cluster_id", int(old_ids.max()) + 1)
-    ids, mapping = match_ids(warm["old_prototypes"], old_ids, prototypes(x, slots, int(cluster.k)), upd.match_floor,
-                             next_id)
+    ids, mapping = match_ids(_novelty(run, old["model_id"]).prototypes, old_ids, prototypes(x, slots, int(cluster.k)),
+                             upd.match_floor, next_id)
     model_id = uuid.uuid4().hex
     methods.save(run, run.path("models", model_id, "head.pt"), trained.state)
     write_bytes_atomic(_novelty_url(run, model_id), calibrate(x, ids[slots], ids, upd.novelty_quantile).to_bytes(),
@@ -237,24 +276,28 @@ def finish_heads(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers
     meta = {"method": old["method"], "params": old["params"], "k": int(cluster.k), "model_id": model_id,
             "dim": int(old["dim"]), "head": trained.head, "sample_rows": int(len(x)), "cluster_ids": ids.tolist(),
             "next_cluster_id": mapping["next_id"], "warm_from": old["model_id"], "seeded_new": warm["n_new"],
-            "novel_in_sample": warm["novel"], **trained.found, "train": {**trained.facts, "name": trained.name},
+            "novel_in_sample": warm["novel"], "concept_in_sample": warm["concept"], **trained.found, "train": {**trained.facts, "name": trained.name},
             "seconds": round(time.time() - started, 2), **({"semantic": old["semantic"]} if "semantic" in old else {})}
     write_json_atomic(run.path("models", model_id, "model.json"), meta, run.storage)
     return meta, {"from_model": old["model_id"], "to_model": model_id, **mapping}
 
 
 def refit_heads(cfg: Config, run: RunDir, markers: dict[str, dict[str, Any]], old: dict[str, Any], seed: int,
-                version: str) -> tuple[dict[str, Any], dict[str, Any]]:
+                version: str, unseen: set[str], grown: list[int]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Warm refit of a head trained with Ray Train: the committed head, grown for new concepts
     (warm_start), trains update.refit_steps steps on a fresh seeded sample over all shards, each row with
     its neighbours from the index (which the update has extended by the new shards), under a Train name
     of its own (refit-, the old model, the version, the seed), so a killed refit resumes from its newest
-    checkpoint and ends where an unbroken one ends. Returns finish_heads' (meta, id mapping)."""
+    checkpoint and ends where an unbroken one ends. The sample is read once, for the growth, the ids and
+    the novelty calibration (the Train loop draws the same rows through Ray Data). Returns finish_heads'
+    (meta, id mapping)."""
     started = time.time()
-    sample = cfg.cluster.model_copy(update={"seed": seed})
+    sample_cfg = cfg.cluster.model_copy(update={"seed": seed})
+    sample = sample_refs(run, markers, sample_cfg.sample_size, seed)
+    new = news(markers, sample_cfg.sample_size, seed, unseen, grown)
     warm = ray.get(ray.remote(num_cpus=1)(warm_start).remote(
-        run, refit_cluster(sample, cfg.update, old, int(old["k"])), cfg.update, markers, old, seed))
-    cluster = refit_cluster(sample, cfg.update, old, int(old["k"]) + warm["n_new"])
+        run, refit_cluster(sample_cfg, cfg.update, old, int(old["k"])), cfg.update, sample, old, seed, new))
+    cluster = refit_cluster(sample_cfg, cfg.update, old, int(old["k"]) + warm["n_new"])
     refit_cfg = cfg.model_copy(update={"cluster": cluster})
     if old["method"] == "sic":
         method = SIC(cluster.sic, int(cluster.k), methods.sic_nouns(refit_cfg, run, markers, old["dim"])[0])
@@ -263,9 +306,9 @@ def refit_heads(cfg: Config, run: RunDir, markers: dict[str, dict[str, Any]], ol
     identity = {"from": old["model_id"], "version": version, "seed": seed, "params": methods.fit_params(cluster)}
     trained = methods.train_head(refit_cfg, run, markers, method, identity, prefix="refit", init_state={"head": warm["head"]})
     print(f"refit: {old['method']} trained from model {old['model_id']} with {warm['n_new']} new output(s) "
-          f"({warm['novel']} novel rows in the {warm['rows']}-row sample)")
+          f"({warm['concept']} rows of new concepts, {warm['novel']} of them novel, in the {warm['rows']}-row sample)")
     finish = ray.remote(num_cpus=1)(finish_heads)
-    return ray.get(finish.remote(run, cluster, cfg.update, markers, old, seed, trained, warm, started))
+    return ray.get(finish.remote(run, cluster, cfg.update, sample, old, trained, warm, started))
 
 
 def promote(run: RunDir, model: dict[str, Any]) -> None:
@@ -450,12 +493,15 @@ def _update(cfg: Config, lease: Lease, history: Versions) -> dict[str, Any]:
         if decision["model"] is None:
             old = run.marker(run.path("models", latest["model"], "model.json"))
             seed = cfg.cluster.seed + int(version[:5])  # a fresh sample every refit
+            markers = run.committed("embeddings")
+            unseen = unseen_shards(history, markers, old["model_id"])
             if methods.get(old["method"]).warm == "head":
-                meta, mapping = refit_heads(cfg, run, run.committed("embeddings"), old, seed, version)
+                meta, mapping = refit_heads(cfg, run, markers, old, seed, version, unseen, report_["grown"])
             else:
+                size = cfg.cluster.assign_sample if old["method"] == "mlc" else cfg.cluster.sample_size
                 task = ray.remote(num_cpus=1)(refit_model)
-                meta, mapping = ray.get(task.remote(run, cfg.cluster, cfg.update, run.committed("embeddings"), old,
-                                                    seed))
+                meta, mapping = ray.get(task.remote(run, cfg.cluster, cfg.update, markers, old, seed,
+                                                    news(markers, size, seed, unseen, report_["grown"])))
             write_json_atomic(history.path(version, "id_map.json"), mapping, run.storage)
             decision["model"] = meta["model_id"]
             run.write_marker(history.path(version, "decision.json"), decision)

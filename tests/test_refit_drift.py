@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from scaleclust.cluster.drift import DriftCounts, calibrate, report
-from scaleclust.cluster.refit import (match_ids, match_similar, novel_seeds, novel_subspaces, prototypes,
+from scaleclust.cluster.refit import (fresh_rows, match_ids, match_similar, novel_groups, novel_seeds,
+                                      typical_tightness, novel_subspaces, prototypes,
                                       subspace_similarity, warm_kmeans, warm_subspaces)
 from scaleclust.cluster.subspaces import SubspaceAssigner, fit_subspaces
 from scaleclust.stages.summary import Partial
@@ -44,11 +45,50 @@ def test_warm_kmeans_seeded_on_novel_rows_finds_the_new_concept() -> None:
     novelty = calibrate(x_old, np.argmax(x_old @ start.T, axis=1), np.arange(3), 0.01)
     novel = novelty.novel(x_new)
     assert novel[label == 3].mean() > 0.95 and novel[label != 3].mean() < 0.05
-    seeds = novel_seeds(x_new[novel], 1, 10, 0)
+    seeds = novel_seeds(x_new[novel], 1, 10, 0, 20)
     refit = warm_kmeans(x_new, np.concatenate([start, seeds]), 10, 0)
     ids, mapping = match_ids(start, np.arange(3), refit, 0.8, 3)
     assert ids.tolist() == [0, 1, 2, 3] and mapping["retired"] == []
     assert (np.argmax(x_new @ refit.T, axis=1) == label).mean() > 0.99
+
+
+def test_novel_groups_come_at_the_old_clusters_granularity() -> None:
+    """Rows of one new concept asked into four groups come back as one (their union is as tight as an old
+    cluster); two distinct new concepts stay two; a clump of outliers smaller than min_rows is left out
+    (-1)."""
+    rng = np.random.default_rng(5)
+    centres = unit(rng, 6, 32)
+    x_old, slots = blobs(centres[:4], 400, 0.15, 4)
+    tight = typical_tightness(x_old, slots, 20)
+    one, _ = blobs(centres[4:5], 200, 0.15, 6)
+    two, label = blobs(centres[4:6], 400, 0.15, 7)
+    clump, _ = blobs(centres[5:6], 5, 0.05, 8)  # a tight clump of five rows
+    groups = novel_groups(np.concatenate([one, clump]), 4, 10, 0, 20, tight)
+    assert groups[:200].min() == 0 and groups[:200].max() == 0 and (groups[200:] == -1).all()
+    groups = novel_groups(two, 4, 10, 0, 20, tight)
+    assert groups.max() == 1 and all(len(np.unique(groups[label == c])) == 1 for c in (0, 1))
+    assert novel_groups(one, 4, 10, 0, 20).max() >= 1  # without the old clusters' scale, no merging
+
+
+def test_fresh_rows_find_a_new_concept_inside_a_grown_cluster_and_only_there() -> None:
+    """Cluster 0 took in a new concept (rows of centre 1, all from new shards) beside its old one (centre
+    0, from old and new shards): those rows are fresh, the old concept's are not. Cluster 2 grew with its
+    own concept only, and cluster 3 (centres 3 and 4, both from old and new shards) is two old concepts:
+    nothing there is fresh. A cluster that did not grow is not looked into."""
+    rng = np.random.default_rng(11)
+    centres = unit(rng, 6, 32)
+    parts, is_new, slots, concept = [], [], [], []
+    for centre, slot, old_rows, new_rows in ((0, 0, 150, 50), (1, 0, 0, 120), (2, 2, 100, 100), (3, 3, 80, 40),
+                                             (4, 3, 80, 40), (5, 5, 0, 60)):
+        x, _ = blobs(centres[centre:centre + 1], old_rows + new_rows, 0.1, centre)
+        parts.append(x)
+        is_new += [False] * old_rows + [True] * new_rows
+        slots += [slot] * (old_rows + new_rows)
+        concept += [centre] * (old_rows + new_rows)
+    x, is_new, slots, concept = np.concatenate(parts), np.array(is_new), np.array(slots), np.array(concept)
+    fresh = fresh_rows(x, slots, is_new, [0, 2, 3], 20, 10, 0)
+    assert fresh[concept == 1].all() and not fresh[concept != 1].any()
+    assert fresh_rows(x, slots, np.zeros(len(x), bool), [0, 2, 3], 20, 10, 0).sum() == 0
 
 
 def test_subspace_similarity_is_the_cosine_of_principal_angles() -> None:
@@ -87,10 +127,26 @@ def test_drift_report_counts_shares_growth_and_novelty() -> None:
     novel[:5] = True
     counts.add(clusters, np.linspace(0, 1, 100), novel, [f"k{i}" for i in range(100)], low=0.2, examples=3)
     out = report({0: 250, 1: 250, 2: 500}, counts, growth=2.0, min_expected=5, warn=0.1, refit=0.25)
-    assert out["grown"] == [0] and out["shrunk"] == [2]
+    assert out["grown"] == [0] and out["shrunk"] == [2] and out["grown_excess"] == 0.35  # 0.6 of the rows, 0.25 fitted
     assert out["total_variation"] == 0.4 and out["novel_share"] == 0.05 and out["score"] == 0.45
     assert out["status"] == "refit" and out["novel_examples"] == ["k0", "k1", "k2"]
     assert out["low_confidence_share"] == 0.2
+
+
+def test_a_grown_cluster_alone_can_trigger_a_refit() -> None:
+    """on_drift refits when one grown cluster took update.grown_refit of the new rows beyond its share,
+    even with the drift score below update.drift_refit; never and a smaller excess do not."""
+    from scaleclust.config import UpdateConfig
+    from scaleclust.update import decide
+
+    upd = UpdateConfig(drift_refit=0.25, grown_refit=0.1)
+    quiet = {"score": 0.2, "grown": [], "grown_excess": 0.0}
+    absorbed = {"score": 0.2, "grown": [8], "grown_excess": 0.18}
+    assert decide(upd, "on_drift", {}, quiet) == (False, "drift score 0.200 < update.drift_refit 0.25")
+    hit, why = decide(upd, "on_drift", {}, absorbed)
+    assert hit and "clusters [8] grew by 0.180" in why
+    assert not decide(upd.model_copy(update={"grown_refit": 0.2}), "on_drift", {}, absorbed)[0]
+    assert not decide(upd, "never", {}, absorbed)[0]
 
 
 def test_summary_partial_round_trip() -> None:

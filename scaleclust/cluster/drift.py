@@ -7,7 +7,9 @@ novel. This adapts to each encoder's scale of cosines (a random-weight model put
 CLIP spreads classes over 0.2-0.9), where a fixed cosine cut-off would not.
 
 The drift score is the total variation distance between the new rows' cluster shares and the fitted
-shares, plus the share of novel rows: 0 when new data looks like old data, up to 2.
+shares, plus the share of novel rows: 0 when new data looks like old data, up to 2. A cluster grew
+when its share of the new rows is `growth` times its fitted share; the largest such excess of share
+(grown_excess) tells of a concept an old cluster absorbed, which the novelty test cannot see.
 """
 from __future__ import annotations
 
@@ -106,6 +108,7 @@ def report(fitted: dict[int, int], counts: DriftCounts, growth: float, min_expec
             elif ratio <= 1 / growth:
                 shrunk.append(cid)
     tv = 0.5 * sum(abs(c["new_share"] - c["fitted_share"]) for c in clusters)
+    excess = max((c["new_share"] - c["fitted_share"] for c in clusters if c["cluster"] in grown), default=0.0)
     novel_share = counts.novel / n
     score = tv + novel_share
     return {
@@ -119,6 +122,7 @@ def report(fitted: dict[int, int], counts: DriftCounts, growth: float, min_expec
         "status": "refit" if score >= refit else "warn" if score >= warn else "ok",
         "thresholds": {"warn": warn, "refit": refit, "growth": growth},
         "grown": grown,
+        "grown_excess": round(excess, 5),
         "shrunk": shrunk,
         "clusters": clusters,
     }

@@ -23,13 +23,93 @@ from scipy.optimize import linear_sum_assignment
 from scaleclust.cluster.kmeans import spherical_kmeans
 from scaleclust.cluster.subspaces import SubspaceAssigner, fit_subspaces
 
+# fresh_rows: a part of a grown cluster is a new concept when the odds that its rows come from new shards are this
+# many times the sample's. An old concept's part has odds near the sample's: at a base share of one half, a part of
+# 20 such rows reaches 4 (a new share of 0.8) about 3 standard deviations out.
+FRESH_ODDS = 4.0
+LOOSER = 1.5  # typical_tightness: how much looser than the typical cluster one concept may be
 
-def novel_seeds(x_novel: np.ndarray, n: int, niter: int, seed: int) -> np.ndarray:
-    """n starting centroids for new clusters: spherical k-means among the novel rows (their dense parts,
-    not their outliers, which a farthest-point seeding would pick)."""
-    if n <= 0:
-        return np.zeros((0, x_novel.shape[1]), np.float32)
-    return spherical_kmeans(x_novel, n, niter, 1, seed)[0]
+
+def tightness(x: np.ndarray) -> float:
+    """How tight a group of unit rows is: the median cosine of its rows to its prototype (their
+    normalised mean). Unlike the distance between prototypes, it does not depend on the group's size."""
+    x = np.asarray(x, np.float64)
+    mean = x.mean(axis=0)
+    return float(np.median(x @ (mean / max(float(np.linalg.norm(mean)), 1e-12))))
+
+
+def typical_tightness(x: np.ndarray, slots: np.ndarray, min_rows: int) -> float:
+    """The tightness a group may have and still be one concept at a model's granularity: that of its
+    typical cluster (the median over its clusters with at least `min_rows` of the rows x, given with
+    their cluster slots), with LOOSER times its looseness (1 - tightness), as clusters' widths vary."""
+    found = [tightness(x[slots == s]) for s in np.unique(slots) if int((slots == s).sum()) >= min_rows]
+    return 1.0 - LOOSER * (1.0 - float(np.median(found))) if found else float("inf")
+
+
+def novel_groups(x_novel: np.ndarray, n: int, niter: int, seed: int, min_rows: int,
+                 tight: float = float("inf")) -> np.ndarray:
+    """Group of each new-concept row, -1 for a row left out: spherical k-means into at most n groups
+    (their dense parts, not their outliers, which a farthest-point seeding would pick); a group of fewer
+    than `min_rows` rows is left out (a clump of outliers, not a concept); two groups whose union is as
+    tight as the old model's typical cluster (`tight`, typical_tightness) are one concept and merge,
+    closest pair first. Groups are renumbered 0..m-1. New clusters thus come at the granularity of the
+    old ones, and a concept is not split because k-means was asked for more groups than it holds."""
+    x = np.asarray(x_novel, np.float32)
+    if n <= 0 or len(x) < min_rows:
+        return np.full(len(x), -1, np.int64)
+    centroids = spherical_kmeans(x, min(n, len(x)), niter, 1, seed)[0]
+    groups = np.argmax(x @ centroids.T, axis=1).astype(np.int64)
+    counts = np.bincount(groups, minlength=len(centroids))
+    groups[counts[groups] < min_rows] = -1
+    while True:
+        kept = np.unique(groups[groups >= 0])
+        pairs = [(tightness(x[(groups == a) | (groups == b)]), a, b) for i, a in enumerate(kept) for b in kept[i + 1:]]
+        if not pairs or max(pairs)[0] < tight:
+            break
+        _, a, b = max(pairs)
+        groups[groups == b] = a
+    kept = groups >= 0
+    groups[kept] = np.unique(groups[kept], return_inverse=True)[1]
+    return groups
+
+
+def novel_seeds(x_novel: np.ndarray, n: int, niter: int, seed: int, min_rows: int,
+                tight: float = float("inf")) -> np.ndarray:
+    """Starting centroids for new clusters: the unit prototypes of novel_groups' groups (at most n)."""
+    x = np.asarray(x_novel, np.float32)
+    groups = novel_groups(x, n, niter, seed, min_rows, tight)
+    m = int(groups.max()) + 1 if len(groups) else 0
+    return prototypes(x[groups >= 0], groups[groups >= 0], m).astype(np.float32)
+
+
+def _odds(share: float) -> float:
+    return share / (1.0 - share) if share < 1.0 else float("inf")
+
+
+def fresh_rows(x: np.ndarray, slots: np.ndarray, is_new: np.ndarray, grown: list[int], min_rows: int, niter: int,
+               seed: int) -> np.ndarray:
+    """Mask of the rows of a concept that an old cluster absorbed. A concept absent before comes only
+    from the shards the model has not seen (`is_new`); an old concept that grew comes from old and new
+    shards alike. So each grown cluster slot's rows are split in two by spherical k-means, and a part of
+    at least `min_rows` rows whose odds of coming from new shards are FRESH_ODDS times the whole
+    sample's is a new concept: its new rows are marked. Rows that no cluster accepts (novelty) miss
+    such a concept when an old cluster is wide enough to take it in."""
+    x = np.asarray(x, np.float32)
+    fresh = np.zeros(len(x), bool)
+    base = _odds(float(np.mean(is_new))) if len(x) else 0.0
+    if base == 0.0:
+        return fresh
+    for slot in grown:
+        rows = np.flatnonzero(slots == slot)
+        if len(rows) < 2 * min_rows:
+            continue
+        centroids = spherical_kmeans(x[rows], 2, niter, 1, seed)[0]
+        part = np.argmax(x[rows] @ centroids.T, axis=1)
+        for p in (0, 1):
+            mine = rows[part == p]
+            if len(mine) >= min_rows and _odds(float(np.mean(is_new[mine]))) >= FRESH_ODDS * base:
+                fresh[mine[is_new[mine]]] = True
+    return fresh
 
 
 def warm_kmeans(x: np.ndarray, init: np.ndarray, niter: int, seed: int) -> np.ndarray:
@@ -115,13 +195,3 @@ def prototypes(x: np.ndarray, slots: np.ndarray, k: int) -> np.ndarray:
     np.add.at(sums, np.asarray(slots, np.int64), x)
     norms = np.linalg.norm(sums, axis=1, keepdims=True)
     return np.where(norms > 0, sums / np.maximum(norms, 1e-12), 0.0)
-
-
-def novel_groups(x_novel: np.ndarray, n: int, niter: int, seed: int) -> np.ndarray:
-    """Group of each novel row (n groups, by spherical k-means among the novel rows; novel_seeds), with
-    the groups that drew no row dropped and the others renumbered 0..m-1."""
-    if n <= 0 or len(x_novel) == 0:
-        return np.zeros(len(x_novel), np.int64)
-    centroids = novel_seeds(x_novel, n, niter, seed)
-    groups = np.argmax(np.asarray(x_novel, np.float32) @ centroids.T, axis=1)
-    return np.unique(groups, return_inverse=True)[1].astype(np.int64)
