@@ -2,10 +2,14 @@
 # `make test`. Both create the virtual environment on first use. `make test-fast` is the subset that
 # needs no Ray cluster and starts no process (markers: pyproject.toml, applied in tests/conftest.py).
 # PYTEST_ARGS adds pytest options, e.g. `make test PYTEST_ARGS="--lf"` or `PYTEST_ARGS=--durations=25`.
+# TEST_WORKERS pytest processes share the tests (pytest-xdist; each has its own local Ray and S3 server):
+# most of a test's wall time is waiting on processes and Ray, so two fit on 2 CPUs; 0 runs them in one.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist worksteal
 FAST := not ray and not subprocess and not browser
 
 .PHONY: install demo test test-fast clean
@@ -28,10 +32,10 @@ demo: $(VENV)/.demo
 	$(BIN)/scaleclust run jobs/demo.yaml
 
 test: install
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "$(FAST)" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) -m "$(FAST)" $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs/ data/demo
