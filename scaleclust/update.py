@@ -39,8 +39,8 @@ from scaleclust.cluster.grow import grow_state
 from scaleclust.cluster.heads import OneHead
 from scaleclust.cluster.sic import SIC
 from scaleclust.cluster.mlc import head_features
-from scaleclust.cluster.refit import (fresh_rows, match_ids, match_similar, novel_groups, novel_subspaces, prototypes,
-                                      subspace_similarity, typical_tightness, warm_kmeans, warm_subspaces)
+from scaleclust.cluster.refit import (fresh_rows, keep_fresh, match_ids, match_similar, novel_groups, novel_subspaces,
+                                      prototypes, subspace_similarity, typical_tightness, warm_kmeans, warm_subspaces)
 from scaleclust.cluster.subspaces import SubspaceAssigner
 from scaleclust.config import ClusterConfig, Config, UpdateConfig
 from scaleclust.tables import embedding_matrix
@@ -153,12 +153,14 @@ def concept_groups(x: np.ndarray, novel: np.ndarray, slots: np.ndarray, old_ids:
     cluster, -1 for a row left out). The rows: novel rows (no cluster accepts them) and the new-shard
     parts of grown clusters (cluster.refit.fresh_rows); x's rows with their old cluster slots and
     `new` = news() of this sample. The groups: cluster.refit.novel_groups, at most
-    update.max_new_clusters, at the granularity of the old clusters."""
+    update.max_new_clusters, at the granularity of the old clusters, less the groups whose rows come from
+    old and new shards alike (keep_fresh: outliers of old concepts)."""
     grown = [int(np.flatnonzero(old_ids == c)[0]) for c in new["grown"] if c in old_ids]
     concept = novel | fresh_rows(x, slots, new["is_new"], grown, upd.min_new_cluster_rows, niter, seed)
     wanted = min(upd.max_new_clusters, int(concept.sum()) // upd.min_new_cluster_rows)
     tight = typical_tightness(x[~concept], slots[~concept], upd.min_new_cluster_rows)
-    return concept, novel_groups(x[concept], wanted, niter, seed, upd.min_new_cluster_rows, tight)
+    groups = novel_groups(x[concept], wanted, niter, seed, upd.min_new_cluster_rows, tight)
+    return concept, keep_fresh(groups, new["is_new"][concept], float(np.mean(new["is_new"])))
 
 
 def refit_model(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers: dict[str, dict[str, Any]],

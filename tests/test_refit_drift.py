@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from scaleclust.cluster.drift import DriftCounts, calibrate, report
-from scaleclust.cluster.refit import (fresh_rows, match_ids, match_similar, novel_groups, novel_seeds,
+from scaleclust.cluster.refit import (fresh_rows, keep_fresh, match_ids, match_similar, novel_groups, novel_seeds,
                                       typical_tightness, novel_subspaces, prototypes,
                                       subspace_similarity, warm_kmeans, warm_subspaces)
 from scaleclust.cluster.subspaces import SubspaceAssigner, fit_subspaces
@@ -55,7 +55,7 @@ def test_warm_kmeans_seeded_on_novel_rows_finds_the_new_concept() -> None:
 def test_novel_groups_come_at_the_old_clusters_granularity() -> None:
     """Rows of one new concept asked into four groups come back as one (their union is as tight as an old
     cluster); two distinct new concepts stay two; a clump of outliers smaller than min_rows is left out
-    (-1)."""
+    (-1), and so is, by keep_fresh, a group that old and new shards hold alike."""
     rng = np.random.default_rng(5)
     centres = unit(rng, 6, 32)
     x_old, slots = blobs(centres[:4], 400, 0.15, 4)
@@ -68,6 +68,10 @@ def test_novel_groups_come_at_the_old_clusters_granularity() -> None:
     groups = novel_groups(two, 4, 10, 0, 20, tight)
     assert groups.max() == 1 and all(len(np.unique(groups[label == c])) == 1 for c in (0, 1))
     assert novel_groups(one, 4, 10, 0, 20).max() >= 1  # without the old clusters' scale, no merging
+    # groups whose rows old and new shards hold alike (outliers of old concepts) are left out, the others kept
+    groups = novel_groups(two, 4, 10, 0, 20, tight)
+    kept = keep_fresh(groups, label == 1, 0.5)  # concept 1 comes only from new shards, concept 0 from both
+    assert (kept[label == 0] == -1).all() and (kept[label == 1] == 0).all()
 
 
 def test_fresh_rows_find_a_new_concept_inside_a_grown_cluster_and_only_there() -> None:

@@ -38,22 +38,24 @@ def tightness(x: np.ndarray) -> float:
     return float(np.median(x @ (mean / max(float(np.linalg.norm(mean)), 1e-12))))
 
 
-def typical_tightness(x: np.ndarray, slots: np.ndarray, min_rows: int) -> float:
+def typical_tightness(x: np.ndarray, slots: np.ndarray, min_rows: int) -> float | None:
     """The tightness a group may have and still be one concept at a model's granularity: that of its
     typical cluster (the median over its clusters with at least `min_rows` of the rows x, given with
-    their cluster slots), with LOOSER times its looseness (1 - tightness), as clusters' widths vary."""
+    their cluster slots), with LOOSER times its looseness (1 - tightness), as clusters' widths vary;
+    None when no cluster has that many rows."""
     found = [tightness(x[slots == s]) for s in np.unique(slots) if int((slots == s).sum()) >= min_rows]
-    return 1.0 - LOOSER * (1.0 - float(np.median(found))) if found else float("inf")
+    return 1.0 - LOOSER * (1.0 - float(np.median(found))) if found else None
 
 
 def novel_groups(x_novel: np.ndarray, n: int, niter: int, seed: int, min_rows: int,
-                 tight: float = float("inf")) -> np.ndarray:
+                 tight: float | None = None) -> np.ndarray:
     """Group of each new-concept row, -1 for a row left out: spherical k-means into at most n groups
     (their dense parts, not their outliers, which a farthest-point seeding would pick); a group of fewer
     than `min_rows` rows is left out (a clump of outliers, not a concept); two groups whose union is as
     tight as the old model's typical cluster (`tight`, typical_tightness) are one concept and merge,
-    closest pair first. Groups are renumbered 0..m-1. New clusters thus come at the granularity of the
-    old ones, and a concept is not split because k-means was asked for more groups than it holds."""
+    closest pair first (without `tight`, none merge). Groups are renumbered 0..m-1. New clusters thus
+    come at the granularity of the old ones, and a concept is not split because k-means was asked for
+    more groups than it holds."""
     x = np.asarray(x_novel, np.float32)
     if n <= 0 or len(x) < min_rows:
         return np.full(len(x), -1, np.int64)
@@ -61,6 +63,15 @@ def novel_groups(x_novel: np.ndarray, n: int, niter: int, seed: int, min_rows: i
     groups = np.argmax(x @ centroids.T, axis=1).astype(np.int64)
     counts = np.bincount(groups, minlength=len(centroids))
     groups[counts[groups] < min_rows] = -1
+    if tight is not None:
+        _merge(x, groups, tight)
+    kept = groups >= 0
+    groups[kept] = np.unique(groups[kept], return_inverse=True)[1]
+    return groups
+
+
+def _merge(x: np.ndarray, groups: np.ndarray, tight: float) -> None:
+    """novel_groups' merging: the pair whose union is tightest first, while it is at least `tight` (in place)."""
     while True:
         kept = np.unique(groups[groups >= 0])
         pairs = [(tightness(x[(groups == a) | (groups == b)]), a, b) for i, a in enumerate(kept) for b in kept[i + 1:]]
@@ -68,13 +79,10 @@ def novel_groups(x_novel: np.ndarray, n: int, niter: int, seed: int, min_rows: i
             break
         _, a, b = max(pairs)
         groups[groups == b] = a
-    kept = groups >= 0
-    groups[kept] = np.unique(groups[kept], return_inverse=True)[1]
-    return groups
 
 
 def novel_seeds(x_novel: np.ndarray, n: int, niter: int, seed: int, min_rows: int,
-                tight: float = float("inf")) -> np.ndarray:
+                tight: float | None = None) -> np.ndarray:
     """Starting centroids for new clusters: the unit prototypes of novel_groups' groups (at most n)."""
     x = np.asarray(x_novel, np.float32)
     groups = novel_groups(x, n, niter, seed, min_rows, tight)
@@ -84,6 +92,24 @@ def novel_seeds(x_novel: np.ndarray, n: int, niter: int, seed: int, min_rows: in
 
 def _odds(share: float) -> float:
     return share / (1.0 - share) if share < 1.0 else float("inf")
+
+
+def _fresh(is_new: np.ndarray, base: float) -> bool:
+    """Whether rows (their is_new flags) are FRESH_ODDS times likelier than odds `base` to be new."""
+    return base > 0.0 and _odds(float(np.mean(is_new))) >= FRESH_ODDS * base
+
+
+def keep_fresh(groups: np.ndarray, is_new: np.ndarray, share: float) -> np.ndarray:
+    """novel_groups' groups (of rows with their is_new flags) less those whose rows are not FRESH_ODDS times
+    likelier than the sample's (of which `share` is new) to come from shards the old model has not seen,
+    renumbered: outliers of old concepts, which old and new shards hold alike, seed no cluster."""
+    groups, base = groups.copy(), _odds(share)
+    for g in np.unique(groups[groups >= 0]):
+        if not _fresh(is_new[groups == g], base):
+            groups[groups == g] = -1
+    kept = groups >= 0
+    groups[kept] = np.unique(groups[kept], return_inverse=True)[1]
+    return groups
 
 
 def fresh_rows(x: np.ndarray, slots: np.ndarray, is_new: np.ndarray, grown: list[int], min_rows: int, niter: int,
@@ -107,7 +133,7 @@ def fresh_rows(x: np.ndarray, slots: np.ndarray, is_new: np.ndarray, grown: list
         part = np.argmax(x[rows] @ centroids.T, axis=1)
         for p in (0, 1):
             mine = rows[part == p]
-            if len(mine) >= min_rows and _odds(float(np.mean(is_new[mine]))) >= FRESH_ODDS * base:
+            if len(mine) >= min_rows and _fresh(is_new[mine], base):
                 fresh[mine[is_new[mine]]] = True
     return fresh
 
