@@ -179,6 +179,7 @@ def refit_model(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers:
     old_ids = cluster_ids(old)
     next_id = old.get("next_cluster_id", int(old_ids.max()) + 1)
     model_id = uuid.uuid4().hex
+
     def was(name: str) -> str:
         return run.path("models", old["model_id"], name)
 
@@ -258,7 +259,8 @@ def warm_start(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, sample: l
 
 
 def finish_heads(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, sample: list, old: dict[str, Any],
-                 trained: methods.Trained, warm: dict[str, Any], started: float) -> tuple[dict[str, Any], dict[str, Any]]:
+                 trained: methods.Trained, warm: dict[str, Any],
+                 started: float) -> tuple[dict[str, Any], dict[str, Any]]:
     """After the refit's training (a Ray task), on the refit's sample: ids matched by the Hungarian
     algorithm on prototypes above update.match_floor (the new clusters' on this sample against the old
     ones' from the old model's novelty calibration: the rows each old cluster held when it was
@@ -278,7 +280,8 @@ def finish_heads(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, sample:
     meta = {"method": old["method"], "params": old["params"], "k": int(cluster.k), "model_id": model_id,
             "dim": int(old["dim"]), "head": trained.head, "sample_rows": int(len(x)), "cluster_ids": ids.tolist(),
             "next_cluster_id": mapping["next_id"], "warm_from": old["model_id"], "seeded_new": warm["n_new"],
-            "novel_in_sample": warm["novel"], "concept_in_sample": warm["concept"], **trained.found, "train": {**trained.facts, "name": trained.name},
+            "novel_in_sample": warm["novel"], "concept_in_sample": warm["concept"], **trained.found,
+            "train": {**trained.facts, "name": trained.name},
             "seconds": round(time.time() - started, 2), **({"semantic": old["semantic"]} if "semantic" in old else {})}
     write_json_atomic(run.path("models", model_id, "model.json"), meta, run.storage)
     return meta, {"from_model": old["model_id"], "to_model": model_id, **mapping}

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from scaleclust.cluster.drift import DriftCounts, calibrate, report
-from scaleclust.cluster.refit import (fresh_rows, keep_fresh, match_ids, match_similar, novel_groups, novel_seeds,
-                                      typical_tightness, novel_subspaces, prototypes,
-                                      subspace_similarity, warm_kmeans, warm_subspaces)
+from scaleclust.cluster.refit import (fresh_rows, keep_fresh, match_ids, match_similar, novel_groups, novel_subspaces,
+                                      prototypes, subspace_similarity, typical_tightness, warm_kmeans, warm_subspaces)
 from scaleclust.cluster.subspaces import SubspaceAssigner, fit_subspaces
 from scaleclust.stages.summary import Partial
 
@@ -45,7 +44,8 @@ def test_warm_kmeans_seeded_on_novel_rows_finds_the_new_concept() -> None:
     novelty = calibrate(x_old, np.argmax(x_old @ start.T, axis=1), np.arange(3), 0.01)
     novel = novelty.novel(x_new)
     assert novel[label == 3].mean() > 0.95 and novel[label != 3].mean() < 0.05
-    seeds = novel_seeds(x_new[novel], 1, 10, 0, 20)
+    groups = novel_groups(x_new[novel], 1, 10, 0, 20)
+    seeds = prototypes(x_new[novel][groups >= 0], groups[groups >= 0], 1).astype(np.float32)
     refit = warm_kmeans(x_new, np.concatenate([start, seeds]), 10, 0)
     ids, mapping = match_ids(start, np.arange(3), refit, 0.8, 3)
     assert ids.tolist() == [0, 1, 2, 3] and mapping["retired"] == []

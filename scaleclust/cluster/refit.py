@@ -81,15 +81,6 @@ def _merge(x: np.ndarray, groups: np.ndarray, tight: float) -> None:
         groups[groups == b] = a
 
 
-def novel_seeds(x_novel: np.ndarray, n: int, niter: int, seed: int, min_rows: int,
-                tight: float | None = None) -> np.ndarray:
-    """Starting centroids for new clusters: the unit prototypes of novel_groups' groups (at most n)."""
-    x = np.asarray(x_novel, np.float32)
-    groups = novel_groups(x, n, niter, seed, min_rows, tight)
-    m = int(groups.max()) + 1 if len(groups) else 0
-    return prototypes(x[groups >= 0], groups[groups >= 0], m).astype(np.float32)
-
-
 def _odds(share: float) -> float:
     return share / (1.0 - share) if share < 1.0 else float("inf")
 
