@@ -146,12 +146,16 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def ray_local() -> Iterator[None]:
+def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's local Ray. Its workers' temp folder (TMPDIR) is the session's own, which it yields:
+    what a worker leaves there is this session's, even with another pytest process beside it."""
     import ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    workers_tmp = tmp_path_factory.mktemp("ray-workers-tmp")
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"TMPDIR": str(workers_tmp)}})
     ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
+    yield workers_tmp
     ray.shutdown()
 
 
@@ -256,7 +260,7 @@ def _moved(node: Any, old: str, new: str) -> Any:
 
 
 @pytest.fixture(scope="session")
-def shared_run(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> SharedRun:
+def shared_run(tmp_path_factory: pytest.TempPathFactory, ray_local: Path) -> SharedRun:
     """SHARED_SHARDS x SHARED_PER_SHARD synthetic images and dups.tar (planted near-duplicates), embedded by
     the tiny model and indexed (SHARED_INDEX), once per session. Copy it (SharedRun.copy); never write to it."""
     from scaleclust.pipeline import prepare, run_stage

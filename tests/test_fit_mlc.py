@@ -3,7 +3,6 @@ embedded run. A fit killed mid-way and resumed is tested once for the Train loop
 kmeans shares (test_fit_methods.py, on SIC)."""
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,10 +27,10 @@ def mlc_config(tmp_path: Path, run: str, **cluster) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_mlc_pipeline_with_ray_train(tmp_path: Path, shared_run: SharedRun) -> None:
+def test_mlc_pipeline_with_ray_train(tmp_path: Path, shared_run: SharedRun, ray_local: Path) -> None:
     shared_run.copy(tmp_path)
     cfg = from_dict(mlc_config(tmp_path, "run"))
-    local = Path(tempfile.gettempdir())
+    local = ray_local  # the Train workers' temp folder
     before = set(local.glob(f"{LOCAL_CHECKPOINT_PREFIX}*"))
     metrics = run_all(cfg)
     assert set(local.glob(f"{LOCAL_CHECKPOINT_PREFIX}*")) <= before  # checkpoints uploaded, local copies gone

@@ -43,7 +43,7 @@ def write_dump(root: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def indexed(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> dict[str, Any]:
+def indexed(tmp_path_factory: pytest.TempPathFactory, ray_local: Path) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("calibrate")
     write_dump(folder / "dump")
     cfg = tiny_config(str(folder / "run"), str(folder / "dump"), input={"format": "laion_embeddings"}, index=INDEX)

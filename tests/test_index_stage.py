@@ -2,6 +2,7 @@
 shared run, shared per module)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -108,12 +109,15 @@ def test_search_by_key_image_and_text(indexed: dict[str, Any], capsys) -> None:
     assert len(capsys.readouterr().out.splitlines()) == 3
 
 
-def test_incremental_add_without_retraining(indexed: dict[str, Any]) -> None:
-    """A nightly shard is added under new ids; a re-embedded shard is re-added under a new range."""
-    cfg, run = indexed["cfg"], indexed["run"]
+def test_incremental_add_without_retraining(indexed: dict[str, Any], shared_run: SharedRun, tmp_path: Path) -> None:
+    """A nightly shard is added under new ids; a re-embedded shard is re-added under a new range. On a copy
+    of the module's run: the other tests must find it as built, whichever order they run in."""
+    folder = replace(shared_run, folder=indexed["folder"]).copy(tmp_path)
+    cfg = tiny_config(str(folder / "run"), str(folder / "shards" / "*.tar"), index=INDEX)
+    run = RunDir(cfg.run_dir, cfg.storage)
     trained = run.read_bytes(index_manifest.trained_url(run))
     before = index_manifest.load_manifest(run)
-    new = write_synthetic_shards(indexed["folder"] / "nightly", n_shards=5, per_shard=10)[4:]
+    new = write_synthetic_shards(folder / "nightly", n_shards=5, per_shard=10)[4:]
     cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"shards": cfg.input.shards + new})})
     Path(run.embeddings_marker("00000")).unlink()  # as if 00000 were re-embedded: a new commit
     ctx = prepare(cfg)
