@@ -4,9 +4,9 @@ the neighbours graph's queries and the nightly update's calibration rows are all
 Each shard contributes in proportion to its rows (largest-remainder rounding); which of its rows is
 chosen by a generator seeded with (seed, shard name), so the same seed draws the same sample on any
 cluster, with any number of workers, in any order of completion. The rows are read by parallel Ray
-tasks, one per shard, that open the shard's Parquet file and read only the row groups holding rows
-they keep (embeddings are written in row groups of rundir.ROW_GROUP_ROWS rows), and only the columns
-asked for. Without a Ray cluster (unit tests, benchmarks on arrays) the same reads run in-process.
+tasks, one per shard, that read only the row groups holding rows they keep (embeddings are written in
+row groups of rundir.ROW_GROUP_ROWS rows), and only the columns asked for: on object stores only those
+column chunks and the footer are fetched (storage.ParquetObject). Without a Ray cluster (unit tests, benchmarks on arrays) the same reads run in-process.
 """
 from __future__ import annotations
 
@@ -17,12 +17,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
 from scaleclust.tables import embedding_matrix
 from scaleclust.rundir import RunDir
-from scaleclust.storage import arrow_source
+from scaleclust.storage import ParquetObject
 
 ROW = "_row"  # pseudo-column: a sampled row's position in its shard (its global id is first_id + ROW)
 READ_CPUS = 0.5  # reads wait on storage and decompression; half a CPU lets them run beside a caller's task
@@ -58,7 +57,7 @@ def read_rows(run: RunDir, shard: str, rows: np.ndarray, columns: list[str]) -> 
     """`columns` of the given rows (positions, in the order given) of one embeddings shard, reading only
     the row groups that hold them. Raises, naming the shard, when a row lies beyond the file's rows."""
     rows = np.asarray(rows, np.int64)
-    with arrow_source(run.embeddings(shard), run.storage) as source, pq.ParquetFile(source) as parquet:
+    with ParquetObject(run.embeddings(shard), run.storage) as parquet:
         meta = parquet.metadata
         ends = np.cumsum([meta.row_group(g).num_rows for g in range(meta.num_row_groups)], dtype=np.int64)
         if len(rows) and (not len(ends) or rows.max() >= ends[-1]):

@@ -9,7 +9,8 @@ as max_attempts, set through s3fs's config_kwargs) for every request, Parquet re
 included; s3fs's own retry loop is switched off so the two do not multiply. The project's loop
 (`read_bytes`) is kept only for what no client covers: an S3 response body that breaks off mid-read
 (botocore retries a request until its headers arrive, not the body after), and backends without a
-policy of their own. `arrow_source` reads through it, so the run directory's Parquet reads are covered.
+policy of their own. `arrow_source` and `ParquetObject` read through it, so the run directory's Parquet
+reads are covered.
 """
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ import os
 import posixpath
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import aiohttp
 import fsspec
+import numpy as np
 import pyarrow
 import pyarrow.fs
+import pyarrow.parquet as pq
 from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseStreamingError
 from braceexpand import braceexpand
 from fsspec.core import url_to_fs
@@ -41,6 +44,8 @@ SINGLE_PUT_MAX = 5 * 2**30  # S3's limit for one PUT; s3fs's pipe_file uploads i
 # short body): botocore retried the request, not the read, so read_bytes re-reads the object.
 # (ReadTimeoutError also covers a request that botocore already retried: at most `retries` more.)
 S3_BODY_ERRORS = (ResponseStreamingError, IncompleteReadError, ReadTimeoutError, aiohttp.ClientPayloadError)
+FOOTER_BYTES = 64 * 1024  # the first read from the end of a Parquet object: its footer, whole as a rule
+T = TypeVar("T")
 
 
 def storage_options(url: str, storage: StorageConfig) -> dict[str, Any]:
@@ -185,18 +190,17 @@ def write_json_atomic(url: str, payload: Any, storage: StorageConfig) -> None:
     write_bytes_atomic(url, json.dumps(payload, indent=2, sort_keys=True).encode(), storage)
 
 
-def read_bytes(url: str, storage: StorageConfig) -> bytes:
-    """Read a whole object. Local files are read once (an error there does not pass). On S3 each request
+def _read(fs: fsspec.AbstractFileSystem, storage: StorageConfig, call: Callable[[], T]) -> T:
+    """call(), a read of `fs`. Local files are read once (an error there does not pass). On S3 each request
     already carries botocore's retries, so only a body that broke off mid-read is read again; other
     backends retry any failure but a missing file or a permission error. Backoff: exponential."""
-    fs, path = filesystem(url, storage)
     if is_local(fs):
-        return fs.cat_file(path)
+        return call()
     transient = S3_BODY_ERRORS if is_s3(fs) else Exception
     attempt = 0
     while True:
         try:
-            return fs.cat_file(path)
+            return call()
         except (FileNotFoundError, PermissionError, IsADirectoryError):
             raise
         except transient:
@@ -204,6 +208,20 @@ def read_bytes(url: str, storage: StorageConfig) -> bytes:
                 raise
             time.sleep(storage.retry_backoff * 2**attempt)
             attempt += 1
+
+
+def read_bytes(url: str, storage: StorageConfig) -> bytes:
+    """Read a whole object (retried as `_read` says)."""
+    fs, path = filesystem(url, storage)
+    return _read(fs, storage, lambda: fs.cat_file(path))
+
+
+def read_ranges(url: str, storage: StorageConfig, ranges: list[tuple[int, int]]) -> list[bytes]:
+    """The bytes [start, end) of an object per range: one ranged GET each, concurrent on S3 (retried as
+    `_read` says)."""
+    fs, path = filesystem(url, storage)
+    starts, ends = [start for start, _ in ranges], [end for _, end in ranges]
+    return _read(fs, storage, lambda: fs.cat_ranges([path] * len(ranges), starts, ends, on_error="raise"))
 
 
 def arrow_source(url: str, storage: StorageConfig) -> pyarrow.NativeFile:
@@ -216,6 +234,79 @@ def arrow_source(url: str, storage: StorageConfig) -> pyarrow.NativeFile:
     if is_local(fs):
         return pyarrow.OSFile(path)
     return pyarrow.BufferReader(read_bytes(url, storage))
+
+
+class ParquetObject:
+    """A Parquet file read by the bytes it needs. On local disk that is the OS file. Elsewhere the footer
+    is read first (one ranged GET from the end), then each read fetches only the column chunks of the row
+    groups and columns it asks for, adjacent ones in one GET. The fetched bytes are laid at their offsets
+    into a zeroed buffer the size of the object, so Arrow reads them natively (see `arrow_source` for
+    why not through an fsspec file); the pages never written are never touched, so the process's memory
+    grows by what was fetched, not by the object's size."""
+
+    def __init__(self, url: str, storage: StorageConfig) -> None:
+        self.url, self.storage = url, storage
+        fs, path = filesystem(url, storage)
+        self.local = is_local(fs)
+        if self.local:
+            self._file = pyarrow.OSFile(path)
+            self.metadata = pq.ParquetFile(self._file).metadata
+            return
+        self.size = int(_read(fs, storage, lambda: fs.size(path)))
+        start = max(0, self.size - FOOTER_BYTES)
+        tail = read_ranges(url, storage, [(start, self.size)])[0]
+        if tail[-4:] != b"PAR1" or len(tail) < 8:
+            raise ValueError(f"{url}: not a Parquet file (no PAR1 footer)")
+        need = int.from_bytes(tail[-8:-4], "little") + 8
+        if need > len(tail):
+            start = self.size - need
+            tail = read_ranges(url, storage, [(start, self.size)])[0]
+        self._tail = (start, tail)
+        self.metadata = pq.read_metadata(pyarrow.BufferReader(tail))
+
+    def chunks(self, groups: list[int], columns: list[str]) -> list[tuple[int, int]]:
+        """Byte ranges of the column chunks of `groups` whose top-level column is in `columns`, sorted,
+        adjacent ones merged."""
+        spans = []
+        for g in groups:
+            group = self.metadata.row_group(g)
+            for c in range(group.num_columns):
+                chunk = group.column(c)
+                if chunk.path_in_schema.split(".")[0] not in columns:
+                    continue
+                start = chunk.data_page_offset
+                if chunk.has_dictionary_page and chunk.dictionary_page_offset is not None:
+                    start = min(start, chunk.dictionary_page_offset)
+                spans.append((start, start + chunk.total_compressed_size))
+        merged: list[tuple[int, int]] = []
+        for start, end in sorted(spans):
+            if merged and start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+            else:
+                merged.append((start, end))
+        return merged
+
+    def read_row_groups(self, groups: list[int], columns: list[str]) -> pyarrow.Table:
+        """`columns` of the row groups `groups`, as ParquetFile.read_row_groups gives them."""
+        if self.local:
+            return pq.ParquetFile(self._file).read_row_groups(groups, columns=columns)
+        spans = self.chunks(groups, columns)
+        sparse = np.zeros(self.size, np.uint8)
+        start, tail = self._tail
+        sparse[start:] = np.frombuffer(tail, np.uint8)
+        for (start, _), data in zip(spans, read_ranges(self.url, self.storage, spans)):
+            sparse[start:start + len(data)] = np.frombuffer(data, np.uint8)
+        return pq.ParquetFile(pyarrow.BufferReader(pyarrow.py_buffer(sparse))).read_row_groups(groups, columns=columns)
+
+    def close(self) -> None:
+        if self.local:
+            self._file.close()
+
+    def __enter__(self) -> "ParquetObject":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def read_json(url: str, storage: StorageConfig) -> Any:

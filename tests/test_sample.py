@@ -83,3 +83,33 @@ def test_ray_tasks_draw_the_same_sample_and_keys(tmp_path: Path, monkeypatch: py
     assert np.array_equal(np.concatenate(list(streamed)), x)
     keys = sample.keys_of_rows(run, {"00001": np.array([1199, 0, 7, 7]), "00002": np.array([2])})
     assert keys == {"00001": ["00001-1199", "00001-0", "00001-7", "00001-7"], "00002": ["00002-2"]}
+
+
+def test_an_s3_sample_fetches_the_row_groups_that_hold_its_rows(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bytes received from the S3 server (counted where s3fs reads a body) stay within 2x the row groups
+    that hold the sampled rows, and the rows are those a whole read gives."""
+    import boto3
+    from s3fs import S3FileSystem
+
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="ranges")
+    monkeypatch.setattr(rundir_module, "ROW_GROUP_ROWS", 2000)
+    run = RunDir("s3://ranges/run", StorageConfig(endpoint_url=s3_endpoint))
+    x = np.random.default_rng(1).standard_normal((20_000, 64)).astype(np.float16)  # 10 groups of ~256 kB
+    table = pa.table({"key": [f"k{i}" for i in range(len(x))], "embedding": embedding_array(x)})
+    run.write_table(run.embeddings("00000"), table)
+    received = []
+    original = S3FileSystem._cat_file
+
+    async def counting(self, path, *args, **kwargs):
+        data = await original(self, path, *args, **kwargs)
+        received.append(len(data))
+        return data
+
+    monkeypatch.setattr(S3FileSystem, "_cat_file", counting)
+    rows = np.array([4100, 4101, 5999, 16_000])  # in row groups 2 and 8 of 10
+    got = sample.read_rows(run, "00000", rows, ["key", "embedding"])
+    assert got["key"].to_pylist() == [f"k{i}" for i in rows]
+    np.testing.assert_array_equal(np.stack(got["embedding"].to_numpy(zero_copy_only=False)).astype(np.float16), x[rows])
+    meta = pq.ParquetFile(pa.BufferReader(run.read_bytes(run.embeddings("00000")))).metadata
+    holding = sum(meta.row_group(g).column(c).total_compressed_size for g in (2, 8) for c in range(meta.num_columns))
+    assert meta.num_row_groups == 10 and sum(received) <= 2 * holding, (sum(received), holding)

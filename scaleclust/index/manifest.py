@@ -9,7 +9,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from scaleclust.rundir import RunDir
-from scaleclust.sample import keys_of_rows, sample_embeddings
+from scaleclust.sample import ROW, keys_of_rows, sample_embeddings
 from scaleclust.tables import embedding_matrix
 
 
@@ -97,13 +97,9 @@ def shard_vectors(run: RunDir, manifest: dict[str, Any]) -> Iterator[tuple[int, 
 
 
 def sample_rows(run: RunDir, manifest: dict[str, Any], n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """A uniform sample of indexed rows: (vectors, global ids, keys)."""
+    """A uniform sample of indexed rows: (vectors, global ids, keys). A row's id is its shard's first id
+    plus its position in the shard, which the sampler's reads return: nothing is looked up in the driver."""
     markers = {s: {"embedded": e["count"], "dim": manifest["spec"]["d"]} for s, e in manifest["shards"].items()}
-    vectors, extra = sample_embeddings(run, markers, n, seed, columns=("key", "shard"))
-    ids = np.empty(len(vectors), np.int64)
-    shard_of = np.asarray(extra["shard"], dtype=object)
-    for shard in np.unique(shard_of):
-        rows = {k: i for i, k in enumerate(run.read_table(run.embeddings(shard), ["key"])["key"].to_pylist())}
-        mine = np.flatnonzero(shard_of == shard)
-        ids[mine] = [manifest["shards"][shard]["first_id"] + rows[extra["key"][i]] for i in mine]
-    return vectors, ids, extra["key"]
+    vectors, extra = sample_embeddings(run, markers, n, seed, columns=("key", "shard", ROW))
+    first = np.array([manifest["shards"][shard]["first_id"] for shard in extra["shard"]], np.int64)
+    return vectors, first + np.asarray(extra[ROW], np.int64), extra["key"]
