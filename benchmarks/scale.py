@@ -46,8 +46,7 @@ from scaleclust.stages import embed  # noqa: E402
 from scaleclust.stages import neighbors  # noqa: E402
 from scaleclust.stages import index as index_stage  # noqa: E402
 from scaleclust.index.build import unit_float32  # noqa: E402
-from scaleclust.index.choose import default_nlist  # noqa: E402
-from scaleclust.index.coarse import NESTED_MIN, QUANTIZER_NPROBE, top_count  # noqa: E402
+from scaleclust.index.choose import row_work  # noqa: E402
 from scaleclust.index.dedup import dedup  # noqa: E402
 from scaleclust.pipeline import prepare  # noqa: E402
 
@@ -259,16 +258,7 @@ def compare(first: dict[str, Any], last: dict[str, Any]) -> None:
 
 
 PER_ROW = ("ingest", "assign kmeans", "index", "dedup", "assign mlc")  # work grows with the rows, split by shard
-IVF_STAGES = ("index", "dedup")  # a row's cost follows ivf_work(): assigning it to lists (+ scanning nprobe lists)
-
-
-def ivf_work(rows: float, scan: bool) -> float:
-    """Work per row of an IVF stage at index.nlist's default, in d-dimensional dot products: assigning
-    the row to its lists (flat quantizer: nlist; nested: (1 + its nprobe) x top cells), plus, for a
-    search or a dedup range search (``scan``), NPROBE lists of rows / nlist rows each."""
-    nlist = default_nlist(int(rows))
-    assign_work = (1 + QUANTIZER_NPROBE) * top_count(nlist) if nlist >= NESTED_MIN else nlist
-    return assign_work + (NPROBE * rows / nlist if scan else 0)
+IVF_STAGES = ("index", "dedup")  # a row's cost follows row_work(): assigning it to lists (+ scanning nprobe lists)
 
 
 def project(first: dict[str, Any], last: dict[str, Any], rows: float, dim: int, measured_dim: int,
@@ -277,7 +267,7 @@ def project(first: dict[str, Any], last: dict[str, Any], rows: float, dim: int, 
     marginal seconds per row (between the first and the last measured size; the last size's average when
     only one was measured or the difference is not positive), times rows x dim / measured dim, divided
     over the nodes (its tasks are per shard), plus its fixed start-up cost as measured; for the IVF stages
-    (IVF_STAGES) the last size's seconds per row times the ratio of ivf_work at `rows` and at the last
+    (IVF_STAGES) the last size's seconds per row times the ratio of row_work at `rows` and at the last
     size. The fits (fixed samples) and the neighbours graph (fixed queries) are taken as measured,
     scaled by dim only."""
     scale_dim = dim / measured_dim
@@ -294,7 +284,7 @@ def project(first: dict[str, Any], last: dict[str, Any], rows: float, dim: int, 
         fixed = max(t1 - marginal * last["rows"], 0.0)
         if stage in IVF_STAGES:
             scan = stage == "dedup"  # the index stage adds rows: it assigns them, it scans no list
-            marginal, fixed = t1 / last["rows"] * ivf_work(rows, scan) / ivf_work(last["rows"], scan), 0.0
+            marginal, fixed = t1 / last["rows"] * row_work(rows, scan, NPROBE) / row_work(last["rows"], scan, NPROBE), 0.0
         if stage in PER_ROW:
             hours = [(fixed + marginal * rows * scale_dim / n) / 3600 for n in nodes]
         else:

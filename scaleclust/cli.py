@@ -262,10 +262,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from scaleclust.plan import GIB, format_plan, make_plan
+    from scaleclust.price import GpuCluster, format_price, price
 
     cfg = _load(args)
-    plan = make_plan(cfg, int(args.memory_gb * GIB) if args.memory_gb else None)
-    print(json.dumps(plan, indent=2) if args.json else format_plan(cfg, plan))
+    plan = make_plan(cfg, int(args.memory_gb * GIB) if args.memory_gb else None, int(args.rows) if args.rows else None)
+    if args.gpu:
+        plan["priced"] = price(cfg, plan, GpuCluster(args.gpu, args.gpus_per_node, args.nodes, args.cpus_per_gpu))
+    print(json.dumps(plan, indent=2) if args.json else "\n".join(
+        [format_plan(cfg, plan), *([format_price(plan["priced"])] if args.gpu else [])]))
     return 0
 
 
@@ -295,6 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-gb", type=float, help="memory of one worker to check stages against "
                    "(default: this machine's)")
     p.add_argument("--json", action="store_true", help="print it as JSON")
+    p.add_argument("--rows", type=float, help="size the job at this many images without reading its input "
+                   "(e.g. 2.3e9 for LAION-2B-en), in shards of 10,000")
+    p.add_argument("--gpu", metavar="CARD", help="price the job on a cluster of this card (e.g. H100): each "
+                   "stage's wall time and GPU-hours from the measured or assumed rates of scaleclust/price.py")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="with --gpu (default 8)")
+    p.add_argument("--nodes", type=int, default=1, help="with --gpu (default 1)")
+    p.add_argument("--cpus-per-gpu", type=int, default=24, help="with --gpu: CPU cores per GPU (default 24)")
     p.set_defaults(func=cmd_plan)
     with_config(sub.add_parser("update", help="nightly: new shards only, drift, refit by policy, a new version")
                 ).set_defaults(func=cmd_update)

@@ -17,7 +17,7 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from scaleclust.config import Config
+from scaleclust.config import Config, ConfigError
 from scaleclust.pipeline import STAGES
 from scaleclust.rundir import RunDir
 from scaleclust.sources import ShardSpec, plan as plan_shards
@@ -30,6 +30,7 @@ GIB = 1 << 30
 PROBE_SHARDS = 3  # shards whose headers are read to measure bytes per sample (first, middle, last)
 PROBE_BYTES = 8 << 20  # at most this much of each probed shard is read
 KEY_BYTES = 16  # assumed key length when no shard was probed
+SHARD_ROWS = 10_000  # rows per shard where none is listed (plan --rows): img2dataset's default
 
 
 @dataclass(frozen=True)
@@ -315,7 +316,6 @@ def memory_warnings(cfg: Config, found: list[Stage], rows: Rows, dim: int, memor
                 f"{memory / GIB:.1f} GiB of a worker" for s in found if s.memory_bytes > memory]
     c = cfg.cluster
     if c.method == "mlc":
-        from scaleclust.config import ConfigError
         from scaleclust.methods import check_assign_memory
 
         try:
@@ -331,12 +331,26 @@ def memory_warnings(cfg: Config, found: list[Stage], rows: Rows, dim: int, memor
 NEEDS = {"embed": embed_needs, "index": index_needs, "fit": fit_needs, "assign": assign_needs}
 
 
-def make_plan(cfg: Config, memory_bytes: int | None = None) -> dict[str, Any]:
-    """The plan as a dict: shards, rows, encoder, rate and GPU-hours, stages, totals, warnings."""
+def given_rows(cfg: Config, rows: int) -> tuple[dict[str, ShardSpec], Rows]:
+    """A job of `rows` images, its input not listed (a size to price before the data exists): shards of
+    SHARD_ROWS rows each, by name only."""
+    if cfg.input.format == "laion_embeddings":
+        raise ConfigError("plan --rows: a laion_embeddings dump's dimension comes from its files; plan it as it is")
+    shards = {f"{i:06d}": ShardSpec(()) for i in range(-(-rows // SHARD_ROWS))}
+    return shards, Rows(rows, False, f"given (--rows), in shards of {SHARD_ROWS:,} rows", SHARD_ROWS,
+                        to_embed=rows)
+
+
+def make_plan(cfg: Config, memory_bytes: int | None = None, rows_given: int | None = None) -> dict[str, Any]:
+    """The plan as a dict: shards, rows, encoder, rate and GPU-hours, stages, totals, warnings. With
+    `rows_given` the input is not read: the job is sized at that many rows (given_rows)."""
     memory = memory_bytes or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    shards = plan_shards(cfg.input, cfg.storage)
-    committed = RunDir(cfg.run_dir, cfg.storage).committed("embeddings")
-    rows = count_rows(cfg, shards, committed)
+    committed = {} if rows_given else RunDir(cfg.run_dir, cfg.storage).committed("embeddings")
+    if rows_given:
+        shards, rows = given_rows(cfg, rows_given)
+    else:
+        shards = plan_shards(cfg.input, cfg.storage)
+        rows = count_rows(cfg, shards, committed)
     enc = encoder_facts(cfg, shards, committed)
     warnings: list[str] = []
     ctx = Context(cfg, RunDir(cfg.run_dir, cfg.storage), shards)

@@ -131,3 +131,37 @@ def test_reranking_copies_counted_on_disk(tmp_path: Path) -> None:
         return next(s["disk_bytes"] for s in plan["stages"] if s["name"] == "index: train")
 
     assert index_disk(20) - index_disk(0) == 20_000 * 2 * 4
+
+
+def test_a_job_priced_on_a_gpu_cluster(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--rows sizes the job without its input; --gpu prices each stage: the embed stage at the measured
+    images/s per GPU over every GPU; twice the nodes, half the wall time and the same GPU-hours (but the
+    fit, whose Train workers are fixed)."""
+    from scaleclust.price import GpuCluster, RATES, price
+
+    cfg = tiny_config(str(tmp_path / "run"), str(tmp_path / "none" / "*.tar"), embed={
+        "model": {"arch": "ViT-B-32"}, "gpus_per_actor": 1, "precision": "bf16"}, cluster={"method": "scan", "k": 100},
+        index={"kind": "ivf_flat"})
+    plan = make_plan(cfg, rows_given=10_000_000)
+    assert plan["rows"] == 10_000_000 and plan["shards"] == 1000 and plan["dim"] == 512
+    small, large = (price(cfg, plan, GpuCluster("H200", 8, nodes)) for nodes in (2, 4))
+    stages = {line["stage"]: line for line in small["stages"]}
+    assert list(stages) == ["embed", "index", "neighbors", "fit", "assign"]
+    assert stages["embed"]["wall_hours"] == pytest.approx(10_000_000 / (3000 * 16) / 3600)
+    assert stages["embed"]["measured"] and not stages["fit"]["measured"] and stages["assign"]["measured"]
+    for a, b in zip(small["stages"], large["stages"]):  # the fit has its own Train workers: idle GPUs cost
+        if a["stage"] == "fit":
+            assert b["wall_hours"] == pytest.approx(a["wall_hours"]) and b["gpu_hours"] == pytest.approx(2 * a["gpu_hours"])
+        else:
+            assert b["wall_hours"] == pytest.approx(a["wall_hours"] / 2) and b["gpu_hours"] == pytest.approx(a["gpu_hours"])
+    fit_steps = cfg.cluster.scan.steps + cfg.cluster.scan.self_label_steps
+    assert stages["fit"]["wall_hours"] == pytest.approx(fit_steps / RATES["fit"].per_second / 3600)
+    h100 = {line["stage"]: line for line in price(cfg, plan, GpuCluster("H100", 8, 2))["stages"]}
+    assert not h100["embed"]["measured"] and "assumed the same on H100" in h100["embed"]["rate"]
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert main(["plan", str(tmp_path / "job.yaml"), "--rows", "1e7", "--gpu", "H200", "--nodes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "on 2 node(s) x 8 H200 (16 GPUs" in out and out.splitlines()[-1].startswith("total")
+    assert main(["plan", str(tmp_path / "job.yaml"), "--rows", "1e7", "--gpu", "H200",
+                 "--set", "embed.gpus_per_actor=0"]) == 2
+    assert "embed.gpus_per_actor is 0" in capsys.readouterr().err

@@ -18,7 +18,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from scaleclust.index.coarse import quantizer_factory, top_count
+from scaleclust.index.coarse import NESTED_MIN, QUANTIZER_NPROBE, quantizer_factory, top_count
 
 Kind = Literal["ivf_flat", "ivf_fp16", "ivf_pq"]
 
@@ -123,6 +123,15 @@ def default_nlist(n: int) -> int:
 def code_bytes(kind: Kind, d: int, pq_m: int = 0) -> int:
     """Bytes of one vector's code for an index kind."""
     return {"ivf_flat": 4 * d, "ivf_fp16": 2 * d, "ivf_pq": pq_m}[kind]
+
+
+def row_work(rows: float, scan: bool, nprobe: int = 8) -> float:
+    """Work per row of an IVF stage at the default nlist, in dot products: assigning the row to its lists
+    (flat quantizer: nlist; nested: (1 + QUANTIZER_NPROBE) x top cells), plus, for a search or a range
+    search (``scan``), ``nprobe`` lists of rows / nlist rows each. What grows when the rows grow."""
+    nlist = default_nlist(int(rows))
+    assign = (1 + QUANTIZER_NPROBE) * top_count(nlist) if nlist >= NESTED_MIN else nlist
+    return assign + (nprobe * rows / nlist if scan else 0)
 
 
 def choose_index(
