@@ -2,14 +2,13 @@
 # `make test`. Both create the virtual environment on first use. `make test-fast` is the subset that
 # needs no Ray cluster and starts no process (markers: pyproject.toml, applied in tests/conftest.py).
 # PYTEST_ARGS adds pytest options, e.g. `make test PYTEST_ARGS="--lf"` or `PYTEST_ARGS=--durations=25`.
-# TEST_WORKERS > 0 shares the tests between that many pytest processes (pytest-xdist; each has its own local
-# Ray and S3 server). Not the default yet: two tests interfere across processes (test_fit_mlc lists every
-# checkpoint folder under /tmp; test_index_stage's module fixture depends on its tests' order).
+# TEST_WORKERS shares the tests between that many pytest processes (pytest-xdist; each has its own local
+# Ray, S3 server and shared run); 0 runs them in this process.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
-TEST_WORKERS ?= 0
+TEST_WORKERS ?= 2
 XDIST := -n $(TEST_WORKERS) --dist worksteal
 FAST := not ray and not subprocess and not browser
 
