@@ -54,13 +54,16 @@ class BadData(Failure):
 
 
 class UserError(Failure):
-    """A mistake the user can fix: one line, exit 1 (ConfigError, found before any work: exit 2)."""
+    """A mistake the user can fix: one line, exit 1; exit 2 for those found before any work (a bad
+    config, a RUN that is no run directory, missing credentials, an endpoint that does not answer)."""
 
     exit_code = 1
 
 
 class NotARunDirectory(UserError, FileNotFoundError):
-    """A RUN argument that names no run directory."""
+    """A RUN argument that names no run directory: found before any work, exit 2."""
+
+    exit_code = 2
 
 
 class NotReady(UserError, RuntimeError):

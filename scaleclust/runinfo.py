@@ -23,8 +23,7 @@ def skipped_by_type(run: RunDir, markers: dict[str, dict[str, Any]]) -> Counter[
 
 def describe(run: RunDir) -> dict[str, Any]:
     """What `scaleclust info` prints besides each stage's status (scaleclust.pipeline.status), as one dict."""
-    if not run.exists(run.config):
-        raise FileNotFoundError(f"{run.url}: not a run directory (no config.yaml)")
+    run.require()
     markers = run.committed("embeddings")
     model = run.marker(run.model("model.json"))
     return {

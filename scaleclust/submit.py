@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from scaleclust.config import ConfigError, from_dict, read
+from scaleclust.failures import Unreachable
 
 SHIPPED = ("scaleclust", "jobs")  # what every job needs: the package and the job configs
 DEBRIS = ("__pycache__", "*.pyc", "*.egg-info", ".pytest_cache")  # skipped inside what is shipped
@@ -46,7 +47,7 @@ def _client(address: str | None) -> Any:
     try:
         return JobSubmissionClient(url)
     except ConnectionError as err:
-        raise SystemExit(f"scaleclust: cannot reach the Ray Job API at {url}: {err}") from None
+        raise Unreachable(f"cannot reach the Ray Job API at {url}: {err}") from None
 
 
 def entrypoint(config: Path, working_dir: Path, overrides: list[str]) -> str:

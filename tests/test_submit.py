@@ -101,7 +101,7 @@ def test_bad_configs_fail_before_contacting_the_cluster(tmp_path: Path) -> None:
     unreachable_run = subprocess.run([*CLI, "submit", "jobs/demo.yaml", "--address", unreachable,
                                       "--set", f"run_dir={tmp_path}/run", "--set", f"input.shards={tmp_path}/shards/*.tar"],
                                      cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-    assert unreachable_run.returncode == 1 and f"cannot reach the Ray Job API at {unreachable}" in unreachable_run.stderr
+    assert unreachable_run.returncode == 2 and f"cannot reach the Ray Job API at {unreachable}" in unreachable_run.stderr
 
 
 @pytest.mark.subprocess
@@ -168,7 +168,7 @@ def test_submit_prints_its_manifest_and_refuses_a_named_secret(tmp_path: Path) -
     base = [*CLI, "submit", "jobs/job.yaml", "--address", unreachable]
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
     done = subprocess.run([*base, "--include", "notes.md"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1 and "cannot reach the Ray Job API" in done.stderr  # packed before contacting
+    assert done.returncode == 2 and "cannot reach the Ray Job API" in done.stderr  # packed before contacting
     lines = done.stdout.splitlines()
     assert lines[0].startswith("submit: shipping ") and "KiB" in lines[0]
     assert [line.split()[0] for line in lines[1:]] == ["scaleclust/", "jobs/", "notes.md"]
