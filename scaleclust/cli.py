@@ -256,6 +256,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"rows {info['rows']:,}: embedded {info['embedded']:,}, skipped {sum(info['skipped'].values()):,}")
     for kind, n in info["skipped"].items():
         print(f"  {kind:<24} {n:,}")
+    fallbacks = info["fallbacks"]
+    print(f"fallbacks: {fallbacks['decode_on_cpu']:,} rows decoded on the CPU (the device was out of memory), "
+          f"{fallbacks['thumbnails_failed']:,} report thumbnails failed")
     print(f"encoder {info['encoder'] or '-'}")
     model = info["model"]
     print("model   " + (f"{model['method']} k={model['k']} dim={model['dim']} on {model['sample_rows']} rows "

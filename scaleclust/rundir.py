@@ -95,6 +95,11 @@ class RunDir:
     def metrics(self) -> str:
         return self.path("metrics.json")
 
+    @property
+    def report_marker(self) -> str:
+        """RUN/report/report.json: what the last report holds (written after its page)."""
+        return self.path("report", "report.json")
+
     # markers and tables
     def committed(self, folder: str) -> dict[str, dict[str, Any]]:
         """Markers under `folder` ('embeddings' or 'assignments'), by shard name."""

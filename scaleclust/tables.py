@@ -48,7 +48,7 @@ def string_array(values: np.ndarray) -> pa.Array:
 
 
 def write_commit(run: RunDir, shard: str, url: str, embedded: pa.Table, errors: pa.Table, stage: str, t0: float,
-                 model: str, busy: float | None = None) -> dict[str, Any]:
+                 model: str, busy: float | None = None, decode_fallbacks: int = 0) -> dict[str, Any]:
     """Write a shard's embeddings and its errors (`errors`: key, error and, where some may pass, retryable;
     none removes the file), then its marker last: the commit. Shared by every source that produces
     embeddings. The marker counts the errors that may pass (`retryable`, see scaleclust.failures): the
@@ -56,7 +56,8 @@ def write_commit(run: RunDir, shard: str, url: str, embedded: pa.Table, errors: 
 
     `seconds` is wall time from the shard's read start to its commit (it includes waiting for the
     encoder); `busy_seconds` the time spent reading, decoding and encoding its rows (default: the wall
-    time), and `images_per_second` counts against busy time."""
+    time), and `images_per_second` counts against busy time. `decode_fallbacks`: rows the device decoder
+    had no memory for, decoded on the CPU instead (scaleclust.embed.device_decode)."""
     run.write_table(run.embeddings(shard), embedded)
     retryable = errors["retryable"] if "retryable" in errors.column_names else pa.array([False] * len(errors), pa.bool_())
     errors = pa.table({"key": errors["key"], "shard": pa.array([shard] * len(errors), pa.string()),
@@ -72,7 +73,7 @@ def write_commit(run: RunDir, shard: str, url: str, embedded: pa.Table, errors: 
               "errors": len(errors), "error_types": error_types(errors["error"].to_pylist()),
               "retryable": sum(retryable_rows(errors)), "retry_reasons": reasons(errors),
               "seconds": round(seconds, 3), "busy_seconds": round(busy, 3),
-              "images_per_second": round(len(embedded) / busy, 2), "model": model,
+              "images_per_second": round(len(embedded) / busy, 2), "decode_fallbacks": decode_fallbacks, "model": model,
               "dim": embedded.schema.field("embedding").type.list_size, "commit": uuid.uuid4().hex}
     run.write_marker(run.embeddings_marker(shard), marker)
     return marker
