@@ -20,6 +20,7 @@ import struct
 import zlib
 from collections import Counter
 from typing import Any, ClassVar, Iterable
+from urllib.parse import urlsplit
 
 import aiohttp
 import pyarrow as pa
@@ -108,8 +109,10 @@ def storage_mistake(err: BaseException) -> UserError | None:
     if isinstance(err, NoRegionError):
         return MissingCredentials(f"{err}: set AWS_REGION or storage.region")
     if isinstance(err, BotoCoreError) and "endpoint_url" in getattr(err, "kwargs", {}):
-        return Unreachable(f"cannot reach the storage endpoint {err.kwargs['endpoint_url']} ({type(err).__name__}); "
-                           "check storage.endpoint_url (or AWS_ENDPOINT_URL) and that the server is up")
+        endpoint = urlsplit(err.kwargs["endpoint_url"])  # the request's URL: its server is what failed
+        return Unreachable(f"cannot reach the storage endpoint {endpoint.scheme}://{endpoint.netloc} "
+                           f"({type(err).__name__}); check storage.endpoint_url (or AWS_ENDPOINT_URL) and that the "
+                           "server is up")
     return None
 
 

@@ -99,6 +99,16 @@ def test_missing_aws_credentials_are_one_line(tmp_path: Path, monkeypatch, capsy
     assert "Traceback" not in err
 
 
+def test_an_unreachable_storage_endpoint_is_one_line(capsys) -> None:
+    port = free_port()  # nothing listens there
+    assert main(["plan", str(REPO / "jobs" / "laion.yaml"), "--set", f"storage.endpoint_url=http://127.0.0.1:{port}",
+                 "--set", "storage.retries=0"]) == 2
+    err = capsys.readouterr().err
+    assert ours(err) == [f"scaleclust: cannot reach the storage endpoint http://127.0.0.1:{port} "
+                         "(EndpointConnectionError); check storage.endpoint_url (or AWS_ENDPOINT_URL) and that the "
+                         "server is up  (--verbose shows the traceback)"], err
+
+
 # The Job API's authentication as a token-auth Ray head serves it: Ray's own middleware, on loopback.
 TOKEN_SERVER = """
 import sys
