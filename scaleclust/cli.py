@@ -10,7 +10,7 @@ from typing import Any
 
 from scaleclust.config import Config, ConfigError, load
 from scaleclust.console import configure, filter_stderr, internal_failure, user_mistake
-from scaleclust.failures import READ_ERRORS, SETUP_ERRORS, MissingCredentials, UserError, storage_mistake
+from scaleclust.failures import READ_ERRORS, SETUP_ERRORS, MissingCredentials, ReadFailed, UserError, storage_mistake
 from scaleclust.lease import Lease, LeaseHeld
 
 
@@ -84,7 +84,7 @@ def retry_exit(retryable: int) -> int:
         return 0
     print(f"scaleclust: {retryable} row(s) failed for reasons that may pass (missing object, read failure; "
           "see errors/); run the same command again to retry them", file=sys.stderr)
-    return 1
+    return ReadFailed.exit_code
 
 
 def run_storage(args: argparse.Namespace) -> Any:
@@ -347,9 +347,10 @@ def as_user_error(err: BaseException) -> UserError | None:
         if isinstance(err, UserError):
             return err
         if ray_errors and isinstance(err, ray_errors.AuthenticationError):
-            return MissingCredentials(f"the Ray cluster requires a token ({err.message.splitlines()[0]}): set RAY_AUTH_TOKEN, "
-                             "or put the token in ~/.ray/auth_token (or the file RAY_AUTH_TOKEN_PATH names); "
-                             "see docs/operations.md, token authentication")
+            return MissingCredentials(
+                f"the Ray cluster requires a token ({err.message.splitlines()[0]}): set RAY_AUTH_TOKEN, or put the "
+                "token in ~/.ray/auth_token (or the file RAY_AUTH_TOKEN_PATH names); see docs/operations.md, token "
+                "authentication")
         mistake = storage_mistake(err)
         if mistake is not None:
             return mistake
@@ -365,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     configure(args.verbose)
     try:
         return args.func(args)
-    except LeaseHeld as err:
+    except LeaseHeld as err:  # another writer holds the run directory: exit 3
         return user_mistake(err, str(err), 3)
     except Exception as err:
         mistake = as_user_error(err)

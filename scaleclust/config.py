@@ -20,14 +20,12 @@ from scaleclust.cluster.settings import Strict
 from scaleclust.cluster.sic import SicConfig
 from scaleclust.cluster.spice import SpiceConfig
 from scaleclust.cluster.turtle import TurtleConfig
-from scaleclust.failures import UserError
+from scaleclust.failures import SetupError
 
 
-class ConfigError(UserError, ValueError):
+class ConfigError(SetupError, ValueError):
     """A config problem, phrased for the user: which field, what is wrong, how to fix it. Found before
     any work: exit 2."""
-
-    exit_code = 2
 
 
 class StorageConfig(Strict):

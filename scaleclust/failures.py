@@ -6,8 +6,9 @@ command exits.
   the next run of the embed stage redoes that shard.
 - `BadData`: a fact about the data (a corrupt image, a bad tar member, an empty shard, an image over the
   pixel limit). Recorded once, never retried: the same bytes give the same answer.
-- `UserError`: a mistake a person can fix (a missing run directory, a stage run before the one it needs,
-  missing credentials): one line on stderr, no traceback unless --verbose.
+- `UserError`: a mistake a person can fix (a stage run before the one it needs; `SetupError`, found
+  before any work: a bad config, a missing run directory, missing credentials): one line on stderr, no
+  traceback unless --verbose.
 - Anything else is a bug (`INTERNAL_EXIT`): it fails the stage with its traceback and is never recorded
   as data.
 
@@ -42,45 +43,45 @@ class Failure(Exception):
 
 
 class ReadFailed(Failure):
-    """A read that failed after its retries and may pass on a later run."""
+    """A read that failed after its retries and may pass on a later run: rows recorded as retryable, and
+    the command exits 1 so that a scheduler runs it again."""
 
     retryable = True
     exit_code = 1
 
 
 class BadData(Failure):
-    """A fact about the input's bytes: recorded, never retried."""
-
-    exit_code = 1
+    """A fact about the input's bytes: recorded, never retried (one that escapes unrecorded is a bug)."""
 
 
 class UserError(Failure):
-    """A mistake the user can fix: one line, exit 1; exit 2 for those found before any work (a bad
-    config, a RUN that is no run directory, missing credentials, an endpoint that does not answer)."""
+    """A mistake the user can fix, found while working (a stage run before the one it needs): one line,
+    exit 1."""
 
     exit_code = 1
 
 
-class NotARunDirectory(UserError, FileNotFoundError):
-    """A RUN argument that names no run directory: found before any work, exit 2."""
+class SetupError(UserError):
+    """A user's mistake found before any work: a bad config or command line, a RUN that is no run
+    directory, missing credentials, an endpoint that does not answer. One line, exit 2."""
 
     exit_code = 2
+
+
+class NotARunDirectory(SetupError, FileNotFoundError):
+    """A RUN argument that names no run directory."""
 
 
 class NotReady(UserError, RuntimeError):
     """A stage or command run before the stage whose output it needs."""
 
 
-class MissingCredentials(UserError):
-    """The storage needs credentials that the environment does not hold."""
-
-    exit_code = 2
+class MissingCredentials(SetupError):
+    """The storage or the Ray cluster needs credentials that the environment does not hold."""
 
 
-class Unreachable(UserError, ConnectionError):
+class Unreachable(SetupError, ConnectionError):
     """An endpoint (S3, the Ray Job API) that does not answer."""
-
-    exit_code = 2
 
 
 # What a transient read raises once the storage client's retries are spent: OSError covers missing

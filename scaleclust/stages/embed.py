@@ -17,7 +17,7 @@ from scaleclust.embed.actor import EncodeBatch
 from scaleclust.embed.dedupe import resolve_duplicates
 from scaleclust.embed.encoders import model_id, preprocess_for
 from scaleclust.embed.writer import commit_shard, write_parts
-from scaleclust.failures import needs_retry, retryable_rows
+from scaleclust.failures import UserError, needs_retry, retryable_rows
 from scaleclust.progress import Progress
 from scaleclust.rundir import RunDir
 from scaleclust.parallel import map_shards
@@ -104,8 +104,8 @@ def _ingest(cfg: Config, run: RunDir, pending: dict[str, ShardSpec]) -> None:
             progress.update(1)
     progress.close()
     if failed:
-        raise RuntimeError(f"embed: {len(failed)} part(s) could not be read (the others are committed): "
-                           + "; ".join(failed))
+        raise UserError(f"embed: {len(failed)} part(s) could not be read (the others are committed): "
+                        + "; ".join(failed))
 
 
 def _embed(cfg: Config, run: RunDir, pending: dict[str, ShardSpec]) -> None:
