@@ -34,7 +34,7 @@ def test_a_bug_shows_its_traceback_and_exit_4(tmp_path: Path, monkeypatch, capsy
         monkeypatch.setattr(cli, "cmd_versions", broken)
         assert main(["versions", str(tmp_path)]) == 4
         err = capsys.readouterr().err
-        assert "Traceback (most recent call last)" in err and f"in broken\n    raise bug" in err
+        assert "Traceback (most recent call last)" in err and "in broken\n    raise bug" in err
         assert ours(err) == [f"scaleclust: internal error {type(bug).__name__}: a bug in scaleclust, not in the "
                              "input: please report it with the traceback above"]
 
