@@ -5,7 +5,7 @@ For each --rows N (in order, each in a fresh run directory and a fresh local Ray
 1. write N clustered unit vectors as a LAION dump (img_emb/img_emb_I.npy fp16 + metadata/metadata_I.parquet,
    --part-rows rows per part, 1% of rows near-copies of another so dedup has something to find);
 2. run the stages: ingest (the embed stage on laion_embeddings), fit kmeans, assign, index, neighbors,
-   dedup (--scope all: a range search over the index), fit mlc (Ray Train, then the sparse spectral
+   dedup (--scope all: exact pairs within the index's lists), fit mlc (Ray Train, then the sparse spectral
    step on --assign-sample rows), assign with the MLC model.
 A sampler thread reads /proc of the driver and every process under it (Ray's GCS, raylet, workers)
 every 0.25 s and keeps, per stage, the largest RSS of each process role (driver, raylet, gcs, or the
@@ -45,7 +45,7 @@ from scaleclust.config import Config, from_dict  # noqa: E402
 from scaleclust.stages import embed  # noqa: E402
 from scaleclust.stages import neighbors  # noqa: E402
 from scaleclust.stages import index as index_stage  # noqa: E402
-from scaleclust.index.build import unit_float32  # noqa: E402
+from scaleclust.index.build import LIST_CHOICES, unit_float32  # noqa: E402
 from scaleclust.index.choose import default_nlist  # noqa: E402
 from scaleclust.index.coarse import NESTED_MIN, QUANTIZER_NPROBE, top_count  # noqa: E402
 from scaleclust.index.dedup import dedup  # noqa: E402
@@ -201,7 +201,7 @@ def measure(rows: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
         ("assign kmeans", lambda: assign.run(cfg_k, run)),
         ("index", lambda: index_stage.run(cfg_k, run)),
         ("neighbors", lambda: neighbors.run(cfg_k, run)),
-        ("dedup", lambda: dedup(run, 0.98, [0.95, 0.98], "all", cfg_k.index.nprobe, cfg_k.index.shards_per_searcher)),
+        ("dedup", lambda: dedup(run, 0.98, [0.95, 0.98], "all")),
         ("fit mlc", lambda: fit.run(cfg_m, run)),
         ("assign mlc", lambda: assign.run(cfg_m, run)),
     ]
@@ -259,16 +259,18 @@ def compare(first: dict[str, Any], last: dict[str, Any]) -> None:
 
 
 PER_ROW = ("ingest", "assign kmeans", "index", "dedup", "assign mlc")  # work grows with the rows, split by shard
-IVF_STAGES = ("index", "dedup")  # a row's cost follows ivf_work(): assigning it to lists (+ scanning nprobe lists)
+IVF_STAGES = ("index", "dedup")  # a row's cost follows ivf_work(): assigning it to lists, or comparing it in lists
 
 
 def ivf_work(rows: float, scan: bool) -> float:
-    """Work per row of an IVF stage at index.nlist's default, in d-dimensional dot products: assigning
-    the row to its lists (flat quantizer: nlist; nested: (1 + its nprobe) x top cells), plus, for a
-    search or a dedup range search (``scan``), NPROBE lists of rows / nlist rows each."""
+    """Work per row of an IVF stage at index.nlist's default, in d-dimensional dot products: the index
+    assigns the row to its lists (flat quantizer: nlist; nested: (1 + its nprobe) x top cells); dedup
+    (``scan``) compares it with the members of its LIST_CHOICES nearest lists, rows / nlist rows each
+    (the lists were found when the index added it)."""
     nlist = default_nlist(int(rows))
-    assign_work = (1 + QUANTIZER_NPROBE) * top_count(nlist) if nlist >= NESTED_MIN else nlist
-    return assign_work + (NPROBE * rows / nlist if scan else 0)
+    if scan:
+        return LIST_CHOICES * rows / nlist
+    return (1 + QUANTIZER_NPROBE) * top_count(nlist) if nlist >= NESTED_MIN else nlist
 
 
 def project(first: dict[str, Any], last: dict[str, Any], rows: float, dim: int, measured_dim: int,
