@@ -28,6 +28,8 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     from scaleclust.ray_setup import ensure_ray
     from scaleclust.stage import recorded
 
+    if args.nprobe is not None and not 1 <= args.nprobe <= LIST_CHOICES:
+        raise ConfigError(f"dedup --nprobe {args.nprobe}: a row is compared in 1 to {LIST_CHOICES} of its nearest lists")
     ctx = recorded(args.run_dir.rstrip("/"))
     cfg, run = ctx.cfg, ctx.run
     with Lease(cfg.run_dir, cfg.storage, "dedup", ttl=cfg.update.lease_seconds):  # it writes duplicates.parquet
