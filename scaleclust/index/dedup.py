@@ -4,8 +4,9 @@ scope 'cluster': exact pairs among rows of the same cluster (assignments/), in R
 bucket of clusters (cluster % buckets) sized to fit memory. scope 'all': exact pairs within the IVF index's
 lists, each row a member of its nearest list and a visitor of its next LIST_CHOICES - 1 (the choices
 the index stage kept at add time), so a pair whose rows fall in neighbouring lists is still compared.
-One task per shard spills its rows, grouped by bucket of lists (list % buckets), to RUN/dedup-spill/;
-then one task per bucket compares each list's members with its members and visitors. Lists hold ~256
+One task per shard spills its rows, grouped by bucket of lists (list % buckets), to one file,
+RUN/dedup-spill/SHARD.spill (a bucket's rows are one byte range of it); then one task per bucket reads its
+range of every shard's file and compares each list's members with its members and visitors. Lists hold ~256
 rows whatever the size (scaleclust.index.choose), so the work per row stays flat as the data grows,
 and each task holds one shard or one bucket, sized to fit memory, never all rows.
 Groups and keepers follow scaleclust.index.pairs (keeper: the most central member, ties to the lowest id).
@@ -24,11 +25,12 @@ from scaleclust.index.manifest import ids_to_keys, load_manifest, trained_url
 from scaleclust.index.pairs import Pairs, group_duplicates, pairs_in_blocks, pairs_within_clusters, removal_counts
 from scaleclust.parallel import map_shards
 from scaleclust.rundir import RunDir
-from scaleclust.storage import listdir, remove, write_bytes_atomic
+from scaleclust.storage import read_ranges, remove, write_bytes_atomic
 from scaleclust.tables import embedding_matrix
 
 BUCKET_BYTES = 2 << 30  # float32 vectors one bucket task holds at once
-SPILL = "dedup-spill"  # scope all: rows grouped by bucket of lists, removed when dedup ends
+SPILL = "dedup-spill"  # scope all: each shard's rows grouped by bucket of lists, removed when dedup ends
+FIELDS = ("ids", "lists", "members", "vectors")
 
 
 def bucket_pairs(item: dict[str, Any], run: RunDir, manifest: dict[str, Any], threshold: float) -> Pairs:
@@ -53,31 +55,41 @@ def shard_lists(run: RunDir, entry: dict[str, Any], vectors: np.ndarray) -> np.n
     return list_choices(from_bytes(run.read_bytes(trained_url(run))), unit_float32(vectors))
 
 
-def spill_shard(item: dict[str, Any], run: RunDir, manifest: dict[str, Any], buckets: int, lists: int) -> int:
+def spill_shard(item: dict[str, Any], run: RunDir, manifest: dict[str, Any], buckets: int,
+                lists: int) -> tuple[str, list[int]]:
     """Write one shard's rows, once per list they take part in (member of the first of their ``lists``
-    nearest lists, visitor of the others), to RUN/dedup-spill/BUCKET/SHARD.npz (a Ray task)."""
+    nearest lists, visitor of the others), to RUN/dedup-spill/SHARD.spill: one .npz per bucket, end to
+    end; return the shard and the buckets' byte offsets (bucket b is [offsets[b], offsets[b + 1])). One
+    file per shard, not one per shard and bucket: the files, and their writes, stay as many as the shards
+    (a Ray task)."""
     entry = manifest["shards"][item["shard"]]
     vectors = embedding_matrix(run.read_table(run.embeddings(item["shard"]), ["embedding"])["embedding"], np.float16)
     chosen = shard_lists(run, entry, vectors)[:, :lists]
     rows, rank = np.nonzero(chosen >= 0)  # -1: the quantizer found fewer lists
     list_no = chosen[rows, rank]
-    bucket = list_no % buckets
-    for b in np.unique(bucket):
-        at = bucket == b
+    order = np.argsort(list_no % buckets, kind="stable")
+    rows, rank, list_no = rows[order], rank[order], list_no[order]
+    bounds = np.searchsorted(list_no % buckets, np.arange(buckets + 1))
+    chunks = []
+    for b in range(buckets):
+        at = slice(bounds[b], bounds[b + 1])
         out = io.BytesIO()
-        np.savez(out, ids=entry["first_id"] + rows[at], lists=list_no[at], members=rank[at] == 0,
-                 vectors=vectors[rows[at]])
-        write_bytes_atomic(run.path(SPILL, f"{b:05d}", f"{item['shard']}.npz"), out.getvalue(), run.storage)
-    return len(rows)
+        if bounds[b + 1] > bounds[b]:
+            np.savez(out, ids=entry["first_id"] + rows[at], lists=list_no[at], members=rank[at] == 0,
+                     vectors=vectors[rows[at]])
+        chunks.append(out.getvalue())
+    write_bytes_atomic(run.path(SPILL, f"{item['shard']}.spill"), b"".join(chunks), run.storage)
+    return item["shard"], np.cumsum([0, *map(len, chunks)]).tolist()
 
 
 def list_pairs(item: dict[str, Any], run: RunDir, threshold: float) -> Pairs:
-    """Exact pairs within every list of one bucket: members with members and with visitors (a Ray task)."""
-    folder = run.path(SPILL, f"{item['bucket']:05d}")
-    parts = [np.load(io.BytesIO(run.read_bytes(f"{folder}/{name}"))) for name in listdir(folder, run.storage)]
+    """Exact pairs within every list of one bucket: members with members and with visitors (a Ray task).
+    ``item["parts"]``: (shard, start, end) of the bucket's rows in each shard's spill file."""
+    parts = [np.load(io.BytesIO(read_ranges(run.path(SPILL, f"{shard}.spill"), run.storage, [(start, end)])[0]))
+             for shard, start, end in item["parts"]]
     if not parts:  # more buckets than lists in use
         return Pairs.concat([])
-    joined = {f: np.concatenate([p[f] for p in parts]) for f in ("ids", "lists", "members", "vectors")}
+    joined = {f: np.concatenate([p[f] for p in parts]) for f in FIELDS}
     return pairs_in_blocks(joined["vectors"], joined["ids"], joined["lists"], joined["members"], threshold)
 
 
@@ -98,11 +110,11 @@ def find_pairs(run: RunDir, manifest: dict[str, Any], threshold: float, scope: L
     buckets = max(1, math.ceil(manifest["rows"] * lists * d * 4 / bucket_bytes))
     remove(run.path(SPILL), run.storage, recursive=True)  # a killed dedup's spill
     try:
-        for _ in map_shards(spill_shard, [{"shard": s} for s in sorted(manifest["shards"])], run=run,
-                            manifest=manifest, buckets=buckets, lists=lists):
-            pass
-        return Pairs.concat(map_shards(list_pairs, [{"bucket": b} for b in range(buckets)], run=run,
-                                       threshold=threshold))
+        offsets = dict(map_shards(spill_shard, [{"shard": s} for s in sorted(manifest["shards"])], run=run,
+                                  manifest=manifest, buckets=buckets, lists=lists))
+        items = [{"parts": [(s, o[b], o[b + 1]) for s, o in sorted(offsets.items()) if o[b + 1] > o[b]]}
+                 for b in range(buckets)]
+        return Pairs.concat(map_shards(list_pairs, items, run=run, threshold=threshold))
     finally:
         remove(run.path(SPILL), run.storage, recursive=True)
 
