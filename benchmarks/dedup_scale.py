@@ -88,6 +88,7 @@ def build(rows: int, work: Path, args: argparse.Namespace, probe: PeakRSS) -> di
                      "embed": {"model": {"arch": "scaleclust-tiny"}},
                      "index": {"kind": "ivf_flat", "nprobe": 8, "queries": 100, "recall_queries": 100},
                      "ray": {"num_cpus": 4}})
+    built = not (run_dir / "index" / "manifest.json").exists()  # else its figures are an earlier run's
     ctx = prepare(cfg)
     run_stage("embed", ctx)
     probe.take()
@@ -101,9 +102,10 @@ def build(rows: int, work: Path, args: argparse.Namespace, probe: PeakRSS) -> di
         key = run.read_table(run.embeddings(shard), ["key"])["key"][0].as_py()
         first[int(key[:5])] = entry["first_id"]
     pairs = np.array([(first[p] + o, first[p] + c) for p, o, c in planted], np.int64)
-    return {"rows": rows, "run": run, "planted": pairs, "index_seconds": round(index_seconds, 1),
-            "nlist": manifest["spec"]["nlist"],
-            "train_task_mib": round(peaks.get("_train", 0) / 2**20), "index_peaks_mib": mib(peaks)}
+    return {"rows": rows, "run": run, "planted": pairs, "nlist": manifest["spec"]["nlist"],
+            "index_seconds": round(index_seconds, 1) if built else None,
+            "train_task_mib": round(peaks.get("_train", 0) / 2**20) if built else None,
+            "index_peaks_mib": mib(peaks) if built else None}
 
 
 def mib(peaks: dict[str, int]) -> dict[str, int]:
