@@ -5,7 +5,7 @@ For each --rows N (in order, each in a fresh run directory and a fresh local Ray
 1. write N clustered unit vectors as a LAION dump (img_emb/img_emb_I.npy fp16 + metadata/metadata_I.parquet,
    --part-rows rows per part, 1% of rows near-copies of another so dedup has something to find);
 2. run the stages: ingest (the embed stage on laion_embeddings), fit kmeans, assign, index, neighbors,
-   dedup (--scope all: a range search over the index), fit mlc (Ray Train, then the sparse spectral
+   dedup (--scope all: exact pairs within the index's lists), fit mlc (Ray Train, then the sparse spectral
    step on --assign-sample rows), assign with the MLC model.
 A sampler thread reads /proc of the driver and every process under it (Ray's GCS, raylet, workers)
 every 0.25 s and keeps, per stage, the largest RSS of each process role (driver, raylet, gcs, or the
@@ -45,8 +45,8 @@ from scaleclust.config import Config, from_dict  # noqa: E402
 from scaleclust.stages import embed  # noqa: E402
 from scaleclust.stages import neighbors  # noqa: E402
 from scaleclust.stages import index as index_stage  # noqa: E402
-from scaleclust.index.build import unit_float32  # noqa: E402
-from scaleclust.index.choose import row_work  # noqa: E402
+from scaleclust.index.build import LIST_CHOICES, unit_float32  # noqa: E402
+from scaleclust.index.choose import default_nlist, row_work  # noqa: E402
 from scaleclust.index.dedup import dedup  # noqa: E402
 from scaleclust.pipeline import prepare  # noqa: E402
 
@@ -200,7 +200,7 @@ def measure(rows: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
         ("assign kmeans", lambda: assign.run(cfg_k, run)),
         ("index", lambda: index_stage.run(cfg_k, run)),
         ("neighbors", lambda: neighbors.run(cfg_k, run)),
-        ("dedup", lambda: dedup(run, 0.98, [0.95, 0.98], "all", cfg_k.index.nprobe, cfg_k.index.shards_per_searcher)),
+        ("dedup", lambda: dedup(run, 0.98, [0.95, 0.98], "all")),
         ("fit mlc", lambda: fit.run(cfg_m, run)),
         ("assign mlc", lambda: assign.run(cfg_m, run)),
     ]
@@ -258,7 +258,16 @@ def compare(first: dict[str, Any], last: dict[str, Any]) -> None:
 
 
 PER_ROW = ("ingest", "assign kmeans", "index", "dedup", "assign mlc")  # work grows with the rows, split by shard
-IVF_STAGES = ("index", "dedup")  # a row's cost follows row_work(): assigning it to lists (+ scanning nprobe lists)
+IVF_STAGES = ("index", "dedup")  # a row's cost follows ivf_work(): assigning it to lists, or comparing it in lists
+
+
+def ivf_work(stage: str, rows: float) -> float:
+    """Work per row of an IVF stage at index.nlist's default, in d-dimensional dot products: the index
+    assigns the row to its lists (index.choose.row_work); dedup compares it with the members of its
+    LIST_CHOICES nearest lists, rows / nlist rows each (the lists were found when the index added it)."""
+    if stage == "dedup":
+        return LIST_CHOICES * rows / default_nlist(int(rows))
+    return row_work(rows, scan=False)
 
 
 def project(first: dict[str, Any], last: dict[str, Any], rows: float, dim: int, measured_dim: int,
@@ -267,7 +276,7 @@ def project(first: dict[str, Any], last: dict[str, Any], rows: float, dim: int, 
     marginal seconds per row (between the first and the last measured size; the last size's average when
     only one was measured or the difference is not positive), times rows x dim / measured dim, divided
     over the nodes (its tasks are per shard), plus its fixed start-up cost as measured; for the IVF stages
-    (IVF_STAGES) the last size's seconds per row times the ratio of row_work at `rows` and at the last
+    (IVF_STAGES) the last size's seconds per row times the ratio of ivf_work at `rows` and at the last
     size. The fits (fixed samples) and the neighbours graph (fixed queries) are taken as measured,
     scaled by dim only."""
     scale_dim = dim / measured_dim
@@ -283,8 +292,7 @@ def project(first: dict[str, Any], last: dict[str, Any], rows: float, dim: int, 
             marginal = t1 / last["rows"]
         fixed = max(t1 - marginal * last["rows"], 0.0)
         if stage in IVF_STAGES:
-            scan = stage == "dedup"  # the index stage adds rows: it assigns them, it scans no list
-            marginal, fixed = t1 / last["rows"] * row_work(rows, scan, NPROBE) / row_work(last["rows"], scan, NPROBE), 0.0
+            marginal, fixed = t1 / last["rows"] * ivf_work(stage, rows) / ivf_work(stage, last["rows"]), 0.0
         if stage in PER_ROW:
             hours = [(fixed + marginal * rows * scale_dim / n) / 3600 for n in nodes]
         else:

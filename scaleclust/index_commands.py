@@ -22,17 +22,19 @@ def _recorded(run_dir: str) -> tuple[Config, Any]:
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
+    from scaleclust.index.build import LIST_CHOICES
     from scaleclust.index.dedup import dedup
     from scaleclust.lease import Lease
     from scaleclust.ray_setup import ensure_ray
     from scaleclust.stage import recorded
 
+    if args.nprobe is not None and not 1 <= args.nprobe <= LIST_CHOICES:
+        raise ConfigError(f"dedup --nprobe {args.nprobe}: a row is compared in 1 to {LIST_CHOICES} of its nearest lists")
     ctx = recorded(args.run_dir.rstrip("/"))
     cfg, run = ctx.cfg, ctx.run
     with Lease(cfg.run_dir, cfg.storage, "dedup", ttl=cfg.update.lease_seconds):  # it writes duplicates.parquet
         ensure_ray(cfg)
-        table, counts = dedup(run, args.threshold, args.thresholds, args.scope, args.nprobe or cfg.index.nprobe,
-                              cfg.index.shards_per_searcher)
+        table, counts = dedup(run, args.threshold, args.thresholds, args.scope, args.nprobe or LIST_CHOICES)
     groups = int(np.sum(table["is_keeper"].to_numpy(zero_copy_only=False)))
     print(f"dedup ({args.scope}): {groups} groups, {table.num_rows - groups} rows to remove at cosine >= "
           f"{args.threshold}; written to {run.path('duplicates.parquet')}")
@@ -96,8 +98,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS),
                    help="also print how many rows would go at each of these")
     p.add_argument("--scope", choices=("cluster", "all"), default="cluster",
-                   help="pairs within each cluster (exact) or over the whole index (range search)")
-    p.add_argument("--nprobe", type=int, help="scope all: lists probed (default index.nprobe)")
+                   help="pairs within each cluster, or within the index's lists (each row in its nearest ones)")
+    p.add_argument("--nprobe", type=int, help="scope all: nearest lists each row is compared in (1-3, default 3)")
     p.set_defaults(func=cmd_dedup)
     p = subparsers.add_parser("search", help="nearest keys of a key, a text or an image")
     p.add_argument("run_dir")

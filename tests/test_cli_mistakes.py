@@ -94,3 +94,8 @@ def test_unreachable_run_directory_names_the_endpoint_option(capsys) -> None:
     line = one_line_error(capsys, ["verify", "s3://bucket/runs/x", "--endpoint-url", endpoint])
     assert line.startswith("scaleclust: config error: s3://bucket/runs/x: cannot reach the run directory (")
     assert line.endswith("for an S3-compatible server pass --endpoint-url URL (or set AWS_ENDPOINT_URL)")
+
+
+def test_dedup_nprobe_out_of_range_fails_before_reading_the_run(tmp_path: Path, capsys) -> None:
+    assert one_line_error(capsys, ["dedup", str(tmp_path / "no-run"), "--scope", "all", "--nprobe", "4"]) == (
+        "scaleclust: config error: dedup --nprobe 4: a row is compared in 1 to 3 of its nearest lists")

@@ -77,7 +77,7 @@ def test_stored_vectors_beside_each_shard(indexed: dict[str, Any]) -> None:
         assert stored.dtype == np.float16
         np.testing.assert_array_equal(stored, unit_float32(vectors).astype(np.float16))
     files = {f.name for f in Path(run.path("index", "shards")).iterdir()}
-    assert files == {e[f].rpartition("/")[2] for e in manifest["shards"].values() for f in ("file", "vectors")}
+    assert files == {e[f].rpartition("/")[2] for e in manifest["shards"].values() for f in ("file", "vectors", "lists")}
 
 
 def test_auto_nprobe_is_the_smallest_reaching_the_target(indexed: dict[str, Any]) -> None:

@@ -4,11 +4,9 @@ import faiss
 import numpy as np
 import pytest
 
-from scaleclust.index.build import add, train, unit_float32
+from scaleclust.index.build import add_listed, train, unit_float32
 from scaleclust.index.choose import choose_index
-from scaleclust.index.pairs import (
-    Pairs, group_duplicates, pairs_from_index, pairs_within_clusters, removal_counts,
-)
+from scaleclust.index.pairs import Pairs, group_duplicates, pairs_in_blocks, pairs_within_clusters, removal_counts
 from scaleclust.index.synthetic import clustered_vectors
 
 faiss.omp_set_num_threads(1)  # shared 2-core machine: no OpenMP spin contention
@@ -51,14 +49,25 @@ def test_within_clusters_finds_planted_groups(planted):
     check(group_duplicates(pairs_within_clusters(x, ids, None, THRESHOLD)), want)
 
 
-def test_index_range_search_finds_planted_groups(planted):
+def listed(x: np.ndarray, lists: np.ndarray, m: int) -> tuple[np.ndarray, ...]:
+    """Each row once per list of its m nearest: (vectors, ids, list, member of it)."""
+    rows, rank = np.nonzero(lists[:, :m] >= 0)
+    return x[rows], rows, lists[rows, rank], rank == 0
+
+
+def test_list_blocks_find_pairs_across_lists(planted):
+    """Scope all's blocks: each row a member of its nearest list and a visitor of its next two. Planted
+    pairs whose rows fall in different lists are found; with the own list alone they are lost."""
     x, _, want = planted
-    spec = choose_index(len(x), D, nlist=32)
-    empty = train(x[:2048], spec)
-    parts = [add(empty, x[:3000], 0), add(empty, x[3000:], 3000)]
-    batches = [pairs_from_index(parts, x[i:i + 2500], np.arange(i, min(i + 2500, len(x))),
-                                THRESHOLD, nprobe=4) for i in range(0, len(x), 2500)]
-    check(group_duplicates(Pairs.concat(batches)), want)
+    spec = choose_index(len(x), D, nlist=64)
+    empty = train(x[:4096], spec)
+    lists = np.concatenate([add_listed(empty, x[:3000], 0)[1], add_listed(empty, x[3000:], 3000)[1]])
+    assert lists.shape == (len(x), 3) and (lists[:, 0] != lists[:, 1]).all()
+    split = [m for m in want if len({int(lists[i, 0]) for i in m}) > 1]
+    assert split, "the planted pairs should straddle lists for this test to mean something"
+    check(group_duplicates(pairs_in_blocks(*listed(x, lists, 3), THRESHOLD, block_rows=50)), want)
+    own = group_duplicates(pairs_in_blocks(*listed(x, lists, 1), THRESHOLD))
+    assert not set(split) & found_groups(own)
 
 
 def test_keeper_is_most_central_ties_to_smallest_id():
@@ -72,3 +81,4 @@ def test_keeper_is_most_central_ties_to_smallest_id():
 def test_removal_counts_shrink_as_threshold_rises():
     pairs = Pairs.build([0, 1, 5], [1, 2, 6], [0.99, 0.95, 0.91])
     assert removal_counts(pairs, [0.9, 0.95, 0.99, 0.999]) == {0.9: 3, 0.95: 2, 0.99: 1, 0.999: 0}
+

@@ -14,6 +14,7 @@ from scaleclust.cli import main
 from scaleclust.index import build
 from scaleclust.index import manifest as index_manifest
 from scaleclust.stages import index as stage, neighbors
+from scaleclust.index.pairs import group_duplicates, pairs_within_clusters
 from scaleclust.index.search import search
 from scaleclust.index.actors import fan_out, searchers
 from scaleclust.pipeline import prepare, run_all, run_stage
@@ -93,6 +94,18 @@ def test_planted_near_duplicates_one_keeper_per_group(indexed: dict[str, Any], s
         keepers = [m["key"] for m in members if m["is_keeper"]]
         assert len(keepers) == 1 and all(m["keeper_key"] == keepers[0] for m in members)
         assert all(m["max_sim"] >= 0.98 for m in members)
+    if scope == "all":  # the same groups and keepers as exact all-pairs dedup, across the index's lists
+        manifest = index_manifest.load_manifest(run)
+        shards = list(index_manifest.shard_vectors(run, manifest))
+        ids = np.concatenate([first + np.arange(len(v)) for first, v in shards])
+        exact = group_duplicates(pairs_within_clusters(np.concatenate([v for _, v in shards]), ids, None, 0.98))
+        keys = index_manifest.ids_to_keys(run, manifest, np.concatenate([exact.ids, exact.group]))
+        assert {(r["key"], r["keeper_key"], r["is_keeper"]) for r in rows} == set(
+            zip(keys[:len(exact.ids)], keys[len(exact.ids):], exact.keep.tolist()))
+        primary = np.concatenate([np.load(run.path("index", e["lists"]))[:, 0]
+                                  for e in sorted(manifest["shards"].values(), key=lambda e: e["first_id"])])
+        at = np.searchsorted(ids, exact.ids), np.searchsorted(ids, exact.group)
+        assert (primary[at[0]] != primary[at[1]]).any()  # members in another list than their keeper's
 
 
 def test_search_by_key_image_and_text(indexed: dict[str, Any], capsys) -> None:
@@ -133,7 +146,7 @@ def test_incremental_add_without_retraining(indexed: dict[str, Any], shared_run:
     assert after["shards"]["00004"]["first_id"] == before["next_id"] + 30
     assert after["shards"]["00004"]["count"] == 10 and after["next_id"] == before["next_id"] + 40
     files = sorted(Path(run.path("index", "shards")).iterdir())
-    assert [f"shards/{f.name}" for f in files] == sorted(e["file"] for e in after["shards"].values())
+    assert [f"shards/{f.name}" for f in files] == sorted(e[f] for e in after["shards"].values() for f in ("file", "lists"))
     keys = index_manifest.ids_to_keys(run, after, np.array([before["next_id"], before["next_id"] + 30]))
     assert keys[0].startswith("00000") and keys[1].startswith("00004")
     with pytest.raises(ValueError):

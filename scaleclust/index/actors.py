@@ -17,7 +17,6 @@ import ray
 
 from scaleclust.index.build import from_bytes, load_shard, merge_indexes, unit_float32
 from scaleclust.index.device import to_device
-from scaleclust.index.pairs import Pairs, pairs_from_index
 from scaleclust.index.search import (Coarse, Refine, Result, VectorResult, as_index, coarse_assign, empty_result,
                                      merge_topk, merge_topk_vectors, search, search_vectors)
 from scaleclust.index.manifest import ids_to_keys, load_manifest, resolve_nprobe, trained_url
@@ -57,11 +56,6 @@ class Searcher:
         """Top-k (sims, ids, vectors float16) of the queries over this group."""
         return search_vectors(self.indexes, queries, k, resolve_nprobe(nprobe, self.manifest), self.refine, coarse)
 
-    def pairs(self, vectors: np.ndarray, ids: np.ndarray, threshold: float, nprobe: int | str,
-              coarse: Coarse | None = None) -> Pairs:
-        """Pairs with cosine >= threshold between the vectors (global ids) and this group."""
-        return pairs_from_index(self.indexes, vectors, ids, threshold, resolve_nprobe(nprobe, self.manifest), coarse)
-
 
 @contextmanager
 def searchers(run: RunDir, manifest: dict[str, Any], per_actor: int) -> Iterator[list[Any]]:
@@ -77,11 +71,11 @@ def searchers(run: RunDir, manifest: dict[str, Any], per_actor: int) -> Iterator
             ray.kill(actor)
 
 
-def shared(actors: list[Any], queries: np.ndarray, nprobe: int | str, turn: int = 0) -> tuple[Any, Any]:
+def shared(actors: list[Any], queries: np.ndarray, nprobe: int | str) -> tuple[Any, Any]:
     """(queries, their coarse assignment) as object refs for every actor: the queries are put in the object
-    store once, and actor ``turn`` (modulo their number) assigns them for all."""
+    store once, and the first actor assigns them for all."""
     ref = ray.put(np.asarray(queries, np.float32))
-    return ref, actors[turn % len(actors)].coarse.remote(ref, nprobe)
+    return ref, actors[0].coarse.remote(ref, nprobe)
 
 
 def fan_out(actors: list[Any], queries: np.ndarray, k: int, nprobe: int | str) -> Result:

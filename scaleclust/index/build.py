@@ -4,7 +4,9 @@ Everything crosses process boundaries as bytes (faiss.serialize_index), so a Ray
 bytes: ``train(small, spec, blocks) -> bytes``, ``add(empty, vectors, first_id) -> bytes``,
 ``merge(parts) -> bytes``. Every shard's copy shares the trained coarse quantizer (nlist x d floats,
 up to 3.2 GB at LAION scale), so the index stage stores shards without it (``add(...,
-shared_quantizer=True)``) and :func:`load_shard` puts the trained one back.
+shared_quantizer=True)``) and :func:`load_shard` puts the trained one back. :func:`add_listed` also
+returns each row's LIST_CHOICES nearest lists (the first is the list it is added to), which dedup
+``--scope all`` compares rows in without assigning them again.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from scaleclust.index.choose import IndexSpec
 from scaleclust.index.coarse import fill_quantizer, train_centroids
 from scaleclust.index.device import to_device, to_host
 
+LIST_CHOICES = 3  # nearest lists kept per row at add time (dedup --scope all: recall in docs/measurements.md)
 
 def unit_float32(x: np.ndarray) -> np.ndarray:
     """C-contiguous float32 copy of x with L2-normalised rows (inner product = cosine)."""
@@ -94,22 +97,49 @@ def borrowed_quantizer(index: faiss.Index, quantizer: faiss.Index) -> Iterator[f
         ivf.quantizer, ivf.own_fields = own, owned
 
 
-def add(empty_index: bytes, vectors: np.ndarray, first_id: int, shared_quantizer: bool = False) -> bytes:
-    """Add one shard's vectors, ids first_id .. first_id+len-1, to a copy of the trained index.
+def list_choices(index: faiss.Index, x: np.ndarray, m: int = LIST_CHOICES) -> np.ndarray:
+    """The m nearest coarse lists of each unit row of x, best first, int32 (n, m); the first is the
+    list an add puts the row in (-1 where the quantizer found fewer than m)."""
+    for rotation in transforms(index):
+        x = rotation.apply(x)
+    return ivf_of(index).quantizer.search(np.ascontiguousarray(x, np.float32), m)[1].astype(np.int32)
 
-    With ``shared_quantizer`` the bytes leave the coarse quantizer out (an empty flat index stands in);
+
+def add_listed(empty_index: bytes, vectors: np.ndarray, first_id: int,
+               shared_quantizer: bool = False) -> tuple[bytes, np.ndarray]:
+    """Add one shard's vectors, ids first_id .. first_id+len-1, to a copy of the trained index; return
+    its bytes and the rows' :func:`list_choices`.
+
+    On the CPU the rows go into their first choice as found (one coarse search per row, not two). With
+    ``shared_quantizer`` the bytes leave the coarse quantizer out (an empty flat index stands in);
     :func:`load_shard` puts the trained one back.
     """
     x = unit_float32(vectors)
-    index = to_device(from_bytes(empty_index))
-    if index.ntotal:
+    host = from_bytes(empty_index)
+    if host.ntotal:
         raise ValueError("add() expects the empty trained index from train()")
-    index.add_with_ids(x, np.arange(first_id, first_id + len(x), dtype=np.int64))
+    ids = np.arange(first_id, first_id + len(x), dtype=np.int64)
+    lists = list_choices(host, x)
+    index = to_device(host)
+    if index is host:
+        rotated = x
+        for rotation in transforms(host):
+            rotated = rotation.apply(rotated)
+        rotated, first = np.ascontiguousarray(rotated, np.float32), np.ascontiguousarray(lists[:, 0], np.int64)
+        ivf_of(host).add_core(len(x), faiss.swig_ptr(rotated), faiss.swig_ptr(ids), faiss.swig_ptr(first))
+        host.ntotal = ivf_of(host).ntotal
+    else:
+        index.add_with_ids(x, ids)
     if not shared_quantizer:
-        return to_bytes(index)
+        return to_bytes(index), lists
     index = to_host(index)
     with borrowed_quantizer(index, faiss.IndexFlat(ivf_of(index).d, index.metric_type)) as stripped:
-        return to_bytes(stripped)
+        return to_bytes(stripped), lists
+
+
+def add(empty_index: bytes, vectors: np.ndarray, first_id: int, shared_quantizer: bool = False) -> bytes:
+    """:func:`add_listed`'s index bytes alone."""
+    return add_listed(empty_index, vectors, first_id, shared_quantizer)[0]
 
 
 def load_shard(data: bytes, trained: faiss.Index) -> faiss.Index:

@@ -32,6 +32,12 @@ def vectors_file(shard: str, commit: str) -> str:
     return f"shards/{shard}.{commit}.f16.npy"
 
 
+def lists_file(shard: str, commit: str) -> str:
+    """Each row's nearest lists (int32, rows x build.LIST_CHOICES) of one embeddings commit, relative to
+    RUN/index/."""
+    return f"shards/{shard}.{commit}.lists.npy"
+
+
 def resolve_nprobe(nprobe: int | str, manifest: dict[str, Any]) -> int:
     """index.nprobe as a number: itself, or (auto) the calibrated one recorded in the manifest."""
     if nprobe != "auto":

@@ -1,8 +1,8 @@
 """Near-duplicates: pairs above a cosine threshold -> connected groups -> one keeper per group.
 
-Pairs come either from exact blocked dot products within each cluster (no n x n matrix: one
-block of rows x cluster size at a time) or from range search over the sharded IVF index (whole set,
-approximate). Groups are the connected components of the pair graph (what union-find yields).
+Pairs come from exact blocked dot products within each cluster, or within each IVF list with the rows
+that visit it from their next-nearest lists (no n x n matrix: one block of rows x members at a time).
+Groups are the connected components of the pair graph (what union-find yields).
 
 Keeper rule: in each group keep the member with the largest sum of similarities over its pairs
 in the group (its weighted degree: the most central copy; in a group where every pair is above the
@@ -14,13 +14,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from scaleclust.index.build import unit_float32
-from scaleclust.index.search import Coarse, preassigned
 
 
 @dataclass(frozen=True)
@@ -61,41 +59,35 @@ def pairs_within_clusters(
 
     Memory is block_rows x (largest cluster) similarities at a time; time is quadratic per cluster.
     """
+    return pairs_in_blocks(vectors, ids, np.zeros(len(ids), np.int64) if clusters is None else clusters, None,
+                           threshold, block_rows)
+
+
+def pairs_in_blocks(
+    vectors: np.ndarray, ids: np.ndarray, blocks: np.ndarray, members: np.ndarray | None, threshold: float,
+    block_rows: int = 2048,
+) -> Pairs:
+    """Exact pairs with cosine >= threshold, within each block, of a member with a member or a visitor.
+
+    ``members`` (bool per row; all when None) marks the rows that belong to their block; the others
+    visit it (a row listed in its nearest IVF lists as a member of the first, a visitor of the rest) and
+    are compared with its members only. Memory is block_rows x (block's members) similarities at a time.
+    """
     x = unit_float32(vectors)
     ids = np.asarray(ids, np.int64)
-    clusters = np.zeros(len(x), np.int64) if clusters is None else np.asarray(clusters)
-    order = np.argsort(clusters, kind="stable")
-    bounds = np.flatnonzero(np.diff(clusters[order])) + 1
+    blocks = np.asarray(blocks)
+    members = np.ones(len(x), bool) if members is None else np.asarray(members, bool)
+    order = np.lexsort((~members, blocks))  # per block: its members first, then its visitors
+    bounds = np.flatnonzero(np.diff(blocks[order])) + 1
     found = []
-    for members in np.split(order, bounds):
-        xc = x[members]
-        for start in range(0, len(members), block_rows):
-            sims = xc[start:start + block_rows] @ xc[start:].T
-            rows, cols = np.nonzero(np.triu(sims >= threshold, k=1))
-            found.append(Pairs(ids[members[start + rows]], ids[members[start + cols]],
-                               sims[rows, cols]))
-    return Pairs.concat(found)
-
-
-def pairs_from_index(
-    indexes: Iterable[faiss.Index | bytes], vectors: np.ndarray, ids: np.ndarray,
-    threshold: float, nprobe: int, coarse: Coarse | None = None,
-) -> Pairs:
-    """Pairs with cosine >= threshold between ``vectors`` (global ``ids``) and everything indexed.
-
-    Range search over each index with one shared coarse assignment (``coarse`` when given); approximate
-    (IVF misses pairs whose members fall in cells not probed). Call per batch of queries and
-    ``Pairs.concat`` them.
-    """
-    q = unit_float32(vectors)
-    ids = np.asarray(ids, np.int64)
-    radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))  # faiss keeps sim > r
-    found = []
-    for probe in preassigned(indexes, q, nprobe, coarse):
-        lims, sims, hits = probe.ivf.range_search_preassigned(probe.queries, radius, probe.centroid_ids,
-                                                              probe.centroid_sims)
-        rows = np.repeat(ids, np.diff(lims).astype(np.int64))
-        found.append(Pairs(rows, hits, sims).above(threshold))
+    for rows in np.split(order, bounds):
+        n_members = int(members[rows].sum())
+        xm = x[rows[:n_members]]
+        for start in range(0, len(rows), block_rows):
+            sims = x[rows[start:start + block_rows]] @ xm.T
+            q, j = np.nonzero(sims >= threshold)
+            keep = (start + q >= n_members) | (j > start + q)  # a member pair once; a visitor with every member
+            found.append(Pairs(ids[rows[start + q[keep]]], ids[rows[j[keep]]], sims[q[keep], j[keep]]))
     return Pairs.concat(found)
 
 

@@ -16,10 +16,10 @@ from scaleclust.config import StorageConfig
 from scaleclust.storage import filesystem
 
 
-def npy_bytes(vectors: np.ndarray) -> bytes:
-    """The .npy file of ``vectors`` as float16 (the rows must already be L2-normalised)."""
+def npy_bytes(array: np.ndarray, dtype: type = np.float16) -> bytes:
+    """The .npy file of ``array`` as ``dtype`` (vectors: float16, their rows already L2-normalised)."""
     out = io.BytesIO()
-    np.save(out, np.ascontiguousarray(vectors, dtype=np.float16), allow_pickle=False)
+    np.save(out, np.ascontiguousarray(array, dtype=dtype), allow_pickle=False)
     return out.getvalue()
 
 

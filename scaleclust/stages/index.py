@@ -3,7 +3,8 @@
 Layout under RUN/index/: trained.faiss (the empty trained index), shards/SHARD.COMMIT.faiss (one per
 embeddings commit, so re-adding a changed shard never overwrites a file the current manifest names;
 stored without the coarse quantizer, which build.load_shard takes from trained.faiss),
-with re-ranking also shards/SHARD.COMMIT.f16.npy (the shard's unit vectors, fp16, in id order) and
+with re-ranking also shards/SHARD.COMMIT.f16.npy (the shard's unit vectors, fp16, in id order),
+shards/SHARD.COMMIT.lists.npy (each row's build.LIST_CHOICES nearest lists, for dedup --scope all) and
 manifest.json, written last: the spec and its bytes-per-vector arithmetic, each shard's contiguous
 global id range and the embeddings commit it was built from, the next free id, and with index.nprobe
 auto the calibration (the smallest nprobe reaching index.target_recall, measured after the adds).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import ray
 
 from scaleclust import methods
@@ -23,7 +25,7 @@ from scaleclust.failures import NotReady
 from scaleclust.index import build
 from scaleclust.index.calibrate import calibrate
 from scaleclust.index.choose import IndexSpec, choose_index
-from scaleclust.index.manifest import manifest_url, shard_file, trained_url, vectors_file
+from scaleclust.index.manifest import lists_file, manifest_url, shard_file, trained_url, vectors_file
 from scaleclust.index.vectors import npy_bytes
 from scaleclust.parallel import map_shards
 from scaleclust.rundir import RunDir
@@ -50,8 +52,10 @@ def add_shard(item: dict[str, Any], run: RunDir) -> str:
     vectors = embedding_matrix(run.read_table(run.embeddings(item["shard"]), ["embedding"])["embedding"])
     if len(vectors) != item["count"]:
         raise RuntimeError(f"index: {item['shard']} has {len(vectors)} rows, its marker says {item['count']}")
-    data = build.add(run.read_bytes(trained_url(run)), vectors, item["first_id"], shared_quantizer=True)
-    if "vectors" in item:  # before the index file: a shard is only listed once both exist
+    data, lists = build.add_listed(run.read_bytes(trained_url(run)), vectors, item["first_id"], shared_quantizer=True)
+    # before the index file: a shard is only listed once all its files exist
+    write_bytes_atomic(run.path("index", item["lists"]), npy_bytes(lists, np.int32), run.storage)
+    if "vectors" in item:
         write_bytes_atomic(run.path("index", item["vectors"]), npy_bytes(build.unit_float32(vectors)), run.storage)
     write_bytes_atomic(run.path("index", item["file"]), data, run.storage)
     return str(item["shard"])
@@ -88,7 +92,7 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     for shard in sorted(set(embedded) - set(shards)):
         marker = embedded[shard]
         todo.append({"shard": shard, "first_id": next_id, "count": marker["embedded"], "commit": marker["commit"],
-                     "file": shard_file(shard, marker["commit"])}
+                     "file": shard_file(shard, marker["commit"]), "lists": lists_file(shard, marker["commit"])}
                     | ({"vectors": vectors_file(shard, marker["commit"])} if refine else {}))
         next_id += marker["embedded"]
     print(f"index: {len(embedded)} shards, {len(shards)} already indexed, {len(todo)} to add")
@@ -101,7 +105,7 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
                                        or calibration["target_recall"] != cfg.index.target_recall):
         manifest["calibration"] = calibrate(run, manifest, cfg.index)
     write_json_atomic(manifest_url(run), manifest, run.storage)
-    named = {e[f].rpartition("/")[2] for e in shards.values() for f in ("file", "vectors") if f in e}
+    named = {e[f].rpartition("/")[2] for e in shards.values() for f in ("file", "vectors", "lists") if f in e}
     for name in listdir(run.path("index", "shards"), run.storage):
         if name not in named:  # files of dropped entries or of a killed run: nothing refers to them
             remove(run.path("index", "shards", name), run.storage)
