@@ -7,6 +7,7 @@ import builtins
 import io
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -117,8 +118,12 @@ def test_a_missing_override_is_a_config_error_naming_it(tmp_path: Path) -> None:
 
 @pytest.mark.subprocess
 def test_a_wheel_carries_the_nouns_and_their_licence(tmp_path: Path) -> None:
+    source = tmp_path / "src"  # a copy: building in place would leave build/ and egg-info in the checkout
+    shutil.copytree(ROOT / "scaleclust", source / "scaleclust", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(ROOT)], check=True, cwd=tmp_path, timeout=120)
+                    str(tmp_path), str(source)], check=True, cwd=tmp_path, timeout=120)
     [wheel] = tmp_path.glob("scaleclust-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {"scaleclust/semantic/data/wordnet-nouns.tsv.gz", "scaleclust/semantic/data/LICENSE-WordNet.txt"} <= set(names)
