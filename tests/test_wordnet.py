@@ -12,7 +12,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -30,31 +30,31 @@ ROOT = Path(__file__).parent.parent
 
 @pytest.fixture
 def no_system_wordnet(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Opening anything under the system's WordNet folder fails; the files opened are listed."""
+    """Opening anything under the system's WordNet folder fails (builtins.open, io.open, os.open and
+    Path.open refuse it); the paths opened are listed."""
     opened: list[str] = []
 
-    def guard(real: Any) -> Any:
-        def refusing(path: Any, *args: Any, **kwargs: Any) -> Any:
-            name = os.fspath(path) if isinstance(path, (str, bytes, os.PathLike)) else ""
-            name = name.decode() if isinstance(name, bytes) else name
-            opened.append(name)
-            if os.path.abspath(name).startswith(SYSTEM_WORDNET):
-                raise PermissionError(f"{name}: the test forbids reading the system's WordNet")
-            return real(path, *args, **kwargs)
-        return refusing
+    def check(path: Any) -> None:
+        name = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else ""
+        opened.append(name)
+        if os.path.abspath(name).startswith(SYSTEM_WORDNET):
+            raise PermissionError(f"{name}: the test forbids reading the system's WordNet")
 
-    monkeypatch.setattr(builtins, "open", guard(builtins.open))
-    monkeypatch.setattr(io, "open", guard(io.open))
-    monkeypatch.setattr(os, "open", guard(os.open))
-    real_path_open = pathlib.Path.open
-    monkeypatch.setattr(pathlib.Path, "open", lambda self, *a, **k: guard(lambda p, *b, **c: real_path_open(
-        pathlib.Path(p), *b, **c))(self, *a, **k))
+    def guarded(real: Callable[..., Any]) -> Callable[..., Any]:
+        def opener(path: Any, *args: Any, **kwargs: Any) -> Any:
+            check(path)
+            return real(path, *args, **kwargs)
+        return opener
+
+    for module, name in ((builtins, "open"), (io, "open"), (os, "open"), (pathlib.Path, "open")):
+        monkeypatch.setattr(module, name, guarded(getattr(module, name)))
     return opened
 
 
 def test_a_planted_cluster_is_named_through_the_packaged_nouns(no_system_wordnet: list[str]) -> None:
-    with pytest.raises(PermissionError):  # the guard holds
-        open(f"{SYSTEM_WORDNET}/data.noun")
+    for read in (lambda: open(f"{SYSTEM_WORDNET}/data.noun"), Path(SYSTEM_WORDNET, "index.noun").read_text):
+        with pytest.raises(PermissionError):  # the guard holds
+            read()
     vocab = load_vocabulary(LabelConfig(), StorageConfig())  # the default config: no wordnet_file
     assert str(wordnet.PACKAGED) in no_system_wordnet
     assert len(vocab.names) == 67_893 and len(set(vocab.names)) == len(vocab.names)
