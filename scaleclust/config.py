@@ -204,8 +204,9 @@ class LabelConfig(Strict):
 
     vocabulary: str = Field("wordnet", description="'wordnet' (first lemma of every WordNet noun synset) "
                             "or a text file/URL of nouns, one per line ('ID<TAB>NOUN' or 'NOUN')")
-    wordnet_file: str = Field("", description="WordNet release folder or its data.noun (file or URL) to read "
-                              "the nouns from; empty: WordNet 3.0's nouns that ship with scaleclust")
+    wordnet_file: str = Field("", description="WordNet release folder, its data.noun, or a file "
+                              "tools/build_wordnet.py wrote (path or URL) to read the nouns from; empty: "
+                              "WordNet 3.0's nouns that ship with scaleclust")
     prompt: str = Field("a photo of a {}", description="text-tower prompt; {} is replaced by the noun")
     generic_gamma: float = Field(0.05, ge=0, lt=1, description="drop nouns whose cosine to the mean noun "
                                  "embedding is >= 1 - generic_gamma (SIC's gamma_u); 0 keeps all")
