@@ -84,14 +84,15 @@ def test_readme_example_runs_verbatim_and_reads_the_run(finished: tuple[Path, di
 
 def test_cli_read_commands_print_what_the_api_returns(finished: tuple[Path, dict[str, Any], str],
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    """info and versions here; eval and search print through the same Run in tests/test_cli.py and
-    tests/test_index_stage.py (each starts Ray work, so it is not repeated here)."""
+    """info, versions and eval here; search prints through the same Run in tests/test_index_stage.py."""
     folder, names, _ = finished
     run_dir, run = str(folder / "run"), names["run"]
     assert main(["info", run_dir, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info == run.info()
     assert {stage for stage, state in info["stages"].items() if not state["done"]} == {"neighbors"}  # on request
+    assert main(["eval", run_dir, "--labels", "label"]) == 0
+    assert json.loads(capsys.readouterr().out) == names["scores"]
     assert main(["versions", run_dir]) == 0
     assert capsys.readouterr().out.splitlines()[1].startswith("* latest")  # no version rows before an update
 
