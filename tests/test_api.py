@@ -50,6 +50,7 @@ def finished(shared_run: SharedRun, tmp_path_factory: pytest.TempPathFactory) ->
     return folder, names, printed.getvalue()
 
 
+@pytest.mark.slow  # the module's fixture runs fit to report on the shared run: about 50 s on 2 busy CPUs
 def test_readme_example_runs_verbatim_and_reads_the_run(finished: tuple[Path, dict[str, Any], str],
                                                        shared_run: SharedRun) -> None:
     folder, names, printed = finished
@@ -82,6 +83,7 @@ def test_readme_example_runs_verbatim_and_reads_the_run(finished: tuple[Path, di
     assert not (folder / "run" / "lease.json").exists()  # the run released its lease; reads take none
 
 
+@pytest.mark.slow
 def test_cli_read_commands_print_what_the_api_returns(finished: tuple[Path, dict[str, Any], str],
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """info, versions and eval here; search prints through the same Run in tests/test_index_stage.py."""
@@ -97,6 +99,7 @@ def test_cli_read_commands_print_what_the_api_returns(finished: tuple[Path, dict
     assert capsys.readouterr().out.splitlines()[1].startswith("* latest")  # no version rows before an update
 
 
+@pytest.mark.slow
 def test_a_run_on_s3_is_read_while_another_process_holds_its_lease(finished: tuple[Path, dict[str, Any], str],
                                                                    s3_endpoint: str) -> None:
     folder, names, _ = finished
