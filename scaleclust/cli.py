@@ -8,6 +8,8 @@ import json
 import sys
 from typing import Any
 
+from scaleclust import api
+from scaleclust.api import reachable
 from scaleclust.config import Config, ConfigError, load
 from scaleclust.console import configure, filter_stderr, internal_failure, user_mistake
 from scaleclust.failures import READ_ERRORS, SETUP_ERRORS, MissingCredentials, ReadFailed, UserError, storage_mistake
@@ -98,26 +100,9 @@ def run_storage(args: argparse.Namespace) -> Any:
 
 
 def open_run(args: argparse.Namespace) -> Any:
-    """The recorded Context (config, RunDir, shards) of the RUN argument; a run directory that cannot be reached is a one-line
-    error naming it and the option that names its endpoint."""
-    from scaleclust.stage import recorded
-
-    url = args.run_dir.rstrip("/")
-    reachable(url, run_storage(args))
-    return recorded(url, run_storage(args))
-
-
-def reachable(url: str, storage: Any) -> None:
-    from scaleclust.config import StorageConfig
-    from scaleclust.storage import exists
-
-    try:
-        exists(url, storage or StorageConfig())
-    except READ_ERRORS as err:  # an unreachable endpoint: name the run and the fix
-        if isinstance(err, SETUP_ERRORS):  # missing credentials: main() names them
-            raise
-        raise ConfigError(f"{url}: cannot reach the run directory ({type(err).__name__}: {err}); for an "
-                          "S3-compatible server pass --endpoint-url URL (or set AWS_ENDPOINT_URL)") from None
+    """The recorded Context (config, RunDir, shards) of the RUN argument; a run directory that cannot be
+    reached is a one-line error naming it and the option that names its endpoint."""
+    return api.open(args.run_dir, run_storage(args)).ctx
 
 
 def cmd_update(args: argparse.Namespace) -> int:
@@ -132,21 +117,14 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    from scaleclust.config import StorageConfig
-    from scaleclust.rundir import RunDir
-    from scaleclust.versions import Versions
-
-    url = args.run_dir.rstrip("/")
-    reachable(url, run_storage(args))
-    history = Versions(RunDir(url, run_storage(args) or StorageConfig()).require())
-    latest = (history.latest() or {}).get("version")
+    run = api.open(args.run_dir, run_storage(args))
     print(f"{'version':<24} {'rows':>9} {'new rows':>9} {'k':>4} {'refit':<5} {'drift':>6} {'status':<6} model")
-    for m in history.complete():
+    for m in run.versions():
         drift = m.get("drift") or {}
-        print(f"{m['version'] + (' *' if m['version'] == latest else ''):<24} {m['rows']:>9} {m['new_rows']:>9} "
+        print(f"{m['version'] + (' *' if m['latest'] else ''):<24} {m['rows']:>9} {m['new_rows']:>9} "
               f"{m['k']:>4} {'yes' if m['refit'] else 'no':<5} {drift.get('score', 0):>6.3f} "
               f"{drift.get('status', '-'):<6} {m['model']}")
-    print(f"* latest (versions/LATEST.json); each version's files: {history.path('VERSION')}/manifest.json")
+    print(f"* latest (versions/LATEST.json); each version's files: {run.dir.path('versions', 'VERSION')}/manifest.json")
     return 0
 
 
@@ -162,18 +140,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import ray
-
-    from scaleclust.cluster.metrics import scores
-    from scaleclust.stages.summary import reduce_run
-
-    run = open_run(args).run
-    model = run.marker(run.model("model.json"))
-    if model is None:
-        raise ConfigError(f"{args.run_dir}: no committed model to evaluate")
-    ray.init(address="local", include_dashboard=False, num_cpus=4) if not ray.is_initialized() else None
-    result = scores(reduce_run(run, 1, args.labels).contingency.matrix())
-    print(json.dumps({"column": args.labels, **result}, indent=2))
+    print(json.dumps(api.open(args.run_dir, run_storage(args)).eval(args.labels), indent=2))
     return 0
 
 
@@ -236,16 +203,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from scaleclust.config import StorageConfig
-    from scaleclust.rundir import RunDir
-    from scaleclust.pipeline import status
-    from scaleclust.runinfo import describe
-
-    url = args.run_dir.rstrip("/")
-    reachable(url, run_storage(args))
-    run = RunDir(url, run_storage(args) or StorageConfig())
-    info = describe(run)
-    info = {"run_dir": info.pop("run_dir"), "stages": status(run), **info}
+    info = api.open(args.run_dir, run_storage(args)).info()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

@@ -204,10 +204,11 @@ class LabelConfig(Strict):
     class weights and label set (ImageNet synsets), so `vocabulary`, `prompt` and `generic_gamma` apply to
     CLIP models only."""
 
-    vocabulary: str = Field("wordnet", description="'wordnet' (first lemma of every noun synset in "
-                            "wordnet_file) or a text file/URL of nouns, one per line ('ID<TAB>NOUN' or 'NOUN')")
-    wordnet_file: str = Field("/usr/share/wordnet/data.noun", description="WordNet 3.0 data.noun "
-                              "(Debian package wordnet-base)")
+    vocabulary: str = Field("wordnet", description="'wordnet' (first lemma of every WordNet noun synset) "
+                            "or a text file/URL of nouns, one per line ('ID<TAB>NOUN' or 'NOUN')")
+    wordnet_file: str = Field("", description="WordNet release folder, its data.noun, or a file "
+                              "tools/build_wordnet.py wrote (path or URL) to read the nouns from; empty: "
+                              "WordNet 3.0's nouns that ship with scaleclust")
     prompt: str = Field("a photo of a {}", description="text-tower prompt; {} is replaced by the noun")
     generic_gamma: float = Field(0.05, ge=0, lt=1, description="drop nouns whose cosine to the mean noun "
                                  "embedding is >= 1 - generic_gamma (SIC's gamma_u); 0 keeps all")
@@ -226,7 +227,7 @@ class LabelConfig(Strict):
     @field_validator("vocabulary", "wordnet_file")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        return value if value == "wordnet" else absolute_url(value)
+        return value if value in ("wordnet", "") else absolute_url(value)
 
 
 class ReportConfig(Strict):

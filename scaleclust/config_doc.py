@@ -64,6 +64,8 @@ def show(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int) and abs(value) >= 10_000:
         return f"{value:,}"
+    if value == "":
+        return "empty"
     if isinstance(value, list):
         return ", ".join(show(v) for v in value) if value else "[]"
     return f"`{value}`" if isinstance(value, str) else str(value)

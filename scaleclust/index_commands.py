@@ -1,4 +1,4 @@
-"""Commands `dedup` and `search` over a run directory's index."""
+"""Commands `dedup` and `search` over a run directory's index (search through the Python API, scaleclust.api)."""
 from __future__ import annotations
 
 import argparse
@@ -6,19 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from scaleclust.config import Config, ConfigError
-
 THRESHOLDS = (0.9, 0.95, 0.98, 0.99)
-
-
-def _recorded(run_dir: str) -> tuple[Config, Any]:
-    from scaleclust.ray_setup import ensure_ray
-    from scaleclust.stage import recorded
-
-    ctx = recorded(run_dir.rstrip("/"))
-    cfg, run = ctx.cfg, ctx.run
-    ensure_ray(cfg)
-    return cfg, run
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
@@ -44,47 +32,12 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     return 0
 
 
-def query_vector(cfg: Config, run: Any, args: argparse.Namespace) -> np.ndarray:
-    """The query as one embedding: a key's stored row, a caption through the text tower, or an image file."""
-    import pyarrow.compute as pc
-
-    from scaleclust.tables import embedding_matrix
-    from scaleclust.index.manifest import load_manifest
-
-    if args.key is not None:
-        for shard in sorted(load_manifest(run)["shards"]):
-            table = run.read_table(run.embeddings(shard), ["key", "embedding"])
-            hit = table.filter(pc.equal(table["key"], args.key))
-            if hit.num_rows:
-                return embedding_matrix(hit["embedding"])[:1]
-        raise ConfigError(f"--key {args.key!r}: no such key in the index of {run.url}")
-    from scaleclust.embed.actor import EncodeBatch
-
-    encoder = EncodeBatch(cfg.embed, cfg.storage)
-    if args.text is not None:
-        if encoder.encoder.encode_text is None:
-            raise ConfigError(f"--text: the run's model {cfg.embed.model.kind}:{cfg.embed.model.arch} has no text "
-                              f"tower; search by --key or --image, or use an open_clip (CLIP) model")
-        import torch
-
-        with torch.inference_mode():
-            return encoder.encoder.encode_text([args.text]).float().cpu().numpy()
-    from scaleclust.sources.decode import decode_image
-
-    prep = encoder.encoder.preprocess
-    with open(args.image, "rb") as handle:
-        image, _, _ = decode_image(handle.read(), prep.image_size, prep.crop_pct)
-    return encoder.embed(image[None].copy()).astype(np.float32)
-
-
 def cmd_search(args: argparse.Namespace) -> int:
-    from scaleclust.index.actors import search_run
+    from scaleclust import api
 
-    cfg, run = _recorded(args.run_dir)
-    keys, sims = search_run(run, query_vector(cfg, run, args), args.k, args.nprobe or cfg.index.nprobe,
-                            cfg.index.shards_per_searcher)[0]
+    found = api.open(args.run_dir).search(text=args.text, image=args.image, key=args.key, k=args.k, nprobe=args.nprobe)
     print(f"{'rank':>4} {'cosine':>7}  key")
-    for rank, (key, sim) in enumerate(zip(keys, sims), 1):
+    for rank, key, sim in zip(*(found[c].to_pylist() for c in ("rank", "key", "cosine"))):
         print(f"{rank:>4} {sim:>7.4f}  {key}")
     return 0
 

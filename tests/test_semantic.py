@@ -1,5 +1,5 @@
-"""Semantic spaces: WordNet nouns from Debian's files, the generic-noun filter, a CLIP text space built
-once per run, and EfficientNet-Lite0's own classes naming real photos on real weights."""
+"""Semantic spaces: the WordNet nouns that ship with the package, the generic-noun filter, a CLIP text
+space built once per run, and EfficientNet-Lite0's own classes naming real photos on real weights."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +22,8 @@ CATS = {"n02123045", "n02123159", "n02123394", "n02123597", "n02124075"}  # Imag
 COFFEE = {"n07920052", "n07929519"}  # espresso, coffee
 
 
-def test_wordnet_nouns_load_from_debian_files_and_planted_generic_nouns_are_dropped() -> None:
-    vocab = load_vocabulary(LabelConfig(), StorageConfig())  # Debian wordnet-base, installed by .ci/run
+def test_packaged_wordnet_nouns_load_and_planted_generic_nouns_are_dropped() -> None:
+    vocab = load_vocabulary(LabelConfig(), StorageConfig())  # the default: the nouns in the package
     assert len(vocab.names) > 60_000 and len(set(vocab.names)) == len(vocab.names)
     ids = dict(zip(vocab.names, vocab.ids))
     assert ids["tabby"] == "n02123045" and ids["espresso"] == "n07920052" and ids["cat"] == "n02121620"
