@@ -10,6 +10,7 @@ THRESHOLDS = (0.9, 0.95, 0.98, 0.99)
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
+    from scaleclust.config import ConfigError
     from scaleclust.index.build import LIST_CHOICES
     from scaleclust.index.dedup import dedup
     from scaleclust.lease import Lease
