@@ -148,8 +148,8 @@ def write_bytes_atomic(url: str, data: bytes, storage: StorageConfig) -> None:
 
     Object stores: one PUT of the whole object, which the store makes visible atomically (a temporary
     name would cost a PUT, a copy and a delete, and leave the temporary behind when killed between them).
-    Local disk: a temporary file in the same folder, flushed to disk, then os.replace. Other (POSIX-like)
-    file systems: a temporary name, then the file system's rename."""
+    Local disk: a temporary file in the same folder, fsynced, os.replace, then an fsync of the folder.
+    Other (POSIX-like) file systems: a temporary name, then the file system's rename."""
     fs, path = filesystem(url, storage)
     if set(_protocols(fs)) & OBJECT_STORES:
         fs.pipe_file(path, data, **({"chunksize": SINGLE_PUT_MAX} if is_s3(fs) else {}))
@@ -166,9 +166,11 @@ def write_bytes_atomic(url: str, data: bytes, storage: StorageConfig) -> None:
 
 
 def _replace_local(tmp: str, path: str, data: bytes) -> None:
-    """Write `tmp` whole and durably, then rename it over `path` (atomic on POSIX): readers of `path`
-    see the old file or the new one. A failed write removes its temporary; a killed one may leave it
-    (a dot-name no reader lists), never a partial `path`."""
+    """Write `tmp` whole and durably (fsync of the file), rename it over `path` (atomic on POSIX), then
+    fsync the folder so that the rename itself survives a power loss: without it a marker written last
+    could vanish while the files before it stay. Readers of `path` see the old file or the new one. A
+    failed write removes its temporary; a killed one may leave it (a dot-name no reader lists), never a
+    partial `path`."""
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
@@ -179,6 +181,16 @@ def _replace_local(tmp: str, path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    fsync_folder(os.path.dirname(path))
+
+
+def fsync_folder(folder: str) -> None:
+    """Flush a folder's entries (a rename into it, a new file) to disk."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(url: str, payload: Any, storage: StorageConfig) -> None:
