@@ -43,12 +43,15 @@ SINGLE_PUT_MAX = 5 * 2**30  # S3's limit for one PUT; s3fs's pipe_file uploads i
 S3_BODY_ERRORS = (ResponseStreamingError, IncompleteReadError, ReadTimeoutError, aiohttp.ClientPayloadError)
 
 
-def storage_options(url: str, storage: StorageConfig) -> dict[str, Any]:
-    """fsspec options for `url`: the S3 endpoint and region from config or the AWS environment."""
+def storage_options(url: str, storage: StorageConfig, timeout: float | None = None) -> dict[str, Any]:
+    """fsspec options for `url`: the S3 endpoint and region from config or the AWS environment;
+    `timeout` (seconds) bounds an S3 request's connection and read (botocore's default: 60 s each)."""
     if not url.startswith(S3_PREFIXES):
         return {}
     options: dict[str, Any] = {"anon": storage.anon, "config_kwargs": {
         "retries": {"mode": storage.retry_mode, "max_attempts": storage.retries}}}
+    if timeout is not None:
+        options["config_kwargs"].update(connect_timeout=timeout, read_timeout=timeout)
     endpoint = storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         options["endpoint_url"] = endpoint
@@ -67,10 +70,11 @@ class S3Client(S3FileSystem):
     retries = 1
 
 
-def filesystem(url: str, storage: StorageConfig) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem holding `url` and the path inside it."""
+def filesystem(url: str, storage: StorageConfig,
+               timeout: float | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem holding `url` and the path inside it (`timeout`: see storage_options)."""
     if url.startswith(S3_PREFIXES):
-        return S3Client(**storage_options(url, storage)), S3Client._strip_protocol(url)
+        return S3Client(**storage_options(url, storage, timeout)), S3Client._strip_protocol(url)
     return url_to_fs(url, **storage_options(url, storage))
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Iterator
 
 import boto3
 import pytest
 
 from scaleclust.config import StorageConfig
-from scaleclust.lease import Lease, LeaseHeld
+from scaleclust.lease import Lease, LeaseHeld, LeaseLost
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,6 +40,7 @@ def test_one_holder_and_a_clear_refusal(where) -> None:
 def test_expired_lease_is_taken_over_by_one_taker(where) -> None:
     url, storage = where
     killed = Lease(url, storage, "update", ttl=0.6)
+    killed.owner = "elsewhere:1:killed"  # another host's: judged by its expiry alone
     killed.acquire()
     killed._stop.set()  # as if SIGKILLed: no heartbeat, no release
     killed._thread.join()
@@ -58,6 +61,7 @@ def test_expired_lease_is_taken_over_by_one_taker(where) -> None:
     held = c.read()[0]
     assert held["owner"] == a.owner
     killed2 = Lease(url, storage, "run", ttl=0.3)
+    killed2.owner = "elsewhere:2:killed"
     killed2._take_over(held, c.read()[1])  # replace with a short lease, then let it lapse
     time.sleep(0.5)
     c.acquire()
@@ -77,10 +81,70 @@ def test_heartbeat_keeps_the_lease_and_notices_a_theft(where) -> None:
     # Forced, as an operator clearing a lease would; a heartbeat in between makes a try fail (CAS).
     assert any(thief._take_over(*thief.read()) for _ in range(5))
     time.sleep(0.6)
-    with pytest.raises(LeaseHeld, match="lost the lease"):
+    with pytest.raises(LeaseLost, match="lost the lease"):
         holder.check()
     holder.release()
     assert thief.read()[0]["owner"] == thief.owner  # release never deletes another's lease
+
+
+def test_an_expired_lease_of_a_live_process_of_this_host_is_not_taken_over(where) -> None:
+    """A holder whose heartbeat stalled may still be writing: while its process lives on this host, its
+    lease is refused even expired (another host's expired lease is taken over, as above)."""
+    url, storage = where
+    stalled = Lease(url, storage, "run", ttl=0.6)
+    stalled.acquire()
+    stalled._stop.set()  # the heartbeat stops; the process (this one) lives on
+    stalled._thread.join()
+    time.sleep(0.8)
+    assert stalled.read()[0]["expires"] < time.time()
+    with pytest.raises(LeaseHeld, match=r"held by .* expired \d+ s ago, but its process is alive on this host"):
+        Lease(url, storage, "update").acquire()
+    assert stalled.read()[0]["owner"] == stalled.owner
+    stalled.release()
+
+
+@pytest.fixture
+def cut_s3(s3_endpoint: str, tmp_path: Path) -> Iterator[tuple[str, StorageConfig, TcpProxy]]:
+    """A bucket on the S3 server reached through a TCP proxy the test can cut; storage requests are not
+    retried by botocore (retries=0), so each cut request fails at once."""
+    proxy = TcpProxy(s3_endpoint)
+    bucket = f"cut-{tmp_path.name.lower().replace('_', '-')[-40:]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    yield f"s3://{bucket}/run", StorageConfig(endpoint_url=proxy.url, retries=0), proxy
+    proxy.close()
+
+
+def test_heartbeat_survives_a_storage_outage_shorter_than_the_lease(cut_s3) -> None:
+    url, storage, proxy = cut_s3
+    holder = Lease(url, storage, "run", ttl=3.0)
+    holder.acquire()
+    proxy.cut()
+    time.sleep(1.6)  # the heartbeat at 1 s fails
+    proxy.restore()
+    restored = time.time()
+    time.sleep(1.6)
+    assert holder.lost is None and holder._thread.is_alive()
+    held = holder.read()[0]
+    assert held["owner"] == holder.owner and held["heartbeat"] > restored  # renewed after the outage
+    holder.check()
+    holder.release()
+
+
+def test_storage_outage_longer_than_the_lease_loses_it(cut_s3) -> None:
+    url, storage, proxy = cut_s3
+    holder = Lease(url, storage, "run", ttl=2.0)
+    holder.acquire()
+    proxy.cut()
+    deadline = time.time() + 4
+    while holder.lost is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert holder.lost is not None, "the heartbeat must mark the lease lost"
+    assert time.time() >= holder.expires - 0.5  # not before it would expire
+    assert holder.lost.startswith(f"{url}: lost the lease (it could not be renewed before it expired")
+    proxy.restore()
+    with pytest.raises(LeaseLost, match=f"{url}: lost the lease"):
+        holder.check()
+    holder.release()
 
 
 @pytest.mark.subprocess  # a process that has exited: its pid names no process
