@@ -127,10 +127,12 @@ class Lease:
         self.fs, self.path = filesystem(self.url, storage)
         self.local = self.url.startswith("/") or self.url.startswith("file://")
         self.s3 = self.url.startswith(("s3://", "s3a://"))
-        # The heartbeat's requests give up within a retry interval (one attempt, short timeouts): its own
-        # loop retries, and must see the lease's expiry coming rather than wait inside botocore.
-        quick = max(0.2, ttl / 15)
+        # The heartbeat's requests are tried once and bounded in time (S3: each call as a whole, too): its
+        # own loop retries them, and must see the lease's expiry coming rather than wait inside botocore
+        # (60 s timeouts, backoff).
+        quick = max(1.0, ttl / 15)
         self._beat_fs = filesystem(self.url, storage.model_copy(update={"retries": 0}), timeout=quick)[0]
+        self._beat_bound = {"timeout": quick} if self.s3 else {}
         self.expires = 0.0  # the expiry of the last lease we wrote
         self.lost: str | None = None
         self._stop = threading.Event()
@@ -145,13 +147,14 @@ class Lease:
         return json.dumps({"owner": self.owner, "command": self.what, "heartbeat": expires - self.ttl,
                            "expires": expires}).encode()
 
-    def read(self, fs: Any = None) -> tuple[dict[str, Any] | None, str | None]:
-        """The lease on storage and its version tag (S3 ETag), or (None, None) when there is none."""
-        fs = fs or self.fs
+    def read(self, beat: bool = False) -> tuple[dict[str, Any] | None, str | None]:
+        """The lease on storage and its version tag (S3 ETag), or (None, None) when there is none;
+        `beat`: with the heartbeat's bounded requests."""
+        fs, bound = (self._beat_fs, self._beat_bound) if beat else (self.fs, {})
         try:
             if self.s3:
-                info = fs.info(self.path, refresh=True)
-                return json.loads(fs.cat_file(self.path)), info.get("ETag")
+                info = fs.info(self.path, refresh=True, **bound)
+                return json.loads(fs.cat_file(self.path, **bound)), info.get("ETag")
             return json.loads(fs.cat_file(self.path)), None
         except FileNotFoundError:
             return None, None
@@ -188,11 +191,12 @@ class Lease:
         self.expires = expires
         return True
 
-    def _swap(self, etag: str | None, data: bytes, fs: Any) -> bool:
+    def _swap(self, etag: str | None, data: bytes, beat: bool = False) -> bool:
         """S3: overwrite the lease only if its ETag is still `etag`; False when it is not. A failure on
         the way (the store unreachable) raises: it says nothing about who holds the lease."""
+        fs, bound = (self._beat_fs, self._beat_bound) if beat else (self.fs, {})
         try:
-            fs.pipe_file(self.path, data, IfMatch=etag)
+            fs.pipe_file(self.path, data, IfMatch=etag, **bound)
         except TRANSIENT as err:
             if _refused(err):
                 return False
@@ -204,7 +208,7 @@ class Lease:
         expires = time.time() + self.ttl
         data = self._payload(expires)
         if self.s3:
-            if not self._swap(etag, data, self._beat_fs):
+            if not self._swap(etag, data, beat=True):
                 return False
         elif self.local:
             tmp = f"{self.path}.{uuid.uuid4().hex}.tmp"
@@ -220,7 +224,7 @@ class Lease:
         """Replace an expired lease only if it is still `expected`: of two takers one wins."""
         if self.s3:
             expires = time.time() + self.ttl
-            if not self._swap(etag, self._payload(expires), self.fs):
+            if not self._swap(etag, self._payload(expires)):
                 return False
             self.expires = expires
             return True
@@ -282,7 +286,7 @@ class Lease:
         wait = self.ttl / 3
         while not self._stop.wait(wait):
             try:
-                held, etag = self.read(self._beat_fs)
+                held, etag = self.read(beat=True)
                 why = _lost_why(held, self.owner, time.time())
                 if why is None and not self._renew(etag):
                     why = "lease.json changed between its read and its renewal"

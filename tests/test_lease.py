@@ -115,14 +115,18 @@ def cut_s3(s3_endpoint: str, tmp_path: Path) -> Iterator[tuple[str, StorageConfi
 
 
 def test_heartbeat_survives_a_storage_outage_shorter_than_the_lease(cut_s3) -> None:
+    """The endpoint is down from before the first heartbeat (a third into the lease) until a third of the
+    lease is left: the heartbeat's failed tries are retried, and it renews once the endpoint is back."""
     url, storage, proxy = cut_s3
-    holder = Lease(url, storage, "run", ttl=3.0)
+    holder = Lease(url, storage, "run", ttl=12.0)  # long enough for a loaded machine's delays
     holder.acquire()
     proxy.cut()
-    time.sleep(1.6)  # the heartbeat at 1 s fails
+    assert time.time() < holder.expires - 8.0, "the outage must begin before the first heartbeat"
+    time.sleep(max(0.0, holder.expires - 4.0 - time.time()))
     proxy.restore()
     restored = time.time()
-    time.sleep(1.6)
+    while holder.read()[0]["heartbeat"] < restored and time.time() < restored + 5:
+        time.sleep(0.1)
     assert holder.lost is None and holder._thread.is_alive()
     held = holder.read()[0]
     assert held["owner"] == holder.owner and held["heartbeat"] > restored  # renewed after the outage
@@ -135,7 +139,7 @@ def test_storage_outage_longer_than_the_lease_loses_it(cut_s3) -> None:
     holder = Lease(url, storage, "run", ttl=2.0)
     holder.acquire()
     proxy.cut()
-    deadline = time.time() + 4
+    deadline = holder.expires + 3
     while holder.lost is None and time.time() < deadline:
         time.sleep(0.1)
     assert holder.lost is not None, "the heartbeat must mark the lease lost"
@@ -193,3 +197,66 @@ def test_cli_refuses_with_one_line_and_exit_3(tmp_path: Path, capsys: pytest.Cap
             assert err.count("\n") == 1 and f"lease.json is held by {cron.owner} (update" in err, (command, err)
             after = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.name != "lease.json"}
             assert after == before, command  # refused before any work
+
+
+@pytest.mark.timeout(300)
+def test_a_lost_lease_stops_run_with_one_line_and_exit_3(tmp_path: Path, ray_local: None,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """Another writer takes lease.json over as soon as `run` has recorded its config: the run's next
+    commit is refused (the embed stage's first, or its first part written by a Ray worker), and `run`
+    ends with one line and exit 3. Nothing but the config is committed, and the other's lease stays."""
+    import json
+    import threading
+
+    import yaml
+
+    from scaleclust.cli import main
+    from tests.conftest import tiny_config
+    from tests.shards import write_synthetic_shards
+
+    write_synthetic_shards(tmp_path / "shards", 2, 8)
+    run_dir = tmp_path / "run"
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(str(run_dir), str(tmp_path / "shards" / "*.tar")).model_dump(mode="json")))
+    thief = {"owner": "elsewhere:1:thief", "command": "update", "heartbeat": 0, "expires": time.time() + 3600}
+
+    def take_over() -> None:
+        deadline = time.time() + 240
+        while not (run_dir / "config.yaml").exists() and time.time() < deadline:
+            time.sleep(0.001)
+        (run_dir / "lease.tmp").write_text(json.dumps(thief))
+        (run_dir / "lease.tmp").replace(run_dir / "lease.json")
+
+    thread = threading.Thread(target=take_over, daemon=True)
+    thread.start()
+    capsys.readouterr()
+    code = main(["run", str(config)])
+    thread.join()
+    err = capsys.readouterr().err
+    assert code == 3, err
+    said = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("scaleclust:")]
+    assert said == [f"scaleclust: {run_dir}: lost the lease (lease.json now names elsewhere:1:thief (update)); "
+                    "stopped before the next commit, run the command again to resume"], err
+    assert "Traceback" not in err
+    assert json.loads((run_dir / "lease.json").read_text()) == thief  # release leaves another's lease alone
+    written = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
+    assert written == ["config.yaml", "lease.json"], written
+
+
+def test_a_commit_in_a_ray_worker_checks_the_lease(tmp_path: Path, ray_local: None) -> None:
+    """The run directory a stage hands to its Ray tasks carries the lease's holder: a commit there
+    succeeds while the lease is the command's and is refused once another owns it."""
+    import json
+
+    import ray
+
+    from scaleclust.rundir import RunDir
+
+    with Lease(str(tmp_path / "run"), StorageConfig(), "embed") as lease:
+        run = RunDir(str(tmp_path / "run"), StorageConfig()).held(lease.holder)
+        commit = ray.remote(num_cpus=0.25)(lambda run, n: run.write_marker(run.path(f"{n}.done.json"), {"n": n}))
+        ray.get(commit.remote(run, 1))
+        (tmp_path / "run" / "lease.json").write_text(json.dumps({"owner": "elsewhere:1:thief", "expires": 2e9}))
+        with pytest.raises(LeaseLost, match="lost the lease .*elsewhere:1:thief"):
+            ray.get(commit.remote(run, 2))
+    assert (tmp_path / "run" / "1.done.json").exists() and not (tmp_path / "run" / "2.done.json").exists()
