@@ -14,8 +14,10 @@ lost (`Lease.lost` says why) and every commit after that raises LeaseLost.
 
 Who may take a lease over: a lease of a process of this host is judged by that process, since it can be
 checked: gone, the lease is taken over at once (re-running a killed job does not wait out the ttl);
-alive, it is never taken over, even expired (a holder whose heartbeat stalled may still be writing). A
-lease of another host is judged by its expiry alone. Deleting a released lease checks the owner first
+alive, it is never taken over, even expired (a holder whose heartbeat stalled may still be writing). In
+this very process, the holder is alive while its Lease is held (a command that ended without deleting
+its lease, the store being down, leaves it to the next). A lease of another host is judged by its
+expiry alone. Deleting a released lease checks the owner first
 (not atomic on local disk or S3; it only runs when the holder finishes).
 
 Commits check the lease themselves (`Holder.check`, through the run directory of the stage's Context),
@@ -57,12 +59,19 @@ class LeaseLost(LeaseError):
     """This command's lease expired or passed to another run: it must commit nothing further."""
 
 
+# Owners of the leases this process holds (acquired, not yet released).
+_HELD: set[str] = set()
+
+
 def holder_alive(owner: str) -> bool | None:
-    """Whether the process an owner `HOST:PID:TOKEN` names is alive: True or False for a process of this
-    host, None for another host's, which cannot be checked (only its lease's expiry tells)."""
+    """Whether the holder an owner `HOST:PID:TOKEN` names is alive: True or False for a process of this
+    host (in this process: whether that Lease is still held), None for another host's, which cannot be
+    checked (only its lease's expiry tells)."""
     host, _, rest = owner.rpartition(":")[0].rpartition(":")
     if host != socket.gethostname() or not rest.isdigit():
         return None
+    if int(rest) == os.getpid():
+        return owner in _HELD
     try:
         os.kill(int(rest), 0)
     except ProcessLookupError:
@@ -188,8 +197,13 @@ class Lease:
             held, _ = self.read()
             if not held or held.get("owner") != self.owner:
                 return False
-        self.expires = expires
+        self._won(expires)
         return True
+
+    def _won(self, expires: float) -> None:
+        """The lease is ours from now until `expires`."""
+        self.expires = expires
+        _HELD.add(self.owner)
 
     def _swap(self, etag: str | None, data: bytes, beat: bool = False) -> bool:
         """S3: overwrite the lease only if its ETag is still `etag`; False when it is not. A failure on
@@ -226,7 +240,7 @@ class Lease:
             expires = time.time() + self.ttl
             if not self._swap(etag, self._payload(expires)):
                 return False
-            self.expires = expires
+            self._won(expires)
             return True
         if self.local:
             moved = f"{self.path}.{uuid.uuid4().hex}.old"
@@ -314,6 +328,7 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        _HELD.discard(self.owner)
         try:
             held, _ = self.read()
             if held and held.get("owner") == self.owner:

@@ -151,6 +151,21 @@ def test_storage_outage_longer_than_the_lease_loses_it(cut_s3) -> None:
     holder.release()
 
 
+def test_a_lease_this_process_could_not_release_is_taken_over_by_its_next_command(cut_s3, capsys) -> None:
+    """A command that ends while the store is down cannot delete its lease (one line says so); the same
+    process's next command takes it over at once: its holder, this process's Lease, is gone."""
+    url, storage, proxy = cut_s3
+    first = Lease(url, storage, "run", ttl=60.0)
+    first.acquire()
+    proxy.cut()
+    first.release()
+    assert "could not release" in capsys.readouterr().err
+    proxy.restore()
+    assert first.read()[0]["owner"] == first.owner and first.read()[0]["expires"] > time.time()
+    with Lease(url, storage, "update") as second:
+        assert second.read()[0]["owner"] == second.owner
+
+
 @pytest.mark.subprocess  # a process that has exited: its pid names no process
 def test_a_dead_holders_lease_is_taken_over_at_once(tmp_path: Path) -> None:
     import socket
