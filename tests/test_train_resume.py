@@ -61,12 +61,13 @@ def test_one_ranks_read_failure_makes_every_rank_resume_from_the_same_older_chec
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = RunDir(str(tmp_path / "run"), StorageConfig())
     method = Linear()
-    # Two checkpoints of a killed fit, at steps 2 and 4, as the loop writes them.
+    # Two checkpoints of a killed fit, at steps 2 and 4, holding what the loop saves.
     for step in (2, 4):
         folder = Path(run.model("train")) / NAME / f"checkpoint_step_{step:08d}"
         folder.mkdir(parents=True)
         head = method.head(8)
-        loop._save(str(folder), head, method.optimizer(head), step, [0.0] * step, [0], [], [])
+        torch.save({"head": head.state_dict(), "optimizer": method.optimizer(head).state_dict(), "step": step,
+                    "losses": [0.0] * step, "starts": [0], "stats": []}, folder / loop.STATE)
     rows = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float16)
     dataset = ray.data.from_numpy(rows).map_batches(lambda b: {"x": b["data"]}).materialize()
     monkeypatch.setattr(loop, "train_worker", fails_on_rank_0)
