@@ -182,8 +182,10 @@ def test_killed_update_resumes_and_leaves_the_old_version_untouched(tmp_path: Pa
     with private_ray_env() as env:
         proc = subprocess.Popen([sys.executable, "-m", "scaleclust.cli", "update", str(path)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        # Kill once the refit's model is recorded: new model written, shards not yet re-assigned.
-        kill_when_present(proc, run_dir, "versions/*/id_map.json")
+        # Kill once the refit's model is recorded (decision.json names it, after id_map.json): new model
+        # written, shards not yet re-assigned.
+        kill_when_present(proc, run_dir, "versions/*/decision.json",
+                          until=lambda found: json.loads(found[0].read_text()).get("model"))
     history = Versions(RunDir(cfg.run_dir, cfg.storage))
     assert history.latest()["version"] == first["version"]  # the pointer never moved
     assert len(history.names()) == 2  # an unfinished version folder is left behind
