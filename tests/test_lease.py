@@ -232,7 +232,8 @@ def test_a_lost_lease_stops_run_with_one_line_and_exit_3(tmp_path: Path, ray_loc
     write_synthetic_shards(tmp_path / "shards", 2, 8)
     run_dir = tmp_path / "run"
     config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(str(run_dir), str(tmp_path / "shards" / "*.tar")).model_dump(mode="json")))
+    cfg = tiny_config(str(run_dir), str(tmp_path / "shards" / "*.tar"))
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     thief = {"owner": "elsewhere:1:thief", "command": "update", "heartbeat": 0, "expires": time.time() + 3600}
 
     def take_over() -> None:
