@@ -13,15 +13,15 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     from scaleclust.config import ConfigError
     from scaleclust.index.build import LIST_CHOICES
     from scaleclust.index.dedup import dedup
-    from scaleclust.lease import Lease
     from scaleclust.ray_setup import ensure_ray
-    from scaleclust.stage import recorded
+    from scaleclust.stage import leased, recorded
 
     if args.nprobe is not None and not 1 <= args.nprobe <= LIST_CHOICES:
         raise ConfigError(f"dedup --nprobe {args.nprobe}: a row is compared in 1 to {LIST_CHOICES} of its nearest lists")
     ctx = recorded(args.run_dir.rstrip("/"))
-    cfg, run = ctx.cfg, ctx.run
-    with Lease(cfg.run_dir, cfg.storage, "dedup", ttl=cfg.update.lease_seconds):  # it writes duplicates.parquet
+    cfg = ctx.cfg
+    with leased(cfg, "dedup", ctx.run) as lease:  # it writes duplicates.parquet
+        run = ctx.run.held(lease.holder)
         ensure_ray(cfg)
         table, counts = dedup(run, args.threshold, args.thresholds, args.scope, args.nprobe or LIST_CHOICES)
     groups = int(np.sum(table["is_keeper"].to_numpy(zero_copy_only=False)))

@@ -127,11 +127,12 @@ def rejected_before_ray(tmp_path: Path, job: dict[str, Any], timeout: float) -> 
 
 
 def kill_when_present(proc: subprocess.Popen, folder: Path, pattern: str, timeout: float = 300,
-                      settle: float = 0.0) -> None:
+                      settle: float = 0.0, until: Callable[[list[Path]], Any] | None = None) -> None:
     """SIGKILL a CLI subprocess's process group (started with start_new_session) as soon as `folder`
-    holds a file matching `pattern` (then `settle` seconds later): a kill that lands mid-stage."""
+    holds a file matching `pattern` (for which `until(files)` holds, when given; then `settle` seconds
+    later): a kill that lands mid-stage."""
     deadline = time.time() + timeout
-    while time.time() < deadline and not list(folder.glob(pattern)):
+    while time.time() < deadline and not ((found := list(folder.glob(pattern))) and (until is None or until(found))):
         assert proc.poll() is None, f"the command ended before {pattern} appeared, so it could not be killed"
         time.sleep(0.1)
     time.sleep(settle)
