@@ -23,6 +23,7 @@ from scaleclust.sources.decode import decode_shard
 from scaleclust.sources.shard_writer import tar_bytes
 from scaleclust.sources.webdataset import Sample
 from scaleclust.stage import recorded
+from tests.conftest import tiny_config
 from tests.shards import bad_samples, synthetic_samples
 
 LOCAL = StorageConfig()
@@ -54,7 +55,9 @@ def test_device_out_of_memory_falls_back_to_the_cpu_and_is_counted(tmp_path: Pat
         assert part == len(samples)
     marker = commit_shard(run, "s", "s.tar", len(samples), 0.0, "tiny")
     assert marker["decode_fallbacks"] == 4 and marker["embedded"] == 4
-    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"shards": {"s": {}}}))
+    cfg = tiny_config(run.url, str(tmp_path / "in" / "s.tar"))
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(
+        {"config": cfg.model_dump(mode="json"), "shards": {"s": {"urls": ["s.tar"], "root": "", "kind": "tar"}}}))
     assert main(["info", run.url]) == 0
     assert "fallbacks: 4 rows decoded on the CPU (the device was out of memory), 0 report thumbnails failed" \
         in capsys.readouterr().out
