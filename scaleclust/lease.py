@@ -100,6 +100,10 @@ class Lease:
             except (FileExistsError, OSError) as err:
                 if isinstance(err, FileExistsError) or "pre-condition" in str(err).lower():
                     return False
+                if isinstance(err, FileNotFoundError):  # the first write of a run: name the run and the bucket
+                    raise FileNotFoundError(f"{self.url}: cannot write the run directory: {err} (bucket "
+                                            f"{self.path.split('/')[0]}); create it or point run_dir at one that "
+                                            "exists") from None
                 raise
             return True
         if self.fs.exists(self.path):
