@@ -188,6 +188,10 @@ class Lease:
             except (FileExistsError, OSError) as err:
                 if isinstance(err, FileExistsError) or _refused(err):
                     return False
+                if isinstance(err, FileNotFoundError):  # the first write of a run: name the run and the bucket
+                    raise FileNotFoundError(f"{self.url}: cannot write the run directory: {err} (bucket "
+                                            f"{self.path.split('/')[0]}); create it or point run_dir at one that "
+                                            "exists") from None
                 raise
         else:
             if self.fs.exists(self.path):

@@ -3,8 +3,9 @@
 The laptop validates the config (a bad one fails here, before anything is sent), packs what the job needs
 (the package, jobs/, the config and any --include; never a known secret file unless --allow-secret) into
 the job's runtime env (so the cluster runs this checkout's code), prints that manifest, submits
-`python -m scaleclust.cli run CONFIG --set ...`, streams the logs and exits with the job's final
-status. Inside the job the CLI joins the cluster through RAY_ADDRESS, which Ray sets for entrypoints.
+`python -m scaleclust.cli COMMAND CONFIG --set ...` (COMMAND: `run`, or the nightly `update`), streams the
+logs and exits with the job's final status. Inside the job the CLI joins the cluster through RAY_ADDRESS,
+which Ray sets for entrypoints.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ DEBRIS = ("__pycache__", "*.pyc", "*.egg-info", ".pytest_cache")  # skipped insi
 SECRETS = (".env", ".env.*", ".envrc", ".aws", ".netrc", ".ssh", ".pypirc", ".docker", ".git", "*.pem", "*.key",
            "*.p12", "id_*", "*credentials*", "*service-account*.json", "*service_account*.json")
 EXIT = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 1}
+COMMANDS = ("run", "update")  # what a submitted job runs on its config: every stage, or the nightly update
 
 
 def dashboard_address(address: str | None) -> str:
@@ -51,13 +53,13 @@ def _client(address: str | None) -> Any:
         raise Unreachable(f"cannot reach the Ray Job API at {url}: {err}") from None
 
 
-def entrypoint(config: Path, working_dir: Path, overrides: list[str]) -> str:
-    """The job's command, with the config named relative to the shipped working directory."""
+def entrypoint(config: Path, working_dir: Path, overrides: list[str], command: str = "run") -> str:
+    """The job's command (one of COMMANDS), with the config named relative to the shipped working directory."""
     config, working_dir = config.resolve(), working_dir.resolve()
     if not config.is_relative_to(working_dir):
         raise ConfigError(f"{config} is outside the working directory {working_dir}, so the cluster would not "
                           "receive it; move it there or pass --working-dir")
-    args = ["python", "-m", "scaleclust.cli", "run", str(config.relative_to(working_dir))]
+    args = ["python", "-m", "scaleclust.cli", command, str(config.relative_to(working_dir))]
     for assignment in overrides:
         args += ["--set", assignment]
     return shlex.join(args)
@@ -203,7 +205,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     fit.check(from_dict(data, str(config)))  # a bad config fails here, before the cluster is contacted
     check_portable(data)
-    command = entrypoint(config, Path(args.working_dir), overrides)
+    command = entrypoint(config, Path(args.working_dir), overrides, args.command)
     with tempfile.TemporaryDirectory(prefix="scaleclust-submit-") as staging:
         manifest = pack(Path(args.working_dir), config, args.include or [], args.allow_secret, Path(staging))
         print_manifest(manifest)
@@ -211,9 +213,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         runtime_env: dict[str, Any] = {"working_dir": staging}
         if args.pip:
             runtime_env["pip"] = args.pip
-        job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env,
-                                   submission_id=args.job_id or f"scaleclust-{config.stem}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                   metadata={"config": str(config), "tool": "scaleclust"})
+        default_id = f"scaleclust-{config.stem}-{args.command}-{time.strftime('%Y%m%d-%H%M%S')}"
+        job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env, submission_id=args.job_id or default_id,
+                                   metadata={"config": str(config), "command": args.command, "tool": "scaleclust"})
     print(f"submitted {job_id}: {command}", flush=True)
     if args.no_wait:
         print(f"follow it: scaleclust logs {job_id} --follow; scaleclust status {job_id}")
@@ -241,7 +243,10 @@ def add_commands(sub: Any, config_arguments: Callable[[argparse.ArgumentParser],
         p.add_argument("--address", help="Job API of the cluster, http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS)")
         return p
 
-    p = with_address(config_arguments(sub.add_parser("submit", help="run all stages as a job on a Ray cluster")))
+    p = with_address(config_arguments(sub.add_parser("submit", help="run all stages (or the nightly update) as a job "
+                                                     "on a Ray cluster")))
+    p.add_argument("--command", choices=COMMANDS, default="run", help="what the job runs on the config: every stage "
+                   "(run, the default) or the nightly update (update), as `scaleclust COMMAND CONFIG` would here")
     p.add_argument("--working-dir", default=".", help="directory holding the package and jobs/ (default: the current one)")
     p.add_argument("--include", action="append", metavar="PATH", help="also ship this file or folder of the working "
                    "directory (default: only scaleclust/, jobs/ and the config)")

@@ -172,6 +172,27 @@ def s3_endpoint() -> Iterator[str]:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def ray_head(s3_endpoint: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """A Ray head (`ray start --head`) on loopback with the Job API, for `scaleclust submit`; its jobs reach
+    the session's S3 server through AWS_ENDPOINT_URL, as pods do on Kubernetes. Torn down (every process
+    under its temp dir) after the module."""
+    with private_ray_env() as env:
+        env = {**env, "RAY_AUTH_MODE": "disabled", "PATH": f"{Path(sys.executable).parent}:{env['PATH']}",
+               "AWS_ENDPOINT_URL": s3_endpoint}
+        env.pop("RAY_ADDRESS", None)
+        dashboard = free_port()
+        ports = {"--port": free_port(), "--dashboard-port": dashboard, "--ray-client-server-port": free_port(),
+                 "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
+                 "--runtime-env-agent-port": free_port(), "--metrics-export-port": free_port()}
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
+                        "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=4",
+                        f"--temp-dir={env['RAY_TMPDIR']}", "--disable-usage-stats",
+                        *[f"{flag}={port}" for flag, port in ports.items()]],
+                       env=env, check=True, capture_output=True, timeout=120)
+        yield f"http://127.0.0.1:{dashboard}", env
+
+
 CHROMIUM_LINE = sys._getframe().f_lineno + 3  # where the browser tests' skip is reported
 
 

@@ -37,6 +37,13 @@ def test_one_holder_and_a_clear_refusal(where) -> None:
         pass
 
 
+def test_a_missing_bucket_is_named(s3_endpoint: str) -> None:
+    """The lease is a run's first write: a run_dir in a bucket that does not exist fails there, naming both."""
+    with pytest.raises(FileNotFoundError, match=r"^s3://no-such-bucket/runs/x/lease.json: cannot write the run directory: .*"
+                                                r"\(bucket no-such-bucket\); create it"):
+        Lease("s3://no-such-bucket/runs/x", StorageConfig(endpoint_url=s3_endpoint), "run").acquire()
+
+
 def test_expired_lease_is_taken_over_by_one_taker(where) -> None:
     url, storage = where
     killed = Lease(url, storage, "update", ttl=0.6)

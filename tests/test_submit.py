@@ -1,6 +1,7 @@
-"""`scaleclust submit` against a real Ray head started with `ray start --head` on 127.0.0.1: the demo job
-(tiny model) streams its logs, exits 0 and leaves a valid run; a job with a bad input path exits non-zero
-with its error; a bad config or a relative run_dir fails before the cluster is contacted."""
+"""`scaleclust submit` against a real Ray head started with `ray start --head` on 127.0.0.1 (conftest.ray_head): a job
+with a bad input path exits non-zero with its error; a bad config or a relative run_dir fails before the cluster is
+contacted. A job that succeeds, its streamed logs, `status` and `logs`: test_jobs.py, which submits the production
+jobs."""
 from __future__ import annotations
 
 import json
@@ -8,15 +9,12 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from scaleclust.verify import verify
 from tests.conftest import NOUNS, free_port, private_ray_env
-from tests.shards import write_synthetic_shards
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "scaleclust.cli"]
@@ -25,48 +23,9 @@ TINY = ["--set", "embed.model={kind: open_clip, arch: scaleclust-tiny, pretraine
         "--set", "cluster.restarts=2", "--set", "cluster.method=kmeans", "--set", f"label.vocabulary={NOUNS}"]
 
 
-@pytest.fixture(scope="module")
-def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
-    """A Ray head on loopback with the Job API; torn down (every process under its temp dir) after."""
-    with private_ray_env() as env:
-        env = {**env, "RAY_AUTH_MODE": "disabled", "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"}
-        env.pop("RAY_ADDRESS", None)
-        dashboard = free_port()
-        ports = {"--port": free_port(), "--dashboard-port": dashboard, "--ray-client-server-port": free_port(),
-                 "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
-                 "--runtime-env-agent-port": free_port(), "--metrics-export-port": free_port()}
-        subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
-                        "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=4",
-                        f"--temp-dir={env['RAY_TMPDIR']}", "--disable-usage-stats",
-                        *[f"{flag}={port}" for flag, port in ports.items()]],
-                       env=env, check=True, capture_output=True, timeout=120)
-        yield f"http://127.0.0.1:{dashboard}", env
-
-
 def submit(address: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, "submit", "jobs/demo.yaml", "--address", address, *TINY, *args], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=400)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_submitted_demo_job_streams_logs_and_exits_with_its_status(ray_head, tmp_path: Path) -> None:
-    address, env = ray_head
-    write_synthetic_shards(tmp_path / "shards", n_shards=3, per_shard=12)
-    done = submit(address, env, "--set", f"input.shards={tmp_path / 'shards'}/*.tar",
-                  "--set", f"run_dir={tmp_path / 'run'}", "--job-id", "demo-ok")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "submitted demo-ok" in done.stdout
-    assert "rows 36: embedded 36, skipped 0" in done.stdout  # the job's own output, streamed back
-    assert "job demo-ok: SUCCEEDED" in done.stdout
-    assert verify(str(tmp_path / "run"), deep=True) == []
-
-    status = subprocess.run([*CLI, "status", "demo-ok", "--address", address], env=env, capture_output=True,
-                            text=True, timeout=60)
-    assert status.returncode == 0 and "SUCCEEDED" in status.stdout
-    logs = subprocess.run([*CLI, "logs", "demo-ok", "--address", address], env=env, capture_output=True,
-                          text=True, timeout=60)
-    assert "rows 36: embedded 36" in logs.stdout
 
 
 @pytest.mark.timeout(400)
