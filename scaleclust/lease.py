@@ -39,7 +39,7 @@ from typing import Any
 import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 
-from scaleclust.config import StorageConfig
+from scaleclust.config import ConfigError, StorageConfig
 from scaleclust.storage import filesystem, join, read_bytes
 
 TTL_SECONDS = 120.0
@@ -189,9 +189,9 @@ class Lease:
                 if isinstance(err, FileExistsError) or _refused(err):
                     return False
                 if isinstance(err, FileNotFoundError):  # the first write of a run: name the run and the bucket
-                    raise FileNotFoundError(f"{self.url}: cannot write the run directory: {err} (bucket "
-                                            f"{self.path.split('/')[0]}); create it or point run_dir at one that "
-                                            "exists") from None
+                    raise ConfigError(f"run_dir: {self.url}: cannot write the run directory: {err} (bucket "
+                                      f"{self.path.split('/')[0]}); create it or point run_dir at one that "
+                                      "exists") from None
                 raise
         else:
             if self.fs.exists(self.path):

@@ -9,7 +9,7 @@ from typing import Iterator
 import boto3
 import pytest
 
-from scaleclust.config import StorageConfig
+from scaleclust.config import ConfigError, StorageConfig
 from scaleclust.lease import Lease, LeaseHeld, LeaseLost
 from tests.tcp_proxy import TcpProxy
 
@@ -39,7 +39,7 @@ def test_one_holder_and_a_clear_refusal(where) -> None:
 
 def test_a_missing_bucket_is_named(s3_endpoint: str) -> None:
     """The lease is a run's first write: a run_dir in a bucket that does not exist fails there, naming both."""
-    with pytest.raises(FileNotFoundError, match=r"^s3://no-such-bucket/runs/x/lease.json: cannot write the run directory: .*"
+    with pytest.raises(ConfigError, match=r"^run_dir: s3://no-such-bucket/runs/x/lease.json: cannot write the run directory: .*"
                                                 r"\(bucket no-such-bucket\); create it"):
         Lease("s3://no-such-bucket/runs/x", StorageConfig(endpoint_url=s3_endpoint), "run").acquire()
 
