@@ -67,6 +67,7 @@ RUN_PREFIX = "run"
 TRACEBACK = "Traceback (most recent call last)"
 # The order in which a night commits; each entry: a stage and how its being done shows in the bucket.
 NIGHT_STAGES = ("embed", "fit", "assign", "summary", "label", "report", "version")
+BOOKKEEPING = ("lease.json", "config.yaml")  # written by every attempt: no progress
 
 
 # ---------------------------------------------------------------------------------------------- the proxy
@@ -86,7 +87,14 @@ class Proxy:
     def _listen(self) -> None:
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
+        for _ in range(50):  # the old listener's accept thread may take a moment to let go of the port
+            try:
+                listener.bind(("127.0.0.1", self.port))
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            listener.bind(("127.0.0.1", self.port))
         listener.listen(128)
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
@@ -129,6 +137,10 @@ class Proxy:
         """Start an outage: `refuse` or `drop`; open connections are reset either way."""
         self.mode = mode
         if mode == "refuse" and self._listener is not None:
+            try:  # shutdown wakes the thread blocked in accept(); close alone would leave the port listening
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._listener.close()
             self._listener = None
         with self._lock:
@@ -393,8 +405,11 @@ class Campaign:
         return f"{prefix}:{stages[min(last + 1, len(stages) - 1)]}"
 
     def progress_since(self, snapshot: dict[str, tuple[str, float]]) -> int:
+        """Objects of the run directory written since `snapshot`, not counting the lease, the config and
+        temporary parts: what a re-run would not have to redo."""
         now = self.bucket.listing(run_key(""))
-        return sum(1 for key, tag in now.items() if snapshot.get(key) != tag and not key.endswith("lease.json"))
+        return sum(1 for key, tag in now.items() if snapshot.get(key) != tag and not key.endswith(BOOKKEEPING)
+                   and "/_parts/" not in key)
 
     def record(self, kind: str, attempt: Command, detail: str) -> Fault:
         self.left[kind] -= 1
@@ -486,6 +501,8 @@ class Campaign:
             next_at = time.time() + self.rng.expovariate(1 / self.args.gap)
             kind = self.pick_kind(killed)
             while attempt.poll() is None:
+                for command in self.commands:  # exit times of second writers as they happen
+                    command.poll()
                 self.due_restores()
                 self.end_outage()
                 if kind and time.time() >= next_at:
