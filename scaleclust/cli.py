@@ -10,7 +10,7 @@ from typing import Any
 
 from scaleclust.config import Config, ConfigError, load
 from scaleclust.console import configure, expected_failure, filter_stderr
-from scaleclust.lease import Lease, LeaseHeld
+from scaleclust.lease import LeaseError
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -66,10 +66,11 @@ def cmd_stage(args: argparse.Namespace) -> int:
     from scaleclust.stages import fit
     from scaleclust.pipeline import prepare, run_stage
     from scaleclust.ray_setup import ensure_ray
+    from scaleclust.stage import leased
 
     cfg = _load(args)
     fit.check(cfg)  # a bad method setting fails before the lease creates the run directory
-    with Lease(cfg.run_dir, cfg.storage, args.stage, ttl=cfg.update.lease_seconds) as lease:  # one writer
+    with leased(cfg, args.stage) as lease:  # one writer
         ctx = prepare(cfg, lease)
         ensure_ray(cfg)
         result = run_stage(args.stage, ctx)
@@ -188,7 +189,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     from scaleclust.config import apply_override, from_dict
     from scaleclust.pipeline import run_stage
     from scaleclust.ray_setup import ensure_ray
-    from scaleclust.stage import Context
+    from scaleclust.stage import Context, leased
 
     ctx = open_run(args)
     cfg, run = ctx.cfg, ctx.run
@@ -201,7 +202,7 @@ def cmd_label(args: argparse.Namespace) -> int:
                               f"recorded in {run.config}")
         apply_override(data, assignment)
     cfg = from_dict(data, f"{run.config} with --set")
-    with Lease(run.url, run.storage, "label", ttl=cfg.update.lease_seconds) as lease:
+    with leased(cfg, "label", run) as lease:
         ensure_ray(cfg)
         result = run_stage("label", Context(cfg, run, ctx.shards, lease))
     print_clusters(run.url, cfg.storage)
@@ -222,10 +223,10 @@ def with_storage(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def cmd_report(args: argparse.Namespace) -> int:
     from scaleclust.pipeline import run_stage
     from scaleclust.ray_setup import ensure_ray
-    from scaleclust.stage import Context
+    from scaleclust.stage import Context, leased
 
     ctx = open_run(args)
-    with Lease(ctx.run.url, ctx.run.storage, "report", ttl=ctx.cfg.update.lease_seconds) as lease:
+    with leased(ctx.cfg, "report", ctx.run) as lease:
         ensure_ray(ctx.cfg)
         result = run_stage("report", Context(ctx.cfg, ctx.run, ctx.shards, lease))
     print(f"report: {result['clusters']} clusters, {result['thumbnails']} thumbnails -> {result['report']}")
@@ -341,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"scaleclust: config error: {err}", file=sys.stderr)
         return 2
-    except LeaseHeld as err:
+    except LeaseError as err:  # held by another run, or lost: one line, exit 3
         print(f"scaleclust: {err}", file=sys.stderr)
         return 3
     except EXPECTED as err:

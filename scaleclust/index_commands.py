@@ -23,13 +23,13 @@ def _recorded(run_dir: str) -> tuple[Config, Any]:
 
 def cmd_dedup(args: argparse.Namespace) -> int:
     from scaleclust.index.dedup import dedup
-    from scaleclust.lease import Lease
     from scaleclust.ray_setup import ensure_ray
-    from scaleclust.stage import recorded
+    from scaleclust.stage import leased, recorded
 
     ctx = recorded(args.run_dir.rstrip("/"))
-    cfg, run = ctx.cfg, ctx.run
-    with Lease(cfg.run_dir, cfg.storage, "dedup", ttl=cfg.update.lease_seconds):  # it writes duplicates.parquet
+    cfg = ctx.cfg
+    with leased(cfg, "dedup", ctx.run) as lease:  # it writes duplicates.parquet
+        run = ctx.run.held(lease.holder)
         ensure_ray(cfg)
         table, counts = dedup(run, args.threshold, args.thresholds, args.scope, args.nprobe or cfg.index.nprobe,
                               cfg.index.shards_per_searcher)

@@ -46,7 +46,6 @@ from scaleclust.index.device import usable_gpus
 from scaleclust.index.manifest import load_manifest
 from scaleclust.rundir import RunDir
 from scaleclust.sample import sample_embeddings
-from scaleclust.storage import write_bytes_atomic
 from scaleclust.train.loop import embeddings_dataset, train
 
 Assigner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -128,7 +127,7 @@ def save(run: RunDir, url: str, value: np.ndarray | dict[str, torch.Tensor]) -> 
     """A model file: an array as .npy, a state dict with torch.save (loadable with weights_only)."""
     buffer = io.BytesIO()
     np.save(buffer, value) if isinstance(value, np.ndarray) else torch.save(value, buffer)
-    write_bytes_atomic(url, buffer.getvalue(), run.storage)
+    run.write_bytes(url, buffer.getvalue())
 
 
 def read(run: RunDir, url: str) -> Any:

@@ -1,21 +1,25 @@
-"""Run the stages of the registry (STAGES) in order over one run directory, after `prepare`."""
+"""Run the stages of the registry (STAGES) in order over one run directory, after `prepare`.
+
+Every command that writes runs its stages through `run_stage` under the lease taken by
+`scaleclust.stage.leased`: the lease is checked before each stage and before each commit (see
+scaleclust.rundir), and a stage that fails once its lease is lost reports that, as LeaseLost."""
 from __future__ import annotations
 
 import time
+from contextlib import suppress
 from importlib import metadata
 from typing import Any
 
 import yaml
 
 from scaleclust.config import Config, ConfigError
-from scaleclust.lease import Lease
+from scaleclust.lease import TRANSIENT, Lease, LeaseLost
 from scaleclust.ray_setup import ensure_ray
 from scaleclust.rundir import RunDir
 from scaleclust.sources import ShardSpec, plan
 from scaleclust.sources.laion import npy_rows
-from scaleclust.stage import Context, Stage
+from scaleclust.stage import Context, Stage, leased
 from scaleclust.stages import assign, embed, fit, index, label, neighbors, report, summary
-from scaleclust.storage import write_bytes_atomic
 
 VERSIONED = ("scaleclust", "torch", "ray", "open_clip_torch", "timm", "faiss-cpu", "pyarrow")
 
@@ -50,8 +54,9 @@ def prepare(cfg: Config, lease: Lease | None = None) -> Context:
     rows = known_rows(cfg, run, shards)
     if rows is not None:
         fit.check_rows(cfg.cluster, rows, "in the input")
-    write_bytes_atomic(run.config, yaml.safe_dump(record, sort_keys=False).encode(), cfg.storage)
-    return Context(cfg, run, shards, lease)
+    ctx = Context(cfg, run, shards, lease)
+    ctx.run.write_bytes(run.config, yaml.safe_dump(record, sort_keys=False).encode())
+    return ctx
 
 
 def known_rows(cfg: Config, run: RunDir, shards: dict[str, ShardSpec]) -> int | None:
@@ -78,9 +83,22 @@ BY_NAME = {stage.name: stage for stage in STAGES}
 
 
 def run_stage(name: str, ctx: Context) -> dict[str, Any]:
-    """Run one stage by name and record its duration in metrics.json."""
+    """Run one stage by name and record its duration in metrics.json. Under a lease: checked first, and
+    a stage that fails after losing it (a commit refused in a Ray worker arrives wrapped by Ray) raises
+    LeaseLost with the lease's one line."""
+    if ctx.lease is not None:
+        ctx.lease.check()
     started = time.time()
-    result = BY_NAME[name].run(ctx)
+    try:
+        result = BY_NAME[name].run(ctx)
+    except Exception as err:
+        cause = getattr(err, "cause", err)  # ray.exceptions.RayTaskError keeps the worker's exception
+        if isinstance(cause, LeaseLost):
+            raise LeaseLost(*cause.args) from None
+        if ctx.lease is not None:  # Ray Data wraps a worker's exception otherwise: ask the lease itself
+            with suppress(*TRANSIENT):  # the store unreachable: the stage's own error says more
+                ctx.lease.check()
+        raise
     rate = result.get("rows_per_second")  # stages that measure their throughput (embed)
     ctx.run.record_seconds(name, time.time() - started, rate if isinstance(rate, (int, float)) else None)
     return result
@@ -95,7 +113,7 @@ def run_all(cfg: Config) -> dict[str, Any]:
     """Every stage whose `when` holds, in order; each skips what is already committed, so a re-run resumes
     where the last one stopped. Holds the run directory's lease (one writer at a time)."""
     fit.check(cfg)  # a bad method setting fails before the lease creates the run directory
-    with Lease(cfg.run_dir, cfg.storage, "run", ttl=cfg.update.lease_seconds) as lease:
+    with leased(cfg, "run") as lease:
         ctx = prepare(cfg, lease)
         ensure_ray(cfg)
         for stage in STAGES:

@@ -2,11 +2,15 @@
 
 Paths are built here and nowhere else. A stage's output counts only once its marker exists: per-shard
 `embeddings/SHARD.done.json` and `assignments/SHARD.done.json`, and `model/model.json` for the fit.
+
+A RunDir made for a command that holds the lease carries its `holder`; then every write through it
+(write_marker, write_json, write_bytes, write_table, record_seconds) first checks that the lease is
+still the command's, in the driver and in the Ray workers it is pickled to (docs/operations.md).
 """
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -14,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scaleclust.config import StorageConfig
+from scaleclust.lease import Holder
 from scaleclust.storage import arrow_source, exists, join, listdir, read_bytes, read_json, write_bytes_atomic, write_json_atomic
 
 DONE = ".done.json"
@@ -46,6 +51,16 @@ def cluster_ids(model: dict[str, Any]) -> np.ndarray:
 class RunDir:
     url: str
     storage: StorageConfig
+    holder: Holder | None = field(default=None, compare=False)  # the writing command's lease, if any
+
+    def held(self, holder: Holder | None) -> "RunDir":
+        """The same run directory, its writes checking `holder`'s lease first."""
+        return replace(self, holder=holder)
+
+    def check_lease(self) -> None:
+        """Raise LeaseLost when the writing command no longer holds the lease: before every commit."""
+        if self.holder is not None:
+            self.holder.check()
 
     def path(self, *parts: str) -> str:
         return join(self.url, *parts)
@@ -104,12 +119,21 @@ class RunDir:
         return read_json(url, self.storage) if exists(url, self.storage) else None
 
     def write_marker(self, url: str, payload: dict[str, Any]) -> None:
+        """Commit a marker (written last: what makes a stage's output count)."""
+        self.write_json(url, payload)
+
+    def write_json(self, url: str, payload: Any) -> None:
+        self.check_lease()
         write_json_atomic(url, payload, self.storage)
+
+    def write_bytes(self, url: str, data: bytes) -> None:
+        self.check_lease()
+        write_bytes_atomic(url, data, self.storage)
 
     def write_table(self, url: str, table: pa.Table) -> None:
         sink = io.BytesIO()
         pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-        write_bytes_atomic(url, sink.getvalue(), self.storage)
+        self.write_bytes(url, sink.getvalue())
 
     def read_table(self, url: str, columns: list[str] | None = None) -> pa.Table:
         """Read `columns` of a Parquet file from a native Arrow source (see storage.arrow_source)."""
@@ -129,4 +153,4 @@ class RunDir:
         metrics.setdefault("seconds", {})[stage] = round(seconds, 2)
         if rows_per_second:
             metrics.setdefault("rows_per_second", {})[stage] = rows_per_second
-        write_json_atomic(self.metrics, metrics, self.storage)
+        self.write_json(self.metrics, metrics)

@@ -4,8 +4,9 @@ resumes. Stages never talk to each other in memory. scaleclust.pipeline.STAGES l
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -18,12 +19,26 @@ from scaleclust.sources import ShardSpec
 @dataclass(frozen=True)
 class Context:
     """What a stage runs with: the config, the run directory, its planned input shards, and the lease
-    of the command that runs it (None where a caller holds none, e.g. a test)."""
+    of the command that runs it (None where a caller holds none, e.g. a test). With a lease, `run`
+    carries its holder: every commit through it, in the driver or a Ray worker, checks the lease first."""
 
     cfg: Config
     run: RunDir
     shards: dict[str, ShardSpec]
     lease: Lease | None = None
+
+    def __post_init__(self) -> None:
+        if self.lease is not None:
+            object.__setattr__(self, "run", self.run.held(self.lease.holder))
+
+
+@contextmanager
+def leased(cfg: Config, what: str, run: RunDir | None = None) -> Iterator[Lease]:
+    """Hold the lease of the run directory command `what` writes (`run`, default cfg.run_dir) for the
+    block: the one place a command takes it. Contexts made with it check it before every commit."""
+    run = run or RunDir(cfg.run_dir, cfg.storage)
+    with Lease(run.url, run.storage, what, ttl=cfg.update.lease_seconds) as lease:
+        yield lease
 
 
 def always(ctx: Context) -> bool:

@@ -48,12 +48,15 @@ FOOTER_BYTES = 64 * 1024  # the first read from the end of a Parquet object: its
 T = TypeVar("T")
 
 
-def storage_options(url: str, storage: StorageConfig) -> dict[str, Any]:
-    """fsspec options for `url`: the S3 endpoint and region from config or the AWS environment."""
+def storage_options(url: str, storage: StorageConfig, timeout: float | None = None) -> dict[str, Any]:
+    """fsspec options for `url`: the S3 endpoint and region from config or the AWS environment;
+    `timeout` (seconds) bounds an S3 request's connection and read (botocore's default: 60 s each)."""
     if not url.startswith(S3_PREFIXES):
         return {}
     options: dict[str, Any] = {"anon": storage.anon, "config_kwargs": {
         "retries": {"mode": storage.retry_mode, "max_attempts": storage.retries}}}
+    if timeout is not None:
+        options["config_kwargs"].update(connect_timeout=timeout, read_timeout=timeout)
     endpoint = storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         options["endpoint_url"] = endpoint
@@ -72,10 +75,11 @@ class S3Client(S3FileSystem):
     retries = 1
 
 
-def filesystem(url: str, storage: StorageConfig) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem holding `url` and the path inside it."""
+def filesystem(url: str, storage: StorageConfig,
+               timeout: float | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem holding `url` and the path inside it (`timeout`: see storage_options)."""
     if url.startswith(S3_PREFIXES):
-        return S3Client(**storage_options(url, storage)), S3Client._strip_protocol(url)
+        return S3Client(**storage_options(url, storage, timeout)), S3Client._strip_protocol(url)
     return url_to_fs(url, **storage_options(url, storage))
 
 
@@ -153,8 +157,8 @@ def write_bytes_atomic(url: str, data: bytes, storage: StorageConfig) -> None:
 
     Object stores: one PUT of the whole object, which the store makes visible atomically (a temporary
     name would cost a PUT, a copy and a delete, and leave the temporary behind when killed between them).
-    Local disk: a temporary file in the same folder, flushed to disk, then os.replace. Other (POSIX-like)
-    file systems: a temporary name, then the file system's rename."""
+    Local disk: a temporary file in the same folder, fsynced, os.replace, then an fsync of the folder.
+    Other (POSIX-like) file systems: a temporary name, then the file system's rename."""
     fs, path = filesystem(url, storage)
     if set(_protocols(fs)) & OBJECT_STORES:
         fs.pipe_file(path, data, **({"chunksize": SINGLE_PUT_MAX} if is_s3(fs) else {}))
@@ -171,9 +175,11 @@ def write_bytes_atomic(url: str, data: bytes, storage: StorageConfig) -> None:
 
 
 def _replace_local(tmp: str, path: str, data: bytes) -> None:
-    """Write `tmp` whole and durably, then rename it over `path` (atomic on POSIX): readers of `path`
-    see the old file or the new one. A failed write removes its temporary; a killed one may leave it
-    (a dot-name no reader lists), never a partial `path`."""
+    """Write `tmp` whole and durably (fsync of the file), rename it over `path` (atomic on POSIX), then
+    fsync the folder so that the rename itself survives a power loss: without it a marker written last
+    could vanish while the files before it stay. Readers of `path` see the old file or the new one. A
+    failed write removes its temporary; a killed one may leave it (a dot-name no reader lists), never a
+    partial `path`."""
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
@@ -184,6 +190,16 @@ def _replace_local(tmp: str, path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    fsync_folder(os.path.dirname(path))
+
+
+def fsync_folder(folder: str) -> None:
+    """Flush a folder's entries (a rename into it, a new file) to disk."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(url: str, payload: Any, storage: StorageConfig) -> None:

@@ -50,8 +50,8 @@ from scaleclust.pipeline import BY_NAME, STAGES, prepare, run_stage
 from scaleclust.ray_setup import ensure_ray
 from scaleclust.rundir import RunDir, cluster_ids
 from scaleclust.sample import gather, sample_embeddings, sample_plan, sample_refs
-from scaleclust.stage import Context
-from scaleclust.storage import copy_file, join, remove, write_bytes_atomic, write_json_atomic
+from scaleclust.stage import Context, leased
+from scaleclust.storage import copy_file, join, remove
 from scaleclust.versions import Versions
 
 EXAMPLES = 20  # novel keys listed in drift.json
@@ -81,7 +81,7 @@ def _calibrate(run: RunDir, model: dict[str, Any], markers: dict[str, dict[str, 
     slots, _, _ = methods.load_assigner(run, model["model_id"], temperature)(x)
     ids = cluster_ids(model)
     novelty = calibrate(x, ids[slots], ids, upd.novelty_quantile)
-    write_bytes_atomic(_novelty_url(run, model["model_id"]), novelty.to_bytes(), run.storage)
+    run.write_bytes(_novelty_url(run, model["model_id"]), novelty.to_bytes())
 
 
 def _novelty(run: RunDir, model_id: str) -> Novelty:
@@ -211,12 +211,11 @@ def refit_model(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers:
         methods.save(run, now("centroids.npy"), centroids.astype(np.float32))
         slots = np.argmax(x @ centroids.T, axis=1)
         facts = {"params": methods.fit_params(cluster), "k": int(len(centroids))}
-    write_bytes_atomic(_novelty_url(run, model_id), calibrate(x, ids[slots], ids, upd.novelty_quantile).to_bytes(),
-                       run.storage)
+    run.write_bytes(_novelty_url(run, model_id), calibrate(x, ids[slots], ids, upd.novelty_quantile).to_bytes())
     meta = {"method": old["method"], **facts, "model_id": model_id, "dim": int(x.shape[1]), "sample_rows": int(len(x)),
             "cluster_ids": ids.tolist(), "next_cluster_id": mapping["next_id"], "warm_from": old["model_id"],
             "seeded_new": int(n_new), "novel_in_sample": int(novel.sum()), "seconds": round(time.time() - started, 2)}
-    write_json_atomic(run.path("models", model_id, "model.json"), meta, run.storage)
+    run.write_json(run.path("models", model_id, "model.json"), meta)
     return meta, {"from_model": old["model_id"], "to_model": model_id, **mapping}
 
 
@@ -275,15 +274,14 @@ def finish_heads(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, sample:
                              upd.match_floor, next_id)
     model_id = uuid.uuid4().hex
     methods.save(run, run.path("models", model_id, "head.pt"), trained.state)
-    write_bytes_atomic(_novelty_url(run, model_id), calibrate(x, ids[slots], ids, upd.novelty_quantile).to_bytes(),
-                       run.storage)
+    run.write_bytes(_novelty_url(run, model_id), calibrate(x, ids[slots], ids, upd.novelty_quantile).to_bytes())
     meta = {"method": old["method"], "params": old["params"], "k": int(cluster.k), "model_id": model_id,
             "dim": int(old["dim"]), "head": trained.head, "sample_rows": int(len(x)), "cluster_ids": ids.tolist(),
             "next_cluster_id": mapping["next_id"], "warm_from": old["model_id"], "seeded_new": warm["n_new"],
             "novel_in_sample": warm["novel"], "concept_in_sample": warm["concept"], **trained.found,
             "train": {**trained.facts, "name": trained.name},
             "seconds": round(time.time() - started, 2), **({"semantic": old["semantic"]} if "semantic" in old else {})}
-    write_json_atomic(run.path("models", model_id, "model.json"), meta, run.storage)
+    run.write_json(run.path("models", model_id, "model.json"), meta)
     return meta, {"from_model": old["model_id"], "to_model": model_id, **mapping}
 
 
@@ -322,7 +320,7 @@ def promote(run: RunDir, model: dict[str, Any]) -> None:
     remove(run.model("model.json"), run.storage)
     for name in methods.get(model["method"]).files:
         copy_file(run.path("models", model["model_id"], name), run.model(name), run.storage)
-    write_json_atomic(run.model("model.json"), model, run.storage)
+    run.write_json(run.model("model.json"), model)
 
 
 class Clock:
@@ -382,7 +380,7 @@ def write_version(run: RunDir, history: Versions, version: str, lease: Lease, pa
     if clock is not None:
         clock.lap("version")
         manifest["steps"] = clock.seconds
-    write_json_atomic(history.path(version, "manifest.json"), manifest, run.storage)
+    run.write_json(history.path(version, "manifest.json"), manifest)
     lease.check()
     history.point(version)
     return manifest
@@ -402,7 +400,7 @@ def summarise(cfg: Config, run: RunDir, history: Versions, version: str, parent:
         _, total = summary.summarise(cfg, run, summary.Partial.from_bytes(run.read_bytes(base_url)), new)
     else:
         _, total = summary.summarise(cfg, run)
-    write_bytes_atomic(history.path(version, "partial.npz"), total.to_bytes(), run.storage)
+    run.write_bytes(history.path(version, "partial.npz"), total.to_bytes())
     run.record_seconds("summary", time.time() - started)
 
 
@@ -450,8 +448,8 @@ def update(cfg: Config) -> dict[str, Any]:
     """One nightly update of cfg.run_dir; returns the manifest of the version it leaves as latest, after
     pruning versions beyond update.keep_versions."""
     check(cfg)
-    with Lease(cfg.run_dir, cfg.storage, "update", ttl=cfg.update.lease_seconds) as lease:
-        history = Versions(RunDir(cfg.run_dir, cfg.storage))
+    with leased(cfg, "update") as lease:
+        history = Versions(RunDir(cfg.run_dir, cfg.storage).held(lease.holder))
         manifest = _update(cfg, lease, history)
         prune(cfg.update, history, lease)
         return manifest
@@ -485,7 +483,7 @@ def _update(cfg: Config, lease: Lease, history: Versions) -> dict[str, Any]:
         clock.lap("assign")
         report_ = drift(run, latest, new, cfg.update)
         clock.lap("drift")
-        write_json_atomic(history.path(version, "drift.json"), report_, run.storage)
+        run.write_json(history.path(version, "drift.json"), report_)
         refit, reason = decide(cfg.update, refit_policy(cfg), latest, report_)
         decision = {"parent": latest["version"], "refit": refit, "reason": reason, "model": None}
         run.write_marker(history.path(version, "decision.json"), decision)
@@ -507,7 +505,7 @@ def _update(cfg: Config, lease: Lease, history: Versions) -> dict[str, Any]:
                 task = ray.remote(num_cpus=1)(refit_model)
                 meta, mapping = ray.get(task.remote(run, cfg.cluster, cfg.update, markers, old, seed,
                                                     news(markers, size, seed, unseen, report_["grown"])))
-            write_json_atomic(history.path(version, "id_map.json"), mapping, run.storage)
+            run.write_json(history.path(version, "id_map.json"), mapping)
             decision["model"] = meta["model_id"]
             run.write_marker(history.path(version, "decision.json"), decision)
             if "name" in meta.get("train", {}):  # the refit is recorded: its checkpoints are no longer needed

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from scaleclust.rundir import RunDir
-from scaleclust.storage import copy_file, listdir, remove, write_json_atomic
+from scaleclust.storage import copy_file, listdir, remove
 
 POINTER = "LATEST.json"
 
@@ -80,7 +80,7 @@ class Versions:
         return f"{seq:05d}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
 
     def point(self, version: str) -> None:
-        write_json_atomic(self.run.path("versions", POINTER), {"version": version}, self.run.storage)
+        self.run.write_json(self.run.path("versions", POINTER), {"version": version})
 
     def archive_model(self, model: dict[str, Any], files: list[str]) -> str:
         """Copy the committed model/ files into models/MODEL/ once (model.json last); returns the folder."""
@@ -88,7 +88,7 @@ class Versions:
         if not self.run.exists(self.run.path("models", model["model_id"], "model.json")):
             for name in files:
                 copy_file(self.run.model(name), self.run.path("models", model["model_id"], name), self.run.storage)
-            write_json_atomic(self.run.path("models", model["model_id"], "model.json"), model, self.run.storage)
+            self.run.write_json(self.run.path("models", model["model_id"], "model.json"), model)
         return folder
 
     def prune(self, keep: int) -> dict[str, list[str]]:

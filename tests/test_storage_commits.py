@@ -1,6 +1,7 @@
 """One retry policy and atomic commits, against a real S3 server on loopback and real local files:
 a commit on S3 is one PUT and leaves no temporary object; a request is retried by botocore alone; an
-S3 body that breaks off mid-read is read again; a local writer killed mid-commit leaves no partial file."""
+S3 body that breaks off mid-read is read again; a local writer killed mid-commit leaves no partial file;
+a local commit flushes its file and, after the rename, its folder."""
 from __future__ import annotations
 
 import http.server
@@ -134,3 +135,31 @@ def test_local_commit_killed_mid_write_leaves_no_partial_file(tmp_path: Path) ->
         data = target.read_bytes()
         assert len(data) == size and data.count(data[:1]) == size
         assert [p.name for p in target.parent.iterdir() if not p.name.startswith(".tmp-")] == [target.name]
+
+
+def test_local_commit_fsyncs_the_file_then_its_folder_after_the_rename(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A marker renamed into place survives a power loss only once its folder is flushed too: the real
+    os.fsync and os.replace, watched, show the file flushed before the rename and the folder after it."""
+    import stat
+
+    events: list[tuple[str, Any]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        info = os.fstat(fd)
+        events.append(("fsync", ("folder" if stat.S_ISDIR(info.st_mode) else "file", info.st_ino)))
+        real_fsync(fd)
+
+    def replace(src: str, dst: str) -> None:
+        real_replace(src, dst)
+        events.append(("replace", os.stat(dst).st_ino))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    target = tmp_path / "run" / "embeddings" / "00000.done.json"
+    write_bytes_atomic(str(target), b'{"rows": 1}', StorageConfig())
+    assert target.read_bytes() == b'{"rows": 1}'
+    folder = target.parent.stat().st_ino
+    assert events == [("fsync", ("file", target.stat().st_ino)), ("replace", target.stat().st_ino),
+                      ("fsync", ("folder", folder))], events

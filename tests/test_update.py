@@ -25,7 +25,7 @@ import yaml
 from scaleclust.cli import main
 from scaleclust.cluster.drift import Novelty
 from scaleclust.tables import embedding_matrix
-from scaleclust.lease import LeaseHeld, holder_gone
+from scaleclust.lease import LeaseHeld, holder_alive
 from scaleclust.rundir import RunDir
 from scaleclust.stages.summary import reduce_run
 from scaleclust.update import update
@@ -190,7 +190,7 @@ def test_killed_update_resumes_and_leaves_the_old_version_untouched(tmp_path: Pa
     recorded = json.loads((run_dir / "versions" / history.names()[-1] / "decision.json").read_text())
     assert recorded["refit"] and recorded["model"]
     stale = json.loads((run_dir / "lease.json").read_text())  # the killed run's lease, not yet expired
-    assert stale["expires"] > time.time() and holder_gone(stale["owner"])
+    assert stale["expires"] > time.time() and holder_alive(stale["owner"]) is False
     second = update(cfg)  # takes the dead holder's lease over at once; resumes the recorded refit, not redone
     assert second["version"] == history.names()[-1] and second["parent"] == first["version"]
     assert second["refit"] and second["model"] == recorded["model"] != first["model"] and second["rows"] == 40

@@ -31,7 +31,7 @@ from scaleclust.config import Config, ConfigError
 from scaleclust.embed.encoders import classifier_head, load_encoder, model_id
 from scaleclust.rundir import RunDir
 from scaleclust.semantic.vocab import imagenet_classes, load_vocabulary
-from scaleclust.storage import remove, write_bytes_atomic
+from scaleclust.storage import remove
 
 TEXT = "text"
 CLASSIFIER = "classifier"
@@ -122,7 +122,7 @@ def space_names(run: RunDir) -> list[str]:
 def _save_npy(run: RunDir, name: str, array: np.ndarray) -> None:
     sink = io.BytesIO()
     np.save(sink, np.ascontiguousarray(array, np.float32))
-    write_bytes_atomic(run.semantic(name), sink.getvalue(), run.storage)
+    run.write_bytes(run.semantic(name), sink.getvalue())
 
 
 def _classifier_space(cfg: Config) -> SemanticSpace:

@@ -28,7 +28,7 @@ from scaleclust.parallel import map_shards
 from scaleclust.rundir import RunDir
 from scaleclust.sample import sample_blocks, sample_embeddings
 from scaleclust.tables import embedding_matrix
-from scaleclust.storage import listdir, remove, write_bytes_atomic, write_json_atomic
+from scaleclust.storage import listdir, remove
 from scaleclust.stage import Stage, Context
 
 GB = 1 << 30
@@ -41,7 +41,7 @@ def _train(run: RunDir, markers: dict[str, dict[str, Any]], spec: IndexSpec, see
     write RUN/index/trained.faiss."""
     small, _ = sample_embeddings(run, markers, spec.small_rows, seed + SMALL_SEED_OFFSET)
     blocks = sample_blocks(run, markers, spec.train_rows, seed)
-    write_bytes_atomic(trained_url(run), build.train(small, spec, blocks, seed), run.storage)
+    run.write_bytes(trained_url(run), build.train(small, spec, blocks, seed))
 
 
 def add_shard(item: dict[str, Any], run: RunDir) -> str:
@@ -51,8 +51,8 @@ def add_shard(item: dict[str, Any], run: RunDir) -> str:
         raise RuntimeError(f"index: {item['shard']} has {len(vectors)} rows, its marker says {item['count']}")
     data = build.add(run.read_bytes(trained_url(run)), vectors, item["first_id"], shared_quantizer=True)
     if "vectors" in item:  # before the index file: a shard is only listed once both exist
-        write_bytes_atomic(run.path("index", item["vectors"]), npy_bytes(build.unit_float32(vectors)), run.storage)
-    write_bytes_atomic(run.path("index", item["file"]), data, run.storage)
+        run.write_bytes(run.path("index", item["vectors"]), npy_bytes(build.unit_float32(vectors)))
+    run.write_bytes(run.path("index", item["file"]), data)
     return str(item["shard"])
 
 
@@ -77,7 +77,7 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
         print(f"index: training {spec.factory} on {spec.train_rows} rows ({spec.to_dict()['arithmetic']})")
         ray.get(_train.options(num_gpus=cfg.index.train_gpus).remote(run, embedded, spec, cfg.index.seed))
         manifest = {"spec": spec.to_dict(), "trained": "trained.faiss", "shards": {}, "next_id": 0, "rows": 0}
-        write_json_atomic(manifest_url(run), manifest, run.storage)  # resumable: training is committed
+        run.write_json(manifest_url(run), manifest)  # resumable: training is committed
     else:
         print(f"index: adding to the trained {manifest['spec']['factory']} (index.kind/nlist/pq_m/opq/refine_factor "
               f"apply only to a new index: remove {run.path('index')} to retrain)")
@@ -99,7 +99,7 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     if cfg.index.nprobe == "auto" and (todo or calibration is None or calibration["k"] != cfg.index.k
                                        or calibration["target_recall"] != cfg.index.target_recall):
         manifest["calibration"] = calibrate(run, manifest, cfg.index)
-    write_json_atomic(manifest_url(run), manifest, run.storage)
+    run.write_json(manifest_url(run), manifest)
     named = {e[f].rpartition("/")[2] for e in shards.values() for f in ("file", "vectors") if f in e}
     for name in listdir(run.path("index", "shards"), run.storage):
         if name not in named:  # files of dropped entries or of a killed run: nothing refers to them

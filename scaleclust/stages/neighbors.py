@@ -17,7 +17,7 @@ from scaleclust.index.knn import drop_self, exact_search, recall_at_k
 from scaleclust.index.actors import fan_out, searchers
 from scaleclust.index.manifest import ids_to_keys, load_manifest, resolve_nprobe, sample_rows, shard_vectors
 from scaleclust.rundir import RunDir
-from scaleclust.storage import remove, write_json_atomic
+from scaleclust.storage import remove
 from scaleclust.stage import Stage, on_request
 
 PART_ROWS = 10_000
@@ -27,7 +27,7 @@ def record_metrics(run: RunDir, name: str, values: dict[str, Any]) -> None:
     """Merge one section into metrics.json, keeping every other key."""
     metrics = run.marker(run.metrics) or {}
     metrics[name] = values
-    write_json_atomic(run.metrics, metrics, run.storage)
+    run.write_json(run.metrics, metrics)
 
 
 def run(cfg: Config, run: RunDir) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from scaleclust.tables import embedding_matrix
 from scaleclust.parallel import map_shards
 from scaleclust.progress import Progress
 from scaleclust.rundir import RunDir, cluster_ids
-from scaleclust.storage import write_json_atomic
 from scaleclust.stage import Stage
 
 
@@ -151,7 +150,7 @@ def summarise(cfg: Config, run: RunDir, base: Partial | None = None,
     }
     metrics["model"] = {key: model[key] for key in ("method", "k", "model_id", "sample_rows")}
     metrics["labels"] = {"column": label, **scores(total.contingency.matrix())} if label else None
-    write_json_atomic(run.metrics, metrics, run.storage)
+    run.write_json(run.metrics, metrics)
     return metrics, total
 
 

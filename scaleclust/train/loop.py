@@ -3,10 +3,13 @@ streamed from the run directory by Ray Data, checkpoints under RUN/model/train/ 
 
 Resuming is by name: a run with the same method parameters (same name under the same storage path)
 continues from its newest complete checkpoint, whether a worker died (FailureConfig) or the whole job
-did. Checkpoint folders are named by step (checkpoint_step_00000120) and workers find the newest one on
-storage themselves: Ray Train's own record of its checkpoints is written after the upload, so a job
-killed in between would resume from an older one and never delete the newer. After a fit only the
-newest KEEP checkpoints stay.
+did. Checkpoint folders are named by step (checkpoint_step_00000120) and found on storage, not in Ray
+Train's own record of its checkpoints, which is written after the upload (a job killed in between would
+resume from an older one and never delete the newer). Rank 0 alone reads them: it takes the newest that
+loads whole, skipping (by name, in the log and in the state's `skipped`) any that cannot be read, and
+hands that state to every rank by a torch.distributed broadcast. Every rank therefore resumes at one
+step: ranks that each chose for themselves resumed at different steps after one rank's transient read
+error, and DDP then hung or diverged. After a fit only the newest KEEP checkpoints stay.
 
 A warm start (`init_state`: a head's weights, optionally its optimizer's state) only replaces the
 fresh head of step 0: a run that finds a checkpoint of its own name resumes from that, so a killed
@@ -75,10 +78,11 @@ def embeddings_dataset(run: RunDir, markers: dict[str, dict[str, Any]], sample_s
 
 
 def _save(folder: str, head: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, losses: list[float],
-          starts: list[int], stats: list[dict[str, float]]) -> ray.train.Checkpoint:
+          starts: list[int], stats: list[dict[str, float]], skipped: list[str]) -> ray.train.Checkpoint:
     """The training state as a checkpoint in ``folder`` (a local temporary folder that report uploads)."""
     torch.save({"head": unwrap(head).state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "losses": losses, "starts": starts, "stats": stats}, os.path.join(folder, STATE))
+                "losses": losses, "starts": starts, "stats": stats, "skipped": skipped},
+               os.path.join(folder, STATE))
     return ray.train.Checkpoint.from_directory(folder)
 
 
@@ -89,14 +93,43 @@ def checkpoints(run: RunDir, name: str) -> list[tuple[int, str]]:
     return sorted(((int(m.group(1)), join(folder, entry)) for m, entry in found if m), reverse=True)
 
 
-def newest_state(run: RunDir, name: str) -> dict[str, Any] | None:
-    """The state of the newest checkpoint that loads whole; one cut short by a kill mid-upload is skipped."""
+# What reading a checkpoint's state raises when it cannot be read: a transient storage error, a state cut
+# short by a kill mid-upload (torch: RuntimeError, EOFError, UnpicklingError).
+UNREADABLE = (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError)
+
+
+def load_state(url: str, run: RunDir) -> dict[str, Any]:
+    """The training state of the checkpoint folder `url`."""
+    return torch.load(io.BytesIO(read_bytes(join(url, STATE), run.storage)), weights_only=True)
+
+
+def newest_state(run: RunDir, name: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """The state of the newest checkpoint of fit `name` that loads whole (None: no checkpoint loads), and
+    the newer ones that could not be read, each as 'NAME (why)'."""
+    skipped = []
     for _, url in checkpoints(run, name):
         try:
-            return torch.load(io.BytesIO(read_bytes(join(url, STATE), run.storage)), weights_only=True)
-        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
-            continue
-    return None
+            return load_state(url, run), skipped
+        except UNREADABLE as err:
+            skipped.append(f"{url.rstrip('/').rsplit('/', 1)[-1]} ({type(err).__name__}: {err})")
+    return None, skipped
+
+
+def shared_resume(run: RunDir, name: str, rank: int) -> dict[str, Any] | None:
+    """The state every rank resumes from: rank 0 picks it (newest_state) and broadcasts it, so all ranks
+    start at the same step; None for a fresh start. Unreadable checkpoints are reported by name."""
+    picked: list[Any] = [None]
+    if rank == 0:
+        state, skipped = newest_state(run, name)
+        for why in skipped:
+            print(f"fit {name}: checkpoint {why} cannot be read; every rank skips it")
+        if state is not None:
+            state["skipped"] = [*state.get("skipped", []), *skipped]
+            print(f"fit {name}: every rank resumes at step {state['step']}")
+        picked = [state]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.broadcast_object_list(picked, src=0)
+    return picked[0]
 
 
 def prune(run: RunDir, name: str, keep: int = KEEP) -> None:
@@ -143,8 +176,9 @@ def train_worker(config: dict[str, Any]) -> None:
     method: Method = config["method"]
     torch.manual_seed(config["seed"])
     head = method.head(config["in_dim"])
-    state: dict[str, Any] = newest_state(config["run"], config["name"]) or {
-        "step": 0, "losses": [], "starts": [], "stats": [], **(config.get("init_state") or {})}
+    rank = ray.train.get_context().get_world_rank()
+    state: dict[str, Any] = shared_resume(config["run"], config["name"], rank) or {
+        "step": 0, "losses": [], "starts": [], "stats": [], "skipped": [], **(config.get("init_state") or {})}
     if "head" in state:
         head.load_state_dict(state["head"])
     head = ray.train.torch.prepare_model(head)
@@ -153,7 +187,7 @@ def train_worker(config: dict[str, Any]) -> None:
         optimizer.load_state_dict(state["optimizer"])
     step, losses, kept = int(state["step"]), list(state["losses"]), list(state["stats"])
     starts = [*state["starts"], step]  # where each attempt began: a resumed run shows two
-    rank = ray.train.get_context().get_world_rank()
+    skipped = list(state.get("skipped", []))
     sample = WorkerSample(ray.train.get_dataset_shard(f"train_{rank}"), config["batch_size"], config["seed"], rank,
                           config.get("neighbors"))
     head.train()
@@ -176,7 +210,7 @@ def train_worker(config: dict[str, Any]) -> None:
             metrics = {"step": step, "loss": losses[-1], "rows_per_second": rows / (time.time() - started)}
             # report uploads the checkpoint before it returns; the local copy then goes (it once piled up in /tmp)
             with tempfile.TemporaryDirectory(prefix=LOCAL_CHECKPOINT_PREFIX) as folder:
-                checkpoint = _save(folder, head, optimizer, step, losses, starts, kept) if rank == 0 else None
+                checkpoint = _save(folder, head, optimizer, step, losses, starts, kept, skipped) if rank == 0 else None
                 ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_step_{step:08d}")
 
 
@@ -209,10 +243,17 @@ def train(run: RunDir, name: str, method: Method, in_dim: int, dataset: ray.data
                              checkpoint_config=CheckpointConfig(num_to_keep=KEEP)),
     )
     result = trainer.fit()
-    state = newest_state(run, name)
+    done = checkpoints(run, name)
+    if not done:
+        raise RuntimeError(f"fit {name}: the training ended without a checkpoint under {run.model('train')}")
+    try:
+        state = load_state(done[0][1], run)  # the fit's last: never an older one in its place
+    except UNREADABLE as err:
+        raise RuntimeError(f"fit {name}: its last checkpoint {done[0][1]} cannot be read ({type(err).__name__}: "
+                           f"{err}); run the fit again to read it (it resumes there)") from err
     prune(run, name)
     tail = state["losses"][-10:]
     return state["head"], {"steps": int(state["step"]), "starts": state["starts"], "batch_size": batch_size,
                            "workers": settings.workers,
                            "final_loss": sum(tail) / len(tail), "rows_per_second": result.metrics.get("rows_per_second"),
-                           "recent_stats": state.get("stats", [])}
+                           "recent_stats": state.get("stats", []), "skipped_checkpoints": state.get("skipped", [])}

@@ -1,0 +1,77 @@
+"""Resume of the Ray Train loop: rank 0 decides the checkpoint and every rank starts from it. A read failure
+of the newest checkpoint on one rank (injected on rank 0) makes every rank skip it alike and resume at the
+older one, reported by name; ranks that chose for themselves resumed at different steps and DDP hung."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import torch
+from torch import nn
+
+from scaleclust.config import StorageConfig, TrainConfig
+from scaleclust.rundir import RunDir
+from scaleclust.train import loop
+
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.timeout(300), pytest.mark.slow]  # Ray Train: ~30 s+
+
+NAME = "resume-test"
+
+
+class Linear:
+    """A linear head scored by the entropy of its mean prediction: enough to step DDP."""
+
+    steps, batch_size, neighbors = 6, 16, 0
+
+    def head(self, in_dim: int) -> nn.Module:
+        return nn.Linear(in_dim, 3)
+
+    def optimizer(self, head: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.SGD(head.parameters(), lr=0.1)
+
+    def loss(self, head: nn.Module, x: torch.Tensor, step: int,
+             neighbors: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        mean = head(x).softmax(-1).mean(0)
+        loss = (mean * mean.clamp_min(1e-8).log()).sum()
+        return loss, {"loss": loss.item()}
+
+    def on_step(self, head: nn.Module, step: int) -> None:
+        """No schedule."""
+
+
+def fails_on_rank_0(config: dict) -> None:
+    """The Train loop, with rank 0's reads of checkpoint_step_00000004 failing as a storage error would."""
+    from scaleclust.train import loop as worker_loop
+
+    if ray.train.get_context().get_world_rank() == 0:
+        real = worker_loop.read_bytes
+
+        def read_bytes(url: str, storage: StorageConfig) -> bytes:
+            if "checkpoint_step_00000004" in url:
+                raise OSError(f"injected read failure of {url}")
+            return real(url, storage)
+
+        worker_loop.read_bytes = read_bytes
+    worker_loop.train_worker(config)
+
+
+def test_one_ranks_read_failure_makes_every_rank_resume_from_the_same_older_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = RunDir(str(tmp_path / "run"), StorageConfig())
+    method = Linear()
+    # Two checkpoints of a killed fit, at steps 2 and 4, as the loop writes them.
+    for step in (2, 4):
+        folder = Path(run.model("train")) / NAME / f"checkpoint_step_{step:08d}"
+        folder.mkdir(parents=True)
+        head = method.head(8)
+        loop._save(str(folder), head, method.optimizer(head), step, [0.0] * step, [0], [], [])
+    rows = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float16)
+    dataset = ray.data.from_numpy(rows).map_batches(lambda b: {"x": b["data"]}).materialize()
+    monkeypatch.setattr(loop, "train_worker", fails_on_rank_0)
+    _, facts = loop.train(run, NAME, method, 8, dataset, TrainConfig(workers=2, checkpoint_every=2), seed=0)
+    assert facts["steps"] == 6
+    assert facts["starts"] == [0, 2]  # every rank resumed at step 2, the newest that rank 0 could read
+    assert len(facts["skipped_checkpoints"]) == 1
+    assert facts["skipped_checkpoints"][0].startswith("checkpoint_step_00000004 (OSError: injected read failure")
