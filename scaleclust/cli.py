@@ -9,7 +9,8 @@ import sys
 from typing import Any
 
 from scaleclust.config import Config, ConfigError, load
-from scaleclust.console import configure, expected_failure, filter_stderr
+from scaleclust.console import configure, filter_stderr, internal_failure, user_mistake
+from scaleclust.failures import READ_ERRORS, SETUP_ERRORS, MissingCredentials, ReadFailed, UserError, storage_mistake
 from scaleclust.lease import LeaseError
 
 
@@ -84,7 +85,7 @@ def retry_exit(retryable: int) -> int:
         return 0
     print(f"scaleclust: {retryable} row(s) failed for reasons that may pass (missing object, read failure; "
           "see errors/); run the same command again to retry them", file=sys.stderr)
-    return 1
+    return ReadFailed.exit_code
 
 
 def run_storage(args: argparse.Namespace) -> Any:
@@ -113,7 +114,9 @@ def reachable(url: str, storage: Any) -> None:
 
     try:
         exists(url, storage or StorageConfig())
-    except Exception as err:  # unreachable endpoint, no credentials: name the run and the fix
+    except READ_ERRORS as err:  # an unreachable endpoint: name the run and the fix
+        if isinstance(err, SETUP_ERRORS):  # missing credentials: main() names them
+            raise
         raise ConfigError(f"{url}: cannot reach the run directory ({type(err).__name__}: {err}); for an "
                           "S3-compatible server pass --endpoint-url URL (or set AWS_ENDPOINT_URL)") from None
 
@@ -136,7 +139,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
     url = args.run_dir.rstrip("/")
     reachable(url, run_storage(args))
-    history = Versions(RunDir(url, run_storage(args) or StorageConfig()))
+    history = Versions(RunDir(url, run_storage(args) or StorageConfig()).require())
     latest = (history.latest() or {}).get("version")
     print(f"{'version':<24} {'rows':>9} {'new rows':>9} {'k':>4} {'refit':<5} {'drift':>6} {'status':<6} model")
     for m in history.complete():
@@ -254,6 +257,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"rows {info['rows']:,}: embedded {info['embedded']:,}, skipped {sum(info['skipped'].values()):,}")
     for kind, n in info["skipped"].items():
         print(f"  {kind:<24} {n:,}")
+    fallbacks = info["fallbacks"]
+    print(f"fallbacks: {fallbacks['decode_on_cpu']:,} rows decoded on the CPU (the device was out of memory), "
+          f"{fallbacks['thumbnails_failed']:,} report thumbnails failed")
     print(f"encoder {info['encoder'] or '-'}")
     model = info["model"]
     print("model   " + (f"{model['method']} k={model['k']} dim={model['dim']} on {model['sample_rows']} rows "
@@ -329,24 +335,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Failures a user can cause and fix (a missing run directory, an unknown key, a stage run before the one
-# it needs): one line, exit 1. Anything else is a bug and keeps its traceback.
-EXPECTED = (OSError, ValueError, LookupError, RuntimeError)
+def as_user_error(err: BaseException) -> UserError | None:
+    """The user's mistake behind `err` (itself or an exception it was raised from), phrased as a
+    UserError; None when it is none of ours to explain, which makes it a bug."""
+    ray_errors = sys.modules.get("ray.exceptions")  # never imported: no Ray error to explain (and no import cost)
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if ray_errors and isinstance(err, ray_errors.RayTaskError) and err.cause is not None:  # a task's own
+            err = err.cause
+            continue
+        if isinstance(err, UserError):
+            return err
+        if ray_errors and isinstance(err, ray_errors.AuthenticationError):
+            return MissingCredentials(
+                f"the Ray cluster requires a token ({err.message.splitlines()[0]}): set RAY_AUTH_TOKEN, or put the "
+                "token in ~/.ray/auth_token (or the file RAY_AUTH_TOKEN_PATH names); see docs/operations.md, token "
+                "authentication")
+        mistake = storage_mistake(err)
+        if mistake is not None:
+            return mistake
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; its exit code: 0 done, 1 rows that may pass or a user's mistake found while
+    working, 2 a bad config or setup found before any work, 3 the run directory's lease, 4 a bug
+    (docs/commands.md)."""
     args = build_parser().parse_args(argv)
     configure(args.verbose)
     try:
         return args.func(args)
-    except ConfigError as err:
-        print(f"scaleclust: config error: {err}", file=sys.stderr)
-        return 2
-    except LeaseError as err:  # held by another run, or lost: one line, exit 3
-        print(f"scaleclust: {err}", file=sys.stderr)
-        return 3
-    except EXPECTED as err:
-        return expected_failure(err)
+    except LeaseError as err:  # held by another run, or lost while this one ran: one line, exit 3
+        return user_mistake(err, str(err), 3)
+    except Exception as err:
+        mistake = as_user_error(err)
+        if mistake is None:
+            return internal_failure(err)
+        if isinstance(mistake, ConfigError):
+            return user_mistake(err, f"config error: {mistake}", mistake.exit_code)
+        return user_mistake(err, f"{mistake}{'' if args.verbose else '  (--verbose shows the traceback)'}",
+                            mistake.exit_code)
 
 
 def entry() -> None:

@@ -20,10 +20,12 @@ from scaleclust.cluster.settings import Strict
 from scaleclust.cluster.sic import SicConfig
 from scaleclust.cluster.spice import SpiceConfig
 from scaleclust.cluster.turtle import TurtleConfig
+from scaleclust.failures import SetupError
 
 
-class ConfigError(ValueError):
-    """A config problem, phrased for the user: which field, what is wrong, how to fix it."""
+class ConfigError(SetupError, ValueError):
+    """A config problem, phrased for the user: which field, what is wrong, how to fix it. Found before
+    any work: exit 2."""
 
 
 class StorageConfig(Strict):
@@ -341,7 +343,9 @@ def absolute_url(url: str) -> str:
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (3, true, null, [a, b])."""
+    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (3, true, null, [a, b]), and
+    taken as the plain string when it is not YAML (`input.shards=*.tar`: a bare `*` starts a YAML alias);
+    validation then judges it like any other value."""
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected FIELD=VALUE, e.g. --set cluster.k=20")
     path, raw = assignment.split("=", 1)
@@ -352,7 +356,10 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"--set {path}: '{part}' is a value, not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        node[parts[-1]] = raw
 
 
 def from_dict(data: dict[str, Any], source: str = "config") -> Config:
@@ -396,10 +403,11 @@ def read(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 def _parse_yaml(file: Path) -> Any:
-    """The YAML document in `file`, or a one-line ConfigError saying why it is not a config."""
+    """The YAML document in `file` (a file, or a pipe such as `<(cat job.yaml)`, read once), or a one-line
+    ConfigError saying why it is not a config."""
     if file.is_dir():
         raise ConfigError(f"config file {str(file)!r} is a directory; give a YAML file (e.g. jobs/demo.yaml)")
-    if not file.is_file():
+    if not file.exists():
         raise ConfigError(f"config file {str(file)!r} does not exist")
     try:
         text = file.read_bytes().decode("utf-8")

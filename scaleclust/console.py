@@ -11,6 +11,8 @@ import threading
 import traceback
 import warnings
 
+from scaleclust.failures import INTERNAL_EXIT
+
 VERBOSE_ENV = "SCALECLUST_VERBOSE"
 
 
@@ -80,12 +82,20 @@ def quiet_ray_logs() -> None:
         logging.getLogger(name).setLevel(logging.ERROR if name == "ray.data" else logging.WARNING)
 
 
-def expected_failure(err: BaseException, prog: str = "scaleclust") -> int:
-    """An expected failure (missing run directory, unknown key, a stage's stated precondition): one line
-    on stderr and exit 1; the traceback only with --verbose."""
+def user_mistake(err: BaseException, line: str, code: int, prog: str = "scaleclust") -> int:
+    """A user's mistake (a bad config, a missing run directory, missing credentials, a held lease): one
+    line on stderr and `code`; the traceback only with --verbose."""
     if verbose():
         traceback.print_exception(err, file=sys.stderr)
-    text = str(err) if not isinstance(err, KeyError) else f"not found: {err}"
-    print(f"{prog}: {text.splitlines()[0] if text else type(err).__name__}"
-          + ("" if verbose() else "  (--verbose shows the traceback)"), file=sys.stderr)
-    return 1
+    print(f"{prog}: {line or type(err).__name__}", file=sys.stderr)
+    return code
+
+
+INTERNAL_HINT = "a bug in scaleclust, not in the input: please report it with the traceback above"
+
+
+def internal_failure(err: BaseException, prog: str = "scaleclust") -> int:
+    """Anything that is not a user's mistake is a bug: its full traceback, a line saying so, exit 4."""
+    traceback.print_exception(err, file=sys.stderr)
+    print(f"{prog}: internal error {type(err).__name__}: {INTERNAL_HINT}", file=sys.stderr)
+    return INTERNAL_EXIT

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scaleclust.config import StorageConfig
+from scaleclust.failures import NotARunDirectory
 from scaleclust.lease import Holder
 from scaleclust.storage import arrow_source, exists, join, listdir, read_bytes, read_json, write_bytes_atomic, write_json_atomic
 
@@ -109,6 +110,11 @@ class RunDir:
     def metrics(self) -> str:
         return self.path("metrics.json")
 
+    @property
+    def report_marker(self) -> str:
+        """RUN/report/report.json: what the last report holds (written after its page)."""
+        return self.path("report", "report.json")
+
     # markers and tables
     def committed(self, folder: str) -> dict[str, dict[str, Any]]:
         """Markers under `folder` ('embeddings' or 'assignments'), by shard name."""
@@ -145,6 +151,12 @@ class RunDir:
 
     def exists(self, url: str) -> bool:
         return exists(url, self.storage)
+
+    def require(self) -> "RunDir":
+        """This run directory, or NotARunDirectory when it holds no config.yaml (a wrong RUN argument)."""
+        if not self.exists(self.config):
+            raise NotARunDirectory(f"{self.url}: not a run directory (no config.yaml)")
+        return self
 
     def record_seconds(self, stage: str, seconds: float, rows_per_second: float | None = None) -> None:
         """Keep each stage's last duration (and its throughput, when it did work) in metrics.json, whether

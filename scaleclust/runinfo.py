@@ -23,8 +23,7 @@ def skipped_by_type(run: RunDir, markers: dict[str, dict[str, Any]]) -> Counter[
 
 def describe(run: RunDir) -> dict[str, Any]:
     """What `scaleclust info` prints besides each stage's status (scaleclust.pipeline.status), as one dict."""
-    if not run.exists(run.config):
-        raise FileNotFoundError(f"{run.url}: not a run directory (no config.yaml)")
+    run.require()
     markers = run.committed("embeddings")
     model = run.marker(run.model("model.json"))
     return {
@@ -32,6 +31,9 @@ def describe(run: RunDir) -> dict[str, Any]:
         "rows": sum(m["rows"] for m in markers.values()),
         "embedded": sum(m["embedded"] for m in markers.values()),
         "skipped": dict(skipped_by_type(run, markers).most_common()),
+        # fallbacks that kept rows but took another path: counted so that none is silent
+        "fallbacks": {"decode_on_cpu": sum(m.get("decode_fallbacks", 0) for m in markers.values()),
+                      "thumbnails_failed": (run.marker(run.report_marker) or {}).get("thumbnails_failed", 0)},
         "encoder": next((m["model"] for m in markers.values()), None),
         "model": {k: model.get(k) for k in ("method", "k", "dim", "sample_rows", "model_id")} if model else None,
         "seconds": (run.marker(run.metrics) or {}).get("seconds", {}),

@@ -68,9 +68,7 @@ class Stage:
 
 def recorded(run_url: str, storage: StorageConfig | None = None) -> Context:
     """The context a run directory was last prepared with (its config.yaml): config, run, shard plan."""
-    probe = RunDir(run_url, storage or StorageConfig())
-    if not probe.exists(probe.config):
-        raise FileNotFoundError(f"{run_url}: not a run directory (no config.yaml)")
+    probe = RunDir(run_url, storage or StorageConfig()).require()
     record = yaml.safe_load(probe.read_bytes(probe.config))
     cfg = from_dict(record["config"])
     shards = {name: ShardSpec(tuple(spec["urls"]), spec["root"], spec["kind"]) for name, spec in record["shards"].items()}

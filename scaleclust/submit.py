@@ -17,10 +17,12 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from scaleclust.config import ConfigError, from_dict, read
+from scaleclust.failures import Unreachable
 
 SHIPPED = ("scaleclust", "jobs")  # what every job needs: the package and the job configs
 DEBRIS = ("__pycache__", "*.pyc", "*.egg-info", ".pytest_cache")  # skipped inside what is shipped
@@ -46,7 +48,7 @@ def _client(address: str | None) -> Any:
     try:
         return JobSubmissionClient(url)
     except ConnectionError as err:
-        raise SystemExit(f"scaleclust: cannot reach the Ray Job API at {url}: {err}") from None
+        raise Unreachable(f"cannot reach the Ray Job API at {url}: {err}") from None
 
 
 def entrypoint(config: Path, working_dir: Path, overrides: list[str]) -> str:
@@ -87,51 +89,85 @@ def _holds_private_key(path: Path) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Shipped:
+    """One file of the job's working directory: its path, its size, and where it links to when it is a
+    symbolic link (shipped as a link, relative, never as its target's bytes)."""
+
+    path: str
+    size: int
+    link: str = ""
+
+
 def _files(root: Path, entry: Path) -> list[Path]:
-    """The files under `entry` (or `entry` itself), relative to `root`, without build debris."""
-    found = [entry] if entry.is_file() else sorted(p for p in entry.rglob("*") if p.is_file())
-    relative = [p.relative_to(root) for p in found]
+    """The files and symbolic links under `entry` (or `entry` itself), relative to `root`, without build
+    debris. Links to folders are listed, not entered."""
+    if entry.is_symlink() or entry.is_file():
+        found = [entry]
+    else:
+        found = []
+        for folder, dirs, files in os.walk(entry):  # os.walk does not follow links to folders
+            found += [Path(folder, name) for name in files + [d for d in dirs if Path(folder, d).is_symlink()]]
+    relative = sorted(p.relative_to(root) for p in found)
     return [r for r in relative if not any(fnmatch.fnmatch(part, d) for part in r.parts for d in DEBRIS)]
 
 
-def pack(working_dir: Path, config: Path, includes: list[str], allow_secret: bool, into: Path) -> list[tuple[str, int]]:
+def _real_path(root: Path, relative: Path) -> Path:
+    """Where `relative` really is (links followed), relative to `root`; a ConfigError when that is outside
+    `root` (a link, or a file below a linked folder), so a link never ships a file from elsewhere."""
+    target = (root / relative).resolve()
+    if not target.is_relative_to(root):
+        raise ConfigError(f"refusing to ship {relative}: it is {target}, outside the working directory {root} "
+                          "(through a link); copy the file into the working directory or remove the link")
+    return target.relative_to(root)
+
+
+def pack(working_dir: Path, config: Path, includes: list[str], allow_secret: bool, into: Path) -> list[Shipped]:
     """Copy what the job needs into `into`: the package, the job configs, the config and each --include
-    (paths inside the working directory). Refuses known secret files, even when named, unless
-    `allow_secret`. Returns the manifest: (shipped entry, bytes) per entry."""
+    (paths inside the working directory). Refuses known secret files, even when named or linked to,
+    unless `allow_secret`, and any link out of the working directory; a link inside it is shipped as a
+    link, with its target. Returns the manifest: every file shipped."""
     root = working_dir.resolve()
     entries = [root / name for name in SHIPPED if (root / name).exists()] + [config.resolve()]
     for name in includes:
-        path = (root / name).resolve()
+        path = Path(os.path.normpath(root / name))  # a link is judged by where it points, below
         if not path.is_relative_to(root) or not path.exists():
             raise ConfigError(f"--include {name}: not a file or folder inside the working directory {root}")
         entries.append(path)
-    manifest: dict[str, int] = {}
+    manifest: list[Shipped] = []
     secrets: list[str] = []
     copied: set[Path] = set()
-    for entry in dict.fromkeys(entries):
-        for relative in _files(root, entry):
-            if relative in copied:
-                continue
-            copied.add(relative)
-            if is_secret(root, relative) and not allow_secret:
-                secrets.append(str(relative))
-                continue
-            (into / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(root / relative, into / relative)
-            top = str(entry.relative_to(root)) + ("/" if entry.is_dir() else "")
-            manifest[top] = manifest.get(top, 0) + (root / relative).stat().st_size
+    pending = [relative for entry in dict.fromkeys(entries) for relative in _files(root, entry.absolute())]
+    while pending:
+        relative = pending.pop(0)
+        if relative in copied:
+            continue
+        copied.add(relative)
+        source, dest = root / relative, into / relative
+        target = _real_path(root, relative)
+        if (is_secret(root, relative) or is_secret(root, target)) and not allow_secret:
+            secrets.append(str(relative) + (f" (a link to {target})" if source.is_symlink() else ""))
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_symlink():
+            pending += _files(root, root / target)  # a link is shipped with what it points to
+            dest.symlink_to(os.path.relpath(target, relative.parent))
+            manifest.append(Shipped(str(relative), 0, str(target)))
+            continue
+        shutil.copy2(source, dest)
+        manifest.append(Shipped(str(relative), source.stat().st_size))
     if secrets:
         raise ConfigError(f"refusing to ship secret file(s): {', '.join(secrets[:5])}"
                           f"{f' and {len(secrets) - 5} more' if len(secrets) > 5 else ''}; remove them from what "
                           "is shipped, or pass --allow-secret if the job truly needs them")
-    return list(manifest.items())
+    return manifest
 
 
-def print_manifest(manifest: list[tuple[str, int]], files: int) -> None:
-    total = sum(size for _, size in manifest)
-    print(f"submit: shipping {files} files, {total / 1024:.1f} KiB:")
-    for entry, size in manifest:
-        print(f"  {entry}  {size / 1024:.1f} KiB")
+def print_manifest(manifest: list[Shipped]) -> None:
+    """Every file shipped, with its size (a link: where it points)."""
+    print(f"submit: shipping {len(manifest)} files, {sum(f.size for f in manifest) / 1024:.1f} KiB:")
+    for file in manifest:
+        print(f"  {file.path}  " + (f"-> {file.link} (link)" if file.link else f"{file.size / 1024:.1f} KiB"))
 
 
 async def _stream(client: Any, job_id: str) -> None:
@@ -170,7 +206,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     command = entrypoint(config, Path(args.working_dir), overrides)
     with tempfile.TemporaryDirectory(prefix="scaleclust-submit-") as staging:
         manifest = pack(Path(args.working_dir), config, args.include or [], args.allow_secret, Path(staging))
-        print_manifest(manifest, sum(1 for p in Path(staging).rglob("*") if p.is_file()))
+        print_manifest(manifest)
         client = _client(args.address)
         runtime_env: dict[str, Any] = {"working_dir": staging}
         if args.pip:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from scaleclust.failures import count_retryable, error_type, reasons
+from scaleclust.failures import error_types, reasons, retryable_rows
 from scaleclust.rundir import RunDir
 from scaleclust.storage import remove
 
@@ -49,29 +48,32 @@ def string_array(values: np.ndarray) -> pa.Array:
 
 
 def write_commit(run: RunDir, shard: str, url: str, embedded: pa.Table, errors: pa.Table, stage: str, t0: float,
-                 model: str, busy: float | None = None) -> dict[str, Any]:
-    """Write a shard's embeddings and its errors (`errors`: key, error; none removes the file), then its
-    marker last: the commit. Shared by every source that produces embeddings. The marker counts the
-    errors that may pass (`retryable`, see scaleclust.failures): the next embed run redoes such a shard.
+                 model: str, busy: float | None = None, decode_fallbacks: int = 0) -> dict[str, Any]:
+    """Write a shard's embeddings and its errors (`errors`: key, error and, where some may pass, retryable;
+    none removes the file), then its marker last: the commit. Shared by every source that produces
+    embeddings. The marker counts the errors that may pass (`retryable`, see scaleclust.failures): the
+    next embed run redoes such a shard.
 
     `seconds` is wall time from the shard's read start to its commit (it includes waiting for the
     encoder); `busy_seconds` the time spent reading, decoding and encoding its rows (default: the wall
-    time), and `images_per_second` counts against busy time."""
+    time), and `images_per_second` counts against busy time. `decode_fallbacks`: rows the device decoder
+    had no memory for, decoded on the CPU instead (scaleclust.embed.device_decode)."""
     run.write_table(run.embeddings(shard), embedded)
+    retryable = errors["retryable"] if "retryable" in errors.column_names else pa.array([False] * len(errors), pa.bool_())
+    errors = pa.table({"key": errors["key"], "shard": pa.array([shard] * len(errors), pa.string()),
+                       "stage": pa.array([stage] * len(errors), pa.string()), "error": errors["error"],
+                       "retryable": retryable})
     if len(errors):
-        run.write_table(run.errors(shard), pa.table({
-            "key": errors["key"], "shard": pa.array([shard] * len(errors), pa.string()),
-            "stage": pa.array([stage] * len(errors), pa.string()), "error": errors["error"]}))
+        run.write_table(run.errors(shard), errors)
     else:
         remove(run.errors(shard), run.storage)
     seconds = max(time.time() - t0, 1e-9)
-    failed = errors["error"].to_pylist()
     busy = max(busy or seconds, 1e-9)
     marker = {"shard": shard, "url": url, "rows": len(embedded) + len(errors), "embedded": len(embedded),
-              "errors": len(errors), "error_types": dict(Counter(error_type(e) for e in failed)),
-              "retryable": count_retryable(failed), "retry_reasons": reasons(failed),
+              "errors": len(errors), "error_types": error_types(errors["error"].to_pylist()),
+              "retryable": sum(retryable_rows(errors)), "retry_reasons": reasons(errors),
               "seconds": round(seconds, 3), "busy_seconds": round(busy, 3),
-              "images_per_second": round(len(embedded) / busy, 2), "model": model,
+              "images_per_second": round(len(embedded) / busy, 2), "decode_fallbacks": decode_fallbacks, "model": model,
               "dim": embedded.schema.field("embedding").type.list_size, "commit": uuid.uuid4().hex}
     run.write_marker(run.embeddings_marker(shard), marker)
     return marker

@@ -19,7 +19,7 @@ import hashlib
 import numpy as np
 
 from scaleclust.config import StorageConfig
-from scaleclust.failures import count_retryable, reasons
+from scaleclust.failures import reasons, retryable_rows
 from scaleclust.rundir import RunDir
 from scaleclust.stage import recorded
 from scaleclust.sources import describe, shard_keys
@@ -81,12 +81,12 @@ def verify(url: str, storage: StorageConfig | None = None, deep: bool = False,
             problems.append(f"shard {shard} ({describe(spec)}): not committed (no embeddings/{shard}.done.json)")
             continue
         keys = run.read_table(run.embeddings(shard), ["key"])["key"].to_pylist()
-        failed = run.read_table(run.errors(shard), ["key", "error"]) if marker["errors"] else None
+        failed = run.read_table(run.errors(shard)) if marker["errors"] else None
         errors = failed["key"].to_pylist() if failed is not None else []
-        retry = count_retryable(failed["error"].to_pylist()) if failed is not None else 0
+        retry = sum(retryable_rows(failed)) if failed is not None else 0
         if retry:
             problems.append(f"shard {shard}: {retry} row(s) failed for reasons that may pass "
-                            f"({reasons(failed['error'].to_pylist(), 1)}); run the embed stage again to retry them")
+                            f"({reasons(failed, 1)}); run the embed stage again to retry them")
         if (len(keys), len(errors)) != (marker["embedded"], marker["errors"]):
             problems.append(f"shard {shard}: {len(keys)} embedded + {len(errors)} errors on disk, marker says "
                             f"{marker['embedded']} + {marker['errors']}")

@@ -1,6 +1,6 @@
 """What a person sees on the command line: a quiet run (progress bars and short lines, no Ray INFO
 logs, no known-harmless warnings) ending with the report's path; `info` on the run; one line and
-exit 1 for a bad run directory, with the traceback only under --verbose."""
+exit 2 for a bad run directory, with the traceback only under --verbose."""
 from __future__ import annotations
 
 import json
@@ -51,13 +51,13 @@ def test_quiet_run_then_info_and_report(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["info", "report"])
-def test_bad_run_directory_is_one_line_and_exit_1(tmp_path: Path, command: str) -> None:
+def test_bad_run_directory_is_one_line_and_exit_2(tmp_path: Path, command: str) -> None:
     missing = str(tmp_path / "no-such-run")
     argv = [command, missing]
     done = subprocess.run([*CLI, *argv], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 2, done.stderr
     assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert missing in done.stderr and "Traceback" not in done.stderr
     if command == "info":  # the traceback comes back with --verbose (same handler for every command)
         loud = subprocess.run([*CLI, *argv, "--verbose"], capture_output=True, text=True, timeout=120)
-        assert loud.returncode == 1 and "Traceback" in loud.stderr
+        assert loud.returncode == 2 and "Traceback" in loud.stderr

@@ -61,7 +61,7 @@ def test_device_decode_gives_the_rows_and_errors_of_the_cpu_decode() -> None:
     raw = columns(decode_shard("s", samples, 64, 1.0, cfg, 5, max_pixels=4_000_000, encoded=True))
     assert "image" not in raw and raw["key"] == cpu["key"] and raw["caption"] == cpu["caption"]
     todo = [i for i, e in enumerate(raw["error"]) if not e]
-    images, widths, heights, errors = decode_batch([raw["data"][i] for i in todo], [raw["member"][i] for i in todo],
+    images, widths, heights, errors, _ = decode_batch([raw["data"][i] for i in todo], [raw["member"][i] for i in todo],
                                                    64, 1.0, 4_000_000, torch.device("cpu"))
     device_errors = list(raw["error"])
     for i, err in zip(todo, errors):

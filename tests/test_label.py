@@ -52,5 +52,5 @@ def test_label_stage_names_every_cluster_from_its_most_confident_rows(tmp_path: 
     assert run.marker(run.semantic("space.json"))["space_id"] == built
     assert main(["label", cfg.run_dir, "--set", "cluster.k=5"]) == 2
     assert "only label.* fields" in capsys.readouterr().err
-    assert main(["label", str(tmp_path / "nothing")]) == 1  # an expected failure, not a usage error
+    assert main(["label", str(tmp_path / "nothing")]) == 2  # not a run directory: found before any work
     assert "not a run directory" in capsys.readouterr().err

@@ -101,7 +101,7 @@ def test_bad_configs_fail_before_contacting_the_cluster(tmp_path: Path) -> None:
     unreachable_run = subprocess.run([*CLI, "submit", "jobs/demo.yaml", "--address", unreachable,
                                       "--set", f"run_dir={tmp_path}/run", "--set", f"input.shards={tmp_path}/shards/*.tar"],
                                      cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-    assert unreachable_run.returncode == 1 and f"cannot reach the Ray Job API at {unreachable}" in unreachable_run.stderr
+    assert unreachable_run.returncode == 2 and f"cannot reach the Ray Job API at {unreachable}" in unreachable_run.stderr
 
 
 @pytest.mark.subprocess
@@ -148,12 +148,44 @@ def test_pack_ships_the_package_and_jobs_never_a_secret(tmp_path: Path) -> None:
     manifest = pack(root, root / "jobs" / "job.yaml", ["notes.md"], False, tmp_path / "out1")
     shipped = sorted(str(p.relative_to(tmp_path / "out1")) for p in (tmp_path / "out1").rglob("*") if p.is_file())
     assert shipped == ["jobs/job.yaml", "notes.md", "scaleclust/__init__.py", "scaleclust/cli.py"]
-    assert [entry for entry, _ in manifest] == ["scaleclust/", "jobs/", "notes.md"]
+    assert [file.path for file in manifest] == ["scaleclust/__init__.py", "scaleclust/cli.py", "jobs/job.yaml",
+                                                "notes.md"]
     for name in [n for n in SECRET_FILES if n != "jobs/db_credentials.yaml"]:  # named explicitly: still refused
         with pytest.raises(ConfigError, match="--allow-secret"):
             pack(root, root / "jobs" / "job.yaml", [name], False, tmp_path / f"out-{name.replace('/', '_')}")
     pack(root, root / "jobs" / "job.yaml", ["id_rsa"], True, tmp_path / "out2")
     assert (tmp_path / "out2" / "id_rsa").exists()
+
+
+def test_pack_refuses_links_to_secrets_and_out_of_the_folder(tmp_path: Path) -> None:
+    """A link used to ship its target's bytes: `jobs/notes.txt -> ../.aws/credentials` sent the AWS keys."""
+    from scaleclust.config import ConfigError
+    from scaleclust.submit import pack
+
+    root = project_with_secrets(tmp_path / "work")
+    (root / "jobs" / "db_credentials.yaml").unlink()
+    job = root / "jobs" / "job.yaml"
+    (root / "jobs" / "notes.txt").symlink_to("../.aws/credentials")
+    with pytest.raises(ConfigError, match=r"refusing to ship secret file\(s\): jobs/notes.txt \(a link to "
+                                          r"\.aws/credentials\)"):
+        pack(root, job, [], False, tmp_path / "out0")
+    (root / "jobs" / "notes.txt").unlink()
+    outside = tmp_path / "elsewhere.txt"
+    outside.write_text("not in the working directory")
+    (root / "jobs" / "notes.txt").symlink_to(outside)
+    with pytest.raises(ConfigError, match=f"refusing to ship jobs/notes.txt: it is {outside}, outside the working"):
+        pack(root, job, [], False, tmp_path / "out1")
+    (root / "jobs" / "notes.txt").unlink()
+    (root / "elsewhere").symlink_to(tmp_path)  # a linked folder: what lies below it is outside too
+    with pytest.raises(ConfigError, match="refusing to ship elsewhere: it is"):
+        pack(root, job, ["elsewhere"], False, tmp_path / "out2")
+
+    (root / "jobs" / "notes.txt").symlink_to("../notes.md")  # inside: shipped as a link, with its target
+    manifest = pack(root, job, [], False, tmp_path / "out3")
+    link = tmp_path / "out3" / "jobs" / "notes.txt"
+    assert link.is_symlink() and str(link.readlink()) == "../notes.md" and link.read_text() == "hello"
+    assert [(f.path, f.link) for f in manifest if f.path in ("jobs/notes.txt", "notes.md")] == [
+        ("jobs/notes.txt", "notes.md"), ("notes.md", "")]
 
 
 @pytest.mark.subprocess
@@ -168,10 +200,12 @@ def test_submit_prints_its_manifest_and_refuses_a_named_secret(tmp_path: Path) -
     base = [*CLI, "submit", "jobs/job.yaml", "--address", unreachable]
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
     done = subprocess.run([*base, "--include", "notes.md"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1 and "cannot reach the Ray Job API" in done.stderr  # packed before contacting
+    assert done.returncode == 2 and "cannot reach the Ray Job API" in done.stderr  # packed before contacting
     lines = done.stdout.splitlines()
     assert lines[0].startswith("submit: shipping ") and "KiB" in lines[0]
-    assert [line.split()[0] for line in lines[1:]] == ["scaleclust/", "jobs/", "notes.md"]
+    listed = [line.split()[0] for line in lines[1:]]
+    assert listed[-2:] == ["jobs/job.yaml", "notes.md"] and "scaleclust/cli.py" in listed  # every file
+    assert all(name.startswith("scaleclust/") for name in listed[:-2])
     assert not any(name in done.stdout for name in SECRET_FILES)
     refused = subprocess.run([*base, "--include", ".aws"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and refused.stdout == ""

@@ -142,9 +142,10 @@ class EncodeBatch:
         return self._split(out)[0]
 
     def _decode(self, batch: dict[str, np.ndarray], ok: np.ndarray) -> torch.Tensor:
-        """Rows that carry JPEG bytes: decode on the device; sets width, height and error of those rows."""
+        """Rows that carry JPEG bytes: decode on the device; sets width, height, error and decode_fallback
+        of those rows."""
         picked = np.flatnonzero(ok)
-        images, widths, heights, errors = decode_batch(
+        images, widths, heights, errors, batch["decode_fallback"][picked] = decode_batch(
             [bytes(batch["data"][i]) for i in picked], [str(batch["member"][i]) for i in picked],
             self.encoder.preprocess.image_size, self.encoder.preprocess.crop_pct, self.max_pixels,
             torch.device(self.device))
@@ -161,6 +162,7 @@ class EncodeBatch:
         started = time.perf_counter()
         ok = np.asarray(batch["error"] == "", bool)
         n = len(ok)
+        batch["decode_fallback"] = np.zeros(n, bool)  # decoded on the CPU: the device was out of memory
         batch["embedding"] = np.zeros((n, self.encoder.dim), np.float16)
         batch["embedding_norm"] = np.zeros(n, np.float32)
         if "data" in batch:  # undecoded JPEG bytes: decode here, on the device

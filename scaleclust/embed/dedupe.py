@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import ray
 from ray.data.expressions import col
 
+from scaleclust.failures import retryable_rows
 from scaleclust.parallel import map_shards
 from scaleclust.rundir import RunDir
 from scaleclust.storage import arrow_filesystem
@@ -76,8 +77,11 @@ def drop_duplicates(run: RunDir, shard: str, kept_in: dict[str, str]) -> dict[st
     keys = [k for k in table.filter(pa.array(drop))["key"].to_pylist() if k not in recorded]
     new = pa.table({"key": pa.array(keys, pa.string()), "shard": pa.array([shard] * len(keys), pa.string()),
                     "stage": pa.array(["embed"] * len(keys), pa.string()),
-                    "error": pa.array([f"DuplicateKey: kept in shard {kept_in[k]}" for k in keys], pa.string())})
-    errors = pa.concat_tables([old, new]) if old is not None else new
+                    "error": pa.array([f"DuplicateKey: kept in shard {kept_in[k]}" for k in keys], pa.string()),
+                    "retryable": pa.array([False] * len(keys), pa.bool_())})
+    if old is not None and "retryable" not in old.column_names:  # written before the column existed
+        old = old.append_column("retryable", pa.array(retryable_rows(old), pa.bool_()))
+    errors = pa.concat_tables([old.select(new.column_names), new]) if old is not None else new
     kept = table.filter(pa.array(~drop))
     run.write_table(run.errors(shard), errors)
     run.write_table(run.embeddings(shard), kept)

@@ -4,7 +4,8 @@ on the CPU), then resize and center-crop there to the model's preprocessing.
 Only baseline JPEGs with 1 or 3 channels that end where a JPEG ends go to the device. Everything else
 (PNG, WebP, CMYK, progressive, truncated, a batch or image the device decoder rejects, a header over
 `embed.max_image_pixels`) is decoded by the CPU path (scaleclust.sources.decode.decode_member), so
-those rows, and their errors, are exactly what the CPU decode gives.
+those rows, and their errors, are exactly what the CPU decode gives. A batch the device has no memory
+for goes to the CPU path too, and its rows are counted (`decode_fallbacks` in the shard's marker).
 """
 from __future__ import annotations
 
@@ -85,32 +86,46 @@ def resize_center_crop_tensor(image: torch.Tensor, size: int, crop_pct: float = 
     return resized[:, top : top + size, left : left + size].round_().clamp_(0, 255).to(torch.uint8)
 
 
-def _decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
-    """Decode a batch in one call; when the batch fails, image by image (None: this one failed)."""
+def _decode_jpegs(datas: list[bytes], device: torch.device) -> tuple[list[torch.Tensor | None], list[bool]]:
+    """Decode a batch in one call; when the batch fails, image by image (None: this one failed). Also, per
+    image, whether it failed because the device ran out of memory (after a batch did, none is tried again
+    here: the CPU path takes them all)."""
     tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
     try:
-        return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
+        return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)), [False] * len(datas)
+    except torch.OutOfMemoryError:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return [None] * len(datas), [True] * len(datas)
     except (RuntimeError, ValueError):
         out: list[torch.Tensor | None] = []
+        out_of_memory: list[bool] = []
         for tensor in tensors:
             try:
                 out.append(decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device))
-            except (RuntimeError, ValueError):
+            except (RuntimeError, ValueError) as err:
                 out.append(None)
-        return out
+                out_of_memory.append(isinstance(err, torch.OutOfMemoryError))
+                continue
+            out_of_memory.append(False)
+        return out, out_of_memory
 
 
 def decode_batch(datas: list[bytes], members: list[str], size: int, crop_pct: float, max_pixels: int,
-                 device: torch.device) -> tuple[torch.Tensor, np.ndarray, np.ndarray, list[str]]:
+                 device: torch.device) -> tuple[torch.Tensor, np.ndarray, np.ndarray, list[str], np.ndarray]:
     """Decode image members to uint8 (n, 3, size, size) on `device`, with each one's original width, height
-    and error ("" when decoded; a failed row's image is zero). `members` (KEY.EXT) name them in errors."""
+    and error ("" when decoded; a failed row's image is zero), and which rows the device should have
+    decoded but the CPU did because the device ran out of memory (counted in the shard's marker as
+    `decode_fallbacks`). `members` (KEY.EXT) name them in errors."""
     n = len(datas)
     images = torch.zeros((n, 3, size, size), dtype=torch.uint8, device=device)
     widths, heights = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
     errors = [""] * n
+    out_of_memory = np.zeros(n, bool)
     on_device = {i: head for i, data in enumerate(datas) if (head := device_decodable(data, max_pixels))}
     picked = list(on_device)
-    decoded = _decode_jpegs([datas[i] for i in picked], device) if picked else []
+    decoded, short = _decode_jpegs([datas[i] for i in picked], device) if picked else ([], [])
+    out_of_memory[picked] = short
     fallback = [i for i in range(n) if i not in on_device]
     for i, image in zip(picked, decoded):
         if image is None:
@@ -122,4 +137,4 @@ def decode_batch(datas: list[bytes], members: list[str], size: int, crop_pct: fl
         image, widths[i], heights[i], errors[i] = decode_member(datas[i], members[i], size, crop_pct, max_pixels)
         if image is not None:
             images[i] = torch.from_numpy(image.copy()).permute(2, 0, 1).to(device)
-    return images, widths, heights, errors
+    return images, widths, heights, errors, out_of_memory

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from scaleclust.config import ModelConfig, StorageConfig
+from scaleclust.config import ConfigError, ModelConfig, StorageConfig
 from scaleclust.storage import filesystem
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -85,7 +85,7 @@ def preprocess_for(cfg: ModelConfig) -> Preprocess:
         return load_encoder(cfg, StorageConfig(), "cpu").preprocess
     model_cfg = open_clip.get_model_config(cfg.arch)
     if model_cfg is None:
-        raise ValueError(f"embed.model.arch: unknown open_clip architecture {cfg.arch!r}")
+        raise ConfigError(f"embed.model.arch: unknown open_clip architecture {cfg.arch!r}")
     size = model_cfg["vision_cfg"]["image_size"]
     size = size if isinstance(size, int) else size[-1]
     tag = open_clip.get_pretrained_cfg(cfg.arch, cfg.pretrained) if cfg.pretrained else {}
@@ -184,13 +184,13 @@ def classifier_head(cfg: ModelConfig, storage: StorageConfig) -> tuple[torch.Ten
     model = timm.create_model(cfg.arch, pretrained=False)
     head = model.get_classifier()
     if not isinstance(head, nn.Linear):
-        raise ValueError(f"embed.model: {cfg.arch} has no linear classifier to name clusters with")
+        raise ConfigError(f"embed.model: {cfg.arch} has no linear classifier to name clusters with")
     if cfg.pretrained:
         path = _timm_weights_path(cfg.pretrained, storage)
         try:
             _load_weights(model, path)
         except ValueError as err:
-            raise ValueError(f"embed.model.pretrained: naming with a classifier encoder needs its classifier "
+            raise ConfigError(f"embed.model.pretrained: naming with a classifier encoder needs its classifier "
                              f"weights, and {cfg.pretrained} has none that fit: {err}") from None
     head = model.get_classifier()
     return head.weight.detach().float(), head.bias.detach().float(), infer_imagenet_subset(model)
@@ -200,7 +200,7 @@ def _timm_weights_path(pretrained: str, storage: StorageConfig) -> str:
     if pretrained.startswith("package:"):
         name = pretrained.removeprefix("package:")
         if name not in PACKAGED_WEIGHTS:
-            raise ValueError(f"embed.model.pretrained: no packaged weights named {name!r}; known: {list(PACKAGED_WEIGHTS)}")
+            raise ConfigError(f"embed.model.pretrained: no packaged weights named {name!r}; known: {list(PACKAGED_WEIGHTS)}")
         module, cls = PACKAGED_WEIGHTS[name]
         return getattr(__import__(module), cls).get_model_file_path()
     return local_copy(pretrained, storage)
@@ -219,10 +219,10 @@ def _load_weights(model: nn.Module, path: str, assign: bool = False) -> None:
         return
     values = list(state.values())
     if len(values) < len(target):
-        raise ValueError(f"{path}: {len(values)} tensors cannot fill the model's {len(target)}")
+        raise ConfigError(f"{path}: {len(values)} tensors cannot fill the model's {len(target)}")
     mapped = {}
     for (name, want), have in zip(target.items(), values):
         if want.shape != have.shape:
-            raise ValueError(f"{path}: tensor for {name} has shape {tuple(have.shape)}, expected {tuple(want.shape)}")
+            raise ConfigError(f"{path}: tensor for {name} has shape {tuple(have.shape)}, expected {tuple(want.shape)}")
         mapped[name] = have
     model.load_state_dict(mapped, assign=assign)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from scaleclust.rundir import RunDir
 from scaleclust.storage import listdir, remove
@@ -35,6 +36,8 @@ def write_parts(batch: dict[str, np.ndarray], run: RunDir) -> dict[str, np.ndarr
             "height": pa.array(batch["height"][pick], pa.int32()),
             "label": string_array(batch["label"][pick]),
             "error": string_array(batch["error"][pick]),
+            "retryable": pa.array(np.asarray(batch["retryable"][pick], bool)),
+            "decode_fallback": pa.array(np.asarray(batch["decode_fallback"][pick], bool)),
         })
         if "text_embedding" in batch:
             table = table.append_column("text_embedding", embedding_array(batch["text_embedding"][pick],
@@ -69,6 +72,7 @@ def commit_shard(run: RunDir, shard: str, url: str, expected: int, t0: float, mo
     text = ["text_embedding"] if "text_embedding" in embedded.column_names else []
     embedded = embedded.select(["key", "embedding", "embedding_norm", *text, *METADATA, "shard"])
     errors = table.filter(pa.array(failed))
-    marker = write_commit(run, shard, url, embedded, errors.select(["key", "error"]), "embed", t0, model, busy)
+    marker = write_commit(run, shard, url, embedded, errors.select(["key", "error", "retryable"]), "embed", t0, model,
+                          busy, decode_fallbacks=int(pc.sum(table["decode_fallback"]).as_py() or 0))
     remove(folder, run.storage, recursive=True)
     return marker

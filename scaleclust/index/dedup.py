@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from scaleclust.failures import NotReady
 from scaleclust.tables import embedding_matrix
 from scaleclust.index.pairs import Pairs, group_duplicates, pairs_within_clusters, removal_counts
 from scaleclust.index.actors import searchers, shared
@@ -44,7 +45,7 @@ def find_pairs(run: RunDir, manifest: dict[str, Any], threshold: float, scope: L
     if scope == "cluster":
         missing = sorted(set(manifest["shards"]) - set(run.committed("assignments")))
         if missing:
-            raise RuntimeError(f"dedup --scope cluster: no assignments for {missing[:3]}...; run assign first")
+            raise NotReady(f"dedup --scope cluster: no assignments for {missing[:3]}...; run assign first")
         buckets = max(1, math.ceil(manifest["rows"] * manifest["spec"]["d"] * 4 / BUCKET_BYTES))
         items = [{"bucket": b, "buckets": buckets} for b in range(buckets)]
         return Pairs.concat(map_shards(bucket_pairs, items, run=run, manifest=manifest, threshold=threshold))

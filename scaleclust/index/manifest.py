@@ -8,6 +8,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from scaleclust.failures import NotReady
 from scaleclust.rundir import RunDir
 from scaleclust.sample import ROW, keys_of_rows, sample_embeddings
 from scaleclust.tables import embedding_matrix
@@ -37,7 +38,7 @@ def resolve_nprobe(nprobe: int | str, manifest: dict[str, Any]) -> int:
         return int(nprobe)
     calibration = manifest.get("calibration")
     if calibration is None:
-        raise RuntimeError("index.nprobe is auto but index/manifest.json has no calibration: run "
+        raise NotReady("index.nprobe is auto but index/manifest.json has no calibration: run "
                            "`scaleclust index CONFIG --set index.nprobe=auto` to measure it")
     return int(calibration["nprobe"])
 
@@ -46,7 +47,7 @@ def load_manifest(run: RunDir) -> dict[str, Any]:
     """The committed manifest; raises when the index stage has not run."""
     manifest = run.marker(manifest_url(run))
     if manifest is None:
-        raise RuntimeError(f"{run.url}: no index/manifest.json; run `scaleclust index CONFIG` first")
+        raise NotReady(f"{run.url}: no index/manifest.json; run `scaleclust index CONFIG` first")
     return manifest
 
 

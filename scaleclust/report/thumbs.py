@@ -15,6 +15,7 @@ from typing import Any
 from PIL import Image
 
 from scaleclust.config import InputConfig, StorageConfig
+from scaleclust.failures import BAD_IMAGE_ERRORS
 from scaleclust.sources import ShardSpec, read_samples
 from scaleclust.sources.decode import output_key
 
@@ -38,8 +39,10 @@ def thumbnail(data: bytes, px: int) -> bytes:
     return out.getvalue()
 
 
-def shard_thumbnails(item: dict[str, Any], input_cfg: InputConfig, storage: StorageConfig, px: int) -> dict[str, bytes]:
-    """Thumbnails of the wanted keys of one shard; a key whose image does not decode is left out."""
+def shard_thumbnails(item: dict[str, Any], input_cfg: InputConfig, storage: StorageConfig,
+                     px: int) -> tuple[dict[str, bytes], int]:
+    """Thumbnails of the wanted keys of one shard, and how many wanted keys got none (their image did not
+    decode or could not be read again): left out of the page, counted."""
     spec = ShardSpec(tuple(item["urls"]), item["root"], item["kind"])
     wanted = set(item["keys"])
     extensions = [e.lower() for e in input_cfg.image_extensions]
@@ -51,19 +54,22 @@ def shard_thumbnails(item: dict[str, Any], input_cfg: InputConfig, storage: Stor
             continue
         try:
             found[key] = thumbnail(sample.members[ext], px)
-        except (OSError, ValueError, Image.DecompressionBombError):
+        except (*BAD_IMAGE_ERRORS, Image.DecompressionBombError):
             continue
-    return found
+    return found, len(wanted) - len(found)
 
 
 def read_thumbnails(wanted: dict[str, set[str]], shards: dict[str, ShardSpec], input_cfg: InputConfig,
-                    storage: StorageConfig, px: int) -> dict[str, bytes]:
-    """Key -> thumbnail JPEG for the wanted keys (shard -> keys), one read per shard."""
+                    storage: StorageConfig, px: int) -> tuple[dict[str, bytes], int]:
+    """Key -> thumbnail JPEG for the wanted keys (shard -> keys), one read per shard; and how many wanted
+    keys got no thumbnail."""
     items = [{"shard": shard, "keys": sorted(keys), "urls": list(shards[shard].urls), "root": shards[shard].root,
               "kind": shards[shard].kind}
              for shard, keys in sorted(wanted.items()) if shard in shards and shards[shard].kind != "laion"]
     found: dict[str, bytes] = {}
+    failed = 0
     with ThreadPoolExecutor(THREADS) as pool:
-        for part in pool.map(lambda item: shard_thumbnails(item, input_cfg, storage, px), items):
+        for part, missed in pool.map(lambda item: shard_thumbnails(item, input_cfg, storage, px), items):
             found.update(part)
-    return found
+            failed += missed
+    return found, failed

@@ -29,6 +29,7 @@ import pyarrow as pa
 from scaleclust.cluster.naming import generic_mask
 from scaleclust.config import Config, ConfigError
 from scaleclust.embed.encoders import classifier_head, load_encoder, model_id
+from scaleclust.failures import NotReady
 from scaleclust.rundir import RunDir
 from scaleclust.semantic.vocab import imagenet_classes, load_vocabulary
 from scaleclust.storage import remove
@@ -106,7 +107,7 @@ def load_space(run: RunDir) -> SemanticSpace:
     """The committed semantic space of a run; raises when none is committed."""
     marker = run.marker(run.semantic("space.json"))
     if marker is None:
-        raise FileNotFoundError(f"{run.semantic('space.json')}: no semantic space committed; run the label stage")
+        raise NotReady(f"{run.semantic('space.json')}: no semantic space committed; run the label stage")
     table = run.read_table(run.semantic("names.parquet"))
     vectors = np.load(io.BytesIO(run.read_bytes(run.semantic("vectors.npy"))))
     bias = np.load(io.BytesIO(run.read_bytes(run.semantic("bias.npy"))))

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from scaleclust.config import InputConfig
+from scaleclust.failures import BAD_IMAGE_ERRORS, BadData
 from scaleclust.sources.webdataset import Sample
 
 Image.MAX_IMAGE_PIXELS = 200_000_000  # PIL's own bomb check; decode_image applies the (lower) configured limit
@@ -21,7 +22,7 @@ MAX_PIXELS = 64_000_000  # default embed.max_image_pixels: above any web photo, 
 BUFFER_NAME = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")
 
 
-class ImageTooLarge(ValueError):
+class ImageTooLarge(BadData, ValueError):
     """An image whose header declares more pixels than the configured limit: refused before decoding."""
 
 
@@ -94,20 +95,21 @@ def output_key(sample_key: str, shard: str, input_cfg: InputConfig) -> str:
 
 
 ROW_COLUMNS = ("key", "shard", "idx", "shard_rows", "t0", "busy", "image", "caption", "url", "width", "height", "label",
-               "error")
+               "error", "retryable")
 ENCODED_COLUMNS = tuple(c for c in ROW_COLUMNS if c != "image") + ("data", "member")
 
 
 def decode_member(data: bytes, label: str, size: int, crop_pct: float,
                   max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray | None, int, int, str]:
     """Decode one image member with PIL: (image or None, width, height, error); `label` (KEY.EXT) names
-    the member in the error."""
+    the member in the error. Only what corrupt bytes raise is an error row; anything else is a bug and
+    propagates."""
     try:
         image, width, height = decode_image(data, size, crop_pct, max_pixels)
         return image, width, height, ""
     except (ImageTooLarge, Image.DecompressionBombError) as err:
         return None, -1, -1, f"ImageTooLarge: {label}: {err}"
-    except Exception as err:  # PIL raises many types for bad bytes
+    except BAD_IMAGE_ERRORS as err:  # PIL raises several types for bad bytes
         message = BUFFER_NAME.sub("the bytes", str(err))  # an address, different on every run
         return None, -1, -1, f"ImageDecodeError: {label}: {type(err).__name__}: {message}"
 
@@ -120,7 +122,8 @@ def decode_shard(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Read one shard and yield column batches of decoded rows (see ROW_COLUMNS).
 
-    Every sample yields one row; rows that could not be decoded carry a zero image and `error`.
+    Every sample yields one row; rows that could not be decoded carry a zero image and `error` (and
+    `retryable`, true for a read that may pass).
     `shard_rows` (the shard's total row count) lets the writer know when a shard is complete. `busy`
     is each row's share of the seconds spent reading and decoding its batch (from `started`, when the
     shard's read began), so a shard's busy time excludes waiting for the encoder.
@@ -136,7 +139,7 @@ def decode_shard(
     for idx, sample in enumerate(samples):
         key = output_key(sample.key, shard, input_cfg)
         row = {"key": key, "shard": shard, "idx": idx, "shard_rows": len(samples), "t0": t0,
-               "width": -1, "height": -1, "error": sample.error, "data": b"", "member": "",
+               "width": -1, "height": -1, "error": sample.error, "retryable": sample.retryable, "data": b"", "member": "",
                **_metadata(sample, input_cfg.label_field)}
         image = None
         if not row["error"]:
@@ -172,6 +175,8 @@ def _to_columns(rows: list[dict[str, Any]], seconds: float, names: tuple[str, ..
             columns[name] = np.asarray(values, dtype=np.int64)
         elif name == "t0":
             columns[name] = np.asarray(values, dtype=np.float64)
+        elif name == "retryable":
+            columns[name] = np.asarray(values, dtype=bool)
         else:
             columns[name] = np.asarray(values, dtype=object)
     return columns

@@ -10,6 +10,7 @@ from __future__ import annotations
 import posixpath
 
 from scaleclust.config import InputConfig, StorageConfig
+from scaleclust.failures import ReadFailed, transient_read
 from scaleclust.sources.webdataset import Sample, split_member
 from scaleclust.storage import filesystem, protocol_prefix, read_bytes
 
@@ -33,7 +34,8 @@ def plan_folder(root: str, input_cfg: InputConfig, storage: StorageConfig) -> di
 
 
 def read_folder_samples(shard: str, urls: list[str], root: str, storage: StorageConfig) -> list[Sample]:
-    """Read each file of the shard; a file that cannot be read (after retries) fails its sample only."""
+    """Read each file of the shard; a file that cannot be read (after retries) fails its sample only, as
+    a retryable error. Anything else raised here is a bug and fails the stage."""
     samples: dict[str, Sample] = {}
     for url in urls:
         relative = posixpath.relpath(url.split("://", 1)[-1], root.split("://", 1)[-1])
@@ -44,5 +46,7 @@ def read_folder_samples(shard: str, urls: list[str], root: str, storage: Storage
         try:
             sample.members[ext] = read_bytes(url, storage)
         except Exception as err:
-            sample.error = f"ReadFailed: {url}: {type(err).__name__}: {err}"
+            if not transient_read(err):
+                raise
+            sample.fail(ReadFailed(f"{url}: {type(err).__name__}: {err}"))
     return list(samples.values())

@@ -10,16 +10,23 @@ import tarfile
 from dataclasses import dataclass, field
 
 from scaleclust.config import StorageConfig
+from scaleclust.failures import Failure, ReadFailed, transient_read
 from scaleclust.storage import read_bytes
 
 
 @dataclass
 class Sample:
-    """One WebDataset sample: its key and member bytes by extension, or why it cannot be read."""
+    """One WebDataset sample: its key and member bytes by extension, or why it cannot be read (`error`,
+    and whether that may pass on a later run: `retryable`)."""
 
     key: str
     members: dict[str, bytes] = field(default_factory=dict)
     error: str = ""
+    retryable: bool = False
+
+    def fail(self, failure: Failure) -> None:
+        """Record a typed failure: its row text, and whether it may pass, from its class."""
+        self.error, self.retryable = failure.row(), failure.retryable
 
 
 def split_member(name: str) -> tuple[str, str]:
@@ -80,8 +87,14 @@ def parse_tar(data: bytes, shard: str) -> list[Sample]:
 
 
 def read_tar_samples(shard: str, urls: list[str], storage: StorageConfig) -> list[Sample]:
-    """The samples of one tar shard (its single URL); a read that fails after retries is one error."""
+    """The samples of one tar shard (its single URL); a read that fails after retries is one retryable
+    error sample. Anything else raised here is a bug and fails the stage."""
     try:
-        return parse_tar(read_bytes(urls[0], storage), shard)
-    except Exception as err:  # storage failures after retries: record, never stop the job
-        return [Sample(f"{shard}#tar", error=f"ReadFailed: {type(err).__name__}: {err}")]
+        data = read_bytes(urls[0], storage)
+    except Exception as err:
+        if not transient_read(err):
+            raise
+        sample = Sample(f"{shard}#tar")
+        sample.fail(ReadFailed(f"{type(err).__name__}: {err}"))
+        return [sample]
+    return parse_tar(data, shard)

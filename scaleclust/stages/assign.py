@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from scaleclust import methods
 from scaleclust.config import Config
+from scaleclust.failures import NotReady
 from scaleclust.tables import embedding_matrix
 from scaleclust.parallel import map_shards
 from scaleclust.progress import Progress
@@ -42,7 +43,7 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     started = time.time()
     model = run.marker(run.model("model.json"))
     if model is None:
-        raise RuntimeError("assign: no committed model; run the fit stage first")
+        raise NotReady("assign: no committed model; run the fit stage first")
     embedded = run.committed("embeddings")
     assigned = run.committed("assignments")
     todo = [{"shard": s, "commit": m["commit"]} for s, m in sorted(embedded.items())

@@ -17,7 +17,7 @@ from scaleclust.embed.actor import EncodeBatch
 from scaleclust.embed.dedupe import resolve_duplicates
 from scaleclust.embed.encoders import model_id, preprocess_for
 from scaleclust.embed.writer import commit_shard, write_parts
-from scaleclust.failures import count_retryable, needs_retry
+from scaleclust.failures import UserError, needs_retry, retryable_rows
 from scaleclust.progress import Progress
 from scaleclust.rundir import RunDir
 from scaleclust.parallel import map_shards
@@ -39,7 +39,7 @@ def _to_retry(run: RunDir, shard: str, marker: dict[str, Any]) -> bool:
     """Whether a committed shard holds failures that may pass; markers of older versions lack the count,
     so their errors/ rows are read."""
     if "retryable" not in marker and marker.get("errors"):
-        return count_retryable(run.read_table(run.errors(shard), ["error"])["error"].to_pylist()) > 0
+        return any(retryable_rows(run.read_table(run.errors(shard))))
     return needs_retry(marker)
 
 
@@ -104,8 +104,8 @@ def _ingest(cfg: Config, run: RunDir, pending: dict[str, ShardSpec]) -> None:
             progress.update(1)
     progress.close()
     if failed:
-        raise RuntimeError(f"embed: {len(failed)} part(s) could not be read (the others are committed): "
-                           + "; ".join(failed))
+        raise UserError(f"embed: {len(failed)} part(s) could not be read (the others are committed): "
+                        + "; ".join(failed))
 
 
 def _embed(cfg: Config, run: RunDir, pending: dict[str, ShardSpec]) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from scaleclust import methods
 from scaleclust.config import ClusterConfig, Config, ConfigError
+from scaleclust.failures import NotReady
 from scaleclust.index.manifest import load_manifest
 from scaleclust.rundir import RunDir
 from scaleclust.stage import Stage
@@ -37,7 +38,7 @@ def _check_index(run: RunDir, markers: dict[str, dict[str, Any]]) -> None:
     stale = sorted(s for s, m in markers.items()
                    if m["embedded"] and manifest["shards"].get(s, {}).get("commit") != m["commit"])
     if stale:
-        raise RuntimeError(f"fit: the index lacks the current embeddings of {len(stale)} shard(s) ({stale[0]}, ...); "
+        raise NotReady(f"fit: the index lacks the current embeddings of {len(stale)} shard(s) ({stale[0]}, ...); "
                            "run the index stage first (`scaleclust index CONFIG`)")
 
 
@@ -49,7 +50,7 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
         return current
     markers = run.committed("embeddings")
     if not markers:
-        raise RuntimeError("fit: no committed embeddings; run the embed stage first")
+        raise NotReady("fit: no committed embeddings; run the embed stage first")
     check_rows(cfg.cluster, sum(m["embedded"] for m in markers.values()), "embedded")
     entry = methods.get(cfg.cluster.method)
     if entry.neighbors:

@@ -19,6 +19,7 @@ import ray
 
 from scaleclust import methods
 from scaleclust.config import Config
+from scaleclust.failures import NotReady
 from scaleclust.index import build
 from scaleclust.index.calibrate import calibrate
 from scaleclust.index.choose import IndexSpec, choose_index
@@ -69,7 +70,7 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     started = time.time()
     embedded = {s: m for s, m in run.committed("embeddings").items() if m["embedded"] > 0}
     if not embedded:
-        raise RuntimeError("index: no committed embeddings; run the embed stage first")
+        raise NotReady("index: no committed embeddings; run the embed stage first")
     manifest = run.marker(manifest_url(run))
     trained = manifest is None
     if trained:

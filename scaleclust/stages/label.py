@@ -21,6 +21,7 @@ import ray
 
 from scaleclust.cluster.naming import UNNAMED, name_clusters, softmax_top, vote_matrix
 from scaleclust.config import Config
+from scaleclust.failures import NotReady
 from scaleclust.tables import embedding_matrix
 from scaleclust.parallel import map_shards
 from scaleclust.rundir import RunDir, id_slots
@@ -114,7 +115,7 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     model = run.marker(run.model("model.json"))
     k = model["k"]
     if not run.exists(run.clusters):
-        raise RuntimeError(f"label: {run.clusters} does not exist; run the summary stage first")
+        raise NotReady(f"label: {run.clusters} does not exist; run the summary stage first")
     if not is_current(cfg, run):
         task = ray.remote(num_cpus=cfg.embed.cpus_per_actor, num_gpus=cfg.embed.gpus_per_actor)(_build)
         ray.get(task.remote(cfg, run))

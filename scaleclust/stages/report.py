@@ -65,17 +65,18 @@ def overview(run: RunDir, metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def thumbnails(run: RunDir, wanted: dict[str, set[str]], shards: dict[str, ShardSpec],
-               cfg: Config) -> tuple[dict[str, str], int]:
-    """Key -> thumbnail file (under report/) for the wanted keys (shard -> keys) that have an image, and how
-    many were read from the source shards: thumbnails an earlier report wrote are reused."""
+               cfg: Config) -> tuple[dict[str, str], int, int]:
+    """Key -> thumbnail file (under report/) for the wanted keys (shard -> keys) that have an image, how
+    many were read from the source shards (thumbnails an earlier report wrote are reused), and how many
+    could not be made (an image that did not decode or could not be read again)."""
     px = cfg.report.thumbnail_px
     names = {key: thumb_name(key, px) for keys in wanted.values() for key in keys}
     present = {f"img/{name}" for name in listdir(run.path("report", "img"), run.storage)}
     missing = {shard: todo for shard, keys in wanted.items() if (todo := {k for k in keys if names[k] not in present})}
-    read = read_thumbnails(missing, shards, cfg.input, cfg.storage, px) if missing else {}
+    read, failed = read_thumbnails(missing, shards, cfg.input, cfg.storage, px) if missing else ({}, 0)
     for key, jpeg in read.items():
         write_bytes_atomic(run.path("report", names[key]), jpeg, run.storage)
-    return {key: name for key, name in names.items() if key in read or name in present}, len(read)
+    return {key: name for key, name in names.items() if key in read or name in present}, len(read), failed
 
 
 def _members(members: list[Member], thumbs: dict[str, str]) -> list[dict[str, Any]]:
@@ -119,7 +120,7 @@ def run(cfg: Config, run: RunDir, shards: dict[str, ShardSpec]) -> dict[str, Any
     for c in np.argsort(-sizes, kind="stable")[:opts.image_clusters]:
         for _, key, shard, _, _ in picks.top[c] + picks.low[c]:
             wanted.setdefault(shard, set()).add(key)
-    thumbs, read = thumbnails(run, wanted, shards, cfg)
+    thumbs, read, failed = thumbnails(run, wanted, shards, cfg)
 
     labels = [name or str(c) for c, name in zip(table["cluster"], table["name"])]
     centroids = embedding_matrix(clusters["centroid"])
@@ -143,9 +144,11 @@ def run(cfg: Config, run: RunDir, shards: dict[str, ShardSpec]) -> dict[str, Any
                              (("sizes", "cluster-size distribution"), ("confidence", "confidence histogram"),
                               ("map", "2-D map of the clusters"))]})
     run.write_bytes(index_url(run), html.encode())  # the report's commit
-    return {"report": index_url(run), "clusters": len(data["clusters"]), "thumbnails": len(thumbs),
-            "thumbnails_read": read, "shards_read": shards_read, "html_bytes": len(html.encode()),
-            "seconds": round(time.time() - started, 2)}
+    result = {"report": index_url(run), "clusters": len(data["clusters"]), "thumbnails": len(thumbs),
+              "thumbnails_read": read, "thumbnails_failed": failed, "shards_read": shards_read,
+              "html_bytes": len(html.encode()), "seconds": round(time.time() - started, 2)}
+    run.write_marker(run.report_marker, result)
+    return result
 
 
 def status(run: RunDir) -> dict[str, Any]:
@@ -154,6 +157,6 @@ def status(run: RunDir) -> dict[str, Any]:
 
 
 STAGE = Stage("report", reads=("clusters.parquet", "assignments/", "embeddings/", "input shards (thumbnails)"),
-              commits=("report/index.html",),
+              commits=("report/index.html", "report/report.json"),
               resources="one task per shard for its thumbnails",
               run=lambda ctx: run(ctx.cfg, ctx.run, ctx.shards), status=status)
