@@ -43,7 +43,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -60,6 +59,7 @@ import yaml
 
 from tests.conftest import free_port, private_ray_env, tiny_config
 from tests.shards import write_synthetic_shards
+from tests.tcp_proxy import TcpProxy
 
 KINDS = ("driver_kill", "worker_kill", "s3_outage", "delete_restore", "second_writer")
 BUCKET = "chaos"
@@ -68,102 +68,6 @@ TRACEBACK = "Traceback (most recent call last)"
 # The order in which a night commits; each entry: a stage and how its being done shows in the bucket.
 NIGHT_STAGES = ("embed", "fit", "assign", "summary", "label", "report", "version")
 BOOKKEEPING = ("lease.json", "config.yaml")  # written by every attempt: no progress
-
-
-# ---------------------------------------------------------------------------------------------- the proxy
-class Proxy:
-    """A TCP proxy on 127.0.0.1 in front of the S3 server that can be cut: `refuse` closes its listener
-    (connections refused), `drop` accepts and resets them at once; both reset the connections open."""
-
-    def __init__(self, upstream: int) -> None:
-        self.upstream = upstream
-        self.port = free_port()
-        self.mode: str | None = None  # None: passing traffic
-        self._open: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self._listener: socket.socket | None = None
-        self._listen()
-
-    def _listen(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        for _ in range(50):  # the old listener's accept thread may take a moment to let go of the port
-            try:
-                listener.bind(("127.0.0.1", self.port))
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            listener.bind(("127.0.0.1", self.port))
-        listener.listen(128)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return  # listener closed (a refusing outage, or the end)
-            if self.mode == "drop":
-                _reset(client)
-                continue
-            try:
-                server = socket.create_connection(("127.0.0.1", self.upstream))
-            except OSError:
-                _reset(client)
-                continue
-            with self._lock:
-                self._open.update((client, server))
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for sock in (src, dst):
-            with self._lock:
-                self._open.discard(sock)
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-
-    def cut(self, mode: str) -> None:
-        """Start an outage: `refuse` or `drop`; open connections are reset either way."""
-        self.mode = mode
-        if mode == "refuse" and self._listener is not None:
-            try:  # shutdown wakes the thread blocked in accept(); close alone would leave the port listening
-                self._listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self._listener.close()
-            self._listener = None
-        with self._lock:
-            for sock in list(self._open):
-                _reset(sock)
-            self._open.clear()
-
-    def restore(self) -> None:
-        if self._listener is None:
-            self._listen()
-        self.mode = None
-
-    def close(self) -> None:
-        self.cut("refuse")
-
-
-def _reset(sock: socket.socket) -> None:
-    """Close with RST (SO_LINGER 0), as a dropped connection looks to the client."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        sock.close()
-    except OSError:
-        pass
 
 
 # ------------------------------------------------------------------------------------------- processes
@@ -242,7 +146,7 @@ def busy_workers(ray_dir: str) -> list[int]:
     return [pid for pid, _, cmd in table if pid in below and cmd.startswith("ray::") and not cmd.startswith(NOT_WORKERS)]
 
 
-def start_head(env: dict[str, str], tries: int = 3) -> str:
+def start_head(env: dict[str, str], tries: int = 6) -> str:
     """`ray start --head` under env's RAY_TMPDIR on loopback; returns its address. Ray gives its raylet
     30 s to register, which a loaded 2-CPU machine can miss: what a failed try started is killed and it
     is tried again."""
@@ -259,7 +163,7 @@ def start_head(env: dict[str, str], tries: int = 3) -> str:
                               env=env, capture_output=True, text=True, timeout=300)
         if done.returncode == 0:
             return f"127.0.0.1:{port}"
-        print(f"chaos: `ray start --head` failed ({last_line(done.stderr)}); try {attempt + 2} of {tries}", flush=True)
+        print(f"chaos: `ray start --head` failed, try {attempt + 1} of {tries}: {last_line(done.stderr)}", flush=True)
         for pid, _, cmd in processes():
             if env["RAY_TMPDIR"] in cmd:
                 try:
@@ -345,7 +249,7 @@ class LeaseWatch(threading.Thread):
 
 
 class Campaign:
-    def __init__(self, args: argparse.Namespace, work: Path, bucket: Bucket, proxy: Proxy, env: dict[str, str],
+    def __init__(self, args: argparse.Namespace, work: Path, bucket: Bucket, proxy: TcpProxy, env: dict[str, str],
                  ray_address: str) -> None:
         self.args, self.work, self.bucket, self.proxy = args, work, bucket, proxy
         self.rng = random.Random(args.seed)
@@ -358,7 +262,7 @@ class Campaign:
         self.outage_until = 0.0
         self.config = work / "chaos.yaml"
         cfg = tiny_config(f"s3://{BUCKET}/{RUN_PREFIX}", f"s3://{BUCKET}/shards/*.tar",
-                          storage={"endpoint_url": f"http://127.0.0.1:{proxy.port}"},
+                          storage={"endpoint_url": proxy.url},
                           ray={"address": ray_address},
                           update={"lease_seconds": args.lease_seconds, "refit": "every_n", "every_n": 2})
         # Only the fields set: a dumped default `index:` section would make the index stage wanted.
@@ -427,12 +331,12 @@ class Campaign:
                 self.pending_restores.remove(item)
 
     def end_outage(self, force: bool = False) -> None:
-        if self.proxy.mode and (force or time.time() >= self.outage_until):
+        if not self.proxy.open and (force or time.time() >= self.outage_until):
             self.proxy.restore()
 
     # ------------------------------------------------------------------ faults
     def pick_kind(self, attempt_killed: bool) -> str | None:
-        kinds = [k for k in KINDS if self.left[k] > 0 and not (k == "s3_outage" and self.proxy.mode)
+        kinds = [k for k in KINDS if self.left[k] > 0 and not (k == "s3_outage" and not self.proxy.open)
                  and not (k == "driver_kill" and attempt_killed)]
         if not kinds:
             return None
@@ -461,7 +365,7 @@ class Campaign:
         if kind == "s3_outage":
             seconds, mode = rng.uniform(5, 30), rng.choice(("refuse", "drop"))
             self.record(kind, attempt, f"S3 {mode}s connections for {seconds:.0f} s")
-            self.proxy.cut(mode)
+            self.proxy.cut(refuse=mode == "refuse")
             self.outage_until = time.time() + seconds
             return True
         if kind == "delete_restore":
@@ -520,7 +424,7 @@ class Campaign:
                   f"{last_line(attempt.output())}", flush=True)
             if not any("raylet" in cmd.split(" ")[0] and self.env["RAY_TMPDIR"] in cmd for _, _, cmd in processes()):
                 raise SystemExit("chaos: the campaign's Ray head is gone (its raylet died); stopping")
-            while self.proxy.mode and time.time() < self.outage_until:  # let the outage pass before a re-run
+            while not self.proxy.open and time.time() < self.outage_until:  # let the outage pass before a re-run
                 self.due_restores()
                 time.sleep(0.2)
         self.end_outage(force=True)
@@ -774,7 +678,7 @@ def campaign(args: argparse.Namespace) -> int:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     args.direct_endpoint = f"http://127.0.0.1:{port}"
-    proxy = Proxy(port)
+    proxy = TcpProxy(args.direct_endpoint)
     bucket = Bucket(args.direct_endpoint)
     bucket.client.create_bucket(Bucket=BUCKET)
     watch = LeaseWatch(bucket)
