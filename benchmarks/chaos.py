@@ -18,8 +18,8 @@ from --seed; when they land depends on the machine's speed):
   1-5 s later unless something wrote it meanwhile;
 - second_writer: another command writing the same run directory (`update`, `run`, `embed`, `assign`),
   started while the first holds the lease.
-Each fault is counted under the stage the night was in when it landed (judged from what the night has
-committed so far).
+Each fault is counted under the stage the hit command was in when it landed (the last stage its output
+named).
 
 What it checks, after each night, reading the bucket itself with boto3 and pyarrow (never scaleclust's
 verify, except `scaleclust verify --deep` run as a command):
@@ -66,7 +66,8 @@ BUCKET = "chaos"
 RUN_PREFIX = "run"
 TRACEBACK = "Traceback (most recent call last)"
 # The order in which a night commits; each entry: a stage and how its being done shows in the bucket.
-NIGHT_STAGES = ("embed", "fit", "assign", "summary", "label", "report", "version")
+# What a command prints as it enters each stage (the stage registry's names, and update's drift step).
+STAGE_LINE = re.compile(r"(?:^|[\r\n])(embed|index|neighbors|fit|assign|summary|label|report|drift|refit):")
 BOOKKEEPING = ("lease.json", "config.yaml")  # written by every attempt: no progress
 
 
@@ -268,7 +269,7 @@ class Campaign:
         # Only the fields set: a dumped default `index:` section would make the index stage wanted.
         self.config.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_unset=True)))
         self.night = 0
-        self.night_started = 0.0
+        self.deadline = float("inf")
         self.shards_written = 0
 
     # ------------------------------------------------------------------ helpers
@@ -284,40 +285,23 @@ class Campaign:
             self.bucket.put(f"shards/{Path(path).name}", Path(path).read_bytes())
         self.shards_written += n
 
-    def stage_now(self) -> str:
-        """The stage the night is in: the one after the last whose commit the night has made."""
-        objects = self.bucket.listing(run_key(""))
-        shards = [k.rsplit("/", 1)[1][:-4] for k in self.bucket.listing("shards/")]
-
-        def since(key: str) -> bool:
-            return key in objects and objects[key][1] >= self.night_started - 1
-
-        done = {
-            "embed": all(run_key("embeddings", f"{s}.done.json") in objects for s in shards),
-            "fit": since(run_key("model", "model.json")),
-            "assign": all(run_key("assignments", f"{s}.done.json") in objects for s in shards),
-            "summary": since(run_key("clusters.parquet")),
-            "label": since(run_key("semantic", "space.json")),
-            "report": since(run_key("report", "index.html")),
-            "version": since(run_key("versions", "LATEST.json")),
-        }
-        prefix = "run" if self.night == 0 else "update"
-        last = max((i for i, stage in enumerate(NIGHT_STAGES) if done[stage]), default=-1)
-        if not done["embed"]:
-            last = -1
-        stages = NIGHT_STAGES[:-1] if self.night == 0 else NIGHT_STAGES
-        return f"{prefix}:{stages[min(last + 1, len(stages) - 1)]}"
+    def stage_now(self, attempt: Command) -> str:
+        """The stage the attempt is in: the last stage its output names (each stage's lines and progress
+        bar start with `STAGE:`); `start` before the first (connecting to Ray, taking the lease)."""
+        named = STAGE_LINE.findall(attempt.output())
+        return f"{'run' if self.night == 0 else 'update'}:{named[-1] if named else 'start'}"
 
     def progress_since(self, snapshot: dict[str, tuple[str, float]]) -> int:
         """Objects of the run directory written since `snapshot`, not counting the lease, the config and
-        temporary parts: what a re-run would not have to redo."""
+        temporary parts: what a re-run would not have to redo. Compared by ETag (the content's MD5), so an
+        object deleted and put back as it was is no progress."""
         now = self.bucket.listing(run_key(""))
-        return sum(1 for key, tag in now.items() if snapshot.get(key) != tag and not key.endswith(BOOKKEEPING)
-                   and "/_parts/" not in key)
+        return sum(1 for key, (etag, _) in now.items() if snapshot.get(key, ("",))[0] != etag
+                   and not key.endswith(BOOKKEEPING) and "/_parts/" not in key)
 
     def record(self, kind: str, attempt: Command, detail: str) -> Fault:
         self.left[kind] -= 1
-        fault = Fault(kind, self.night, self.stage_now(), time.time(), attempt.label, detail)
+        fault = Fault(kind, self.night, self.stage_now(attempt), time.time(), attempt.label, detail)
         self.faults.append(fault)
         print(f"  {time.strftime('%H:%M:%S')} {kind:<14} {fault.stage:<16} {detail}", flush=True)
         return fault
@@ -336,6 +320,8 @@ class Campaign:
 
     # ------------------------------------------------------------------ faults
     def pick_kind(self, attempt_killed: bool) -> str | None:
+        if time.time() >= self.deadline:
+            return None
         kinds = [k for k in KINDS if self.left[k] > 0 and not (k == "s3_outage" and not self.proxy.open)
                  and not (k == "driver_kill" and attempt_killed)]
         if not kinds:
@@ -395,7 +381,6 @@ class Campaign:
 
     # ------------------------------------------------------------------ nights
     def run_night(self, argv: list[str]) -> None:
-        self.night_started = time.time()
         attempts, completed = 0, False
         while attempts < self.args.max_attempts:
             attempts += 1
@@ -447,14 +432,15 @@ class Campaign:
               f"{', '.join(f'{k} {v}' for k, v in result['invariants'].items())}", flush=True)
 
     def run(self, deadline: float) -> None:
-        """Night 0 (`run`), then update nights: at least --nights, more while faults are left to inject
-        and time is left before `deadline`."""
+        """Night 0 (`run`), then update nights until --nights have run and every fault is injected, or
+        until `deadline` (after at least one update night); no fault is injected after it."""
+        self.deadline = deadline
         self.upload_shards(self.args.shards)
         while True:
             if self.night:
                 self.upload_shards(self.args.new_shards)
             self.run_night(["run"] if self.night == 0 else ["update"])
-            if self.night >= self.args.nights and not (any(self.left.values()) and time.time() < deadline):
+            if time.time() >= deadline and self.night >= 1 or self.night >= self.args.nights and not any(self.left.values()):
                 break
             self.night += 1
         self.verify_deep()
