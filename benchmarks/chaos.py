@@ -638,14 +638,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-shard", type=int, default=8, help="images per shard")
     parser.add_argument("--max-attempts", type=int, default=40, help="attempts per night before a clean one")
     parser.add_argument("--work", type=Path, help="folder for the shards and every command's log (default: a temp dir)")
-    parser.add_argument("--budget", type=float, help="seconds after which no further night starts (full: 960, "
-                        "short: 40)")
+    parser.add_argument("--budget", type=float, help="seconds from the Ray head's start after which no fault is "
+                        "injected and no night starts once an update night has run (full: 960, short: 180)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     args.faults = args.faults if args.faults is not None else (1 if args.short else 50)
     args.nights = args.nights if args.nights is not None else (1 if args.short else 8)
     args.gap = args.gap if args.gap is not None else (3.0 if args.short else 2.0)
-    args.budget = args.budget if args.budget is not None else (40.0 if args.short else 960.0)
+    args.budget = args.budget if args.budget is not None else (180.0 if args.short else 960.0)
     return campaign(args)
 
 
@@ -677,10 +677,12 @@ def campaign(args: argparse.Namespace) -> int:
                   flush=True)
             watch.start()
             chaos = Campaign(args, work, bucket, proxy, env, address)
-            chaos.run(started + args.budget)
-            watch.stop.set()
-            for command in chaos.commands:
-                command.kill()
+            try:
+                chaos.run(time.time() + args.budget)
+            finally:  # also when the campaign itself is stopped: no command outlives it
+                watch.stop.set()
+                for command in chaos.commands:
+                    command.kill()
     finally:
         proxy.close()
         server.stop()
