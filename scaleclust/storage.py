@@ -14,6 +14,8 @@ reads are covered.
 """
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import os
 import posixpath
@@ -23,6 +25,7 @@ from typing import Any, Callable, TypeVar
 
 import aiohttp
 import fsspec
+import fsspec.asyn
 import numpy as np
 import pyarrow
 import pyarrow.fs
@@ -75,10 +78,27 @@ class S3Client(S3FileSystem):
     retries = 1
 
 
+@functools.cache
+def quiet_orphaned_transport_errors() -> None:
+    """When a server drops a connection mid-request, aiohttp's task writing the request body fails too,
+    and nobody awaits it: the request's own failure is retried, or raised, through botocore, but asyncio
+    prints the orphan's traceback ("Task exception was never retrieved") beside it. On fsspec's I/O loop
+    (s3fs runs there) such orphans of a connection error are dropped; every other loop error is reported
+    as before."""
+    loop = fsspec.asyn.get_loop()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if not ("future" in context and isinstance(context.get("exception"), aiohttp.ClientConnectionError)):
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
 def filesystem(url: str, storage: StorageConfig,
                timeout: float | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem holding `url` and the path inside it (`timeout`: see storage_options)."""
     if url.startswith(S3_PREFIXES):
+        quiet_orphaned_transport_errors()
         return S3Client(**storage_options(url, storage, timeout)), S3Client._strip_protocol(url)
     return url_to_fs(url, **storage_options(url, storage))
 

@@ -72,3 +72,34 @@ def test_transient_read_errors_are_retried_then_raised(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):  # not transient: no retry
         read_bytes(f"flaky://{tmp_path}/missing.bin", StorageConfig(retries=5, retry_backoff=0.01))
     assert list(FlakyFileSystem.calls.values()) == [FlakyFileSystem.failures + 1]  # the drops read again, then not
+
+
+def test_an_orphaned_aiohttp_connection_error_prints_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """A request body's write task that failed on a dropped connection (aiohttp leaves it unawaited) is not
+    reported on fsspec's I/O loop; another unawaited failure still is."""
+    import asyncio
+    import gc
+
+    import aiohttp
+    import fsspec.asyn
+
+    from scaleclust.storage import quiet_orphaned_transport_errors
+
+    quiet_orphaned_transport_errors()
+
+    async def orphan(error: Exception) -> None:
+        async def fail() -> None:
+            raise error
+
+        task = asyncio.get_running_loop().create_task(fail())
+        await asyncio.sleep(0.01)
+        del task
+        gc.collect()
+
+    loop = fsspec.asyn.get_loop()
+    asyncio.run_coroutine_threadsafe(orphan(aiohttp.ClientConnectionResetError("Cannot write to closing transport")),
+                                     loop).result(5)
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+    asyncio.run_coroutine_threadsafe(orphan(KeyError("a bug")), loop).result(5)
+    reported = [r for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert len(reported) == 1 and isinstance(reported[0].exc_info[1], KeyError)
