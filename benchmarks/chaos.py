@@ -53,13 +53,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import boto3
-import pyarrow.parquet as pq
-import yaml
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the test helpers: synthetic shards, the TCP proxy, a private Ray
 
-from tests.conftest import free_port, private_ray_env, tiny_config
-from tests.shards import write_synthetic_shards
-from tests.tcp_proxy import TcpProxy
+import boto3  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import yaml  # noqa: E402
+
+from tests.conftest import free_port, private_ray_env, tiny_config  # noqa: E402
+from tests.shards import write_synthetic_shards  # noqa: E402
+from tests.tcp_proxy import TcpProxy  # noqa: E402
 
 KINDS = ("driver_kill", "worker_kill", "s3_outage", "delete_restore", "second_writer")
 BUCKET = "chaos"
