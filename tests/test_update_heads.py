@@ -32,9 +32,9 @@ SCAN = {"heads": 2, "hidden": 16, "steps": 120, "self_label_steps": 30, "batch_s
 PLANTED = (0, 1, 2) + (NEW_CONCEPT,) * 3  # half of a night's rows are a concept never seen before
 
 
-def scan_config(make_config, run_dir: str, shards: str, checkpoint_every: int = 25, **sections):
+def scan_config(make_config, run_dir: str, shards: str, checkpoint_every: int = 25, scan: dict = SCAN, **sections):
     return make_config(run_dir, shards, index={"nprobe": 4},
-                       cluster={"method": "scan", "k": 3, "scan": SCAN,
+                       cluster={"method": "scan", "k": 3, "scan": scan,
                                 "train": {"workers": 2, "cpus_per_worker": 0.5, "checkpoint_every": checkpoint_every}},
                        update={"max_new_clusters": 1, "min_new_cluster_rows": 5, "refit_steps": 40,
                                "lease_seconds": 30},
@@ -83,7 +83,9 @@ def shard_clusters(run_dir: Path, manifest: dict) -> dict[str, int]:
 def test_killed_scan_refit_ends_where_an_unbroken_one_ends(tmp_path: Path, make_config) -> None:
     shards = tmp_path / "shards"
     write_synthetic_shards(shards, 3, 20)
-    cfg = scan_config(make_config, str(tmp_path / "a"), str(shards / "*.tar"), checkpoint_every=10)
+    # a shorter cold fit than the other test's: what is compared here is two refits of the same model
+    cfg = scan_config(make_config, str(tmp_path / "a"), str(shards / "*.tar"), checkpoint_every=10,
+                      scan={**SCAN, "steps": 40, "self_label_steps": 10})
     first = update(cfg)
     write_synthetic_shards(shards, 2, 20, first=3, labels=PLANTED)
     shutil.copytree(tmp_path / "a", tmp_path / "b")  # the same state twice: one refit runs unbroken, one is killed
