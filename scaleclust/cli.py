@@ -12,7 +12,7 @@ from scaleclust import api
 from scaleclust.api import reachable
 from scaleclust.config import Config, ConfigError, load
 from scaleclust.console import configure, filter_stderr, internal_failure, user_mistake
-from scaleclust.failures import MissingCredentials, ReadFailed, UserError, storage_mistake
+from scaleclust.failures import MissingCredentials, ReadFailed, UserError, Vanished, storage_mistake
 from scaleclust.lease import LeaseError
 
 
@@ -324,6 +324,9 @@ def as_user_error(err: BaseException) -> UserError | None:
         mistake = storage_mistake(err)
         if mistake is not None:
             return mistake
+        if isinstance(err, FileNotFoundError):  # e.g. a committed object deleted while a stage read it
+            return Vanished(f"a file it reads is gone ({err}); run the command again (scaleclust verify RUN says "
+                            "what a run directory lacks)")
         err = err.__cause__ or err.__context__
     return None
 

@@ -72,6 +72,11 @@ class NotARunDirectory(SetupError, FileNotFoundError):
     """A RUN argument that names no run directory."""
 
 
+class Vanished(UserError, FileNotFoundError):
+    """A file or object the command reads is gone: deleted while it ran, or by hand. Running the command
+    again redoes what needs it (`scaleclust verify` says what a run directory lacks)."""
+
+
 class NotReady(UserError, RuntimeError):
     """A stage or command run before the stage whose output it needs."""
 

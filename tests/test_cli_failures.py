@@ -39,6 +39,24 @@ def test_a_bug_shows_its_traceback_and_exit_4(tmp_path: Path, monkeypatch, capsy
                              "input: please report it with the traceback above"]
 
 
+def test_a_file_deleted_while_a_command_read_it_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The fault campaign deleted a committed embeddings file while `update` assigned it: the read's
+    FileNotFoundError, under the stage's wrapping, printed as a bug. It is one line and exit 1: running the
+    command again (once the object is back, or from the stage that writes it) ends it."""
+    def reads_a_deleted_file(args) -> int:
+        try:
+            raise FileNotFoundError("bucket/run/embeddings/00003.parquet")
+        except FileNotFoundError as err:
+            raise RuntimeError("UDF failed to process a data block") from err
+
+    monkeypatch.setattr(cli, "cmd_versions", reads_a_deleted_file)
+    assert main(["versions", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert ours(err) == ["scaleclust: a file it reads is gone (bucket/run/embeddings/00003.parquet); run the command "
+                         "again (scaleclust verify RUN says what a run directory lacks)  (--verbose shows the traceback)"]
+
+
 def test_versions_of_a_folder_that_is_no_run(tmp_path: Path, capsys) -> None:
     assert main(["versions", str(tmp_path)]) == 2
     out = capsys.readouterr()
