@@ -39,9 +39,9 @@ from scaleclust.cluster.grow import grow_state
 from scaleclust.cluster.heads import OneHead
 from scaleclust.cluster.sic import SIC
 from scaleclust.cluster.mlc import head_features
-from scaleclust.cluster.refit import (fresh_rows, keep_fresh, match_ids, match_similar, novel_groups, novel_subspaces,
+from scaleclust.cluster.refit import (fresh_rows, keep_fresh, match_ids, match_similar, novel_groups,
                                       prototypes, subspace_similarity, typical_tightness, warm_kmeans, warm_subspaces)
-from scaleclust.cluster.subspaces import SubspaceAssigner
+from scaleclust.cluster.subspaces import SubspaceAssigner, fit_subspaces
 from scaleclust.config import ClusterConfig, Config, UpdateConfig
 from scaleclust.tables import embedding_matrix
 from scaleclust.lease import Lease
@@ -170,8 +170,9 @@ def refit_model(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers:
 
     kmeans: k-means from the old centroids plus centroids seeded on new concepts (concept_groups; `new` is
     news() of this sample); ids by centroid cosine.
-    mlc: the trained head is kept; k-subspaces in its feature space from the old bases plus bases fitted on
-    groups of novel rows, on a fresh assign sample; ids by subspace similarity."""
+    mlc: the trained head is kept; k-subspaces in its feature space from the old bases plus a basis fitted
+    on each group of concept_groups (grouped on the embeddings, as for k-means; the old clusters are the
+    old bases' slots), on a fresh assign sample; ids by subspace similarity."""
     started = time.time()
     mlc = old["method"] == "mlc"
     x, _ = sample_embeddings(run, markers, cluster.assign_sample if mlc else cluster.sample_size, seed)
@@ -192,8 +193,10 @@ def refit_model(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers:
         z, c = head_features(head, x)
         feats = z if old["space"] == "z" else c
         old_bases = methods.read(run, was("subspaces.npy"))
-        n_new = min(upd.max_new_clusters, int(novel.sum()) // upd.min_new_cluster_rows)
-        seeds = novel_subspaces(feats[novel], n_new, old_bases.shape[2], cluster.niter, seed)
+        concept, groups = concept_groups(x, novel, np.argmax(SubspaceAssigner(old_bases).scores(feats), axis=1),
+                                         old_ids, new, upd, cluster.niter, seed)
+        n_new = int(groups.max()) + 1 if len(groups) else 0
+        seeds = fit_subspaces(feats[concept][groups >= 0], groups[groups >= 0], n_new, old_bases.shape[2]).bases
         bases = warm_subspaces(feats, np.concatenate([old_bases, seeds]), cluster.niter)
         ids, mapping = match_similar(subspace_similarity(bases, old_bases), old_ids, upd.match_floor, next_id)
         copy_file(was("head.pt"), now("head.pt"), run.storage)  # the head is kept

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from scaleclust.cluster.drift import DriftCounts, calibrate, report
-from scaleclust.cluster.refit import (fresh_rows, keep_fresh, match_ids, match_similar, novel_groups, novel_subspaces,
+from scaleclust.cluster.refit import (fresh_rows, keep_fresh, match_ids, match_similar, novel_groups,
                                       prototypes, subspace_similarity, typical_tightness, warm_kmeans, warm_subspaces)
 from scaleclust.cluster.subspaces import SubspaceAssigner, fit_subspaces
 from scaleclust.stages.summary import Partial
@@ -107,7 +107,7 @@ def test_subspace_similarity_is_the_cosine_of_principal_angles() -> None:
 
 
 def test_warm_subspaces_keep_ids_and_give_a_new_concept_a_new_id() -> None:
-    """The MLC refit on features: k-subspaces from the old bases plus one fitted on novel rows' groups;
+    """The MLC refit on features: k-subspaces from the old bases plus one fitted on the novel rows' group;
     the old clusters match their old bases (ids kept), the new concept gets the next id."""
     rng = np.random.default_rng(5)
     centres = unit(rng, 4, 32)
@@ -117,7 +117,8 @@ def test_warm_subspaces_keep_ids_and_give_a_new_concept_a_new_id() -> None:
     novelty = calibrate(x_old, old_label, np.arange(3), 0.01)
     novel = novelty.novel(x_new)
     assert novel[label == 3].mean() > 0.95 and novel[label != 3].mean() < 0.05
-    seeds = novel_subspaces(x_new[novel], 1, 1, 10, 0)
+    groups = novel_groups(x_new[novel], 1, 10, 0, 5)
+    seeds = fit_subspaces(x_new[novel][groups >= 0], groups[groups >= 0], 1, 1).bases
     bases = warm_subspaces(x_new, np.concatenate([old, seeds]), 10)
     ids, mapping = match_similar(subspace_similarity(bases, old), np.arange(3), 0.8, 3)
     assert ids.tolist() == [0, 1, 2, 3] and mapping["retired"] == [] and mapping["new"][0]["id"] == 3

@@ -4,7 +4,7 @@ Warm start, k-means: k-means begins from the current centroids, plus a few new c
 k-means among the rows no current cluster accepts (novel rows), so a concept absent before can get its
 own cluster while the others start where they were and move only as far as the new data pulls them.
 Warm start, MLC: the same in the trained head's feature space with subspaces instead of centroids
-(k-subspaces from the current bases plus bases fitted on groups of novel rows); the head is kept.
+(k-subspaces from the current bases plus bases fitted on the groups of new-concept rows); the head is kept.
 
 Id matching: new clusters are matched one-to-one to old ones by the Hungarian algorithm on the cosine
 of their prototypes (centroids), or for subspaces on the root mean squared cosine of their principal
@@ -137,16 +137,6 @@ def warm_kmeans(x: np.ndarray, init: np.ndarray, niter: int, seed: int) -> np.nd
                       max_points_per_centroid=max(256, len(x) // len(init) + 1), verbose=False)
     km.train(x, init_centroids=init)
     return km.centroids.copy()
-
-
-def novel_subspaces(feats_novel: np.ndarray, n: int, rank: int, niter: int, seed: int) -> np.ndarray:
-    """n starting bases (n, d, rank) for new clusters: spherical k-means groups of the novel rows'
-    features, one subspace fitted on each group."""
-    if n <= 0:
-        return np.zeros((0, feats_novel.shape[1], rank), np.float32)
-    centroids = spherical_kmeans(feats_novel, n, niter, 1, seed)[0]
-    labels = np.argmax(np.asarray(feats_novel, np.float32) @ centroids.T, axis=1)
-    return fit_subspaces(feats_novel, labels, n, rank).bases
 
 
 def warm_subspaces(feats: np.ndarray, init: np.ndarray, niter: int) -> np.ndarray:
