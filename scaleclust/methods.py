@@ -29,6 +29,7 @@ import numpy as np
 import ray
 import torch
 
+from scaleclust.cluster import calibration
 from scaleclust.cluster.heads import HeadAssigner, HeadsMethod, OneHead, select_head
 from scaleclust.cluster.kmeans import soft_assign, spherical_kmeans
 from scaleclust.cluster.method import Method
@@ -336,7 +337,20 @@ def train_head(cfg: Config, run: RunDir, markers: Markers, method: Method, param
         found["head_losses"] = [round(float(np.mean([s[f"head{h}"] for s in recent])), 5) for h in range(heads)]
     print(f"{prefix}: trained {facts['steps']} steps on {facts['workers']} workers, final loss "
           f"{facts['final_loss']:.4f}{said}")
+    found["calibration"] = calibrate_confidence(run, markers, method, state, dim, int(cluster.k), chosen, cluster.seed)
     return Trained(state, facts, chosen, found, train_name(params, prefix))
+
+
+def calibrate_confidence(run: RunDir, markers: Markers, method: Method, state: dict[str, torch.Tensor], dim: int,
+                         k: int, head: int, seed: int) -> dict[str, Any]:
+    """The trained head's label-free confidence temperature (cluster.calibration) on a fresh sample of
+    calibration.ROWS rows, with its evidence, for model.json; printed."""
+    x, _ = sample_embeddings(run, markers, calibration.ROWS, seed + 1)
+    found = calibration.calibrate(x, head_assigner(method, state, dim, k, head).logits(x))
+    print(f"confidence: temperature {found['temperature']:.3f}, so that the mean confidence "
+          f"({found['mean_confidence_raw']:.3f} raw) is the rows' neighbour agreement {found['agreement']:.3f} "
+          f"({found['neighbors']} nearest of {found['rows']} sampled rows)")
+    return found
 
 
 def fit_on_train(cfg: Config, run: RunDir, markers: Markers, method: Method | None = None,
@@ -352,12 +366,14 @@ def fit_on_train(cfg: Config, run: RunDir, markers: Markers, method: Method | No
                   **extra)
 
 
-def head_assigner(method: Method, state: dict[str, torch.Tensor], dim: int, k: int, index: int) -> HeadAssigner:
-    """Rows -> (cluster, confidence, second choice) by head `index` of `method`'s head with weights `state`."""
+def head_assigner(method: Method, state: dict[str, torch.Tensor], dim: int, k: int, index: int,
+                  temperature: float = 1.0) -> HeadAssigner:
+    """Rows -> (cluster, confidence, second choice) by head `index` of `method`'s head with weights `state`,
+    confidence at `temperature` (1: the raw softmax)."""
     head = method.head(dim)
     head.load_state_dict(state)
     head.eval()
-    return HeadAssigner(head if isinstance(method, HeadsMethod) else OneHead(head, k), index)
+    return HeadAssigner(head if isinstance(method, HeadsMethod) else OneHead(head, k), index, temperature)
 
 
 def model_cluster(meta: dict[str, Any]) -> ClusterConfig:
@@ -367,10 +383,12 @@ def model_cluster(meta: dict[str, Any]) -> ClusterConfig:
 
 def load_head(run: RunDir, meta: dict[str, Any], temperature: float,
               entry: MethodEntry | None = None) -> Assigner:
-    """The chosen head of the committed model: argmax cluster, its softmax probability, the runner-up."""
+    """The chosen head of the committed model: argmax cluster, its softmax probability at the model's
+    calibrated temperature (1 for a model fitted before calibration), the runner-up."""
     method = (entry or get(meta["method"])).build(model_cluster(meta))
     state = read(run, run.model("head.pt"))
-    return head_assigner(method, state, meta["dim"], int(meta["k"]), int(meta["head"])).assign
+    calibrated = meta.get("calibration", {}).get("temperature", 1.0)
+    return head_assigner(method, state, meta["dim"], int(meta["k"]), int(meta["head"]), calibrated).assign
 
 
 def build_turtle(cluster: ClusterConfig) -> Turtle:

@@ -51,6 +51,12 @@ def test_scan_fit_with_index_neighbours(tmp_path: Path, shared_run: SharedRun, c
     assert verify(data["run_dir"], deep=True) == []
     assert metrics["counts"]["assigned"] == shared_run.rows
     assert metrics["labels"]["acc"] > 0.6  # three visually distinct classes; chance is 1/3
-    shard, marker = sorted(run.committed("assignments").items())[0]
-    confidence = run.read_table(run.assigned(shard, marker), ["confidence"])["confidence"]
-    assert 0.0 < min(confidence.to_pylist()) <= max(confidence.to_pylist()) <= 1.0
+    confidence = [c for shard, marker in sorted(run.committed("assignments").items())
+                  for c in run.read_table(run.assigned(shard, marker), ["confidence"])["confidence"].to_pylist()]
+    assert 0.0 < min(confidence) <= max(confidence) <= 1.0
+    # the calibration sample is every row here (fewer than calibration.ROWS), so the assigned confidence is
+    # the calibrated one exactly when assign applies the recorded temperature
+    calibrated = model["calibration"]
+    assert calibrated["rows"] == shared_run.rows and calibrated["neighbors"] >= 1
+    assert abs(sum(confidence) / len(confidence) - calibrated["mean_confidence"]) < 2e-3
+    assert abs(calibrated["mean_confidence"] - calibrated["agreement"]) < 2e-3

@@ -85,20 +85,27 @@ def select_head(stats: list[dict[str, float]], heads: int) -> int:
 @dataclass(frozen=True)
 class HeadAssigner:
     """Assigns any rows with one head of a trained ClusterHeads: the argmax cluster, its softmax
-    probability as confidence, and the runner-up."""
+    probability at `temperature` as confidence (cluster.calibration's label-free temperature, recorded
+    in model.json; 1 for the raw softmax), and the runner-up."""
 
     head: nn.Module
     index: int
+    temperature: float = 1.0
 
     @torch.no_grad()
-    def probabilities(self, x: torch.Tensor | np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    def logits(self, x: torch.Tensor | np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """The head's logits (n, k) for rows x, in eval mode."""
         module = unwrap(self.head)
         training = module.training
         module.eval()
         x = torch.as_tensor(np.asarray(x, dtype=np.float32))
-        parts = [module(x[i:i + batch_size])[self.index].softmax(-1) for i in range(0, len(x), batch_size)]
+        parts = [module(x[i:i + batch_size])[self.index] for i in range(0, len(x), batch_size)]
         module.train(training)
         return torch.cat(parts).numpy() if parts else np.zeros((0, module.k), np.float32)
+
+    def probabilities(self, x: torch.Tensor | np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """softmax(logits / temperature) of rows x."""
+        return torch.from_numpy(self.logits(x, batch_size) / self.temperature).softmax(-1).numpy()
 
     def assign(self, x: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(cluster int32, confidence float32, second-choice cluster int32) per row."""
