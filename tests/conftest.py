@@ -12,7 +12,9 @@ the moto server on 127.0.0.1.
 """
 from __future__ import annotations
 
+import io
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,8 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -42,6 +44,7 @@ from tests.browser import CHROMIUM  # noqa: E402
 from tests.shards import write_duplicate_shard, write_synthetic_shards  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
 
 # What a fixture implies a test needs.
 FIXTURE_MARKERS = {"ray_local": ("ray",), "s3_endpoint": ("s3",), "chromium": ("browser",),
@@ -298,3 +301,40 @@ def shared_run(tmp_path_factory: pytest.TempPathFactory, ray_local: Path) -> Sha
     rows = sum(m["embedded"] for m in run.committed("embeddings").values())
     assert rows == SHARED_SHARDS * SHARED_PER_SHARD + 2 * len(pairs)
     return SharedRun(folder, pairs, index, rows)
+
+
+def readme_example() -> str:
+    """The code block of README's "Python API" section."""
+    section = README.read_text(encoding="utf-8").split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    shared: SharedRun  # its folder holds shards/, run/ (every stage done) and jobs/demo.yaml; never written after
+    names: dict[str, Any]  # the README example's variables
+    printed: str  # what the example printed
+
+    def copy(self, dest: Path) -> Config:
+        """The run and its shards copied under dest (SharedRun.copy); the config it was run with, naming the copy."""
+        self.shared.copy(dest)
+        return tiny_config(str(dest / "run"), str(dest / "shards" / "*.tar"), index=SHARED_INDEX)
+
+
+@pytest.fixture(scope="session")
+def finished_run(shared_run: SharedRun, tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
+    """The suite's one finished run: README's Python API example run verbatim (every stage the config needs,
+    as `scaleclust run` does) in a folder whose jobs/demo.yaml is a tiny config (SHARED_INDEX) over a copy of
+    the shared embedded run, once per session. A test that only reads a finished run reads this one; one that
+    writes to it works on a copy (FinishedRun.copy), instead of fitting, assigning, naming and reporting
+    a copy of the shared run of its own (5-10 s each on a busy 2-CPU machine)."""
+    folder = shared_run.copy(tmp_path_factory.mktemp("finished"))
+    cfg = tiny_config(str(folder / "run"), str(folder / "shards" / "*.tar"), index=SHARED_INDEX)
+    (folder / "jobs").mkdir()
+    (folder / "jobs" / "demo.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    names: dict[str, Any] = {}
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, redirect_stdout(printed):
+        patch.chdir(folder)
+        exec(compile(readme_example(), str(README), "exec"), names)
+    return FinishedRun(replace(shared_run, folder=folder), names, printed.getvalue())
