@@ -12,7 +12,9 @@ the moto server on 127.0.0.1.
 """
 from __future__ import annotations
 
+import fcntl
 import io
+import json
 import os
 import re
 import shutil
@@ -284,13 +286,10 @@ def _moved(node: Any, old: str, new: str) -> Any:
     return new + node[len(old):] if isinstance(node, str) and node.startswith(old) else node
 
 
-@pytest.fixture(scope="session")
-def shared_run(tmp_path_factory: pytest.TempPathFactory, ray_local: Path) -> SharedRun:
-    """SHARED_SHARDS x SHARED_PER_SHARD synthetic images and dups.tar (planted near-duplicates), embedded by
-    the tiny model and indexed (SHARED_INDEX), once per session. Copy it (SharedRun.copy); never write to it."""
+def build_shared_run(folder: Path) -> SharedRun:
+    """The shared run's shards and run directory under folder: embedded and indexed here, on this process's Ray."""
     from scaleclust.pipeline import prepare, run_stage
 
-    folder = tmp_path_factory.mktemp("shared")
     write_synthetic_shards(folder / "shards", SHARED_SHARDS, SHARED_PER_SHARD)
     pairs = write_duplicate_shard(folder / "shards")
     cfg = tiny_config(str(folder / "run"), str(folder / "shards" / "*.tar"), index=SHARED_INDEX)
@@ -301,6 +300,28 @@ def shared_run(tmp_path_factory: pytest.TempPathFactory, ray_local: Path) -> Sha
     rows = sum(m["embedded"] for m in run.committed("embeddings").values())
     assert rows == SHARED_SHARDS * SHARED_PER_SHARD + 2 * len(pairs)
     return SharedRun(folder, pairs, index, rows)
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory: pytest.TempPathFactory, ray_local: Path) -> SharedRun:
+    """SHARED_SHARDS x SHARED_PER_SHARD synthetic images and dups.tar (planted near-duplicates), embedded by
+    the tiny model and indexed (SHARED_INDEX), once per `make test`: under pytest-xdist the first process to
+    need it builds it in the folder above the processes' own (holding a lock there) and records it; the other
+    waits for the lock and reads the record. Embedding it costs tens of seconds on 2 CPUs, which the second
+    process spends running its other tests' share instead. The tiny model's weights are seeded, so both
+    processes' encoders agree with it. Copy it (SharedRun.copy); never write to it."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build_shared_run(tmp_path_factory.mktemp("shared"))
+    root = tmp_path_factory.getbasetemp().parent  # this xdist run's, above each process's own basetemp
+    record = root / "shared.json"
+    with open(root / "shared.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, and when a process dies holding it
+        if not record.exists():
+            built = build_shared_run(Path(tempfile.mkdtemp(prefix="shared-", dir=root)))
+            record.write_text(json.dumps({"folder": str(built.folder), "pairs": built.pairs, "index": built.index,
+                                          "rows": built.rows}))
+    data = json.loads(record.read_text())
+    return SharedRun(Path(data["folder"]), [tuple(pair) for pair in data["pairs"]], data["index"], data["rows"])
 
 
 def readme_example() -> str:
