@@ -12,7 +12,11 @@ the moto server on 127.0.0.1.
 """
 from __future__ import annotations
 
+import fcntl
+import io
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,8 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -42,6 +46,7 @@ from tests.browser import CHROMIUM  # noqa: E402
 from tests.shards import write_duplicate_shard, write_synthetic_shards  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
 
 # What a fixture implies a test needs.
 FIXTURE_MARKERS = {"ray_local": ("ray",), "s3_endpoint": ("s3",), "chromium": ("browser",),
@@ -52,11 +57,16 @@ REQUIRE_BROWSER = "SCALECLUST_REQUIRE_BROWSER"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Markers from fixtures; then the modules that hold a slow test first, each module's tests together and in
+    their order. Under pytest-xdist (`--dist worksteal`) the two processes then end on short tests and finish
+    within seconds of each other, rather than one waiting minutes for the other's last slow test."""
     for item in items:
         for fixture, markers in FIXTURE_MARKERS.items():
             if fixture in getattr(item, "fixturenames", ()):
                 for marker in markers:
                     item.add_marker(marker)
+    slow = {item.nodeid.partition("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.partition("::")[0] not in slow)  # stable: the order within each group
 
 
 def _started_by_us() -> bool:
@@ -281,13 +291,10 @@ def _moved(node: Any, old: str, new: str) -> Any:
     return new + node[len(old):] if isinstance(node, str) and node.startswith(old) else node
 
 
-@pytest.fixture(scope="session")
-def shared_run(tmp_path_factory: pytest.TempPathFactory, ray_local: Path) -> SharedRun:
-    """SHARED_SHARDS x SHARED_PER_SHARD synthetic images and dups.tar (planted near-duplicates), embedded by
-    the tiny model and indexed (SHARED_INDEX), once per session. Copy it (SharedRun.copy); never write to it."""
+def build_shared_run(folder: Path) -> SharedRun:
+    """The shared run's shards and run directory under folder: embedded and indexed here, on this process's Ray."""
     from scaleclust.pipeline import prepare, run_stage
 
-    folder = tmp_path_factory.mktemp("shared")
     write_synthetic_shards(folder / "shards", SHARED_SHARDS, SHARED_PER_SHARD)
     pairs = write_duplicate_shard(folder / "shards")
     cfg = tiny_config(str(folder / "run"), str(folder / "shards" / "*.tar"), index=SHARED_INDEX)
@@ -298,3 +305,62 @@ def shared_run(tmp_path_factory: pytest.TempPathFactory, ray_local: Path) -> Sha
     rows = sum(m["embedded"] for m in run.committed("embeddings").values())
     assert rows == SHARED_SHARDS * SHARED_PER_SHARD + 2 * len(pairs)
     return SharedRun(folder, pairs, index, rows)
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory: pytest.TempPathFactory, ray_local: Path) -> SharedRun:
+    """SHARED_SHARDS x SHARED_PER_SHARD synthetic images and dups.tar (planted near-duplicates), embedded by
+    the tiny model and indexed (SHARED_INDEX), once per `make test`: under pytest-xdist the first process to
+    need it builds it in the folder above the processes' own (holding a lock there) and records it; the other
+    waits for the lock and reads the record. Embedding it costs tens of seconds on 2 CPUs, which the second
+    process spends running its other tests' share instead. The tiny model's weights are seeded, so both
+    processes' encoders agree with it. Copy it (SharedRun.copy); never write to it."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build_shared_run(tmp_path_factory.mktemp("shared"))
+    root = tmp_path_factory.getbasetemp().parent  # this xdist run's, above each process's own basetemp
+    record = root / "shared.json"
+    with open(root / "shared.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, and when a process dies holding it
+        if not record.exists():
+            built = build_shared_run(Path(tempfile.mkdtemp(prefix="shared-", dir=root)))
+            record.write_text(json.dumps({"folder": str(built.folder), "pairs": built.pairs, "index": built.index,
+                                          "rows": built.rows}))
+    data = json.loads(record.read_text())
+    return SharedRun(Path(data["folder"]), [tuple(pair) for pair in data["pairs"]], data["index"], data["rows"])
+
+
+def readme_example() -> str:
+    """The code block of README's "Python API" section."""
+    section = README.read_text(encoding="utf-8").split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    shared: SharedRun  # its folder holds shards/, run/ (every stage done) and jobs/demo.yaml; never written after
+    names: dict[str, Any]  # the README example's variables
+    printed: str  # what the example printed
+
+    def copy(self, dest: Path) -> Config:
+        """The run and its shards copied under dest (SharedRun.copy); the config it was run with, naming the copy."""
+        self.shared.copy(dest)
+        return tiny_config(str(dest / "run"), str(dest / "shards" / "*.tar"), index=SHARED_INDEX)
+
+
+@pytest.fixture(scope="session")
+def finished_run(shared_run: SharedRun, tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
+    """The suite's one finished run: README's Python API example run verbatim (every stage the config needs,
+    as `scaleclust run` does) in a folder whose jobs/demo.yaml is a tiny config (SHARED_INDEX) over a copy of
+    the shared embedded run, once per session. A test that only reads a finished run reads this one; one that
+    writes to it works on a copy (FinishedRun.copy), instead of fitting, assigning, naming and reporting
+    a copy of the shared run of its own (5-10 s each on a busy 2-CPU machine)."""
+    folder = shared_run.copy(tmp_path_factory.mktemp("finished"))
+    cfg = tiny_config(str(folder / "run"), str(folder / "shards" / "*.tar"), index=SHARED_INDEX)
+    (folder / "jobs").mkdir()
+    (folder / "jobs" / "demo.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    names: dict[str, Any] = {}
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, redirect_stdout(printed):
+        patch.chdir(folder)
+        exec(compile(readme_example(), str(README), "exec"), names)
+    return FinishedRun(replace(shared_run, folder=folder), names, printed.getvalue())

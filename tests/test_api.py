@@ -3,12 +3,8 @@ reads agree with the run's own files, the CLI's read commands print what it retu
 on S3 while another process holds the run's lease."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import re
 from pathlib import Path
-from typing import Any
 
 import fsspec
 import numpy as np
@@ -23,37 +19,12 @@ from scaleclust.api import as_config
 from scaleclust.cli import main
 from scaleclust.config import ConfigError, StorageConfig
 from scaleclust.lease import Lease
-from tests.conftest import SHARED_INDEX, SharedRun, tiny_config
-
-README = Path(__file__).parent.parent / "README.md"
+from tests.conftest import FinishedRun, SharedRun, tiny_config
 
 
-def readme_example() -> str:
-    """The code block of README's "Python API" section."""
-    section = README.read_text(encoding="utf-8").split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
-
-
-@pytest.fixture(scope="module")
-def finished(shared_run: SharedRun, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
-    """README's example run verbatim in a folder whose jobs/demo.yaml is a tiny config over a copy of the
-    shared embedded run: (folder, the example's variables, what it printed)."""
-    folder = shared_run.copy(tmp_path_factory.mktemp("api"))
-    cfg = tiny_config(str(folder / "run"), str(folder / "shards" / "*.tar"), index=SHARED_INDEX)
-    (folder / "jobs").mkdir()
-    (folder / "jobs" / "demo.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    names: dict[str, Any] = {}
-    printed = io.StringIO()
-    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
-        patch.chdir(folder)
-        exec(compile(readme_example(), str(README), "exec"), names)
-    return folder, names, printed.getvalue()
-
-
-@pytest.mark.slow  # the module's fixture runs fit to report on the shared run: about 50 s on 2 busy CPUs
-def test_readme_example_runs_verbatim_and_reads_the_run(finished: tuple[Path, dict[str, Any], str],
-                                                       shared_run: SharedRun) -> None:
-    folder, names, printed = finished
+@pytest.mark.slow  # the session's finished run (its first user pays for it): about 50 s on 2 busy CPUs
+def test_readme_example_runs_verbatim_and_reads_the_run(finished_run: FinishedRun, shared_run: SharedRun) -> None:
+    folder, names, printed = finished_run.shared.folder, finished_run.names, finished_run.printed
     run, clusters, top = names["run"], names["clusters"], names["top"]
     assert run.url == str(folder / "run") and "Run(" in repr(run)
     committed = pq.read_table(folder / "run" / "clusters.parquet")
@@ -84,10 +55,10 @@ def test_readme_example_runs_verbatim_and_reads_the_run(finished: tuple[Path, di
 
 
 @pytest.mark.slow
-def test_cli_read_commands_print_what_the_api_returns(finished: tuple[Path, dict[str, Any], str],
+def test_cli_read_commands_print_what_the_api_returns(finished_run: FinishedRun,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """info, versions and eval here; search prints through the same Run in tests/test_index_stage.py."""
-    folder, names, _ = finished
+    folder, names = finished_run.shared.folder, finished_run.names
     run_dir, run = str(folder / "run"), names["run"]
     assert main(["info", run_dir, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -100,9 +71,8 @@ def test_cli_read_commands_print_what_the_api_returns(finished: tuple[Path, dict
 
 
 @pytest.mark.slow
-def test_a_run_on_s3_is_read_while_another_process_holds_its_lease(finished: tuple[Path, dict[str, Any], str],
-                                                                   s3_endpoint: str) -> None:
-    folder, names, _ = finished
+def test_a_run_on_s3_is_read_while_another_process_holds_its_lease(finished_run: FinishedRun, s3_endpoint: str) -> None:
+    folder, names = finished_run.shared.folder, finished_run.names
     storage = StorageConfig(endpoint_url=s3_endpoint)
     fs = fsspec.filesystem("s3", client_kwargs={"endpoint_url": s3_endpoint})
     fs.mkdir("api-read")

@@ -2,9 +2,10 @@
 images, neighbours from the index, and their assignments pass `scaleclust verify`; each copies the
 session's embedded and indexed run (tests/conftest.py, shared_run). The Train loop's one kill-and-resume
 test is here, on SIC: every method but kmeans trains on the same loop (SCAN in test_fit_scan.py, MLC in
-test_fit_mlc.py), so one kill (a Ray start in a subprocess) covers them."""
+test_fit_mlc.py), so one kill (of a command that joins the session's Ray) covers them."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 import numpy as np
+import ray
 import torch
 import yaml
 
@@ -19,7 +21,7 @@ from scaleclust.config import ConfigError, from_dict
 from scaleclust.pipeline import prepare, run_stage
 from scaleclust.rundir import RunDir
 from scaleclust.verify import verify
-from tests.conftest import NOUNS, SharedRun, kill_when_present, private_ray_env
+from tests.conftest import NOUNS, SharedRun, kill_when_present
 
 HEADS = {"heads": 2, "hidden": 16, "steps": 60, "batch_size": 16, "neighbors": 4, "lr": 0.01, "select_steps": 20}
 METHODS: dict[str, dict[str, Any]] = {
@@ -94,10 +96,12 @@ def test_killed_fit_resumes_from_its_newest_checkpoint(shared_run: SharedRun, tm
     data = copy_shared(shared_run, tmp_path / "killed", "sic")
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(data))
     train_dir = tmp_path / "killed" / "run" / "model" / "train"
-    with private_ray_env() as env:
-        proc = subprocess.Popen([sys.executable, "-m", "scaleclust.cli", "fit", str(tmp_path / "job.yaml")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
-        kill_when_present(proc, train_dir, "*/checkpoint_*/state.pt", timeout=400, settle=1)
+    # The command joins the session's Ray (RAY_ADDRESS, as a job's driver joins its cluster) rather than starting
+    # one of its own; its driver's death ends its job, whose actors Ray then stops.
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([sys.executable, "-m", "scaleclust.cli", "fit", str(tmp_path / "job.yaml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+    kill_when_present(proc, train_dir, "*/checkpoint_*/state.pt", timeout=400, settle=1)
     assert not (tmp_path / "killed" / "run" / "model" / "model.json").exists(), "kill must land mid-fit"
     assert (tmp_path / "killed" / "run" / "semantic" / "space.json").exists()
     newest = checkpoint_steps(train_dir)[-1]

@@ -1,5 +1,5 @@
 """Index, neighbors, dedup and search stages on one pipeline run of the tiny model (a copy of the session's
-shared run, shared per module)."""
+finished run, shared per module)."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -17,9 +17,9 @@ from scaleclust.stages import index as stage, neighbors
 from scaleclust.index.pairs import group_duplicates, pairs_within_clusters
 from scaleclust.index.search import search
 from scaleclust.index.actors import fan_out, searchers
-from scaleclust.pipeline import prepare, run_all, run_stage
+from scaleclust.pipeline import prepare, run_stage
 from scaleclust.rundir import RunDir
-from tests.conftest import SHARED_INDEX, SharedRun, tiny_config
+from tests.conftest import SHARED_INDEX, FinishedRun, SharedRun, tiny_config
 from tests.shards import write_synthetic_shards
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.timeout(300)]
@@ -28,11 +28,12 @@ INDEX = SHARED_INDEX
 
 
 @pytest.fixture(scope="module")
-def indexed(tmp_path_factory: pytest.TempPathFactory, shared_run: SharedRun) -> dict[str, Any]:
-    """A copy of the session's indexed run (4 shards of 30 images and dups.tar), run through every stage."""
-    folder = shared_run.copy(tmp_path_factory.mktemp("index"))
-    cfg = tiny_config(str(folder / "run"), str(folder / "shards" / "*.tar"), index=INDEX)
-    run_all(cfg)
+def indexed(tmp_path_factory: pytest.TempPathFactory, shared_run: SharedRun,
+            finished_run: FinishedRun) -> dict[str, Any]:
+    """A copy of the session's finished run (the shared run's 4 shards of 30 images and dups.tar, indexed, then
+    run through every stage)."""
+    folder = tmp_path_factory.mktemp("index")
+    cfg = finished_run.copy(folder)
     return {"cfg": cfg, "run": RunDir(cfg.run_dir, cfg.storage), "pairs": shared_run.pairs, "folder": folder,
             "result": shared_run.index}
 

@@ -10,7 +10,7 @@ import pytest
 from scaleclust.pipeline import STAGES, run_all
 from scaleclust.rundir import RunDir
 from scaleclust.verify import verify
-from tests.conftest import SharedRun
+from tests.conftest import FinishedRun
 from tests.shards import BAD_KEYS, write_bad_shards
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.timeout(300)]
@@ -40,10 +40,8 @@ def test_bad_input_is_recorded_and_the_job_goes_on(tmp_path: Path, shards: list[
     assert set(metrics["seconds"]) == {s.name for s in STAGES} - {"index", "neighbors"}  # k-means needs no index
 
 
-def test_rerun_redoes_only_missing_work(tmp_path: Path, shared_run: SharedRun, make_config) -> None:
-    folder = shared_run.copy(tmp_path)  # embedded already; the first run_all fits, assigns, names
-    cfg = make_config(str(folder / "run"), str(folder / "shards" / "*.tar"))
-    run_all(cfg)
+def test_rerun_redoes_only_missing_work(tmp_path: Path, finished_run: FinishedRun) -> None:
+    cfg = finished_run.copy(tmp_path)  # embedded, fitted, assigned and named already
     run = RunDir(cfg.run_dir, cfg.storage)
     before_embed = run.committed("embeddings")
     before_assign = run.committed("assignments")
@@ -69,10 +67,8 @@ def test_rerun_redoes_only_missing_work(tmp_path: Path, shared_run: SharedRun, m
     assert verify(cfg.run_dir, deep=True) == []
 
 
-def test_changed_cluster_params_refit_and_reassign(tmp_path: Path, shared_run: SharedRun, make_config) -> None:
-    folder = shared_run.copy(tmp_path)
-    cfg = make_config(str(folder / "run"), str(folder / "shards" / "*.tar"))
-    run_all(cfg)
+def test_changed_cluster_params_refit_and_reassign(tmp_path: Path, finished_run: FinishedRun) -> None:
+    cfg = finished_run.copy(tmp_path)
     run = RunDir(cfg.run_dir, cfg.storage)
     first = run.marker(run.model("model.json"))["model_id"]
     cfg.cluster.k = 4
