@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import ray
 import yaml
 
 from scaleclust.config import StorageConfig
@@ -20,7 +22,7 @@ from scaleclust.storage import listdir
 from scaleclust.update import update
 from scaleclust.verify import verify
 from scaleclust.versions import Versions
-from tests.conftest import kill_when_present, private_ray_env
+from tests.conftest import kill_when_present
 from tests.shards import NEW_CONCEPT, write_synthetic_shards
 from tests.test_update import (arrivals, assert_new_concept_got_a_new_id, clusters_by_key, labels_by_key,
                                version_files)
@@ -96,10 +98,11 @@ def test_killed_scan_refit_ends_where_an_unbroken_one_ends(tmp_path: Path, make_
     before = version_files(tmp_path / "b", first)
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(killed_cfg.model_dump(mode="json")))
-    with private_ray_env() as env:
-        proc = subprocess.Popen([sys.executable, "-m", "scaleclust.cli", "update", str(job)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        kill_when_present(proc, tmp_path / "b" / "model" / "train", "refit-*/checkpoint_*/state.pt")
+    # the command joins the session's Ray (as a job's driver joins its cluster); its death ends its job
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([sys.executable, "-m", "scaleclust.cli", "update", str(job)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    kill_when_present(proc, tmp_path / "b" / "model" / "train", "refit-*/checkpoint_*/state.pt")
     run = RunDir(str(tmp_path / "b"), StorageConfig())
     history = Versions(run)
     assert history.latest()["version"] == first["version"]  # the pointer never moved
