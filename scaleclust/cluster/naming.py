@@ -117,7 +117,7 @@ def _hierarchy_names(scores: sparse.csr_matrix, tree: Hierarchy, share: float) -
     being the mean probability its voters give the nouns at or below that node; None without votes."""
     weights = distinctive(scores)
     mass = (weights @ tree.ancestors).tocsr()
-    held = (scores @ tree.ancestors).tocsr()
+    summed = (scores @ tree.ancestors).tocsr()
     totals = np.asarray(weights.sum(axis=1)).ravel()
     picked: list[tuple[int, float] | None] = []
     for c in range(scores.shape[0]):
@@ -125,7 +125,7 @@ def _hierarchy_names(scores: sparse.csr_matrix, tree: Hierarchy, share: float) -
             picked.append(None)
             continue
         node = _deepest(mass.getrow(c), float(totals[c]), tree.depth, share)
-        picked.append((node, min(float(held[c, node]), 1.0)))
+        picked.append((node, min(float(summed[c, node]), 1.0)))
     return picked
 
 
