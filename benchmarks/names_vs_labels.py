@@ -10,7 +10,7 @@ RUN --set label.rule=... --set label.share=...`) for each setting in turn and th
 the run keeps the last setting's names.
 
     .venv/bin/python benchmarks/names_vs_labels.py runs/demo [--labels label]
-    .venv/bin/python benchmarks/names_vs_labels.py OUT/RUN --classes animals --rules leaf hierarchy:0.5
+    .venv/bin/python benchmarks/names_vs_labels.py OUT/RUN --classes animals --rules leaf hierarchy:0.4
 """
 from __future__ import annotations
 
