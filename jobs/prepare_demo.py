@@ -15,14 +15,15 @@ from scaleclust.sources.shard_writer import sample_members, tar_bytes
 
 def png_bytes(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(pixels.astype(np.uint8), mode="L").save(buffer, format="PNG")
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")  # (h, w) grey or (h, w, 3) colour
     return buffer.getvalue()
 
 
 def write_shards(folder: Path, images: np.ndarray, labels: np.ndarray, caption: str, source: str,
                  n_shards: int = 10) -> list[Path]:
-    """Grey images (n, h, w) uint8 with integer labels as `n_shards` WebDataset shards (KEY.png, KEY.txt,
-    KEY.json with `label` and `source`); a shard already written is kept (tmp name + rename)."""
+    """Grey (n, h, w) or colour (n, h, w, 3) uint8 images with integer labels as `n_shards` WebDataset
+    shards (KEY.png, KEY.txt, KEY.json with `label` and `source`); a shard already written is kept (tmp
+    name + rename)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for shard, rows in enumerate(np.array_split(np.arange(len(images)), n_shards)):

@@ -97,7 +97,7 @@ class Run:
         return {"run_dir": described.pop("run_dir"), "stages": status(self.dir), **described}
 
     def clusters(self, pandas: bool = False) -> Any:
-        """clusters.parquet, largest cluster first: cluster, size, name, name_score, top_names,
+        """clusters.parquet, largest cluster first: cluster, size, name, name_id, name_score, top_names,
         exemplar_keys, mean_confidence, centroid. A pyarrow Table, or a pandas DataFrame with pandas=True."""
         if not self.dir.exists(self.dir.clusters):
             raise FileNotFoundError(f"{self.dir.clusters}: no clusters yet; run `scaleclust run` on its config")

@@ -32,7 +32,8 @@ def print_clusters(run_url: str, storage: Any, limit: int = 30) -> None:
     print(f"{'cluster':>7} {'size':>8} {'conf':>5}  {'name':<28} {'score':>5}  {'runners-up':<36} exemplars")
     for row in rows[:limit]:
         score = "" if row["name_score"] is None else f"{row['name_score']:.2f}"
-        runners = ", ".join(row["top_names"][:4] if row["name"] in (None, "?") else row["top_names"][1:4])[:36]
+        named = (row["name"] or "?").split(" (")[0]  # NAME, or NAME (NOUN) between clusters sharing it
+        runners = ", ".join([n for n in row["top_names"] if n != named][:4 if named == "?" else 3])[:36]
         print(f"{row['cluster']:>7} {row['size']:>8} {row['mean_confidence']:>5.2f}  {(row['name'] or '-')[:28]:<28} "
               f"{score:>5}  {runners:<36} {', '.join(row['exemplar_keys'][:3])}")
     if len(rows) > limit:

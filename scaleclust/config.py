@@ -216,6 +216,11 @@ class LabelConfig(Strict):
     votes: int = Field(200, gt=0, description="most confident rows per cluster that vote")
     top: int = Field(5, gt=0, description="names each voting row votes for (its top softmax probabilities)")
     min_score: float = Field(0.1, ge=0, le=1, description="below this name_score a cluster is named '?'")
+    rule: Literal["hierarchy", "leaf"] = Field("hierarchy", description="'hierarchy': the deepest WordNet "
+                                               "synset holding `share` of the cluster's distinctive votes "
+                                               "(docs/naming.md); 'leaf': the noun with the most votes")
+    share: float = Field(0.4, gt=0, le=1, description="rule hierarchy: the share of a cluster's distinctive "
+                         "votes that its name's synset must hold")
 
     @field_validator("prompt")
     @classmethod

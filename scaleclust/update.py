@@ -346,14 +346,16 @@ def carry_names(run: RunDir, parent_clusters: str | None) -> None:
     if parent_clusters is None:
         return
     table = run.read_table(run.clusters)
-    old = {row["cluster"]: row for row in run.read_table(parent_clusters, ["cluster", "name", "name_score", "top_names"])
-           .to_pylist() if row["name"]}
+    parent = run.read_table(parent_clusters)
+    # a parent written before name_id existed carries the others
+    carried = [c for c in ("name", "name_id", "name_score", "top_names") if c in parent.column_names]
+    old = {row["cluster"]: row for row in parent.select(["cluster", *carried]).to_pylist() if row["name"]}
     if not old:
         return
     rows = table.to_pylist()
     for row in rows:
         if not row["name"] and row["cluster"] in old:
-            row.update({k: old[row["cluster"]][k] for k in ("name", "name_score", "top_names")})
+            row.update({k: old[row["cluster"]][k] for k in carried})
     run.write_table(run.clusters, pa.Table.from_pylist(rows, schema=table.schema))
 
 

@@ -24,7 +24,8 @@ from scaleclust.cluster.naming import UNNAMED
 from scaleclust.config import Config, StorageConfig, load
 from scaleclust.index.manifest import load_manifest
 from scaleclust.rundir import RunDir
-from scaleclust.semantic.space import TEXT, space_names
+from scaleclust.semantic import wordnet
+from scaleclust.semantic.space import TEXT, space_nouns
 from scaleclust.semantic.vocab import load_vocabulary
 from scaleclust.stage import recorded
 from scaleclust.stages.index import choose
@@ -167,8 +168,12 @@ def ran_as_written(job: Config, rehearsed: Config, run: RunDir, storage: Storage
             assert model["neighbors"]["index"] == first["factory"]
     space = run.marker(run.semantic("space.json"))
     assert space["kind"] == TEXT and space["signature"]["vocabulary"] == rehearsed.label.vocabulary
-    assert set(space_names(run)) <= set(load_vocabulary(rehearsed.label, storage).names)
-    names = run.read_table(run.clusters, ["name"])["name"].to_pylist()
-    assert len(names) == rehearsed.cluster.k and set(names) != {UNNAMED}, names
-    for name in set(names) - {UNNAMED}:  # NOUN, or NOUN (NOUN) where two clusters share their top noun
-        assert set(re.fullmatch(r"(.+?)(?: \((.+)\))?", name).groups()) - {None} <= set(space_names(run)), name
+    nouns, ids = space_nouns(run)
+    assert set(nouns) <= set(load_vocabulary(rehearsed.label, storage).names)
+    clusters = run.read_table(run.clusters, ["name", "name_id"]).to_pylist()
+    assert len(clusters) == rehearsed.cluster.k and {c["name"] for c in clusters} != {UNNAMED}, clusters
+    tree = wordnet.hierarchy(wordnet.load(rehearsed.label.wordnet_file, storage), nouns, ids)
+    for c in clusters:  # NAME, or NAME (NOUN) where two clusters share a name: NAME a noun or a hypernym of one
+        if c["name"] != UNNAMED:
+            name, noun = re.fullmatch(r"(.+?)(?: \((.+)\))?", c["name"]).groups()
+            assert tree.names[tree.ids.index(c["name_id"])] == name and noun in {None, *nouns}, c

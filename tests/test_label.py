@@ -32,7 +32,7 @@ def test_label_stage_names_every_cluster_from_its_most_confident_rows(tmp_path: 
     clusters = pq.read_table(run.clusters).to_pylist()
     for c in clusters:
         assert len(c["top_names"]) == 5 and set(c["top_names"]) <= nouns and 0 < c["name_score"] <= 1
-        assert c["name"] == UNNAMED if c["name_score"] < cfg.label.min_score else c["name"].startswith(c["top_names"][0])
+        assert (c["name"], c["name_id"]) == (UNNAMED, "") if c["name_score"] < cfg.label.min_score else c["name_id"]
 
     # The voters are each cluster's 4 most confident rows across all shards.
     voters = label.select_voters(run, 4)

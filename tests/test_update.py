@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 import boto3
+import pyarrow as pa
 import pytest
 import yaml
 
@@ -246,3 +247,26 @@ def test_mlc_warm_refit_keeps_ids(tmp_path: Path, make_config) -> None:
     kept = [k for k in before if before[k] in {m["id"] for m in id_map["matched"]}]
     assert sum(before[k] == after[k] for k in kept) >= 0.9 * len(kept)
     assert second["new_shards"] == new and second["rows"] == 60 and verify(cfg.run_dir) == []
+
+
+def test_names_and_their_synset_ids_are_carried_by_cluster_id(tmp_path: Path) -> None:
+    """A night without a refit keeps each cluster's name (name_id too) from the parent version's clusters
+    with the same id; a parent written before name_id existed still gives its names."""
+    from scaleclust.config import StorageConfig
+    from scaleclust.update import carry_names
+
+    run = RunDir(str(tmp_path / "run"), StorageConfig())
+    empty = {"cluster": [0, 1, 2], "name": [None] * 3, "name_id": [None] * 3, "name_score": [None] * 3,
+             "top_names": [[]] * 3}
+    schema = pa.schema([("cluster", pa.int64()), ("name", pa.string()), ("name_id", pa.string()),
+                        ("name_score", pa.float32()), ("top_names", pa.list_(pa.string()))])
+    parents = {"new": {"cluster": [0, 2], "name": ["cat", "dog"], "name_id": ["n02121620", "n02084071"],
+                       "name_score": [0.5, 0.25], "top_names": [["tabby"], ["beagle"]]}}
+    parents["old"] = {k: v for k, v in parents["new"].items() if k != "name_id"}
+    for version, parent in parents.items():
+        run.write_table(run.clusters, pa.table(empty, schema=schema))
+        run.write_table(f"{run.url}/{version}.parquet", pa.table(parent))
+        carry_names(run, f"{run.url}/{version}.parquet")
+        got = run.read_table(run.clusters).to_pydict()
+        assert got["name"] == ["cat", None, "dog"] and got["top_names"] == [["tabby"], [], ["beagle"]]
+        assert got["name_id"] == (["n02121620", None, "n02084071"] if version == "new" else [None] * 3)

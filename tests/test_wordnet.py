@@ -21,7 +21,7 @@ from scaleclust.cluster.naming import name_clusters, softmax_top, vote_matrix
 from scaleclust.config import ConfigError, LabelConfig, StorageConfig
 from scaleclust.semantic import wordnet
 from scaleclust.semantic.space import SemanticSpace
-from scaleclust.semantic.vocab import load_vocabulary
+from scaleclust.semantic.vocab import load_vocabulary, wordnet_nouns
 from tools.build_wordnet import build
 
 SYSTEM_WORDNET = "/usr/share/wordnet"
@@ -72,6 +72,50 @@ def test_a_planted_cluster_is_named_through_the_packaged_nouns(no_system_wordnet
                           space.names, 0.3)
     assert [n.name for n in named] == ["tabby", "espresso", "?"], named
     assert [vocab.ids[vocab.names.index(n.name)] for n in named[:2]] == ["n02123045", "n07920052"]
+
+
+def test_names_climb_the_hierarchy_and_skip_nouns_every_cluster_shares() -> None:
+    """Six planted clusters over the packaged nouns (each noun a random direction). Two split their votes
+    over four cats or four dogs, with the leading breed under half: the leaf rule names the breed, the
+    hierarchy the synset above all four. Four lean on 'letter opener' as much as on their own noun, as
+    every cluster does: the leaf rule names all four 'letter opener (...)', distinctiveness each by its own."""
+    synsets = wordnet.packaged()
+    vocab = wordnet_nouns(synsets)
+    tree = wordnet.hierarchy(synsets, vocab.names, vocab.ids)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(len(vocab.names), 128)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def rows(counts: dict[str, int], generic: float) -> np.ndarray:
+        """One row per count of each noun, all leaning on 'letter opener' by `generic`."""
+        picks = [vectors[vocab.names.index(noun)] for noun, n in counts.items() for _ in range(n)]
+        return np.stack(picks) + generic * vectors[vocab.names.index("letter opener")]
+
+    own = ["espresso", "zebra", "pizza", "rocket"]
+    x = np.concatenate([rows({"tabby": 16, "Persian cat": 8, "Siamese cat": 8, "Egyptian cat": 8}, 0.9),
+                        rows({"beagle": 16, "dalmatian": 8, "pug": 8, "collie": 8}, 0.9),
+                        *(rows({noun: 40}, 1.05) for noun in own)])
+    x = x + rng.normal(size=x.shape) * 0.05
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    clusters = np.repeat(np.arange(6), 40)
+    space = SemanticSpace(vocab.names, vocab.ids, vectors, np.zeros(len(vectors), np.float32), 30.0)
+    votes = vote_matrix(clusters, *softmax_top(space.logits(x), 5), 6, len(vocab.names))
+    leaf = name_clusters(votes, np.bincount(clusters), space.names, 0.1, ids=vocab.ids)
+    assert [n.name for n in leaf] == ["tabby", "beagle"] + [f"letter opener ({n})" for n in own]
+    named = name_clusters(votes, np.bincount(clusters), space.names, 0.1, ids=vocab.ids, tree=tree)
+    assert [(n.name, n.name_id) for n in named[:2]] == [("domestic cat", "n02121808"), ("dog", "n02084071")]
+    assert [n.name for n in named[2:]] == own
+    assert all(0.1 <= n.score <= 1 for n in named) and named[0].score > leaf[0].score  # the cats' votes, summed
+    assert [n.top_names[:2] for n in named] == [n.top_names[:2] for n in leaf]  # runners-up: still the leaves
+
+
+def test_nouns_outside_wordnet_are_leaves_of_their_own() -> None:
+    synsets = [wordnet.Synset("n1", "animal", 1, 0, ()), wordnet.Synset("n2", "cat", 1, 0, ("n1",)),
+               wordnet.Synset("n3", "dog", 1, 0, ("n1",))]
+    tree = wordnet.hierarchy(synsets, ["kitty", "dog", "gizmo"], ["n2", "n3", "gizmo"])
+    assert tree.names == ["kitty", "dog", "gizmo", "animal"] and tree.ids == ["n2", "n3", "gizmo", "n1"]
+    assert tree.depth.tolist() == [1, 1, 2, 0]
+    assert tree.ancestors.toarray().tolist() == [[1, 0, 0, 1], [0, 1, 0, 1], [0, 0, 1, 0]]
 
 
 def test_packaged_synsets_carry_senses_counts_and_hypernyms() -> None:

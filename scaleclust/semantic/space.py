@@ -115,9 +115,10 @@ def load_space(run: RunDir) -> SemanticSpace:
                          float(marker["scale"]), marker["kind"])
 
 
-def space_names(run: RunDir) -> list[str]:
-    """The committed space's noun names, without loading its vectors."""
-    return run.read_table(run.semantic("names.parquet"), ["name"])["name"].to_pylist()
+def space_nouns(run: RunDir) -> tuple[list[str], list[str]]:
+    """The committed space's noun names and their ids, without loading its vectors."""
+    table = run.read_table(run.semantic("names.parquet"), ["name", "id"])
+    return table["name"].to_pylist(), table["id"].to_pylist()
 
 
 def _save_npy(run: RunDir, name: str, array: np.ndarray) -> None:

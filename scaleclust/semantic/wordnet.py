@@ -16,6 +16,10 @@ import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from scipy import sparse
+
+from scaleclust.cluster.naming import Hierarchy
 from scaleclust.config import ConfigError, StorageConfig
 from scaleclust.storage import exists, join, read_bytes
 
@@ -138,3 +142,49 @@ def load(url: str, storage: StorageConfig) -> list[Synset]:
         return read_bytes(path, storage).decode() if exists(path, storage) else ""
 
     return parse_release(data.decode(), beside("index.noun"), beside("cntlist.rev"), data_noun)
+
+
+def hierarchy(synsets: list[Synset], names: list[str], ids: list[str]) -> Hierarchy:
+    """The nouns (names, ids) of a space placed among `synsets`: a noun whose id is a synset sits at that
+    synset, below all its hypernyms; a noun whose id is not (a plain noun list) is a node of its own,
+    deeper than any synset, with nothing above it. A noun's node keeps the noun's name; a hypernym
+    is named by its first lemma."""
+    by_id = {s.id: s for s in synsets}
+    parents = {s.id: [h for h in s.hypernyms if h in by_id] for s in synsets}  # a cut-down release lacks some
+    node: dict[str, int] = {}
+    node_names: list[str] = []
+    for name, ident in zip(names, ids):
+        if ident not in node:
+            node[ident] = len(node_names)
+            node_names.append(name)
+    depth: dict[str, int] = {}
+    above: dict[str, frozenset[str]] = {}
+
+    def climb(ident: str) -> frozenset[str]:
+        """ident and every synset above it; fills depth (the longest path from the root) on the way.
+        Iterative: a parent is finished before its child."""
+        stack = [ident]
+        while stack:
+            at = stack[-1]
+            todo = [h for h in parents[at] if h not in above]
+            if todo:
+                stack.extend(todo)
+                continue
+            stack.pop()
+            if at not in above:
+                depth[at] = 1 + max((depth[h] for h in parents[at]), default=-1)
+                above[at] = frozenset([at]).union(*(above[h] for h in parents[at]))
+        return above[ident]
+
+    rows, cols = [], []
+    for v, ident in enumerate(ids):
+        for a in (climb(ident) if ident in by_id else (ident,)):
+            if a not in node:
+                node[a] = len(node_names)
+                node_names.append(by_id[a].lemma)
+            rows.append(v)
+            cols.append(node[a])
+    deepest = max(depth.values(), default=0) + 1
+    node_ids = list(node)
+    ancestors = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(ids), len(node_ids)))
+    return Hierarchy(ancestors, node_names, node_ids, np.array([depth.get(i, deepest) for i in node_ids], np.int64))

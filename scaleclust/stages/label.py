@@ -7,7 +7,9 @@ the run's semantic space (CLIP text over WordNet nouns, or a classifier encoder'
 3. Only shards holding voters are read again, and only their voters are scored: each votes with its
    `label.top` softmax probabilities over the space (CPP's zero-shot vote). The cost grows with K x
    votes, not with the number of rows.
-4. name, name_score and top_names are written into clusters.parquet (atomically, by rename).
+4. Each cluster is named (label.rule: by default the deepest WordNet synset holding label.share of its
+   distinctive votes, cluster/naming.py), and name, name_id, name_score and top_names are written into
+   clusters.parquet (atomically, by rename).
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ from scaleclust.failures import NotReady
 from scaleclust.tables import embedding_matrix
 from scaleclust.parallel import map_shards
 from scaleclust.rundir import RunDir, id_slots
-from scaleclust.semantic.space import CLASSIFIER, SemanticSpace, build_space, is_current, load_space, space_names
+from scaleclust.semantic import wordnet
+from scaleclust.semantic.space import CLASSIFIER, SemanticSpace, build_space, is_current, load_space, space_nouns
 from scaleclust.stage import Stage
 
 LOGIT_ROWS = 256  # voters scored at a time: bounds the (rows, nouns) logits matrix (~70 MB at 68k nouns)
@@ -125,7 +128,7 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
                   f"to {space['dim']}-d: the embeddings were made by another model, so clusters stay unnamed")
         print(f"label: {reason}", flush=True)
         return {"skipped": reason}
-    names = space_names(run)
+    names, ids = space_nouns(run)
     voters = select_voters(run, cfg.label.votes)
     items = [{"shard": shard, "voters": rows} for shard, rows in sorted(voters.items())]
     parts = list(map_shards(shard_votes, items, num_cpus=1, run=run, top=cfg.label.top))
@@ -138,15 +141,22 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     slots = id_slots(order)  # stable cluster ids -> rows of clusters.parquet
     clusters = slots[clusters]
     counts = np.bincount(clusters, minlength=k)
-    named = name_clusters(vote_matrix(clusters, idx, probs, k, len(names)), counts, names, cfg.label.min_score)
+    tree = wordnet.hierarchy(wordnet.load(cfg.label.wordnet_file, cfg.storage), names, ids) \
+        if cfg.label.rule == "hierarchy" else None
+    named = name_clusters(vote_matrix(clusters, idx, probs, k, len(names)), counts, names, cfg.label.min_score,
+                          ids=ids, tree=tree, share=cfg.label.share)
 
     replace = {
         "name": pa.array([named[c].name for c in range(len(order))], pa.string()),
+        "name_id": pa.array([named[c].name_id for c in range(len(order))], pa.string()),
         "name_score": pa.array([named[c].score for c in range(len(order))], pa.float32()),
         "top_names": pa.array([named[c].top_names for c in range(len(order))], pa.list_(pa.string())),
     }
     for column, values in replace.items():
-        table = table.set_column(table.column_names.index(column), column, values)
+        if column in table.column_names:
+            table = table.set_column(table.column_names.index(column), column, values)
+        else:  # clusters.parquet of an older scaleclust: the column goes after the name
+            table = table.add_column(table.column_names.index("name") + 1, column, values)
     run.write_table(run.clusters, table)
     unnamed = sum(1 for c in range(len(order)) if named[c].name == UNNAMED)
     print(f"label: {len(order) - unnamed} of {len(order)} clusters named from {len(names)} nouns "
