@@ -12,13 +12,14 @@ command is a CLI subprocess (so a SIGKILL of the driver is real) and is re-run u
 How faults are aimed: each night takes an even share of the faults left, and every attempt of the
 night gets one fault of each kind with some share left. The driver kill's target stage is drawn first
 (the attempt ends there), then the other kinds' at or before it, each kind's least-hit stages likeliest
-(so short stages such as summary, label and report get their share). A fault fires a seeded delay
-after the attempt's output first names its stage (commands run unbuffered; every stage prints a line
-as it starts), the delay drawn within that stage's duration in the last attempt that ran it. Kind,
-stage, delay, target and duration all come from --seed; where a fault lands still depends on the
-machine's speed, and it is counted in the stage it landed in. The only pair never aimed at is
-worker_kill @ start: before its first stage a command runs no Ray task (nor is update's fit, which only
-finds the model `run` committed).
+(so short stages such as summary, label and report get their share); two outages in three go just
+before the kill, in its stage (one earlier stalls the attempt and, outlasting the lease, ends it before
+the kill lands: another attempt). A fault fires a seeded delay after the attempt's output first names
+its stage (commands run unbuffered; every stage prints a line as it starts), the delay drawn within
+that stage's duration in the last attempt that ran it. Kind, stage, delay, target and duration all come
+from --seed; where a fault lands still depends on the machine's speed, and it is counted in the stage
+it landed in. The only pair never aimed at is worker_kill @ start: before its first stage a command
+runs no Ray task (nor is update's fit, which only finds the model `run` committed).
 - driver_kill: SIGKILL of the command's process group;
 - worker_kill: SIGKILL of a busy Ray worker (a `ray::` process under the head's raylet);
 - s3_outage: the proxy refuses new connections (listener closed) or drops them (accepted, then reset)
@@ -368,23 +369,28 @@ class Campaign:
         """The faults aimed at the next attempt: one of each kind with some left in this night's share. The
         driver kill's stage is drawn first (the attempt ends there) and the others' at or before it, each
         kind's least-hit stages likeliest; each fires a seeded delay after its stage is first named, within
-        the stage's last seen duration."""
+        the stage's last seen duration. Two outages in three go just before the kill, in its stage: an
+        outage earlier than the kill stalls the attempt for its whole length and, outlasting the lease,
+        ends it before the kill lands (another attempt); the third keeps that case covered."""
         if time.time() >= self.deadline:
             return []
         stages, targets = self.night_stages(), []
         self.aimed += [f"{self.command()}:{s}" for s in stages if f"{self.command()}:{s}" not in self.aimed]
         hits = Counter((f.kind, f.stage) for f in self.faults)
-        reach = len(stages)
+        reach, kill = len(stages), None
         for kind in sorted((k for k in KINDS if self.share[k] > 0), key=lambda k: k != "driver_kill"):
             options = [s for s in stages[:reach] if (kind, s) not in CANNOT]
             if not options:
                 continue
+            if kind == "s3_outage" and kill is not None and self.rng.random() < 2 / 3:
+                targets.append(Target(kind, kill.stage, self.rng.uniform(0, kill.delay)))
+                continue
             weights = [1 / (1 + hits[kind, f"{self.command()}:{s}"]) ** 2 for s in options]
             stage = self.rng.choices(options, weights)[0]
-            if kind == "driver_kill":
-                reach = stages.index(stage) + 1
             lasts = self.durations.get(f"{self.command()}:{stage}", 1.0)
             targets.append(Target(kind, stage, self.rng.uniform(0, 0.8 * lasts)))
+            if kind == "driver_kill":
+                reach, kill = stages.index(stage) + 1, targets[-1]
         return sorted(targets, key=lambda t: t.kind == "driver_kill")  # due together: the kill last
 
     def inject(self, kind: str, attempt: Command) -> bool:
