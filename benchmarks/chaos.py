@@ -681,7 +681,7 @@ def judge(campaign: Campaign, overlaps: list[str]) -> dict[str, Any]:
     attempts = [c for c in campaign.commands if c not in second and not c.label.endswith("-verify")]
     stages = campaign.aimed + sorted({f.stage for f in campaign.faults} - set(campaign.aimed))
     missed = [f"{kind} @ {stage}" for stage in campaign.aimed for kind in KINDS
-              if (kind, stage.split(":")[1]) not in CANNOT and not table[f"{kind} @ {stage}"]["injected"]]
+              if (kind, stage.split(":")[1]) not in CANNOT and f"{kind} @ {stage}" not in table]
     return {"kinds": list(KINDS), "faults": {k: dict(v) for k, v in sorted(table.items())},
             "stages": stages, "missed": missed, "attempts": len(attempts), "second_writers": len(second),
             "seconds_per_attempt": sum(c.ended - c.started for c in attempts) / max(1, len(attempts)),
