@@ -30,10 +30,10 @@ runs no Ray task (nor is update's fit, which only finds the model `run` committe
 - second_writer: another command writing the same run directory (`update`, `run`, `embed`, `assign`),
   started while the first holds the lease.
 Nothing waits a fixed time: the Ray head stays up for the whole campaign, a re-run starts as soon as
-its attempt exits (or, after an outage, when less is left of it than half a command's start), and only
-waits for a second writer that took the lease over from a killed attempt (beside it a re-run would only
-be refused). It prints each fault as it lands and, at the end, faults injected (and lost) per stage and
-kind.
+its attempt exits (or, after an outage, when less is left of it than half a command's start), but
+after any second writer still running: with the attempt gone it takes the lease over, and a re-run
+beside it would only be refused. It prints each fault as it lands and, at the end, faults injected
+(and lost) per stage and kind.
 
 What it checks, after each night, reading the bucket itself with boto3 and pyarrow (never scaleclust's
 verify, except `scaleclust verify --deep` run as a command):
@@ -501,10 +501,8 @@ class Campaign:
             while not self.proxy.open and time.time() < self.outage_until - lead:
                 self.due_restores()
                 time.sleep(0.1)
-            holder = (self.bucket.json(run_key("lease.json")) or {}).get("owner", "")
-            for writer in self.writers():  # one that took the lease over from a killed attempt: a re-run
-                if f":{writer.proc.pid}:" in holder:  # beside it would only be refused
-                    self.finish(writer)
+            for writer in self.writers():  # started before the attempt ended, it takes the lease over (or
+                self.finish(writer)  # already has): a re-run beside it would only be refused
         self.end_outage(force=True)
         self.due_restores(force=True)
         for writer in self.writers():
