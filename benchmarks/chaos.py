@@ -375,7 +375,6 @@ class Campaign:
         if time.time() >= self.deadline:
             return []
         stages, targets = self.night_stages(), []
-        self.aimed += [f"{self.command()}:{s}" for s in stages if f"{self.command()}:{s}" not in self.aimed]
         hits = Counter((f.kind, f.stage) for f in self.faults)
         reach, kill = len(stages), None
         for kind in sorted((k for k in KINDS if self.share[k] > 0), key=lambda k: k != "driver_kill"):
@@ -391,6 +390,8 @@ class Campaign:
             targets.append(Target(kind, stage, self.rng.uniform(0, 0.8 * lasts)))
             if kind == "driver_kill":
                 reach, kill = stages.index(stage) + 1, targets[-1]
+        if targets:
+            self.aimed += [f"{self.command()}:{s}" for s in stages if f"{self.command()}:{s}" not in self.aimed]
         return sorted(targets, key=lambda t: t.kind == "driver_kill")  # due together: the kill last
 
     def inject(self, kind: str, attempt: Command) -> bool:
