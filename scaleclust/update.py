@@ -103,6 +103,7 @@ def drift_shard(item: dict[str, Any], run: RunDir, novelty: Novelty, low: float)
 
 def drift(run: RunDir, latest: dict[str, Any], new: list[str], upd: UpdateConfig) -> dict[str, Any]:
     """The drift report of the rows of `new` shards against the latest version's clusters."""
+    print(f"drift: {len(new)} new shard(s) against version {latest['version']}", flush=True)
     markers = run.committed("assignments")
     novelty = _novelty(run, latest["model"])
     total = DriftCounts()

@@ -25,6 +25,9 @@ def test_short_chaos_campaign_loses_nothing(tmp_path: Path) -> None:
     result = json.loads(figures.read_text())
     injected = {kind: result["faults"].get(kind, {}).get("injected", 0) for kind in result["kinds"]}
     assert len(injected) == 5 and all(injected.values()), f"not every kind of fault landed: {injected}"
+    in_stages = {kind: sum(result["faults"].get(f"{kind} @ {stage}", {}).get("injected", 0)
+                           for stage in result["stages"]) for kind in result["kinds"]}
+    assert in_stages == injected, result["faults"]  # each fault counted in one stage of the table
     assert result["rows_lost"] == 0 and result["rows_duplicated"] == 0, result["nights"]
     assert result["tracebacks"] == [] and result["overlaps"] == [], (result["tracebacks"], result["overlaps"])
     assert all(n["completed"] and set(n["invariants"].values()) == {"ok"} for n in result["nights"]), result["nights"]

@@ -55,6 +55,7 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     entry = methods.get(cfg.cluster.method)
     if entry.neighbors:
         _check_index(run, markers)
+    print(f"fit: {cfg.cluster.method} on the rows of {len(markers)} shard(s)", flush=True)  # the stage's start
     meta = (entry.fit or methods.fit_on_train)(cfg, run, markers)
     print(f"fit: {meta['method']} k={meta['k']} on {meta['sample_rows']} rows in {meta['seconds']} s")
     return meta

@@ -119,6 +119,7 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     k = model["k"]
     if not run.exists(run.clusters):
         raise NotReady(f"label: {run.clusters} does not exist; run the summary stage first")
+    print(f"label: naming {k} clusters", flush=True)  # the stage's start: its one other line comes at its end
     if not is_current(cfg, run):
         task = ray.remote(num_cpus=cfg.embed.cpus_per_actor, num_gpus=cfg.embed.gpus_per_actor)(_build)
         ray.get(task.remote(cfg, run))
