@@ -23,6 +23,10 @@ def map_shards(fn: Callable[..., Any], items: list[dict[str, Any]], num_cpus: fl
     if not items:
         return
     ds = ray.data.from_items(items, override_num_blocks=len(items))
+    # fn's own exception (a FileNotFoundError for a file deleted meanwhile, one of failures' types) reaches
+    # the caller as the task's cause; Ray Data would wrap it in a UserCodeException raised `from` it, a
+    # link that does not survive the trip back from the worker, leaving the CLI nothing to explain
+    ds.context.raise_original_map_exception = True
     ds = ds.map_batches(_apply, batch_size=1, num_cpus=num_cpus, fn_kwargs={"fn": fn, "kwargs": kwargs})
     for row in ds.iter_rows():
         yield pickle.loads(row["result"])

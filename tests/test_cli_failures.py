@@ -15,7 +15,9 @@ import pytest
 import yaml
 
 from scaleclust import cli
-from scaleclust.cli import main
+from scaleclust.cli import as_user_error, main
+from scaleclust.failures import Vanished
+from scaleclust.parallel import map_shards
 from tests.conftest import REPO, free_port
 from tests.shards import write_synthetic_shards
 
@@ -55,6 +57,21 @@ def test_a_file_deleted_while_a_command_read_it_is_one_line(tmp_path: Path, monk
     assert "Traceback" not in err
     assert ours(err) == ["scaleclust: a file it reads is gone (bucket/run/embeddings/00003.parquet); run the command "
                          "again (scaleclust verify RUN says what a run directory lacks)  (--verbose shows the traceback)"]
+
+
+@pytest.mark.ray
+@pytest.mark.usefixtures("ray_local")
+def test_a_file_deleted_under_a_shard_task_is_explained(tmp_path: Path) -> None:
+    """The same deletion inside a Ray worker (assign's and summary's per-shard tasks): what the worker
+    raised must still be found behind the task's error once it is back in the driver, or the CLI prints
+    a bug's traceback (the fault campaign's summary stage did, with a file deleted mid-read)."""
+    def reads_a_deleted_file(item: dict) -> None:
+        raise FileNotFoundError(f"bucket/run/embeddings/{item['shard']}.parquet")
+
+    with pytest.raises(Exception) as caught:
+        list(map_shards(reads_a_deleted_file, [{"shard": "00002"}], num_cpus=0.5))
+    explained = as_user_error(caught.value)
+    assert isinstance(explained, Vanished) and "bucket/run/embeddings/00002.parquet" in str(explained)
 
 
 def test_versions_of_a_folder_that_is_no_run(tmp_path: Path, capsys) -> None:
