@@ -14,6 +14,7 @@ import yaml
 
 from scaleclust.config import Config, ConfigError
 from scaleclust.lease import TRANSIENT, Lease, LeaseLost
+from scaleclust.parallel import ShardTaskError
 from scaleclust.ray_setup import ensure_ray
 from scaleclust.rundir import RunDir
 from scaleclust.sources import ShardSpec, plan
@@ -93,6 +94,7 @@ def run_stage(name: str, ctx: Context) -> dict[str, Any]:
         result = BY_NAME[name].run(ctx)
     except Exception as err:
         cause = getattr(err, "cause", err)  # ray.exceptions.RayTaskError keeps the worker's exception
+        cause = cause.original if isinstance(cause, ShardTaskError) else cause  # a per-shard task's (map_shards)
         if isinstance(cause, LeaseLost):
             raise LeaseLost(*cause.args) from None
         if ctx.lease is not None:  # Ray Data wraps a worker's exception otherwise: ask the lease itself

@@ -12,12 +12,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import ray
 import yaml
 
 from scaleclust import cli
-from scaleclust.cli import as_user_error, main
-from scaleclust.failures import Vanished
-from scaleclust.parallel import map_shards
+from scaleclust.cli import main
 from tests.conftest import REPO, free_port
 from tests.shards import write_synthetic_shards
 
@@ -59,19 +58,40 @@ def test_a_file_deleted_while_a_command_read_it_is_one_line(tmp_path: Path, monk
                          "again (scaleclust verify RUN says what a run directory lacks)  (--verbose shows the traceback)"]
 
 
+SHARD_TASK_DELETION = """
+from scaleclust.cli import as_user_error
+from scaleclust.parallel import map_shards
+import ray
+
+ray.init(address="auto")
+
+def reads_a_deleted_file(item):
+    raise FileNotFoundError(f"bucket/run/embeddings/{item['shard']}.parquet")
+
+try:
+    list(map_shards(reads_a_deleted_file, [{"shard": "00002"}], num_cpus=0.5))
+except Exception as err:
+    explained = as_user_error(err)
+    print(type(explained).__name__, explained)
+"""
+
+
 @pytest.mark.ray
+@pytest.mark.subprocess
 @pytest.mark.usefixtures("ray_local")
-def test_a_file_deleted_under_a_shard_task_is_explained(tmp_path: Path) -> None:
+def test_a_file_deleted_under_a_shard_task_is_explained() -> None:
     """The same deletion inside a Ray worker (assign's and summary's per-shard tasks): what the worker
     raised must still be found behind the task's error once it is back in the driver, or the CLI prints
-    a bug's traceback (the fault campaign's summary stage did, with a file deleted mid-read)."""
-    def reads_a_deleted_file(item: dict) -> None:
-        raise FileNotFoundError(f"bucket/run/embeddings/{item['shard']}.parquet")
-
-    with pytest.raises(Exception) as caught:
-        list(map_shards(reads_a_deleted_file, [{"shard": "00002"}], num_cpus=0.5))
-    explained = as_user_error(caught.value)
-    assert isinstance(explained, Vanished) and "bucket/run/embeddings/00002.parquet" in str(explained)
+    a bug's traceback (the fault campaign's summary stage did, with a file deleted mid-read); and Ray
+    Data must not log a traceback of its own beside the CLI's one line. A driver process of its own, on
+    the session's Ray, so its output is what a command's is."""
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", SHARD_TASK_DELETION], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == (
+        "Vanished a file it reads is gone (bucket/run/embeddings/00002.parquet); run the command again "
+        "(scaleclust verify RUN says what a run directory lacks)")
+    assert "Traceback" not in done.stderr + done.stdout
 
 
 def test_versions_of_a_folder_that_is_no_run(tmp_path: Path, capsys) -> None:
