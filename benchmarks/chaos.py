@@ -366,7 +366,8 @@ class Campaign:
 
     # ------------------------------------------------------------------ faults
     def plan(self) -> list[Target]:
-        """The faults aimed at the next attempt: one of each kind with some left in this night's share. The
+        """The faults aimed at the next attempt: one of each kind with some left in this night's share (two of
+        a kind behind the driver kills). The
         driver kill's stage is drawn first (the attempt ends there) and the others' at or before it, each
         kind's least-hit stages likeliest; each fires a seeded delay after its stage is first named, within
         the stage's last seen duration. Two outages in three go just before the kill, in its stage: an
@@ -377,7 +378,12 @@ class Campaign:
         stages, targets = self.night_stages(), []
         hits = Counter((f.kind, f.stage) for f in self.faults)
         reach, kill = len(stages), None
-        for kind in sorted((k for k in KINDS if self.share[k] > 0), key=lambda k: k != "driver_kill"):
+        kinds = sorted((k for k in KINDS if self.share[k] > 0), key=lambda k: k != "driver_kill")
+        # a kind that has fallen behind the kills (a worker kill finds no busy worker, a fault aimed past
+        # where an outage ended the attempt) gets a second fault in the attempt, to catch up
+        kinds += [k for k in kinds if k not in ("driver_kill", "s3_outage") and self.share[k] > 1
+                  and self.left[k] > self.left["driver_kill"]]
+        for kind in kinds:
             options = [s for s in stages[:reach] if (kind, s) not in CANNOT]
             if not options:
                 continue
