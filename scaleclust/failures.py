@@ -115,7 +115,7 @@ def storage_mistake(err: BaseException) -> UserError | None:
     if isinstance(err, NoRegionError):
         return MissingCredentials(f"{err}: set AWS_REGION or storage.region")
     if isinstance(err, BotoCoreError) and "endpoint_url" in getattr(err, "kwargs", {}):
-        endpoint = urlsplit(err.kwargs["endpoint_url"])  # the request's URL: its server is what failed
+        endpoint = urlsplit(str(err.kwargs["endpoint_url"]))  # the request's URL (aiobotocore: a yarl URL)
         return Unreachable(f"cannot reach the storage endpoint {endpoint.scheme}://{endpoint.netloc} "
                            f"({type(err).__name__}); check storage.endpoint_url (or AWS_ENDPOINT_URL) and that the "
                            "server is up")

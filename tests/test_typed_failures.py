@@ -14,7 +14,7 @@ import pytest
 
 from scaleclust.config import InputConfig, StorageConfig
 from scaleclust.embed.dedupe import drop_duplicates
-from scaleclust.failures import needs_retry, retryable_rows
+from scaleclust.failures import Unreachable, needs_retry, retryable_rows, storage_mistake
 from scaleclust.rundir import RunDir
 from scaleclust.sources import decode, image_folder, webdataset
 from scaleclust.sources.decode import decode_member
@@ -110,3 +110,16 @@ def test_decoded_rows_carry_the_flag(tmp_path: Path) -> None:
 
     [batch] = decode.decode_shard("00000", samples, 32, 1.0, InputConfig(shards=[path]), batch_rows=10)
     assert batch["retryable"].tolist() == [False, False, True] and batch["retryable"].dtype == bool
+
+
+def test_a_read_timeout_names_its_endpoint() -> None:
+    """aiobotocore's read timeout carries its URL as a yarl URL, not a string: explaining it must not fail
+    (the fault campaign's one traceback, an S3 outage during a read of a done marker)."""
+    from aiobotocore.response import AioReadTimeoutError
+    from yarl import URL
+
+    err = AioReadTimeoutError(endpoint_url=URL("http://127.0.0.1:39375/chaos/run/assignments/00003.done.json"),
+                              error="timed out")
+    mistake = storage_mistake(err)
+    assert isinstance(mistake, Unreachable)
+    assert str(mistake).startswith("cannot reach the storage endpoint http://127.0.0.1:39375 (AioReadTimeoutError)")
