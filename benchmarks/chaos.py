@@ -747,13 +747,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-attempts", type=int, default=40, help="attempts per night before a clean one")
     parser.add_argument("--work", type=Path, help="folder for the shards and every command's log (default: a temp dir)")
     parser.add_argument("--budget", type=float, help="seconds from the Ray head's start after which no fault is "
-                        "injected and no night starts once an update night has run (full: 1080, so that with the "
+                        "injected and no night starts once an update night has run (full: 1140, so that with the "
                         "head's start, the night's end and verify the campaign ends within 20 minutes; short: 180)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     args.faults = args.faults if args.faults is not None else (1 if args.short else 50)
     args.nights = args.nights if args.nights is not None else (1 if args.short else 3)
-    args.budget = args.budget if args.budget is not None else (180.0 if args.short else 1080.0)
+    args.budget = args.budget if args.budget is not None else (180.0 if args.short else 1140.0)
     return campaign(args)
 
 
