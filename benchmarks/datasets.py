@@ -19,7 +19,8 @@ embedded; a re-run skips what is committed.
 
     python benchmarks/datasets.py --out OUT [--sets mnist5k animals digits8 photos]
 
-Other benchmarks read a set with `load(OUT, NAME)` -> (embeddings float32 (n, d), labels int (n,)).
+Other benchmarks read a set with `load(OUT, NAME)` -> (embeddings float32 (n, d), labels int (n,)); NAME
+may be a variant with another class count: `SET@C` (C of its classes) or `A+B` (two sets joined).
 """
 from __future__ import annotations
 
@@ -129,6 +130,9 @@ CLASS_NOUNS = {"animals": ["bear", "bird", "cat", "cow", "dog", "elephant", "gir
                "photos": list(PHOTOS.values())}
 # photos is for naming: crops of one photo each are no test of clustering
 CLUSTERING_SETS = ["mnist5k", "animals", "digits8"]
+# the same sets at other class counts (4 and 7 of each set's classes; 20 classes joined), so that no
+# setting is chosen for one number of clusters
+VARIANTS = [f"{name}@{count}" for name in CLUSTERING_SETS for count in (4, 7)] + ["animals+digits8"]
 
 
 def prepare_set(out: Path, name: str) -> dict[str, object]:
@@ -156,7 +160,22 @@ def prepare_set(out: Path, name: str) -> dict[str, object]:
 
 
 def load(out: str | Path, name: str, require_ready: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """The committed embeddings (n, d) float32 and labels (n,) of set NAME under OUT, in shard order."""
+    """The committed embeddings (n, d) float32 and labels (n,) of set NAME under OUT, in shard order.
+
+    NAME may also name a variant, so that no setting is tuned to one class count: `SET@C` holds the rows
+    of C of SET's classes (drawn with seed C, relabelled 0..C-1), and `A+B` joins two sets embedded by the
+    same encoder (B's labels follow A's), e.g. `animals@4`, `digits8@7`, `animals+digits8` (20 classes)."""
+    if "+" in name:
+        parts = [load(out, part, require_ready) for part in name.split("+")]
+        offsets = np.cumsum([0] + [int(y.max()) + 1 for _, y in parts[:-1]])
+        return (np.concatenate([x for x, _ in parts]),
+                np.concatenate([y + offset for (_, y), offset in zip(parts, offsets)]))
+    if "@" in name:
+        base, count = name.split("@")
+        x, y = load(out, base, require_ready)
+        kept = np.sort(np.random.default_rng(int(count)).choice(np.unique(y), size=int(count), replace=False))
+        rows = np.isin(y, kept)
+        return x[rows], np.searchsorted(kept, y[rows])
     folder = Path(out) / name
     if require_ready and not (folder / "READY").exists():
         raise FileNotFoundError(f"{folder}: not fully embedded yet (no READY); run benchmarks/datasets.py")
