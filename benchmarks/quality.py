@@ -166,7 +166,7 @@ Overrides = dict[str, dict[str, str]]
 
 
 def settings(method: str, overrides: Overrides) -> object:
-    """The method's defaults with --set overrides (scan / spice fields) applied and validated."""
+    """The method's defaults with its --set overrides applied and validated."""
     return DEFAULTS[method](**overrides.get(method, {}))
 
 
@@ -232,14 +232,14 @@ def main() -> None:
     parser.add_argument("--agreement", type=int, nargs="+", metavar="M",
                         help="only print the label agreement of each row's M index neighbours per set")
     parser.add_argument("--set", nargs="+", default=[], metavar="METHOD.FIELD=VALUE",
-                        help="override a scan or spice default (experiments; the table names them)")
+                        help="override a method's default (experiments; the table names them)")
     args = parser.parse_args()
     overrides: Overrides = {}
     for item in args.set:
         key, _, value = item.partition("=")
         method, _, field = key.partition(".")
-        if method not in ("scan", "spice") or not field or not value:
-            parser.error(f"--set {item}: expected scan.FIELD=VALUE or spice.FIELD=VALUE")
+        if method not in DEFAULTS or method == "kmeans" or not field or not value:
+            parser.error(f"--set {item}: expected METHOD.FIELD=VALUE for a method other than kmeans")
         overrides.setdefault(method, {})[field] = value
     for method in overrides:
         try:

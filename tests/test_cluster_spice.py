@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from scaleclust.cluster.spice import neighbor_labels, prototype_labels, reliable_set
+from scaleclust.cluster.heads import neighbor_labels
+from scaleclust.cluster.spice import prototype_labels, reliable_set
 
 
 def planted(k: int, per: int, d: int, seed: int, noise: float = 0.05) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -87,3 +87,23 @@ def test_scan_recovers_planted_clusters_from_neighbours() -> None:
     np.add.at(table, (cluster, labels), 1)
     assert (table.max(axis=0) == 60).all() and len(set(cluster)) == 3
     assert confidence.mean() > 0.9
+
+
+def test_self_labelling_with_agreement_keeps_only_rows_whose_neighbours_agree() -> None:
+    # two well-separated groups; the head puts them in clusters 0 and 1 with confidence ~1; step 1 is
+    # the first self-labelling step
+    x = torch.cat([torch.full((4, 2), 0.0) + torch.tensor([5.0, 0.0]), torch.tensor([[0.0, 5.0]]).repeat(4, 1)])
+    method = SCAN(ScanConfig(heads=1, hidden=0, steps=1, threshold=0.9, agreement=0.5), k=2)
+    head = method.head(2)
+    with torch.no_grad():
+        head.heads.weight.copy_(torch.eye(2) * 4)
+        head.heads.bias.zero_()
+    same = x[:, None].repeat(1, 2, 1)                       # every neighbour in the row's own group
+    other = x.flip(0)[:, None].repeat(1, 2, 1)              # every neighbour in the other group
+    mixed = torch.cat([same[:4, :1], other[:4, :1]], 1)     # first group: one of two neighbours agrees
+    _, agreed = method.loss(head, x, 1, same)
+    _, disagreed = method.loss(head, x, 1, other)
+    _, half = method.loss(head, x, 1, torch.cat([mixed, other[4:]]))
+    assert agreed["confident0"] == 1.0 and disagreed["confident0"] == 0.0 and half["confident0"] == 0.5
+    confidence_alone = SCAN(ScanConfig(heads=1, hidden=0, steps=1, threshold=0.9), k=2)
+    assert confidence_alone.loss(head, x, 1, other)[1]["confident0"] == 1.0

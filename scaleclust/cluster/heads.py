@@ -8,9 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from pydantic import Field
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
 from scaleclust.cluster.method import unwrap
+from scaleclust.cluster.shapes import check_shape
 from scaleclust.cluster.settings import Strict
 
 
@@ -22,6 +25,8 @@ class HeadsConfig(Strict):
     hidden: int = Field(0, ge=0, description="width of the shared Linear-BN-ReLU trunk; 0 = linear heads")
     steps: int = Field(600, gt=0, description="steps of the method's first phase")
     self_label_steps: int = Field(200, ge=0, description="further steps adding labels of confident/reliable rows")
+    agreement: float = Field(0.0, ge=0, le=1, description="self-labelling also needs this share of a row's "
+                             "neighbours predicted in its cluster (SPICE's reliable set); 0 = confidence alone")
     batch_size: int = Field(256, gt=0, description="rows per step per worker")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
     weight_decay: float = Field(1e-4, ge=0, description="Adam weight decay")
@@ -76,10 +81,54 @@ class OneHead(nn.Module):
         return self.inner(x).unsqueeze(0)
 
 
+@torch.no_grad()
+def neighbor_labels(head: nn.Module, neighbors: torch.Tensor) -> torch.Tensor:
+    """Predicted labels of every row's neighbours, from their embeddings (b, m, d), by the head in eval
+    mode (its mode is restored): int64 (b, m), or (H, b, m) for a head whose output is (H, n, K)."""
+    check_shape("neighbors", neighbors, (None, None, None), "(b, m, d)")
+    b, m, d = neighbors.shape
+    module = unwrap(head)
+    training = module.training
+    module.eval()
+    try:
+        logits = module(neighbors.reshape(b * m, d))
+    finally:
+        module.train(training)
+    if not isinstance(logits, torch.Tensor) or logits.dim() not in (2, 3) or logits.shape[-2] != b * m:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"head must map (n, d) to logits (n, K) or (H, n, K); for n={b * m} it gave {got}")
+    return logits.argmax(-1).reshape(*logits.shape[:-2], b, m)
+
+
 def select_head(stats: list[dict[str, float]], heads: int) -> int:
     """The head with the lowest mean SCAN loss over the given steps' stats (label-free selection)."""
     means = [float(np.mean([s[f"head{h}"] for s in stats])) for h in range(heads)]
     return int(np.argmin(means))
+
+
+def head_agreement(clusters: np.ndarray) -> np.ndarray:
+    """(H,) each head's mean adjusted Rand index with the other heads' partitions of the same rows
+    (`clusters` (H, n), each head's argmax): how central a head is among the heads (label-free)."""
+    heads = len(clusters)
+    pairs = np.eye(heads)
+    for a in range(heads):
+        for b in range(a + 1, heads):
+            pairs[a, b] = pairs[b, a] = adjusted_rand_score(clusters[a], clusters[b])
+    return (pairs.sum(1) - 1) / max(heads - 1, 1)
+
+
+def fold_heads(probabilities: np.ndarray, reference: int) -> np.ndarray:
+    """(n, K) the heads' probabilities (H, n, K) averaged after matching each head's clusters to head
+    `reference`'s (Hungarian on the overlap of their argmax partitions), so that ids stay the reference's."""
+    target = probabilities[reference].argmax(1)
+    k = probabilities.shape[2]
+    folded = np.zeros(probabilities.shape[1:], np.float64)
+    for p in probabilities:
+        overlap = np.zeros((k, k))
+        np.add.at(overlap, (target, p.argmax(1)), 1)
+        rows, cols = linear_sum_assignment(-overlap)
+        folded[:, rows] += p[:, cols]
+    return folded / len(probabilities)
 
 
 @dataclass(frozen=True)

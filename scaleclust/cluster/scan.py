@@ -12,7 +12,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from scaleclust.cluster.heads import HeadsConfig, HeadsMethod
+from scaleclust.cluster.heads import HeadsConfig, HeadsMethod, neighbor_labels
 
 EPS = 1e-8
 
@@ -73,7 +73,8 @@ class SCAN(HeadsMethod):
     """Loss of a batch (rows x, neighbours' embeddings (b, m, d)): the sum over heads of SCAN's loss
     with one neighbour drawn per row; after `steps`, each head adds class-balanced cross-entropy of its
     own confident rows' labels on those rows' drawn neighbours (on frozen features the neighbour is the
-    row's augmented view). Per-head SCAN losses are logged as `head{h}`: the lowest over the last
+    row's augmented view); with `agreement` > 0 a confident row also needs that share of its
+    neighbours predicted in its cluster (SPICE's reliable set). Per-head SCAN losses are logged as `head{h}`: the lowest over the last
     steps picks the head that assigns."""
 
     def loss(self, head: nn.Module, x: torch.Tensor, step: int,
@@ -86,6 +87,8 @@ class SCAN(HeadsMethod):
         pick = torch.randint(m, (b,), generator=torch.Generator().manual_seed(step)).to(x.device)
         both = head(torch.cat([x, neighbors[torch.arange(b, device=x.device), pick]]))   # (H, 2b, K)
         logits, nlogits = both[:, :b], both[:, b:]
+        # the reliable set's neighbour test, in the self-labelling steps when it is asked for
+        near = neighbor_labels(head, neighbors) if step >= self.config.steps and self.config.agreement > 0 else None
         total = x.new_zeros(())
         stats: dict[str, float] = {}
         for h in range(len(both)):
@@ -93,6 +96,8 @@ class SCAN(HeadsMethod):
             stats[f"head{h}"] = loss.item()
             if step >= self.config.steps:
                 mask, target = confident_targets(logits[h].detach().softmax(-1), self.config.threshold)
+                if near is not None:
+                    mask &= (near[h] == target[:, None]).float().mean(1) >= self.config.agreement
                 stats[f"confident{h}"] = float(mask.float().mean())
                 loss = loss + balanced_cross_entropy(nlogits[h], target, mask)
             total = total + loss

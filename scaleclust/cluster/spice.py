@@ -26,8 +26,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from scaleclust.cluster.heads import HeadsConfig, HeadsMethod
-from scaleclust.cluster.method import unwrap
+from scaleclust.cluster.heads import HeadsConfig, HeadsMethod, neighbor_labels
 from scaleclust.cluster.shapes import check_shape
 
 
@@ -53,25 +52,6 @@ def prototype_labels(q: torch.Tensor, x: torch.Tensor, top_fraction: float = 0.5
     claimed.scatter_(0, nearest, True)
     best = torch.where(claimed, sim, torch.full_like(sim, -math.inf)).argmax(1)         # first max wins
     return torch.where(claimed.any(1), best, torch.full_like(best, -1))
-
-
-@torch.no_grad()
-def neighbor_labels(head: nn.Module, neighbors: torch.Tensor) -> torch.Tensor:
-    """Predicted labels of every row's neighbours, from their embeddings (b, m, d), by the head in eval
-    mode (its mode is restored): int64 (b, m), or (H, b, m) for a head whose output is (H, n, K)."""
-    check_shape("neighbors", neighbors, (None, None, None), "(b, m, d)")
-    b, m, d = neighbors.shape
-    module = unwrap(head)
-    training = module.training
-    module.eval()
-    try:
-        logits = module(neighbors.reshape(b * m, d))
-    finally:
-        module.train(training)
-    if not isinstance(logits, torch.Tensor) or logits.dim() not in (2, 3) or logits.shape[-2] != b * m:
-        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"head must map (n, d) to logits (n, K) or (H, n, K); for n={b * m} it gave {got}")
-    return logits.argmax(-1).reshape(*logits.shape[:-2], b, m)
 
 
 def reliable_set(q: torch.Tensor, neighbor_labels: torch.Tensor, agreement: float = 0.9,

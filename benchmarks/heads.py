@@ -1,0 +1,68 @@
+"""Which head should assign? Label-free rules for choosing among a multi-head method's heads, scored on
+the fits that benchmarks/quality.py kept with --logits (every head's logits of every row, the head
+that the lowest loss chose, and the labels), so no rule needs a refit.
+
+Rules (labels only score; each rule sees the heads' outputs on a 5,000-row sample, as the fit stage's
+calibration sample, and assigns every row):
+- loss: the head with the lowest loss over the last steps (what quality.py and the fit stage chose);
+- consensus: the head whose partition agrees most with the other heads' (mean adjusted Rand index);
+- fold: every head's softmax averaged after matching its clusters to the consensus head's;
+- best / worst: the heads that labels would pick, the room any rule has.
+
+Per set and method: mean ACC over seeds and the seed spread (max - min) under each rule.
+
+    .venv/bin/python benchmarks/quality.py OUT/mnist5k ... --methods scan --logits LOGITS
+    .venv/bin/python benchmarks/heads.py LOGITS
+"""
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from scaleclust.cluster.calibration import softmax
+from scaleclust.cluster.heads import fold_heads, head_agreement
+from scaleclust.cluster.metrics import Contingency, scores
+
+SAMPLE = 5000
+RULES = ("loss", "consensus", "fold", "best", "worst")
+
+
+def acc(clusters: np.ndarray, labels: np.ndarray) -> float:
+    table = Contingency()
+    table.update(clusters, labels)
+    return scores(table.matrix())["acc"]
+
+
+def rule_accs(logits: np.ndarray, chosen: int, labels: np.ndarray, seed: int) -> dict[str, float]:
+    """ACC of every rule's assignment of all rows, the rules seeing a SAMPLE-row sample."""
+    rows = np.random.default_rng(seed).choice(len(labels), size=min(SAMPLE, len(labels)), replace=False)
+    logits = logits.astype(np.float32)
+    per_head = [acc(h.argmax(1), labels) for h in logits]
+    central = int(np.argmax(head_agreement(logits[:, rows].argmax(2))))
+    folded = fold_heads(np.stack([softmax(h) for h in logits]), central).argmax(1)
+    return {"loss": per_head[chosen], "consensus": per_head[central], "fold": acc(folded, labels),
+            "best": max(per_head), "worst": min(per_head)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("logits", type=Path, help="the --logits folder of benchmarks/quality.py")
+    args = parser.parse_args()
+    found: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for path in sorted(args.logits.glob("*.npz")):
+        name, method, seed = path.stem.rsplit("-", 2)
+        fit = np.load(path)
+        for rule, value in rule_accs(fit["logits"], int(fit["chosen"]), fit["labels"], int(seed)).items():
+            found[(name, method)][rule].append(value)
+    print("| set | method | seeds | " + " | ".join(f"{r} ACC (spread)" for r in RULES) + " |")
+    print("|---|---|---|" + "---|" * len(RULES))
+    for (name, method), accs in sorted(found.items()):
+        cells = [f"{np.mean(accs[r]):.3f} ({np.ptp(accs[r]):.3f})" for r in RULES]
+        print(f"| {name} | {method} | {len(accs['loss'])} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
