@@ -73,6 +73,8 @@ class MethodEntry:
     check: Callable[[Config], None] | None = None  # what the config alone cannot validate, before any work
     warm: Literal["task", "head"] = "head"  # a nightly refit: from the model's arrays in one Ray task, or
     # by training the committed head (grown by new outputs) on the Ray Train loop (scaleclust.update)
+    experimental: str = ""  # why its clusters are not to be trusted over k-means's (README's quality table);
+    # the fit prints it. Empty: the method beats k-means at its defaults on every labelled set
 
 
 REGISTRY: dict[str, MethodEntry] = {}

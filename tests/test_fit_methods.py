@@ -17,6 +17,7 @@ import ray
 import torch
 import yaml
 
+from scaleclust import methods
 from scaleclust.config import ConfigError, from_dict
 from scaleclust.pipeline import prepare, run_stage
 from scaleclust.rundir import RunDir
@@ -70,8 +71,13 @@ def copy_shared(shared_run: SharedRun, folder: Path, method: str) -> dict[str, A
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["spice", "scl", "turtle"])
-def test_fit_with_two_workers_assigns_every_row(shared_run: SharedRun, tmp_path: Path, method: str) -> None:
+def test_fit_with_two_workers_assigns_every_row(shared_run: SharedRun, tmp_path: Path, method: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     fit_and_assign(copy_shared(shared_run, tmp_path, method), shared_run.rows)
+    # a method that does not beat k-means on every labelled set says so when it fits
+    reason = methods.get(method).experimental
+    said = [line for line in capsys.readouterr().out.splitlines() if "is experimental" in line]
+    assert said == ([f"fit: {method} is experimental: {reason}"] if reason else [])
 
 
 def checkpoint_steps(train_dir: Path) -> list[int]:

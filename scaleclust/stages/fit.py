@@ -56,6 +56,8 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     if entry.neighbors:
         _check_index(run, markers)
     print(f"fit: {cfg.cluster.method} on the rows of {len(markers)} shard(s)", flush=True)  # the stage's start
+    if entry.experimental:
+        print(f"fit: {cfg.cluster.method} is experimental: {entry.experimental}", flush=True)
     meta = (entry.fit or methods.fit_on_train)(cfg, run, markers)
     print(f"fit: {meta['method']} k={meta['k']} on {meta['sample_rows']} rows in {meta['seconds']} s")
     return meta
