@@ -1,12 +1,14 @@
-"""Is a head's confidence what it says? Expected calibration error of SCAN at its defaults on labelled
-sets, with the raw softmax and with the label-free temperature (scaleclust.cluster.calibration), over
-seeds. Each row counts as right when its label is its cluster's majority label; 10 equal-width bins of
-confidence. Labels only score: the temperature comes from the rows' neighbour agreement.
+"""Is a head's confidence what it says? Expected calibration error of a head method (SCAN by default) at
+its defaults on labelled sets, with the raw softmax and with the label-free temperature
+(scaleclust.cluster.calibration), over seeds. Each row counts as right when its label is its cluster's
+majority label; 10 equal-width bins of confidence. Labels only score: the temperature comes from the
+rows' neighbour agreement, on a 5,000-row sample as in the fit stage.
 
-    .venv/bin/python benchmarks/calibration.py OUT/mnist5k OUT/animals OUT/digits8 [--seeds 0 1 2] [--work DIR]
+    .venv/bin/python benchmarks/quality.py OUT/mnist5k OUT/animals OUT/digits8 --methods scan --logits LOGITS
+    .venv/bin/python benchmarks/calibration.py OUT/mnist5k OUT/animals OUT/digits8 --logits LOGITS [--seeds 0 1 2]
 
-OUT comes from benchmarks/datasets.py. Each fit's logits are kept in --work (a fit already there is not
-run again), so a killed run resumes.
+OUT comes from benchmarks/datasets.py; the fits (the chosen head's logits of every row) are the ones
+quality.py kept with --logits, so the same fits score clustering, head choice and confidence.
 """
 from __future__ import annotations
 
@@ -14,15 +16,10 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from datasets import load
-from quality import index_neighbors
 
 from scaleclust.cluster.calibration import ROWS, calibrate, softmax
-from scaleclust.cluster.heads import HeadAssigner, select_head
-from scaleclust.cluster.local_fit import fit
-from scaleclust.cluster.scan import SCAN, ScanConfig
 
 
 def expected_calibration_error(confidence: np.ndarray, right: np.ndarray, bins: int = 10) -> float:
@@ -32,34 +29,25 @@ def expected_calibration_error(confidence: np.ndarray, right: np.ndarray, bins: 
                      for b in range(bins) if (which == b).any()))
 
 
-def scan_logits(x: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """SCAN at its defaults on all rows (neighbours from an IVF index), its lowest-loss head's logits."""
-    method = SCAN(ScanConfig(), k)
-    _, near = index_neighbors(x, method.neighbors, seed)
-    stats: list[dict[str, float]] = []
-    head = fit(torch.from_numpy(x), method, seed, log=lambda step, s: stats.append(s), neighbors=torch.from_numpy(near))
-    return HeadAssigner(head, select_head(stats[-method.config.select_steps:], method.config.heads)).logits(x)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run directories with committed, labelled embeddings")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--work", type=Path, default=Path("calibration-logits"))
+    parser.add_argument("--method", default="scan", help="a head method whose fits quality.py kept")
+    parser.add_argument("--logits", type=Path, required=True, help="the --logits folder of benchmarks/quality.py")
     args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1)
     print("| set | seed | ACC (majority) | temperature | neighbours | agreement | mean conf raw / calibrated | ECE raw | ECE calibrated |")
     print("|---|---|---|---|---|---|---|---|---|")
     for run_dir in args.runs:
         name = Path(run_dir).name
         x, labels = load(Path(run_dir).parent, name)
-        k = len(set(labels.tolist()))
         for seed in args.seeds:
-            cached = args.work / f"{name}-{seed}.npy"
-            if not cached.exists():
-                np.save(cached, scan_logits(x, k, seed))
-            logits = np.load(cached)
+            kept = args.logits / f"{name}-{args.method}-{seed}.npz"
+            if not kept.exists():
+                raise SystemExit(f"{kept}: no such fit; run benchmarks/quality.py {run_dir} --methods {args.method} "
+                                 f"--seeds {seed} --logits {args.logits}")
+            fitted = np.load(kept)
+            logits = fitted["logits"][int(fitted["chosen"])].astype(np.float32)
             clusters = logits.argmax(axis=1)
             majority = {c: np.bincount(labels[clusters == c]).argmax() for c in np.unique(clusters)}
             right = (labels == np.array([majority[c] for c in clusters])).astype(float)
