@@ -58,11 +58,8 @@ def balanced_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: tor
 
 class ScanConfig(HeadsConfig):
     """SCAN (cluster.method scan): kNN consistency + entropy over several heads, the lowest-loss head
-    kept, then self-labelling on confident rows; counted in steps. One fixed set for every data set:
-    a 512-wide trunk and 5 neighbours won on all three labelled sets of the quality table in docs/measurements.md."""
+    kept, then self-labelling on confident rows; counted in steps."""
 
-    hidden: int = Field(512, ge=0, description="width of the shared Linear-BN-ReLU trunk; 0 = linear heads")
-    neighbors: int = Field(5, gt=0, description="neighbours per row, from the index (index.nprobe)")
     entropy_weight: float = Field(5.0, ge=0, description="weight of the entropy of the mean prediction")
     threshold: float = Field(0.99, gt=0, lt=1, description="self-labelling: top probability above which a row is confident")
 
