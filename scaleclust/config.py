@@ -146,9 +146,9 @@ class ClusterConfig(Strict):
 
     method: str = Field(
         "scan", description="scan, spice, sic or scl: heads trained on neighbours from the index (Ray Train; the "
-        "index stage runs before their fit); scan is the default, ahead of k-means and MLC on every labelled set "
+        "index stage runs before their fit); scan is the default, ahead of every other method on every labelled set "
         "(docs/measurements.md); kmeans (spherical, faiss); mlc (rate reduction, Ray Train); turtle (Ray Train, no "
-        "neighbours)")
+        "neighbours); scl and turtle are experimental (below k-means there; fit says so)")
     k: int | Literal["auto"] = Field(10, description="clusters (>= 2), or 'auto' (mlc): the candidate of k_candidates "
                                    "whose clusterings agree most across halves of the assign sample")
     k_candidates: list[int] = Field(default_factory=lambda: list(range(5, 51, 5)),
