@@ -48,12 +48,6 @@ def test_candidates_need_rows_and_config_names_the_field() -> None:
         methods.resolve_k(cfg, RunDir(cfg.run_dir, cfg.storage), {"00000": {"embedded": 40}})  # before any Ray task
 
 
-def test_k_auto_is_valid_for_every_method() -> None:
-    for method in methods.REGISTRY:
-        cfg = from_dict({"run_dir": "r", "input": {"shards": "s/*.tar"}, "cluster": {"method": method, "k": "auto"}})
-        assert cfg.cluster.k == "auto" and cfg.cluster.largest_k() == max(K_CANDIDATES)
-
-
 def test_kmeans_fit_chooses_k_records_it_and_reuses_the_model(tmp_path: Path, shared_run: SharedRun,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     shared_run.copy(tmp_path)
