@@ -70,5 +70,5 @@ def status(run: RunDir) -> dict[str, Any]:
 
 STAGE = Stage("fit", reads=("embeddings/", "index/ (methods trained on neighbours)"),
               commits=("model/ (method files)", "model/model.json"),
-              resources="kmeans: one task of 1 CPU; Ray Train methods: cluster.train.workers workers of cluster.train.cpus_per_worker CPU (1 GPU each with cluster.train.use_gpu); mlc: then one task of cluster.assign_memory_gb",
+              resources="k: auto (not mlc): first one task of 1 CPU; kmeans: one task of 1 CPU; Ray Train methods: cluster.train.workers workers of cluster.train.cpus_per_worker CPU (1 GPU each with cluster.train.use_gpu); mlc: then one task of cluster.assign_memory_gb",
               run=lambda ctx: run(ctx.cfg, ctx.run), status=status)
