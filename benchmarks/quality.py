@@ -3,7 +3,9 @@ ARI (mean ± std over seeds) and seconds per fit, methods x data sets.
 
 Each data set is a run directory whose embed stage has committed embeddings with a `label` column
 (benchmarks/datasets.py prepares them: MNIST-5k as in `make demo`, and more sets that ship in packages,
-embedded with ImageNet EfficientNet-Lite0). k = the number of classes. Every method runs at its
+embedded with ImageNet EfficientNet-Lite0). k = the number of classes, or with `--k auto` the k that the
+fit's `k: auto` chooses (scaleclust.cluster.choose_k on a seeded sample of choose_k.ROWS rows; ACC then
+matches clusters to classes one to one, the many-to-one ACC is recorded too). Every method runs at its
 defaults, the same on every set; no label is used for any choice, labels only score.
 
 - kmeans: faiss spherical k-means, 10 restarts (as `make demo` configured it before SCAN).
@@ -25,6 +27,7 @@ not is marked experimental).
 
     .venv/bin/python benchmarks/quality.py OUT/mnist5k OUT/animals OUT/digits8 --agreement 5 10 20 50
     .venv/bin/python benchmarks/quality.py OUT/mnist5k OUT/animals OUT/digits8 [--methods kmeans scan ...] [--seeds 0 1 2] [--jobs N] [--results FILE]
+    .venv/bin/python benchmarks/quality.py OUT/mnist5k OUT/animals@4 ... --methods scan --k auto
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 # SIC's semantic space depends on the encoder only (the demo's, for every set): built once, reused
 SEMANTIC_RUN = Path(tempfile.gettempdir()) / "scaleclust-quality-semantic"
 
+from scaleclust.cluster.choose_k import ROWS as CHOOSE_K_ROWS, choose_k
 from scaleclust.cluster.kmeans import spherical_kmeans
 from scaleclust.cluster.local_fit import fit
 from scaleclust.cluster.metrics import Contingency, scores
@@ -59,7 +63,7 @@ from scaleclust.cluster.scl import SCL, SclConfig
 from scaleclust.cluster.sic import SIC, SicConfig, space_nouns
 from scaleclust.cluster.spice import SPICE, SpiceConfig
 from scaleclust.cluster.turtle import Turtle, TurtleConfig
-from scaleclust.config import ClusterConfig, IndexConfig, load as load_config
+from scaleclust.config import K_CANDIDATES, ClusterConfig, IndexConfig, load as load_config
 from scaleclust.rundir import RunDir
 from scaleclust.semantic import SemanticSpace, build_space
 from scaleclust.index.build import add, train
@@ -175,34 +179,42 @@ def defaults(method: str, overrides: Overrides) -> str:
     return repr(settings(method, overrides))
 
 
-def one_fit(task: tuple[str, str, int, Overrides, Path | None]) -> dict[str, object]:
+def chosen_k(x: np.ndarray, seed: int) -> int:
+    """The k that the fit's `k: auto` chooses on this seed's sample (no labels)."""
+    rows = np.random.default_rng(seed).choice(len(x), size=min(CHOOSE_K_ROWS, len(x)), replace=False)
+    return int(choose_k(x[rows], K_CANDIDATES, seed)["k"])
+
+
+def one_fit(task: tuple[str, str, int, Overrides, Path | None, str]) -> dict[str, object]:
     """One (data set, method, seed) fit, scored; runs in its own process. With a logits folder, a head
     method's every head's logits, the chosen head and the labels go to FOLDER/SET-METHOD-SEED.npz (to
     study head selection and confidence without refitting)."""
     torch.set_num_threads(1)  # comparable timings on a shared machine
-    run_dir, method, seed, overrides, folder = task
+    run_dir, method, seed, overrides, folder, k_mode = task
     x, labels = load(Path(run_dir).parent, Path(run_dir).name)
+    k = chosen_k(x, seed) if k_mode == "auto" else len(set(labels.tolist()))
     started = time.time()
     extra = (settings(method, overrides),) if method in overrides else ()
-    fitted = METHODS[method](x, len(set(labels.tolist())), seed, *extra)
+    fitted = METHODS[method](x, k, seed, *extra)
     seconds = time.time() - started
     result = evaluate(fitted.clusters, labels)
     if folder is not None and fitted.logits is not None:
         folder.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(folder / f"{Path(run_dir).name}-{method}-{seed}.npz", logits=fitted.logits,
                             chosen=fitted.chosen, labels=labels)
-    print(f"  {Path(run_dir).name} {method} seed {seed}: ACC {result['acc']:.3f} NMI {result['nmi']:.3f} "
+    print(f"  {Path(run_dir).name} {method} seed {seed} k {k}: ACC {result['acc']:.3f} NMI {result['nmi']:.3f} "
           f"ARI {result['ari']:.3f} ({seconds:.0f} s)", flush=True)
     return {"set": Path(run_dir).name, "method": method, "seed": seed, "defaults": defaults(method, overrides),
-            "seconds": seconds, **result}
+            "seconds": seconds, **({"k": "auto", "k_chosen": k} if k_mode == "auto" else {}), **result}
 
 
-def recorded(path: Path, overrides: Overrides) -> list[dict[str, object]]:
-    """Every fit in the results file whose method settings are the current ones."""
+def recorded(path: Path, overrides: Overrides, k_mode: str) -> list[dict[str, object]]:
+    """Every fit in the results file whose method settings and k (true or auto) are the current ones."""
     if not path.exists():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["method"] in DEFAULTS and r["defaults"] == defaults(str(r["method"]), overrides)]
+    return [r for r in rows if r["method"] in DEFAULTS and r["defaults"] == defaults(str(r["method"]), overrides)
+            and r.get("k", "true") == k_mode]
 
 
 def verdicts(table: dict[str, dict[str, np.ndarray]]) -> list[str]:
@@ -231,6 +243,8 @@ def main() -> None:
     parser.add_argument("--logits", type=Path, help="folder for every head's logits of each head-method fit")
     parser.add_argument("--agreement", type=int, nargs="+", metavar="M",
                         help="only print the label agreement of each row's M index neighbours per set")
+    parser.add_argument("--k", choices=["true", "auto"], default="true",
+                        help="k per set: its class count, or the one the fit's k: auto chooses (no labels)")
     parser.add_argument("--set", nargs="+", default=[], metavar="METHOD.FIELD=VALUE",
                         help="override a method's default (experiments; the table names them)")
     args = parser.parse_args()
@@ -249,12 +263,12 @@ def main() -> None:
     if args.agreement:
         print("\n".join(neighbor_agreement(r, args.agreement) for r in args.runs))
         return
-    done = recorded(args.results, overrides)
+    done = recorded(args.results, overrides, args.k)
     if "sic" in args.methods:  # build the semantic space before the fits read it
         semantic_space()
     have = {(r["set"], r["method"], r["seed"]) for r in done}
     tasks = [(r, m, s) for r in args.runs for m in args.methods for s in args.seeds if (Path(r).name, m, s) not in have]
-    tasks = [(*t, overrides, args.logits) for t in tasks]
+    tasks = [(*t, overrides, args.logits, args.k) for t in tasks]
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool, args.results.open("a") as out:
         for row in pool.imap_unordered(one_fit, tasks, chunksize=1):
             out.write(json.dumps(row) + "\n")
@@ -262,6 +276,9 @@ def main() -> None:
             done.append(row)
     if overrides:
         print("settings overridden: " + " ".join(args.set))
+    if args.k == "auto":
+        chosen = {(str(d["set"]), int(d["seed"])): d["k_chosen"] for d in done if d["seed"] in args.seeds}
+        print("k chosen by k: auto: " + ", ".join(f"{name} seed {seed} {k}" for (name, seed), k in sorted(chosen.items())))
     print(f"\n| data set | method | ACC | NMI | ARI | ACC spread | s per fit |   (mean ± std, spread = max - min, "
           f"over seeds {args.seeds})")
     print("|---|---|---|---|---|---|---|")

@@ -23,6 +23,12 @@ from scaleclust.cluster.turtle import TurtleConfig
 from scaleclust.failures import SetupError
 
 
+# k: auto's default candidates: every count up to 12, then steps of at most a sixth (3..50), so that the
+# nearest candidate to any true count from 3 to 50 is within 8% of it and the criterion's own error dominates;
+# not 2: the silhouette (scaleclust/cluster/choose_k.py) favours two halves of any elongated cloud
+K_CANDIDATES = (3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 18, 21, 24, 28, 32, 37, 43, 50)
+
+
 class ConfigError(SetupError, ValueError):
     """A config problem, phrased for the user: which field, what is wrong, how to fix it. Found before
     any work: exit 2."""
@@ -149,10 +155,13 @@ class ClusterConfig(Strict):
         "index stage runs before their fit); scan is the default, ahead of every other method on every labelled set "
         "(docs/measurements.md); kmeans (spherical, faiss); mlc (rate reduction, Ray Train); turtle (Ray Train, no "
         "neighbours); scl and turtle are experimental (below k-means there; fit says so)")
-    k: int | Literal["auto"] = Field(10, description="clusters (>= 2), or 'auto' (mlc): the candidate of k_candidates "
-                                   "whose clusterings agree most across halves of the assign sample")
-    k_candidates: list[int] = Field(default_factory=lambda: list(range(5, 51, 5)),
-                                    description="k: auto: the candidates, each at most assign_sample / 4")
+    k: int | Literal["auto"] = Field(10, description="clusters (>= 2), or 'auto': chosen among k_candidates without "
+                                   "labels, before training, on a sample of the embeddings (scaleclust/cluster/"
+                                   "choose_k.py; mlc: after training, in its head's features); model.json keeps "
+                                   "the criterion's value per candidate")
+    k_candidates: list[int] = Field(default_factory=lambda: list(K_CANDIDATES),
+                                    description="k: auto: the numbers of clusters tried (each >= 2); the default "
+                                    "grid (3..50) steps by at most a sixth, so every count from 3 to 50 lies near one")
     sample_size: int = Field(1_000_000, gt=0, description="rows the fit stage trains on")
     niter: int = Field(25, gt=0, description="k-means iterations")
     restarts: int = Field(3, gt=0, description="k-means restarts; the lowest objective wins")
@@ -181,11 +190,16 @@ class ClusterConfig(Strict):
             raise ValueError("Input should be a valid integer >= 2, or 'auto'")
         return value
 
-    @model_validator(mode="after")
-    def _auto_needs_mlc(self) -> "ClusterConfig":
-        if self.k == "auto" and self.method != "mlc":
-            raise ValueError("k: 'auto' (coding-length selection) needs method 'mlc'; give kmeans a number")
-        return self
+    @field_validator("k_candidates")
+    @classmethod
+    def _candidates(cls, value: list[int]) -> list[int]:
+        if not value or min(value) < 2:
+            raise ValueError("give at least one candidate, each >= 2 (e.g. [2, 3, 4, 5, 6, 8, 10, 12, 16, 20])")
+        return sorted(set(value))
+
+    def largest_k(self) -> int:
+        """The most clusters this section may fit: k, or the largest candidate when k is auto."""
+        return self.k if isinstance(self.k, int) else max(self.k_candidates)
 
 
 class AssignConfig(Strict):

@@ -8,6 +8,10 @@ only needs `build` (its `Method` from the config) unless it finishes differently
 head is saved as head.pt, the head with the lowest loss over the last steps assigns (one head: that one),
 and confidence is its softmax probability.
 
+k: auto: the number of clusters is chosen before training, in one Ray task, on a sample of the embeddings
+(scaleclust.cluster.choose_k), for every method but mlc, which chooses it after training in its head's
+features; either way model.json's k_auto holds the criterion per candidate.
+
 kmeans: spherical k-means in one Ray task. mlc: the MLC head trained with Ray Train, then, in one Ray
 task, the number of clusters (k: auto, by stability across halves of a sample), spectral clustering of a
 sample's membership and one subspace per cluster, which assign uses for every row. scan, spice, sic, scl:
@@ -29,7 +33,7 @@ import numpy as np
 import ray
 import torch
 
-from scaleclust.cluster import calibration
+from scaleclust.cluster import calibration, choose_k
 from scaleclust.cluster.heads import HeadAssigner, HeadsMethod, OneHead, select_head
 from scaleclust.cluster.kmeans import soft_assign, spherical_kmeans
 from scaleclust.cluster.method import Method
@@ -65,7 +69,7 @@ class MethodEntry:
 
     name: str
     trains: Literal["task", "ray_train"]
-    fit: Callable[[Config, RunDir, Markers], dict[str, Any]] | None = None  # None: fit_on_train
+    fit: Callable[..., dict[str, Any]] | None = None  # (cfg, run, markers, **facts for model.json); None: fit_on_train
     load: Callable[[RunDir, dict[str, Any], float], Assigner] | None = None  # None: load_head
     build: Callable[[ClusterConfig], Method] | None = None  # the recipe, for the Ray-Train default
     neighbors: bool = False  # trains on neighbours from the index (the index stage runs before the fit)
@@ -73,6 +77,7 @@ class MethodEntry:
     check: Callable[[Config], None] | None = None  # what the config alone cannot validate, before any work
     warm: Literal["task", "head"] = "head"  # a nightly refit: from the model's arrays in one Ray task, or
     # by training the committed head (grown by new outputs) on the Ray Train loop (scaleclust.update)
+    chooses_k: bool = False  # k: auto is chosen by the method after training (else by choose_k before it)
     experimental: str = ""  # why its clusters are not to be trusted over k-means's (README's quality table);
     # the fit prints it. Empty: the method beats k-means at its defaults on every labelled set
 
@@ -119,8 +124,10 @@ def train_name(params: dict[str, Any], prefix: str = "fit") -> str:
 
 
 def commit(run: RunDir, cluster: ClusterConfig, started: float, **facts: Any) -> dict[str, Any]:
-    """Write model/model.json, the fit's commit marker (written after every model file)."""
-    meta = {"method": cluster.method, "params": fit_params(cluster), "model_id": uuid.uuid4().hex,
+    """Write model/model.json, the fit's commit marker (written after every model file). A model whose k
+    was chosen (facts hold k_auto) records k: auto among its parameters, so that the same config reuses it."""
+    params = {**fit_params(cluster), **({"k": "auto"} if "k_auto" in facts else {})}
+    meta = {"method": cluster.method, "params": params, "model_id": uuid.uuid4().hex,
             "seconds": round(time.time() - started, 2), **facts}
     run.write_marker(run.model("model.json"), meta)
     return meta
@@ -143,9 +150,36 @@ def _sample_rows(cluster: ClusterConfig, markers: Markers) -> int:
     return min(cluster.sample_size, sum(m["embedded"] for m in markers.values()))
 
 
+# k: auto -----------------------------------------------------------------------------------------
+
+def said_k(found: dict[str, Any]) -> str:
+    """`fit`'s one line on the chosen k and its evidence (the criterion per candidate)."""
+    values = ", ".join(f"{k} {v:.3f}" for k, v in found["values"].items())
+    return f"fit: k auto chose k={found['k']} by {found['criterion']} on {found['rows']} sampled rows ({values})"
+
+
+def _choose_k_task(run: RunDir, cluster: ClusterConfig, markers: Markers) -> dict[str, Any]:
+    x, _ = sample_embeddings(run, markers, choose_k.ROWS, cluster.seed)
+    return choose_k.choose_k(x, cluster.k_candidates, cluster.seed)
+
+
+def resolve_k(cfg: Config, run: RunDir, markers: Markers) -> tuple[Config, dict[str, Any]]:
+    """For k: auto (unless the method chooses k itself): k chosen on a sample in one Ray task, printed;
+    returns the config at that k and model.json's facts about it (k_auto). Otherwise the config as given."""
+    if cfg.cluster.k != "auto" or get(cfg.cluster.method).chooses_k:
+        return cfg, {}
+    rows = min(choose_k.ROWS, sum(m["embedded"] for m in markers.values()))
+    if not choose_k.usable(cfg.cluster.k_candidates, rows):
+        raise ConfigError(f"cluster.k_candidates: none fits the {rows} sampled rows (each k needs "
+                          f"{choose_k.MIN_ROWS_PER_CLUSTER} rows per cluster); lower the candidates or add input")
+    found = ray.get(ray.remote(num_cpus=1)(_choose_k_task).remote(run, cfg.cluster, markers))
+    print(said_k(found), flush=True)
+    return cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"k": found["k"]})}), {"k_auto": found}
+
+
 # kmeans ------------------------------------------------------------------------------------------
 
-def _kmeans_task(run: RunDir, cluster: ClusterConfig, markers: Markers) -> dict[str, Any]:
+def _kmeans_task(run: RunDir, cluster: ClusterConfig, markers: Markers, facts: dict[str, Any]) -> dict[str, Any]:
     started = time.time()
     x, _ = sample_embeddings(run, markers, cluster.sample_size, cluster.seed)
     if len(x) < cluster.k:
@@ -154,13 +188,13 @@ def _kmeans_task(run: RunDir, cluster: ClusterConfig, markers: Markers) -> dict[
                                             gpus=usable_gpus())
     save(run, run.model("centroids.npy"), centroids.astype(np.float32))
     return commit(run, cluster, started, k=cluster.k, dim=int(x.shape[1]), sample_rows=int(len(x)),
-                  objective=objective)
+                  objective=objective, **facts)
 
 
-def fit_kmeans(cfg: Config, run: RunDir, markers: Markers) -> dict[str, Any]:
+def fit_kmeans(cfg: Config, run: RunDir, markers: Markers, **facts: Any) -> dict[str, Any]:
     """Spherical k-means on the sample in one Ray task (faiss-gpu's on the GPU the task is given)."""
     gpus = 1 if cfg.cluster.train.use_gpu else 0
-    return ray.get(ray.remote(num_cpus=1, num_gpus=gpus)(_kmeans_task).remote(run, cfg.cluster, markers))
+    return ray.get(ray.remote(num_cpus=1, num_gpus=gpus)(_kmeans_task).remote(run, cfg.cluster, markers, facts))
 
 
 def load_kmeans(run: RunDir, meta: dict[str, Any], temperature: float) -> Assigner:
@@ -183,14 +217,13 @@ def build_mlc(cluster: ClusterConfig) -> MLC:
 
 def assign_memory(cluster: ClusterConfig, rows: int, dim: int) -> int:
     """Bytes the MLC assigner fit needs on `rows` sampled rows of width `dim` (the largest k it may try)."""
-    k_max = cluster.k if isinstance(cluster.k, int) else max(cluster.k_candidates)
-    return assign_memory_bytes(rows, dim, cluster.mlc, k_max, cluster.assign_neighbors)
+    return assign_memory_bytes(rows, dim, cluster.mlc, cluster.largest_k(), cluster.assign_neighbors)
 
 
 def check_assign_memory(cluster: ClusterConfig, rows: int, dim: int) -> None:
     """The MLC assigner fit's memory estimate (rows x dim embeddings) against cluster.assign_memory_gb,
     the memory its Ray task requests: a clear error before any work instead of an OOM-killed task."""
-    k_max = cluster.k if isinstance(cluster.k, int) else max(cluster.k_candidates)
+    k_max = cluster.largest_k()
     need = assign_memory(cluster, rows, dim)
     if need > cluster.assign_memory_gb * GB:
         shape = f"dim {dim}" if dim else "before the embeddings' dimension is known"
@@ -213,7 +246,7 @@ def _mlc_assigner_task(run: RunDir, cluster: ClusterConfig, markers: Markers, st
     head = method.head(x.shape[1])
     head.load_state_dict(state)
     head.eval()
-    stabilities: dict[int, float] = {}
+    chosen: dict[str, Any] = {}
     k = cluster.k
     if k == "auto":
         _, c = head_features(head, x)
@@ -222,13 +255,16 @@ def _mlc_assigner_task(run: RunDir, cluster: ClusterConfig, markers: Markers, st
             raise ValueError(f"cluster.k_candidates: none fits the {len(x)}-row assign sample (at most "
                              f"{len(x) // 4}); raise cluster.assign_sample or lower the candidates")
         k, stabilities = choose_k_by_stability(c, candidates, seed=cluster.seed)
+        chosen = {"k_auto": {"k": int(k), "criterion": "stability of k-means across halves of the assign sample, in "
+                             "the trained head's cluster features", "rows": int(len(x)),
+                             "values": {str(n): round(v, 4) for n, v in stabilities.items()}}}
     assigner, _ = fit_assigner(head, x, k, method.config, cluster.seed, rank=cluster.subspace_rank,
                                neighbors=cluster.assign_neighbors)
     save(run, run.model("head.pt"), state)
     save(run, run.model("subspaces.npy"), assigner.subspaces.bases)
     return commit(run, cluster, started, k=int(k), dim=int(x.shape[1]), space=assigner.space,
                   sample_rows=_sample_rows(cluster, markers), assign_sample_rows=int(len(x)),
-                  k_stability={str(n): v for n, v in stabilities.items()}, train=facts)
+                  train=facts, **chosen)
 
 
 def fit_mlc(cfg: Config, run: RunDir, markers: Markers) -> dict[str, Any]:
@@ -246,7 +282,10 @@ def fit_mlc(cfg: Config, run: RunDir, markers: Markers) -> dict[str, Any]:
     facts.pop("recent_stats")
     print(f"fit: trained {facts['steps']} steps on {facts['workers']} workers, final loss {facts['final_loss']:.4f}")
     task = ray.remote(num_cpus=1, memory=memory)(_mlc_assigner_task)
-    return ray.get(task.remote(run, cluster, markers, state, facts, started))
+    meta = ray.get(task.remote(run, cluster, markers, state, facts, started))
+    if "k_auto" in meta:
+        print(said_k(meta["k_auto"]), flush=True)
+    return meta
 
 
 def load_mlc(run: RunDir, meta: dict[str, Any], temperature: float) -> Assigner:
@@ -291,13 +330,13 @@ def sic_nouns(cfg: Config, run: RunDir, markers: Markers, dim: int) -> tuple[tor
     return torch.tensor(nouns), semantic  # a copy: arrays from the object store are read-only
 
 
-def fit_sic(cfg: Config, run: RunDir, markers: Markers) -> dict[str, Any]:
+def fit_sic(cfg: Config, run: RunDir, markers: Markers, **facts: Any) -> dict[str, Any]:
     """The default Ray-Train fit, after building SIC's semantic space; its nouns' vectors train the heads
     and their signature joins the fit's identity."""
     nouns, semantic = sic_nouns(cfg, run, markers, next(iter(markers.values()))["dim"])
     print(f"fit: sic trains against {len(nouns)} nouns of the semantic space")
     method = SIC(cfg.cluster.sic, int(cfg.cluster.k), nouns)
-    return fit_on_train(cfg, run, markers, method, {"semantic": semantic["signature"]}, semantic=semantic)
+    return fit_on_train(cfg, run, markers, method, {"semantic": semantic["signature"]}, semantic=semantic, **facts)
 
 
 @dataclass(frozen=True)
@@ -398,14 +437,14 @@ def build_turtle(cluster: ClusterConfig) -> Turtle:
     return Turtle(cluster.turtle, int(cluster.k))
 
 
-def fit_turtle(cfg: Config, run: RunDir, markers: Markers) -> dict[str, Any]:
+def fit_turtle(cfg: Config, run: RunDir, markers: Markers, **facts: Any) -> dict[str, Any]:
     """The default Ray-Train fit, after checking cluster.turtle.dims against the embeddings' width."""
     method = build_turtle(cfg.cluster)
     try:
         method.dims(next(iter(markers.values()))["dim"])
     except ValueError as err:
         raise ConfigError(f"cluster.turtle.dims: {err}") from None
-    return fit_on_train(cfg, run, markers, method)
+    return fit_on_train(cfg, run, markers, method, **facts)
 
 
 def _heads(recipe: type) -> Callable[[ClusterConfig], Method]:
@@ -415,7 +454,7 @@ def _heads(recipe: type) -> Callable[[ClusterConfig], Method]:
 
 register(MethodEntry("kmeans", "task", fit=fit_kmeans, load=load_kmeans, files=("centroids.npy",), warm="task"))
 register(MethodEntry("mlc", "ray_train", fit=fit_mlc, load=load_mlc, build=build_mlc,
-                     files=("head.pt", "subspaces.npy"), check=check_mlc, warm="task"))
+                     files=("head.pt", "subspaces.npy"), check=check_mlc, warm="task", chooses_k=True))
 register(MethodEntry("scan", "ray_train", build=_heads(SCAN), neighbors=True))
 register(MethodEntry("spice", "ray_train", build=_heads(SPICE), neighbors=True))
 register(MethodEntry("sic", "ray_train", fit=fit_sic, build=_heads(SIC), neighbors=True))

@@ -256,7 +256,7 @@ def fit_needs(cfg: Config, rows: Rows, enc: Encoder, n_shards: int, warnings: li
     sample = min(c.sample_size, rows.total)
     out: list[Stage] = []
     if c.method == "kmeans":
-        out.append(Stage("fit (kmeans)", "one task: the sample, float32", sample * d * 4 + int(c.k) * d * 4))
+        out.append(Stage("fit (kmeans)", "one task: the sample, float32", sample * d * 4 + c.largest_k() * d * 4))
     else:
         share = -(-sample // c.train.workers)
         neighbors = {"scan": c.scan.neighbors, "spice": c.spice.neighbors}.get(c.method, 0)

@@ -46,6 +46,16 @@ def test_errors_name_the_field(tmp_path: Path, text: str, field: str, hint: str)
     assert hint in str(err.value)
 
 
+def test_k_auto_is_valid_for_every_method(tmp_path: Path) -> None:
+    from scaleclust import methods
+    from scaleclust.config import K_CANDIDATES
+
+    assert load(write(tmp_path, GOOD.replace("k: 7", "k: auto"))).cluster.method == "scan"  # the default method
+    for method in methods.REGISTRY:
+        cfg = load(write(tmp_path, GOOD.replace("k: 7", f"k: auto\n  method: {method}")))
+        assert cfg.cluster.k == "auto" and cfg.cluster.largest_k() == max(K_CANDIDATES)
+
+
 def test_bad_override_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="expected FIELD=VALUE"):
         load(write(tmp_path, GOOD), ["cluster.k"])

@@ -1,7 +1,8 @@
 """Fit stage: learn the clustering on a sample of the embeddings; commit model/ with model.json last.
 
-How each method trains is its entry in the method registry (scaleclust.methods). A committed model whose
-parameters match the config (methods.fit_params) is reused; changed ones refit.
+How each method trains is its entry in the method registry (scaleclust.methods); with k: auto the number
+of clusters is chosen first (methods.resolve_k). A committed model whose parameters match the config
+(methods.fit_params; k: auto stays auto) is reused; changed ones refit.
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def run(cfg: Config, run: RunDir) -> dict[str, Any]:
     print(f"fit: {cfg.cluster.method} on the rows of {len(markers)} shard(s)", flush=True)  # the stage's start
     if entry.experimental:
         print(f"fit: {cfg.cluster.method} is experimental: {entry.experimental}", flush=True)
-    meta = (entry.fit or methods.fit_on_train)(cfg, run, markers)
+    fit_cfg, facts = methods.resolve_k(cfg, run, markers)
+    meta = (entry.fit or methods.fit_on_train)(fit_cfg, run, markers, **facts)
     print(f"fit: {meta['method']} k={meta['k']} on {meta['sample_rows']} rows in {meta['seconds']} s")
     return meta
 
@@ -70,5 +72,5 @@ def status(run: RunDir) -> dict[str, Any]:
 
 STAGE = Stage("fit", reads=("embeddings/", "index/ (methods trained on neighbours)"),
               commits=("model/ (method files)", "model/model.json"),
-              resources="kmeans: one task of 1 CPU; Ray Train methods: cluster.train.workers workers of cluster.train.cpus_per_worker CPU (1 GPU each with cluster.train.use_gpu); mlc: then one task of cluster.assign_memory_gb",
+              resources="k: auto (not mlc): first one task of 1 CPU; kmeans: one task of 1 CPU; Ray Train methods: cluster.train.workers workers of cluster.train.cpus_per_worker CPU (1 GPU each with cluster.train.use_gpu); mlc: then one task of cluster.assign_memory_gb",
               run=lambda ctx: run(ctx.cfg, ctx.run), status=status)
