@@ -8,8 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from pydantic import Field
-from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
 from scaleclust.cluster.method import unwrap
@@ -106,31 +104,6 @@ def select_head(stats: list[dict[str, float]], heads: int) -> int:
     """The head with the lowest mean SCAN loss over the given steps' stats (label-free selection)."""
     means = [float(np.mean([s[f"head{h}"] for s in stats])) for h in range(heads)]
     return int(np.argmin(means))
-
-
-def head_agreement(clusters: np.ndarray) -> np.ndarray:
-    """(H,) each head's mean adjusted Rand index with the other heads' partitions of the same rows
-    (`clusters` (H, n), each head's argmax): how central a head is among the heads (label-free)."""
-    heads = len(clusters)
-    pairs = np.eye(heads)
-    for a in range(heads):
-        for b in range(a + 1, heads):
-            pairs[a, b] = pairs[b, a] = adjusted_rand_score(clusters[a], clusters[b])
-    return (pairs.sum(1) - 1) / max(heads - 1, 1)
-
-
-def fold_heads(probabilities: np.ndarray, reference: int) -> np.ndarray:
-    """(n, K) the heads' probabilities (H, n, K) averaged after matching each head's clusters to head
-    `reference`'s (Hungarian on the overlap of their argmax partitions), so that ids stay the reference's."""
-    target = probabilities[reference].argmax(1)
-    k = probabilities.shape[2]
-    folded = np.zeros(probabilities.shape[1:], np.float64)
-    for p in probabilities:
-        overlap = np.zeros((k, k))
-        np.add.at(overlap, (target, p.argmax(1)), 1)
-        rows, cols = linear_sum_assignment(-overlap)
-        folded[:, rows] += p[:, cols]
-    return folded / len(probabilities)
 
 
 @dataclass(frozen=True)
