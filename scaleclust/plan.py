@@ -259,7 +259,9 @@ def fit_needs(cfg: Config, rows: Rows, enc: Encoder, n_shards: int, warnings: li
         out.append(Stage("fit (kmeans)", "one task: the sample, float32", sample * d * 4 + c.largest_k() * d * 4))
     else:
         share = -(-sample // c.train.workers)
-        neighbors = {"scan": c.scan.neighbors, "spice": c.spice.neighbors}.get(c.method, 0)
+        from scaleclust.methods import needs_index
+
+        neighbors = getattr(c, c.method).neighbors if needs_index(c) else 0  # every method trained on neighbours
         per_row = d * 4 + neighbors * d * 2
         out.append(Stage(f"fit ({c.method})", f"{c.train.workers} Train worker(s): each its share of the "
                          f"sample{' with its neighbours' if neighbors else ''}", share * per_row))

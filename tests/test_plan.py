@@ -165,3 +165,14 @@ def test_a_job_priced_on_a_gpu_cluster(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["plan", str(tmp_path / "job.yaml"), "--rows", "1e7", "--gpu", "H200",
                  "--set", "embed.gpus_per_actor=0"]) == 2
     assert "embed.gpus_per_actor is 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["scan", "spice", "sic", "scl"])
+def test_every_method_trained_on_neighbours_counts_them_in_its_workers_memory(method: str) -> None:
+    from scaleclust.config import from_dict
+
+    cluster = {"method": method, "sample_size": 1000, "train": {"workers": 2}, method: {"neighbors": 7}}
+    cfg = from_dict({"run_dir": "run", "input": {"shards": "shards/*.tar"}, "cluster": cluster})
+    rows = planner.Rows(total=5000, exact=True, how="counted", largest_shard_rows=1000)
+    [stage] = planner.fit_needs(cfg, rows, planner.Encoder(dim=64), 5, [])
+    assert stage.memory_bytes == 500 * (64 * 4 + 7 * 64 * 2) and "with its neighbours" in stage.what
