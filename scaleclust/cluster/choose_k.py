@@ -22,8 +22,6 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.metrics import silhouette_score
 
 ROWS = 5000             # the sample the number of clusters is chosen on (all rows when there are fewer)
 DIMS = 64               # principal components the rows are clustered in
@@ -45,6 +43,9 @@ def principal_components(x: np.ndarray, dims: int = DIMS) -> np.ndarray:
 def silhouette(p: np.ndarray, k: int, seed: int, rows: np.ndarray) -> float:
     """Mean silhouette, over `rows`, of the k-means partition (k-means++ seeding, whose restarts rarely miss
     a small group) of all of `p`."""
+    from sklearn.cluster import KMeans  # imported where used: scaleclust/cluster/__init__.py
+    from sklearn.metrics import silhouette_score
+
     labels = KMeans(k, n_init=RESTARTS, random_state=seed).fit_predict(p)
     if len(np.unique(labels[rows])) < 2:
         return -1.0  # every scored row in one cluster: no partition to score

@@ -10,7 +10,6 @@ from collections import Counter
 from typing import Hashable, Iterable
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 from scipy.special import comb
 
 
@@ -42,6 +41,8 @@ def scores(table: np.ndarray) -> dict[str, float]:
     n = table.sum()
     if n == 0:
         return {}
+    from scipy.optimize import linear_sum_assignment  # imported where used: scaleclust/cluster/__init__.py
+
     rows, cols = linear_sum_assignment(-table)
     a, b = table.sum(axis=1), table.sum(axis=0)
     nz = table > 0

@@ -18,7 +18,6 @@ from typing import Any
 
 import faiss
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from scaleclust.cluster.kmeans import spherical_kmeans
 from scaleclust.cluster.subspaces import SubspaceAssigner, fit_subspaces
@@ -173,6 +172,8 @@ def match_similar(sims: np.ndarray, old_ids: np.ndarray, floor: float,
     Returns the id of each new cluster and the mapping record: matched (new slot, old id, cosine),
     new ids, retired old ids, and the next free id.
     """
+    from scipy.optimize import linear_sum_assignment  # imported where used: scaleclust/cluster/__init__.py
+
     rows, cols = linear_sum_assignment(-sims)
     ids = np.full(len(sims), -1, np.int64)
     matched = []

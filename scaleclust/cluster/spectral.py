@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import eigsh
-from sklearn.cluster import KMeans
 
 Affinity = np.ndarray | sp.spmatrix | sp.sparray
 TOL = 1e-6  # eigenpair residual: far below what moves a k-means label, and Lanczos converges much sooner
@@ -55,6 +54,8 @@ class SpectralBasis:
 
     def labels(self, k: int, seed: int, restarts: int = 10) -> np.ndarray:
         """Labels (n,) int32 in [0, k): k-means of the k-dimensional spectral embedding."""
+        from sklearn.cluster import KMeans  # imported where used: scaleclust/cluster/__init__.py
+
         return KMeans(k, n_init=restarts, random_state=seed).fit_predict(self.embedding(k)).astype(np.int32)
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 from typing import Iterable
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.metrics import adjusted_rand_score
 
 
 def _normalised(features: np.ndarray) -> np.ndarray:
@@ -24,6 +22,9 @@ def _normalised(features: np.ndarray) -> np.ndarray:
 def stability(features: np.ndarray, k: int, pairs: int = 3, seed: int = 0, restarts: int = 3) -> float:
     """Mean adjusted Rand index, over `pairs` random splits of the rows into two halves, between the
     labellings of all rows by the k-means centroids fitted on either half."""
+    from sklearn.cluster import KMeans  # imported where used: scaleclust/cluster/__init__.py
+    from sklearn.metrics import adjusted_rand_score
+
     x = _normalised(features)
     rng = np.random.default_rng([seed, k])
     scores = []

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from scaleclust.sources.decode import decode_member
 
@@ -90,6 +89,10 @@ def _decode_jpegs(datas: list[bytes], device: torch.device) -> tuple[list[torch.
     """Decode a batch in one call; when the batch fails, image by image (None: this one failed). Also, per
     image, whether it failed because the device ran out of memory (after a batch did, none is tried again
     here: the CPU path takes them all)."""
+    # imported here: torchvision's package costs a second of CPU, paid otherwise by every Ray worker that
+    # imports the stages (this module comes in with the embed stage)
+    from torchvision.io import ImageReadMode, decode_jpeg
+
     tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
     try:
         return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)), [False] * len(datas)

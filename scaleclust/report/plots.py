@@ -3,13 +3,26 @@ from __future__ import annotations
 
 import io
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A figure on the Agg canvas. matplotlib is imported here: the stages that import this module run in
+    Ray workers that mostly never draw, and it costs a quarter second of CPU each."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _png(fig: Figure) -> bytes:
-    FigureCanvasAgg(fig)
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=100, bbox_inches="tight")
     return out.getvalue()
@@ -18,7 +31,7 @@ def _png(fig: Figure) -> bytes:
 def size_distribution(sizes: np.ndarray) -> bytes:
     """Cluster sizes: one bar per cluster, largest first, for up to 40 clusters; else a histogram (with
     log-spaced bins when sizes span more than a factor of 20)."""
-    fig = Figure(figsize=(5, 3))
+    fig = _figure(5, 3)
     ax = fig.add_subplot()
     sizes = sizes[sizes > 0]
     if len(sizes) <= 40:
@@ -41,7 +54,7 @@ def size_distribution(sizes: np.ndarray) -> bytes:
 
 def confidence_histogram(counts: np.ndarray) -> bytes:
     """Histogram of every row's assignment confidence (counts over equal bins of [0, 1])."""
-    fig = Figure(figsize=(5, 3))
+    fig = _figure(5, 3)
     ax = fig.add_subplot()
     edges = np.linspace(0, 1, len(counts) + 1)
     ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#a5593b")
@@ -65,7 +78,7 @@ def cluster_map(centroids: np.ndarray, sizes: np.ndarray, confidence: np.ndarray
                 annotate: int = 15) -> bytes:
     """Clusters at their centroids' 2-D projection; area by size, colour by mean confidence, the
     largest ones labelled."""
-    fig = Figure(figsize=(6.5, 5))
+    fig = _figure(6.5, 5)
     ax = fig.add_subplot()
     keep = sizes > 0
     xy = project_2d(centroids[keep])
