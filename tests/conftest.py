@@ -34,7 +34,10 @@ import yaml
 
 for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-                    "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "0"}.items():
+                    "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "0",
+                    # Ray Train's preemption watcher only logs node drains, and the suite's one node never drains:
+                    # without it every fit starts one actor process fewer
+                    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}.items():
     os.environ[name] = value
 
 # Ray's loggers (ray.data's too) bind their stream when first imported. Imported here, at collection, that is the
