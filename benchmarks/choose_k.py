@@ -34,6 +34,12 @@ def within(k: int, truth: int) -> bool:
     return abs(k - truth) <= TOLERANCE * truth
 
 
+def on_fit_sample(x: np.ndarray, seed: int) -> dict:
+    """k: auto as the fit runs it: on the fit's seeded sample of `x`, among the default candidates."""
+    rows = np.random.default_rng(seed).choice(len(x), size=min(ROWS, len(x)), replace=False)
+    return choose_k(x[rows], K_CANDIDATES, seed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="the OUT folder of benchmarks/datasets.py")
@@ -49,9 +55,8 @@ def main() -> None:
         x, y = load(args.data, name)
         truth = len(np.unique(y))
         for seed in args.seeds:
-            rows = np.random.default_rng(seed).choice(len(x), size=min(ROWS, len(x)), replace=False)
             started = time.time()
-            found = choose_k(x[rows], K_CANDIDATES, seed)
+            found = on_fit_sample(x, seed)
             hit = within(found["k"], truth)
             misses += [] if hit else [f"{name} seed {seed}: {found['k']} (true {truth})"]
             curve = " | " + " ".join(f"{k}:{v:.3f}" for k, v in found["values"].items()) if args.curves else ""

@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("logits", type=Path, help="the --logits folder of benchmarks/quality.py")
     args = parser.parse_args()
     found: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for path in sorted(args.logits.glob("*.npz")):
+    for path in sorted(p for p in args.logits.glob("*.npz") if not p.stem.endswith("-kauto")):  # at the true k
         name, method, seed = path.stem.rsplit("-", 2)
         fit = np.load(path)
         for rule, value in rule_accs(fit["logits"], int(fit["chosen"]), fit["labels"], int(seed)).items():

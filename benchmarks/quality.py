@@ -45,13 +45,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import load  # noqa: E402  (benchmarks/ is not a package)
+from choose_k import on_fit_sample  # noqa: E402  (benchmarks/ is not a package)
+from datasets import load  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # SIC's semantic space depends on the encoder only (the demo's, for every set): built once, reused
 SEMANTIC_RUN = Path(tempfile.gettempdir()) / "scaleclust-quality-semantic"
 
-from scaleclust.cluster.choose_k import ROWS as CHOOSE_K_ROWS, choose_k
 from scaleclust.cluster.kmeans import spherical_kmeans
 from scaleclust.cluster.local_fit import fit
 from scaleclust.cluster.metrics import Contingency, scores
@@ -63,7 +63,7 @@ from scaleclust.cluster.scl import SCL, SclConfig
 from scaleclust.cluster.sic import SIC, SicConfig, space_nouns
 from scaleclust.cluster.spice import SPICE, SpiceConfig
 from scaleclust.cluster.turtle import Turtle, TurtleConfig
-from scaleclust.config import K_CANDIDATES, ClusterConfig, IndexConfig, load as load_config
+from scaleclust.config import ClusterConfig, IndexConfig, load as load_config
 from scaleclust.rundir import RunDir
 from scaleclust.semantic import SemanticSpace, build_space
 from scaleclust.index.build import add, train
@@ -179,20 +179,15 @@ def defaults(method: str, overrides: Overrides) -> str:
     return repr(settings(method, overrides))
 
 
-def chosen_k(x: np.ndarray, seed: int) -> int:
-    """The k that the fit's `k: auto` chooses on this seed's sample (no labels)."""
-    rows = np.random.default_rng(seed).choice(len(x), size=min(CHOOSE_K_ROWS, len(x)), replace=False)
-    return int(choose_k(x[rows], K_CANDIDATES, seed)["k"])
-
-
 def one_fit(task: tuple[str, str, int, Overrides, Path | None, str]) -> dict[str, object]:
     """One (data set, method, seed) fit, scored; runs in its own process. With a logits folder, a head
-    method's every head's logits, the chosen head and the labels go to FOLDER/SET-METHOD-SEED.npz (to
+    method's every head's logits, the chosen head and the labels go to FOLDER/SET-METHOD-SEED.npz
+    (SET-METHOD-SEED-kauto.npz at the k that k: auto chose, so that the two runs keep apart) (to
     study head selection and confidence without refitting)."""
     torch.set_num_threads(1)  # comparable timings on a shared machine
     run_dir, method, seed, overrides, folder, k_mode = task
     x, labels = load(Path(run_dir).parent, Path(run_dir).name)
-    k = chosen_k(x, seed) if k_mode == "auto" else len(set(labels.tolist()))
+    k = int(on_fit_sample(x, seed)["k"]) if k_mode == "auto" else len(set(labels.tolist()))
     started = time.time()
     extra = (settings(method, overrides),) if method in overrides else ()
     fitted = METHODS[method](x, k, seed, *extra)
@@ -200,7 +195,8 @@ def one_fit(task: tuple[str, str, int, Overrides, Path | None, str]) -> dict[str
     result = evaluate(fitted.clusters, labels)
     if folder is not None and fitted.logits is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(folder / f"{Path(run_dir).name}-{method}-{seed}.npz", logits=fitted.logits,
+        name = f"{Path(run_dir).name}-{method}-{seed}{'-kauto' if k_mode == 'auto' else ''}.npz"
+        np.savez_compressed(folder / name, logits=fitted.logits,
                             chosen=fitted.chosen, labels=labels)
     print(f"  {Path(run_dir).name} {method} seed {seed} k {k}: ACC {result['acc']:.3f} NMI {result['nmi']:.3f} "
           f"ARI {result['ari']:.3f} ({seconds:.0f} s)", flush=True)
