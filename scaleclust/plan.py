@@ -19,6 +19,7 @@ from typing import Any
 
 from scaleclust.config import Config, ConfigError
 from scaleclust.pipeline import STAGES
+from scaleclust.price import Rate
 from scaleclust.rundir import RunDir
 from scaleclust.sources import ShardSpec, plan as plan_shards
 from scaleclust.sources.laion import CHUNK, npy_rows
@@ -33,18 +34,10 @@ KEY_BYTES = 16  # assumed key length when no shard was probed
 SHARD_ROWS = 10_000  # rows per shard where none is listed (plan --rows): img2dataset's default
 
 
-@dataclass(frozen=True)
-class Rate:
-    """Images per second of one encoder actor: per GPU (gpus_per_actor >= 1) or on CPU."""
-
-    images_per_second: float
-    source: str
-    estimate: bool = False
-
-
 _H200 = ("scaleclust embed stage on one H200 with 16 CPUs, bf16 weights, batch 256, 72k photos, one encoder "
          "actor, rate after the actor was ready (2026-11-29)")
 _CPU = "scaleclust embed stage on 2 CPUs, one encoder actor (docs/measurements.md, 2026-11-25)"
+# images per second of one encoder actor: per GPU (gpus_per_actor >= 1) or on CPU
 MEASURED_RATES: dict[tuple[str, str, str], Rate] = {
     ("open_clip", "ViT-B-32", "gpu"): Rate(3000, _H200),
     ("open_clip", "ViT-L-14", "gpu"): Rate(1486, _H200),
@@ -227,12 +220,12 @@ def encode_rate(cfg: Config, encoder: Encoder, committed: dict[str, dict[str, An
     device = "gpu" if cfg.embed.gpus_per_actor > 0 else "cpu"
     rate = MEASURED_RATES.get((model.kind, model.arch, device))
     if rate and device == "gpu" and cfg.embed.precision != "bf16":
-        return Rate(rate.images_per_second, rate.source + f"; measured at bf16, not {cfg.embed.precision}", True)
+        return Rate(rate.per_second, rate.source + f"; measured at bf16, not {cfg.embed.precision}", False)
     if rate or device == "cpu" or not encoder.params:
         return rate
-    scaled = min(DECODE_BOUND, MEASURED_RATES[REFERENCE].images_per_second * REFERENCE_PARAMS / encoder.params)
+    scaled = min(DECODE_BOUND, MEASURED_RATES[REFERENCE].per_second * REFERENCE_PARAMS / encoder.params)
     return Rate(scaled, f"{REFERENCE[1]}'s measured rate scaled by image-tower parameters "
-                f"({encoder.params / 1e6:.0f}M against {REFERENCE_PARAMS / 1e6:.0f}M), at most {DECODE_BOUND}", True)
+                f"({encoder.params / 1e6:.0f}M against {REFERENCE_PARAMS / 1e6:.0f}M), at most {DECODE_BOUND}", False)
 
 
 def embed_needs(cfg: Config, rows: Rows, enc: Encoder, n_shards: int, warnings: list[str]) -> list[Stage]:
@@ -362,9 +355,9 @@ def make_plan(cfg: Config, memory_bytes: int | None = None, rows_given: int | No
     embed: dict[str, Any] = {"rows": rows.to_embed}
     rate = encode_rate(cfg, enc, committed) if cfg.input.format != "laion_embeddings" else None
     if rate:
-        hours = rows.to_embed / rate.images_per_second / 3600
+        hours = rows.to_embed / rate.per_second / 3600
         gpus = cfg.embed.gpus_per_actor
-        embed |= {"images_per_second": rate.images_per_second, "source": rate.source, "estimate": rate.estimate,
+        embed |= {"images_per_second": rate.per_second, "source": rate.source, "estimate": not rate.measured,
                   "gpu_hours": hours * gpus if gpus else 0.0, "actor_hours": hours,
                   "wall_hours_at_max_actors": hours / cfg.embed.max_actors}
     elif cfg.input.format != "laion_embeddings":

@@ -27,25 +27,27 @@ _SCALE = "docs/measurements.md, the whole pipeline at 1M and 4M rows, 2 CPUs (20
 
 @dataclass(frozen=True)
 class Rate:
-    """Units of work per second (per CPU core, or per Train worker for the fit), with its provenance."""
+    """Units of work per second (images per encoder actor, rows or queries per CPU core, steps per Train
+    worker) with its provenance: where it comes from, and whether it was measured (else it is an estimate
+    or an assumption) on which card and when. `plan` and `price` both read these."""
 
     per_second: float
-    card: str
-    date: str
     source: str
-    measured: bool
+    measured: bool = True
+    card: str = ""
+    date: str = ""
 
 
 RATES: dict[str, Rate] = {
     # rows/s per core at 128-d: the marginal cost per row between 1M and 4M rows, times 2 cores
-    "ingest": Rate(1 / ((44.1 - 19.3) / 3e6 * 2), "2-CPU VM", "2026-11-30", _SCALE, True),
-    "assign": Rate(1 / ((22.6 - 14.1) / 3e6 * 2), "2-CPU VM", "2026-11-30", _SCALE, True),
+    "ingest": Rate(1 / ((44.1 - 19.3) / 3e6 * 2), _SCALE, True, "2-CPU VM", "2026-11-30"),
+    "assign": Rate(1 / ((22.6 - 14.1) / 3e6 * 2), _SCALE, True, "2-CPU VM", "2026-11-30"),
     # rows/s per core at 128-d and 4M rows (train + add); scaled by row_work to other sizes
-    "index": Rate(MEASURED_ROWS / (82.2 * 2), "2-CPU VM", "2026-11-30", _SCALE, True),
+    "index": Rate(MEASURED_ROWS / (82.2 * 2), _SCALE, True, "2-CPU VM", "2026-11-30"),
     # queries/s per core at 128-d and 4M rows (20,000 queries, k 10, nprobe 8)
-    "neighbors": Rate(20_000 / (63.0 * 2), "2-CPU VM", "2026-11-30", _SCALE, True),
+    "neighbors": Rate(20_000 / (63.0 * 2), _SCALE, True, "2-CPU VM", "2026-11-30"),
     # Train steps/s of one GPU worker (SCAN's head on a 768-d sample with its neighbours): not measured yet
-    "fit": Rate(20.0, "any", "2026-12-06", "assumed: device_check.sh's scan_fit line will replace it", False),
+    "fit": Rate(20.0, "assumed: device_check.sh's scan_fit line will replace it", False, "any", "2026-12-06"),
 }
 
 

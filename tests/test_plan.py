@@ -21,7 +21,7 @@ def test_tiny_config(tmp_path: Path, shards: list[str]) -> None:
     cfg = tiny_config(str(tmp_path / "run"), shards)
     plan = make_plan(cfg, 8 * GIB)
     assert (plan["shards"], plan["rows"], plan["rows_exact"], plan["dim"]) == (3, 36, True, 64)
-    assert plan["embed"]["images_per_second"] == planner.MEASURED_RATES[("open_clip", "scaleclust-tiny", "cpu")].images_per_second
+    assert plan["embed"]["images_per_second"] == planner.MEASURED_RATES[("open_clip", "scaleclust-tiny", "cpu")].per_second
     assert plan["embed"]["gpu_hours"] == 0 and not plan["embed"]["estimate"]
     names = [s["name"] for s in plan["stages"]]
     assert names == ["embed: decode", "embed: encode", "fit (kmeans)", "assign"]  # k-means needs no index
