@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scaleclust.config import Config, ConfigError
+from scaleclust.methods import needs_index
 from scaleclust.pipeline import STAGES
 from scaleclust.price import Rate
 from scaleclust.rundir import RunDir
@@ -252,8 +253,6 @@ def fit_needs(cfg: Config, rows: Rows, enc: Encoder, n_shards: int, warnings: li
         out.append(Stage("fit (kmeans)", "one task: the sample, float32", sample * d * 4 + c.largest_k() * d * 4))
     else:
         share = -(-sample // c.train.workers)
-        from scaleclust.methods import needs_index
-
         neighbors = getattr(c, c.method).neighbors if needs_index(c) else 0  # every method trained on neighbours
         per_row = d * 4 + neighbors * d * 2
         out.append(Stage(f"fit ({c.method})", f"{c.train.workers} Train worker(s): each its share of the "

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-
 from typing import TYPE_CHECKING
 
 import numpy as np
