@@ -18,7 +18,8 @@ import time
 import pyarrow as pa
 import ray
 
-from scaleclust.cluster.mlc import MLC, MLCConfig
+from scaleclust.cluster.mlc import MLC
+from scaleclust.cluster.settings import MLCConfig
 from scaleclust.config import StorageConfig, TrainConfig
 from scaleclust.tables import METADATA, embedding_array, write_commit
 from scaleclust.index.synthetic import clustered_vectors

@@ -27,7 +27,8 @@ from scaleclust.cluster.coding_length import choose_k
 from scaleclust.cluster.kmeans import spherical_kmeans
 from scaleclust.cluster.local_fit import fit
 from scaleclust.cluster.metrics import Contingency, scores
-from scaleclust.cluster.mlc import MLC, MLCConfig, cluster_sample, fit_assigner, head_features
+from scaleclust.cluster.mlc import MLC, cluster_sample, fit_assigner, head_features
+from scaleclust.cluster.settings import MLCConfig
 from scaleclust.cluster.stability import choose_k_by_stability
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -55,14 +55,15 @@ SEMANTIC_RUN = Path(tempfile.gettempdir()) / "scaleclust-quality-semantic"
 from scaleclust.cluster.kmeans import spherical_kmeans
 from scaleclust.cluster.local_fit import fit
 from scaleclust.cluster.metrics import Contingency, scores
-from scaleclust.cluster.mlc import MLC, MLCConfig, fit_assigner
+from scaleclust.cluster.mlc import MLC, fit_assigner
 from scaleclust.cluster.heads import HeadAssigner, HeadsMethod, OneHead, select_head
 from scaleclust.cluster.method import Method
-from scaleclust.cluster.scan import SCAN, ScanConfig
-from scaleclust.cluster.scl import SCL, SclConfig
-from scaleclust.cluster.sic import SIC, SicConfig, space_nouns
-from scaleclust.cluster.spice import SPICE, SpiceConfig
-from scaleclust.cluster.turtle import Turtle, TurtleConfig
+from scaleclust.cluster.scan import SCAN
+from scaleclust.cluster.scl import SCL
+from scaleclust.cluster.settings import MLCConfig, ScanConfig, SclConfig, SicConfig, SpiceConfig, TurtleConfig
+from scaleclust.cluster.sic import SIC, space_nouns
+from scaleclust.cluster.spice import SPICE
+from scaleclust.cluster.turtle import Turtle
 from scaleclust.config import ClusterConfig, IndexConfig, load as load_config
 from scaleclust.rundir import RunDir
 from scaleclust.semantic import SemanticSpace, build_space

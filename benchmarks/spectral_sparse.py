@@ -25,7 +25,8 @@ from datasets import load  # noqa: E402
 
 from scaleclust.cluster.local_fit import fit  # noqa: E402
 from scaleclust.cluster.metrics import Contingency, scores  # noqa: E402
-from scaleclust.cluster.mlc import MLC, MLCConfig, head_features, knn_membership, membership_affinity  # noqa: E402
+from scaleclust.cluster.mlc import MLC, head_features, knn_membership, membership_affinity  # noqa: E402
+from scaleclust.cluster.settings import MLCConfig
 from scaleclust.cluster.spectral import spectral_cluster  # noqa: E402
 
 

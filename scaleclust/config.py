@@ -13,13 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, PositiveInt, ValidationError, field_validator, model_validator
 
-from scaleclust.cluster.mlc import MLCConfig
-from scaleclust.cluster.scan import ScanConfig
-from scaleclust.cluster.scl import SclConfig
-from scaleclust.cluster.settings import Strict
-from scaleclust.cluster.sic import SicConfig
-from scaleclust.cluster.spice import SpiceConfig
-from scaleclust.cluster.turtle import TurtleConfig
+from scaleclust.cluster.settings import (MLCConfig, ScanConfig, SclConfig, SicConfig, SpiceConfig, Strict,
+                                         TurtleConfig)
 from scaleclust.failures import SetupError
 
 

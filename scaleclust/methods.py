@@ -1,5 +1,6 @@
-"""The method registry: for each clustering method (its loss terms, recipe and config section live in one
-module of scaleclust/cluster/), how the fit stage trains it and how its committed model assigns rows.
+"""The method registry: for each clustering method (its loss terms and recipe live in one module of
+scaleclust/cluster/, its config section in scaleclust/cluster/settings.py), how the fit stage trains it
+and how its committed model assigns rows.
 
 A method is one `MethodEntry`, registered once with `register`. `trains` says where it trains: in one
 Ray task ("task": k-means), or on the Ray Train loop ("ray_train"), with each sampled row's neighbours

@@ -9,7 +9,8 @@ from torch import nn
 
 from scaleclust.cluster.local_fit import fit
 from scaleclust.cluster.metrics import scores
-from scaleclust.cluster.turtle import Turtle, TurtleConfig, mean_entropy, soft_cross_entropy
+from scaleclust.cluster.turtle import Turtle, mean_entropy, soft_cross_entropy
+from scaleclust.cluster.settings import TurtleConfig
 
 
 def blobs(y: torch.Tensor, d: int, seed: int, spread: float = 0.5) -> torch.Tensor:

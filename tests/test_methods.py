@@ -9,12 +9,12 @@ import torch
 from scaleclust.cli import main
 from scaleclust.cluster.local_fit import fit
 from scaleclust.cluster.heads import HeadAssigner, OneHead
-from scaleclust.cluster.scan import SCAN, ScanConfig
-from scaleclust.cluster.scl import SCL, ProjectedHeads, SclConfig
+from scaleclust.cluster.scan import SCAN
+from scaleclust.cluster.scl import SCL, ProjectedHeads
+from scaleclust.cluster.settings import ScanConfig, SclConfig, SicConfig, TurtleConfig
 from scaleclust.cluster.sic import space_nouns
-from scaleclust.cluster.sic import SIC, SicConfig
+from scaleclust.cluster.sic import SIC
 from scaleclust.cluster.turtle import TaskEncoder
-from scaleclust.cluster.turtle import TurtleConfig
 from scaleclust.config import ClusterConfig
 from tests.test_cli_mistakes import config
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scaleclust.cluster.mlc import MLCConfig
+from scaleclust.cluster.settings import MLCConfig
 from scaleclust.config import ClusterConfig, ConfigError, from_dict
 from scaleclust.methods import build_mlc, fit_params
 from tests.conftest import rejected_before_ray

@@ -9,7 +9,8 @@ from sklearn.metrics import adjusted_rand_score
 
 from scaleclust.cluster.local_fit import fit
 from scaleclust.cluster.metrics import scores
-from scaleclust.cluster.mlc import MLC, MLCConfig, cluster_sample, fit_assigner
+from scaleclust.cluster.mlc import MLC, cluster_sample, fit_assigner
+from scaleclust.cluster.settings import MLCConfig
 
 K = 5
 CONFIG = MLCConfig(hidden=128, out_dim=16, lr=1e-3, batch_size=250, steps=150, warmup_steps=20)

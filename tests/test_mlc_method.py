@@ -1,7 +1,8 @@
 """MLC as a Method: warm-up schedule, the Z -> C copy, optimizer groups, every parameter in the graph."""
 import torch
 
-from scaleclust.cluster.mlc import MLC, MLCConfig
+from scaleclust.cluster.mlc import MLC
+from scaleclust.cluster.settings import MLCConfig
 
 
 def test_warmup_optimises_rate_only_then_copies_z_head_into_c_head():

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from scaleclust.cluster.mlc import MLCConfig, assign_memory_bytes, knn_membership, membership_affinity
+from scaleclust.cluster.mlc import assign_memory_bytes, knn_membership, membership_affinity
+from scaleclust.cluster.settings import MLCConfig
 from scaleclust.cluster.spectral import SpectralBasis, spectral_cluster
 from scaleclust.config import ClusterConfig, ConfigError
 from scaleclust.methods import check_assign_memory
@@ -69,7 +70,8 @@ BOUND_GIB = 1.5  # the stated bound for 100,000 rows of 64-d embeddings, k 20: d
 SCRIPT = textwrap.dedent("""
     import json, resource
     import numpy as np, torch
-    from scaleclust.cluster.mlc import MLC, MLCConfig, fit_assigner
+    from scaleclust.cluster.mlc import MLC, fit_assigner
+    from scaleclust.cluster.settings import MLCConfig
     from scaleclust.index.synthetic import clustered_vectors
 
     def rss(field):

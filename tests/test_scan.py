@@ -9,8 +9,8 @@ import torch
 
 from scaleclust.cluster.local_fit import fit
 from scaleclust.cluster.heads import ClusterHeads, HeadAssigner, select_head
-from scaleclust.cluster.scan import (SCAN, ScanConfig, balanced_cross_entropy, confident_targets, consistency,
-                                     entropy, scan_loss)
+from scaleclust.cluster.scan import SCAN, balanced_cross_entropy, confident_targets, consistency, entropy, scan_loss
+from scaleclust.cluster.settings import ScanConfig
 
 
 def test_consistency_is_mean_negative_log_agreement() -> None:

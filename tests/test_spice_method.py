@@ -7,7 +7,8 @@ import torch
 
 from scaleclust.cluster.local_fit import fit
 from scaleclust.cluster.heads import HeadAssigner
-from scaleclust.cluster.spice import SPICE, SpiceConfig
+from scaleclust.cluster.spice import SPICE
+from scaleclust.cluster.settings import SpiceConfig
 
 
 def test_spice_needs_neighbours() -> None:

@@ -1,37 +1,17 @@
-"""What every multi-head method trained on neighbours shares (SCAN, SPICE, SIC, SCL): its config
-section, `heads` cluster heads on one trunk, the recipe's common part (Adam, counted in steps), the
-label-free choice of the head with the lowest loss, and assigning rows with the chosen head."""
+"""What every multi-head method trained on neighbours shares (SCAN, SPICE, SIC, SCL): `heads` cluster
+heads on one trunk, the recipe's common part (Adam, counted in steps), the label-free choice of the head
+with the lowest loss, and assigning rows with the chosen head."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 
 from scaleclust.cluster.method import unwrap
 from scaleclust.cluster.shapes import check_shape
-from scaleclust.cluster.settings import Strict
-
-
-class HeadsConfig(Strict):
-    """What every multi-head method trained on neighbours shares (cluster.scan, .spice, .sic, .scl): heads
-    on frozen embeddings, Adam, counted in steps, the lowest-loss head kept (label-free). One recipe for
-    all: a 512-wide trunk and 5 neighbours won for SCAN on all three labelled sets, then lifted SPICE and
-    SIC above their linear heads with 20 neighbours (docs/measurements.md#methods-x-data-sets)."""
-
-    heads: int = Field(10, gt=0, description="heads trained at once; the one with the lowest loss is kept")
-    hidden: int = Field(512, ge=0, description="width of the shared Linear-BN-ReLU trunk; 0 = linear heads")
-    steps: int = Field(600, gt=0, description="steps of the method's first phase")
-    self_label_steps: int = Field(200, ge=0, description="further steps adding labels of confident/reliable rows")
-    agreement: float = Field(0.0, ge=0, le=1, description="self-labelling also needs this share of a row's "
-                             "neighbours predicted in its cluster (SPICE's reliable set); 0 = confidence alone")
-    batch_size: int = Field(256, gt=0, description="rows per step per worker")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
-    weight_decay: float = Field(1e-4, ge=0, description="Adam weight decay")
-    neighbors: int = Field(5, gt=0, description="neighbours per row, from the index (index.nprobe)")
-    select_steps: int = Field(50, gt=0, le=50, description="last steps whose per-head losses choose the head")
+from scaleclust.cluster.settings import HeadsConfig
 
 
 class ClusterHeads(nn.Module):

@@ -8,44 +8,14 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
 from scaleclust.cluster.method import unwrap
 from scaleclust.cluster.rate_reduction import coding_rate, compression_rate
-from scaleclust.cluster.settings import Strict
+from scaleclust.cluster.settings import MLCConfig
 from scaleclust.cluster.sinkhorn import sinkhorn_membership
 from scaleclust.cluster.spectral import spectral_cluster
 from scaleclust.cluster.subspaces import SubspaceAssigner, fit_subspaces
-
-
-class MLCConfig(Strict):
-    """`cluster.mlc`: MLC hyper-parameters (the CIFAR recipe of ALGORITHMS.md, scaled down), counted in
-    steps, not epochs. Defaults: the settings benchmarked in docs/measurements.md (a demo-size fit in
-    minutes on a CPU); GPUs can afford the recipe's own (hidden 4096, out_dim 128, batch_size 1024;
-    ImageNet: hidden 2048, out_dim 1024, eta 0.12, warmup_steps 2000)."""
-
-    hidden: int = Field(512, gt=0, description="width of the head's hidden layers")
-    out_dim: int = Field(32, gt=0, description="dimension of the Z (subspace) and C (cluster) features")
-    eps2: float = Field(0.1, gt=0, description="coding precision eps^2 of the rate terms")
-    eta: float = Field(0.175, gt=0, description="Sinkhorn entropy weight of the membership Pi")
-    sinkhorn_iters: int = Field(5, gt=0, description="Sinkhorn iterations per step")
-    gamma: float = Field(1.0, ge=0, description="weight of the compression term Rc")
-    pi_reg: float = Field(0.05, ge=0, description="weight of ||Pi||_F^2 / 2")
-    lr: float = Field(1e-4, gt=0, description="SGD learning rate")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    weight_decay: float = Field(1e-4, ge=0, description="weight decay of the body and Z head")
-    weight_decay_c: float = Field(5e-3, ge=0, description="weight decay of the C head")
-    batch_size: int = Field(512, ge=2, description="rows per step on each Train worker")
-    steps: int = Field(300, gt=0, description="training steps (not epochs: small samples are not under-trained)")
-    warmup_steps: int = Field(50, ge=0, description="first steps that optimise the rate R(Z) only")
-
-    @model_validator(mode="after")
-    def _warmup_before_end(self) -> "MLCConfig":
-        if self.warmup_steps >= self.steps:
-            raise ValueError(f"warmup_steps: {self.warmup_steps} leaves no step of clustering in {self.steps} "
-                             "steps; lower cluster.mlc.warmup_steps or raise cluster.mlc.steps")
-        return self
 
 
 class SubspaceClusterHead(nn.Module):

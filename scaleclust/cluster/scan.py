@@ -4,15 +4,15 @@ at once and one chosen without labels (lowest loss), then self-labelling on conf
 Terms are plain functions of probabilities / logits so each is tested on hand-computed tensors; `SCAN`
 is the `Method` that the training loops drive, with each row's neighbours' embeddings in the batch.
 
-`ScanConfig` is its config section (cluster.scan).
+Its config section (cluster.scan) is `ScanConfig`, in settings.py.
 """
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from scaleclust.cluster.heads import HeadsConfig, HeadsMethod, neighbor_labels
+from scaleclust.cluster.heads import HeadsMethod, neighbor_labels
+from scaleclust.cluster.settings import ScanConfig
 
 EPS = 1e-8
 
@@ -54,14 +54,6 @@ def balanced_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: tor
     counts = torch.bincount(target[mask], minlength=k).to(logits.dtype)
     weight = torch.where(counts > 0, counts.sum() / (k * counts.clamp_min(1)), torch.zeros_like(counts))
     return nn.functional.cross_entropy(logits[mask], target[mask], weight=weight)
-
-
-class ScanConfig(HeadsConfig):
-    """SCAN (cluster.method scan): kNN consistency + entropy over several heads, the lowest-loss head
-    kept, then self-labelling on confident rows; counted in steps."""
-
-    entropy_weight: float = Field(5.0, ge=0, description="weight of the entropy of the mean prediction")
-    threshold: float = Field(0.99, gt=0, lt=1, description="self-labelling: top probability above which a row is confident")
 
 
 class SCAN(HeadsMethod):

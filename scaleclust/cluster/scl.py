@@ -16,17 +16,17 @@ of it, on frozen embeddings (no image augmentations, hence no instance-level vie
   averaged over the anchors that have at least one positive. Unlabelled rows are neither anchors,
   positives nor negatives.
 
-`SCL` is the recipe (a `Method`) with its config section `SclConfig` (cluster.scl): cluster heads read
+`SCL` is the recipe (a `Method`) with its config section `SclConfig` (cluster.scl, in settings.py): cluster heads read
 the learnt unit projection f; the loss is SCAN's consistency + entropy plus contrastive_weight x this
 term on f.
 """
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from scaleclust.cluster.heads import ClusterHeads, HeadsConfig
+from scaleclust.cluster.heads import ClusterHeads
+from scaleclust.cluster.settings import SclConfig
 from scaleclust.cluster.scan import SCAN
 from scaleclust.cluster.shapes import check_shape
 
@@ -77,21 +77,6 @@ def cluster_contrastive_loss(f: torch.Tensor, labels: torch.Tensor, neighbors: t
     log_denom = torch.logsumexp(s.masked_fill(~cand_mask, -torch.inf), dim=1, keepdim=True)
     log_prob = (s - log_denom).masked_fill(~pos_mask, 0.0)
     return (-log_prob.sum(1) / pos_mask.sum(1)).mean()
-
-
-class SclConfig(HeadsConfig):
-    """SCL (cluster.method scl): cluster heads on a learnt unit projection; SCAN's consistency + entropy,
-    plus the cluster-aware contrastive term on the projection (positives: batch rows and neighbours that
-    share the row's pseudo-label)."""
-
-    self_label_steps: int = Field(0, ge=0, description="further steps adding SCAN's self-labelling")
-    projection: int = Field(128, gt=0, description="width of the unit projection the heads and contrast read")
-    entropy_weight: float = Field(5.0, ge=0, description="weight of the entropy of the mean prediction")
-    contrastive_weight: float = Field(1.0, ge=0, description="weight of the cluster-aware contrastive term")
-    temperature: float = Field(0.1, gt=0, description="contrastive temperature tau")
-    label_confidence: float = Field(0.7, ge=0, le=1, description="rows (and neighbours) whose heads' mean top "
-                                    "probability is below this take no part in the contrastive term")
-    threshold: float = Field(0.99, gt=0, lt=1, description="self-labelling: top probability above which a row is confident")
 
 
 class ProjectedHeads(nn.Module):

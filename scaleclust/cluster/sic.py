@@ -3,7 +3,7 @@ confident rows, semantic centres from the nouns of the semantic space nearest to
 label = the semantic centre it is closest to. The semantic space's vectors live in the image-embedding
 space (scaleclust.semantic), so nouns and rows compare by cosine.
 
-`SIC` is the recipe (a `Method`) with its config section `SicConfig` (cluster.sic): SCAN's kNN
+`SIC` is the recipe (a `Method`) with its config section `SicConfig` (cluster.sic, in settings.py): SCAN's kNN
 consistency + entropy over several heads, plus beta x cross-entropy of each head against its semantic
 pseudo-labels, drawn per batch (the reference draws them per epoch over all rows, which one process
 cannot hold at scale).
@@ -11,10 +11,9 @@ cannot hold at scale).
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from scaleclust.cluster.heads import HeadsConfig
+from scaleclust.cluster.settings import SicConfig
 from scaleclust.cluster.scan import SCAN
 
 
@@ -51,22 +50,6 @@ def space_nouns(centres: torch.Tensor, vectors: torch.Tensor, per_centre: int) -
     nouns (rows of `vectors`) with the highest cosine to each (gamma_r)."""
     sims = nn.functional.normalize(centres, dim=-1) @ nn.functional.normalize(vectors, dim=-1).T
     return sims.topk(min(per_centre, len(vectors)), dim=1).indices.flatten().unique()
-
-
-class SicConfig(HeadsConfig):
-    """SIC (cluster.method sic): SCAN's kNN consistency + entropy plus cross-entropy on semantic
-    pseudo-labels, drawn per batch from the nouns of the run's semantic space (label.*) nearest to each
-    cluster's image centre; needs an encoder with a text tower (CLIP) or classifier weights (timm)."""
-
-    self_label_steps: int = Field(0, ge=0, description="further steps adding SCAN's self-labelling (SIC has none)")
-    entropy_weight: float = Field(5.0, ge=0, description="weight of the entropy of the mean prediction (lambda)")
-    semantic_weight: float = Field(0.1, ge=0, description="weight of the semantic pseudo-label cross-entropy (beta)")
-    threshold: float = Field(0.99, gt=0, lt=1, description="self-labelling: top probability above which a row is confident")
-    space_nouns: int = Field(500, gt=0, description="nouns kept nearest each k-means centre of the assign sample "
-                             "(gamma_r); their union is SIC's semantic space")
-    centre_rows: float = Field(0.9, gt=0, le=1, description="share of a cluster's n/K top rows that make its image "
-                               "centre (xi_c)")
-    centre_nouns: int = Field(30, gt=0, description="nouns nearest an image centre that make its semantic centre (xi_a)")
 
 
 class SIC(SCAN):

@@ -13,7 +13,7 @@ smallest non-empty cluster, its most confident ones. Neighbour labels come from 
 embeddings through the same head (`neighbor_labels`): at fit time neighbours travel with their rows
 as embeddings, never as ids into a global table.
 
-`SPICE` is the recipe (a `Method`) with its config section `SpiceConfig` (cluster.spice): several heads
+`SPICE` is the recipe (a `Method`) with its config section `SpiceConfig` (cluster.spice, in settings.py): several heads
 trained with cross-entropy on each batch's prototype pseudo-labels; after `steps`, each head adds
 cross-entropy on its reliable rows, with the row's drawn neighbour as its augmented view. The lowest
 prototype loss picks the head.
@@ -23,10 +23,9 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from scaleclust.cluster.heads import HeadsConfig, HeadsMethod, neighbor_labels
+from scaleclust.cluster.heads import HeadsMethod, neighbor_labels
 from scaleclust.cluster.shapes import check_shape
 
 
@@ -82,16 +81,6 @@ def reliable_set(q: torch.Tensor, neighbor_labels: torch.Tensor, agreement: floa
     rank = torch.empty_like(labels)
     rank[order] = torch.arange(b) - start[labels[order]]
     return reliable & (rank < cap)
-
-
-class SpiceConfig(HeadsConfig):
-    """SPICE (cluster.method spice): prototype pseudo-labels per batch over several heads, then
-    self-training on the reliable set (neighbours agree, confident, balanced); counted in steps."""
-
-    batch_size: int = Field(512, gt=0, description="rows per step per worker (SPICE's prototypes need >= ~10 K)")
-    top_fraction: float = Field(0.5, gt=0, description="top rows per cluster (x B/K) that make its prototype")
-    agreement: float = Field(0.9, gt=0, le=1, description="reliable: share of neighbours with the row's label")
-    confidence: float = Field(0.99, gt=0, lt=1, description="reliable: top probability at least this")
 
 
 class SPICE(HeadsMethod):

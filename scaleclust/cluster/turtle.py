@@ -18,35 +18,12 @@ from __future__ import annotations
 import copy
 import math
 import torch
-from pydantic import Field, field_validator
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from scaleclust.cluster.method import unwrap
-from scaleclust.cluster.settings import Strict
+from scaleclust.cluster.settings import TurtleConfig
 from scaleclust.cluster.shapes import check_shape
-
-
-class TurtleConfig(Strict):
-    """TURTLE (cluster.method turtle): a linear task encoder over the embeddings (or over several spaces
-    concatenated in each row, `dims`), bilevel with linear inner classifiers; no neighbours. The reference
-    runs 6000 steps of batch 10k; 1000 steps already converge on demo-size sets on a CPU."""
-
-    dims: list[int] | None = Field(None, description="widths of the spaces concatenated in each embedding; null = one")
-    gamma: float = Field(10.0, ge=0, description="weight of the entropy of the mean labelling")
-    inner_steps: int = Field(10, gt=0, description="Adam steps of the inner linear classifiers per step (M)")
-    inner_lr: float = Field(1e-3, gt=0, description="learning rate of the inner classifiers")
-    outer_lr: float = Field(1e-3, gt=0, description="learning rate of the task encoder")
-    warm_start: bool = Field(True, description="keep the inner classifiers across steps (else refit from scratch)")
-    batch_size: int = Field(10_000, ge=2, description="rows per step per worker")
-    steps: int = Field(1000, gt=0, description="outer steps of the task encoder")
-
-    @field_validator("dims")
-    @classmethod
-    def _positive(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and (not value or min(value) <= 0):
-            raise ValueError("give each space's width (> 0), e.g. [512, 768], or null for one space")
-        return value
 
 
 def split_spaces(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
