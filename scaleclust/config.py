@@ -140,6 +140,9 @@ class TrainConfig(Strict):
                                    "its re-run, which resumes from the checkpoint")
     checkpoint_every: int = Field(100, gt=0, description="steps between checkpoints under model/train/")
     max_failures: int = Field(2, ge=0, description="worker failures survived by restarting from the last checkpoint")
+    poll_seconds: float = Field(0.5, gt=0, description="how often Ray Train's controller polls its workers (its "
+                                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default, wins when set): each checkpoint "
+                                "waits for a poll, which cost a small fit up to 2 s per checkpoint")
 
 
 class ClusterConfig(Strict):

@@ -61,7 +61,7 @@ Markers = dict[str, dict[str, Any]]
 # re-run, which then resumes from the checkpoint (and a committed model is reused). `workers` is not one
 # of them: each worker trains on its own share of the sample with its own batches, so the worker count
 # changes the result. `use_gpu` is not either: a checkpoint holds tensors of the device it was saved on.
-OPERATIONAL = {"train": ("checkpoint_every", "max_failures", "cpus_per_worker")}
+OPERATIONAL = {"train": ("checkpoint_every", "max_failures", "cpus_per_worker", "poll_seconds")}
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ of the newest checkpoint on one rank (injected on rank 0) makes every rank skip 
 older one, reported by name; ranks that chose for themselves resumed at different steps and DDP hung."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ NAME = "resume-test"
 
 
 class Linear:
-    """A linear head scored by the entropy of its mean prediction: enough to step DDP."""
+    """A linear head scored by the entropy of its mean prediction: enough to step DDP. Its stats carry the
+    controller's poll interval as the worker sees it (Ray passes it on from the driver)."""
 
     steps, batch_size, neighbors = 6, 16, 0
 
@@ -35,7 +37,7 @@ class Linear:
              neighbors: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         mean = head(x).softmax(-1).mean(0)
         loss = (mean * mean.clamp_min(1e-8).log()).sum()
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.item(), "poll": float(os.environ.get(loop.POLL_ENV, "nan"))}
 
     def on_step(self, head: nn.Module, step: int) -> None:
         """No schedule."""
@@ -71,8 +73,12 @@ def test_one_ranks_read_failure_makes_every_rank_resume_from_the_same_older_chec
     rows = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float16)
     dataset = ray.data.from_numpy(rows).map_batches(lambda b: {"x": b["data"]}).materialize()
     monkeypatch.setattr(loop, "train_worker", fails_on_rank_0)
-    _, facts = loop.train(run, NAME, method, 8, dataset, TrainConfig(workers=2, checkpoint_every=2), seed=0)
+    monkeypatch.delenv(loop.POLL_ENV, raising=False)
+    settings = TrainConfig(workers=2, checkpoint_every=2, poll_seconds=0.25)
+    _, facts = loop.train(run, NAME, method, 8, dataset, settings, seed=0)
     assert facts["steps"] == 6
+    assert facts["recent_stats"][-1]["poll"] == 0.25  # the fit ran with cluster.train.poll_seconds
+    assert loop.POLL_ENV not in os.environ  # and left the driver's environment as it found it
     assert facts["starts"] == [0, 2]  # every rank resumed at step 2, the newest that rank 0 could read
     assert len(facts["skipped_checkpoints"]) == 1
     assert facts["skipped_checkpoints"][0].startswith("checkpoint_step_00000004 (OSError: injected read failure")
