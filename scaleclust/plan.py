@@ -220,7 +220,7 @@ def encode_rate(cfg: Config, encoder: Encoder, committed: dict[str, dict[str, An
     model = cfg.embed.model
     device = "gpu" if cfg.embed.gpus_per_actor > 0 else "cpu"
     rate = MEASURED_RATES.get((model.kind, model.arch, device))
-    if rate and device == "gpu" and cfg.embed.precision != "bf16":
+    if rate and device == "gpu" and cfg.embed.precision not in ("bf16", "auto"):  # auto is bf16 on GPUs
         return Rate(rate.per_second, rate.source + f"; measured at bf16, not {cfg.embed.precision}", False)
     if rate or device == "cpu" or not encoder.params:
         return rate

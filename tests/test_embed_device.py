@@ -14,7 +14,7 @@ from PIL import Image
 from scaleclust.config import EmbedConfig, InputConfig, ModelConfig, StorageConfig
 from scaleclust.embed.actor import EncodeBatch
 from scaleclust.embed.device_decode import decode_batch, device_decodable
-from scaleclust.embed.encoders import load_encoder
+from scaleclust.embed.encoders import load_encoder, resolve_precision
 from scaleclust.sources.decode import decode_shard
 from scaleclust.sources.webdataset import Sample
 from tests.shards import bad_samples, synthetic_image
@@ -102,12 +102,23 @@ def test_bf16_weights_agree_with_fp32_on_real_weights() -> None:
 
     photos = [np.asarray(Image.fromarray(p).resize((224, 224))) for p in load_sample_images().images]
     crops = np.stack(photos + [p[::-1] for p in photos] + [p[:, ::-1] for p in photos])
-    fp32 = EncodeBatch(EmbedConfig(model=EFFNET, batch_size=4), StorageConfig())
+    fp32 = EncodeBatch(EmbedConfig(model=EFFNET, batch_size=4, precision="fp32"), StorageConfig())
     bf16 = EncodeBatch(EmbedConfig(model=EFFNET, batch_size=4, precision="bf16"), StorageConfig())
     assert next(bf16.encoder.model.parameters()).dtype == torch.bfloat16
     a, b = fp32.embed(crops).astype(np.float32), bf16.embed(crops).astype(np.float32)
     cosines = np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cosines.min() > 0.999, cosines
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, want", [(False, False, "fp32"), (True, False, "bf16"), (False, True, "bf16")])
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool,
+                                                               amx: bool, want: str) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert resolve_precision("auto", "cpu") == want
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    encoder = load_encoder(TINY, StorageConfig(), "cpu", "auto")
+    assert next(encoder.model.parameters()).dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[want]
 
 
 def test_checkpoints_load_onto_the_meta_device_without_a_random_init(tmp_path: Path) -> None:

@@ -59,11 +59,13 @@ def test_preprocess_known_without_weights() -> None:
 
 
 def test_actor_normalises_like_open_clip() -> None:
-    """The actor's uint8 -> normalised float on device equals open_clip's own transform."""
+    """The actor's uint8 -> normalised float on device equals open_clip's own transform (in fp32, as the
+    reference computes it)."""
     import open_clip
     from PIL import Image
 
-    actor = EncodeBatch(EmbedConfig(model=ModelConfig(arch="scaleclust-tiny"), batch_size=2), StorageConfig())
+    actor = EncodeBatch(EmbedConfig(model=ModelConfig(arch="scaleclust-tiny"), batch_size=2, precision="fp32"),
+                        StorageConfig())
     _, _, transform = open_clip.create_model_and_transforms("scaleclust-tiny", pretrained=None)
     pixels = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     ours = actor.embed(pixels).astype(np.float32)
@@ -75,7 +77,8 @@ def test_actor_normalises_like_open_clip() -> None:
 
 
 def test_caption_embeddings_from_the_text_tower() -> None:
-    actor = EncodeBatch(EmbedConfig(model=ModelConfig(arch="scaleclust-tiny"), text=True, batch_size=2), StorageConfig())
+    actor = EncodeBatch(EmbedConfig(model=ModelConfig(arch="scaleclust-tiny"), text=True, batch_size=2,
+                                    precision="fp32"), StorageConfig())  # the reference below is fp32
     pixels = np.zeros((3, 64, 64, 3), np.uint8)
     batch = actor({"image": pixels, "error": np.asarray(["", "", "bad"], object),
                    "caption": np.asarray(["a red disk", None, "a green square"], object), "busy": np.zeros(3)})

@@ -80,7 +80,8 @@ def test_efficientnet_classes_name_cat_and_coffee_crops(tmp_path: Path) -> None:
     from tests.conftest import tiny_config
 
     cfg = tiny_config(str(tmp_path / "run"), str(tmp_path / "shards" / "x.tar"), embed={
-        "model": {"kind": "timm", "arch": "efficientnet_lite0", "pretrained": "package:efficientnet_lite0"}})
+        "model": {"kind": "timm", "arch": "efficientnet_lite0", "pretrained": "package:efficientnet_lite0"},
+        "precision": "fp32"})  # the classifier's logits below are fp32's
     run = RunDir(cfg.run_dir, cfg.storage)
     space = build_space(cfg, run)
     assert space.kind == "classifier" and len(space.names) == 1000 and space.ids[281] == "n02123045"

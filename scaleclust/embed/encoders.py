@@ -105,8 +105,26 @@ def local_copy(url: str, storage: StorageConfig) -> str:
     return target
 
 
+def native_bf16(device: str) -> bool:
+    """Whether `device` computes bf16 natively: a CUDA GPU that supports it, or a CPU with AVX-512 BF16 or
+    AMX. Elsewhere bf16 is emulated, slower than fp32."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(probe is not None and probe() for probe in probes)
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """`embed.precision` for `device`: auto becomes bf16 where the device computes it natively, else fp32."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
+
+
 def load_encoder(cfg: ModelConfig, storage: StorageConfig, device: str, precision: str = "fp32") -> Encoder:
-    """Build the encoder on `device` in eval mode, its weights in the dtype `precision` names."""
+    """Build the encoder on `device` in eval mode, its weights in the dtype `precision` names (auto:
+    resolve_precision)."""
+    precision = resolve_precision(precision, device)
     if cfg.kind == "timm":
         return _load_timm(cfg, storage, device, DTYPES[precision])
     return _load_open_clip(cfg, storage, device, DTYPES[precision])
