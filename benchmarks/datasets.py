@@ -136,7 +136,7 @@ VARIANTS = [f"{name}@{count}" for name in CLUSTERING_SETS for count in (4, 7)] +
 
 
 def prepare_set(out: Path, name: str) -> dict[str, object]:
-    """Write NAME's shards, embed them into OUT/NAME with the demo's encoder, then write READY."""
+    """Write NAME's shards, embed them into OUT/NAME with the demo's encoder in fp32, then write READY."""
     ready = out / name / "READY"
     if ready.exists():
         return json.loads(ready.read_text())
@@ -146,7 +146,10 @@ def prepare_set(out: Path, name: str) -> dict[str, object]:
     images, labels = images[order], labels[order]
     shards = out / "_shards" / name
     write_shards(shards, images, labels, caption, source, n_shards=max(2, len(images) // 1000))
-    cfg = load_config(REPO / "jobs" / "demo.yaml", [f"run_dir={out / name}", f"input.shards=[{shards}/*.tar]"])
+    # fp32 pinned: the quality tables were measured on fp32 embeddings, and embed.precision auto would give
+    # bf16 on CPUs that compute it natively and fp32 elsewhere (cosine >= 0.998 apart, not the same bits)
+    cfg = load_config(REPO / "jobs" / "demo.yaml", [f"run_dir={out / name}", f"input.shards=[{shards}/*.tar]",
+                                                    "embed.precision=fp32"])
     ctx = prepare(cfg)
     ensure_ray(cfg)
     run_stage("embed", ctx)
