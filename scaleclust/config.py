@@ -113,7 +113,7 @@ class EmbedConfig(Strict):
                                   "before decoding (an errors/ row): bounds a decode task's memory")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="dtype of the encoder's weights and inputs; auto: bf16 where the device computes it "
-        "natively (a GPU; a CPU with AVX-512 BF16 or AMX, where ViT-B-32 and EfficientNet-Lite0 ran 2.3x faster "
+        "natively (a GPU; a CPU with AVX-512 BF16 or AMX, where ViT-B-32 and EfficientNet-Lite0 ran 2.2x faster "
         "than in fp32, embeddings within cosine 0.998 of fp32's), else fp32")
     text: bool = Field(False, description="also embed captions with the CLIP text tower (open_clip only)")
 
