@@ -107,9 +107,11 @@ def local_copy(url: str, storage: StorageConfig) -> str:
 
 def native_bf16(device: str) -> bool:
     """Whether `device` computes bf16 natively: a CUDA GPU that supports it, or a CPU with AVX-512 BF16 or
-    AMX. Elsewhere bf16 is emulated, slower than fp32."""
+    AMX (through oneDNN, which torch's CPU builds carry). Elsewhere bf16 is emulated, slower than fp32."""
     if device.startswith("cuda"):
         return torch.cuda.is_bf16_supported()
+    if not torch.backends.mkldnn.is_available():
+        return False
     probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
     return any(probe is not None and probe() for probe in probes)
 
