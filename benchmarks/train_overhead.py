@@ -24,7 +24,7 @@ from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from scaleclust.config import TrainConfig
-from scaleclust.train.loop import POLL_ENV
+from scaleclust.train.loop import POLL_ENV, controller_polls
 
 RAY_DEFAULT = 2.0  # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S when unset
 
@@ -42,16 +42,13 @@ def reports_only(config: dict) -> None:
 
 
 def fit_seconds(storage: str, workers: int, reports: int, poll: float) -> float:
-    os.environ[POLL_ENV] = str(poll)  # Ray passes it from the driver to the controller when the fit starts
-    try:
-        started = time.perf_counter()
+    started = time.perf_counter()
+    with controller_polls(poll):  # as the Train loop sets it
         TorchTrainer(reports_only, train_loop_config={"reports": reports},
                      scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 0.5}),
                      run_config=RunConfig(name=f"overhead-{time.time_ns()}", storage_path=storage,
                                           checkpoint_config=CheckpointConfig(num_to_keep=2))).fit()
-        return time.perf_counter() - started
-    finally:
-        os.environ.pop(POLL_ENV, None)
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -61,6 +58,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     ours = TrainConfig().poll_seconds
+    if POLL_ENV in os.environ:
+        raise SystemExit(f"unset {POLL_ENV}: it would override both settings compared here")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # an actor that only logs node drains
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     times: dict[tuple[float, int], list[float]] = {}
