@@ -123,6 +123,14 @@ def step_scan(form: str) -> None:
     """The stages a SCAN fit needs, in this process (one Ray): ingest of a precomputed dump, index and
     neighbours, the fit through Ray Train (on CUDA unless dry), assign. Naming and the report are the
     pipeline step's."""
+    gpu = form != "dry"
+    n, d, steps, k = SCAN["dry" if form == "dry" else "gpu"]
+    with tempfile.TemporaryDirectory(prefix="device-scan-", ignore_cleanup_errors=True) as folder:
+        _scan(Path(folder), gpu, n, d, steps, k)
+
+
+def _scan(work: Path, gpu: bool, n: int, d: int, steps: int, k: int) -> None:
+    """step_scan in the folder `work`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -130,9 +138,6 @@ def step_scan(form: str) -> None:
     from scaleclust.pipeline import prepare, run_stage
     from scaleclust.ray_setup import ensure_ray
 
-    gpu = form != "dry"
-    n, d, steps, k = SCAN["dry" if form == "dry" else "gpu"]
-    work = Path(tempfile.mkdtemp(prefix="device-scan-"))
     x = clustered(n, d, k, seed=2).astype(np.float16)
     for folder in ("img_emb", "metadata"):
         (work / "dump" / folder).mkdir(parents=True)
@@ -160,11 +165,17 @@ def step_scan(form: str) -> None:
 
 
 def step_pipeline(form: str) -> None:
+    """A tiny `scaleclust run` from image shards, the encoder on one GPU unless dry."""
+    with tempfile.TemporaryDirectory(prefix="device-run-", ignore_cleanup_errors=True) as folder:
+        _pipeline(Path(folder), form)
+
+
+def _pipeline(work: Path, form: str) -> None:
+    """step_pipeline in the folder `work`."""
     import yaml
 
     from tests.shards import write_synthetic_shards
 
-    work = Path(tempfile.mkdtemp(prefix="device-run-"))
     shards = write_synthetic_shards(work / "shards", n_shards=2, per_shard=32)
     job = {"run_dir": str(work / "run"), "input": {"shards": shards, "label_field": "label"},
            "embed": {"model": {"arch": "scaleclust-tiny"}, "gpus_per_actor": 0 if form == "dry" else 1},

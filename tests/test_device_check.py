@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,9 @@ def check(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -
 @pytest.mark.ray
 @pytest.mark.timeout(900)
 def test_dry_run_runs_every_step() -> None:
+    scratch = set(Path(tempfile.gettempdir()).glob("device-*"))
     code, lines = check()
+    assert set(Path(tempfile.gettempdir()).glob("device-*")) == scratch, "a step left its scratch folder behind"
     steps = {line["step"]: line for line in lines if "step" in line}
     assert code == 0, [line for line in lines if line.get("ok") is False]
     assert set(steps) == {"env", "embed:vitb32", "kmeans", "ivf", "scan", "pipeline"}
