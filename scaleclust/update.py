@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ import torch
 
 from scaleclust import methods
 from scaleclust.stages import fit, summary
-from scaleclust.cluster.drift import DriftCounts, Novelty, calibrate, report
+from scaleclust.cluster.drift import FRESH_QUERIES, DriftCounts, Novelty, calibrate, fresh_neighbourhoods, report
 from scaleclust.cluster.grow import grow_state
 from scaleclust.cluster.heads import OneHead
 from scaleclust.cluster.sic import SIC
@@ -90,29 +91,34 @@ def _novelty(run: RunDir, model_id: str) -> Novelty:
 
 # drift -------------------------------------------------------------------------------------------
 
-def drift_shard(item: dict[str, Any], run: RunDir, novelty: Novelty, low: float) -> DriftCounts:
-    """One new shard's contribution to the drift report: its assignments joined to its embeddings."""
+def drift_shard(item: dict[str, Any], run: RunDir, novelty: Novelty, low: float, sample_rows: int) -> DriftCounts:
+    """One new shard's contribution to the drift report: its assignments joined to its embeddings, and
+    `sample_rows` of its rows for the neighbourhood test."""
     emb = run.read_table(run.embeddings(item["shard"]), ["key", "embedding"])
     asg = run.read_table(run.path("assignments", item["file"]), ["key", "cluster", "confidence"])
     asg = asg.take(pc.index_in(emb["key"], value_set=asg["key"].combine_chunks()))
     counts = DriftCounts()
-    counts.add(asg["cluster"].to_numpy(), asg["confidence"].to_numpy(), novelty.novel(embedding_matrix(emb["embedding"])),
-               emb["key"].to_pylist(), low, EXAMPLES)
+    x = embedding_matrix(emb["embedding"])
+    counts.add(asg["cluster"].to_numpy(), asg["confidence"].to_numpy(), novelty.novel(x), emb["key"].to_pylist(), low,
+               EXAMPLES, x, sample_rows)
     return counts
 
 
 def drift(run: RunDir, latest: dict[str, Any], new: list[str], upd: UpdateConfig) -> dict[str, Any]:
-    """The drift report of the rows of `new` shards against the latest version's clusters."""
+    """The drift report of the rows of `new` shards against the latest version's clusters; the
+    neighbourhood test runs here on FRESH_QUERIES rows sampled over the shards and the model's reference."""
     print(f"drift: {len(new)} new shard(s) against version {latest['version']}", flush=True)
     markers = run.committed("assignments")
     novelty = _novelty(run, latest["model"])
     total = DriftCounts()
     for part in map_shards(drift_shard, [{"shard": s, "file": markers[s]["file"]} for s in new], num_cpus=1,
-                           run=run, novelty=novelty, low=upd.low_confidence):
+                           run=run, novelty=replace(novelty, reference=None), low=upd.low_confidence,
+                           sample_rows=-(-FRESH_QUERIES // max(len(new), 1))):
         total.merge(part, EXAMPLES)
     fitted = {int(c): n for c, n in latest["sizes"].items()}
     return {"parent": latest["version"], "shards": new,
-            **report(fitted, total, upd.growth, upd.min_expected_rows, upd.drift_warn, upd.drift_refit)}
+            **report(fitted, total, upd.growth, upd.min_expected_rows, upd.drift_warn, upd.drift_refit,
+                     total.fresh_share(novelty.reference))}
 
 
 def decide(upd: UpdateConfig, policy: str, latest: dict[str, Any], report_: dict[str, Any]) -> tuple[bool, str]:
@@ -151,13 +157,15 @@ def news(markers: dict[str, dict[str, Any]], n: int, seed: int, unseen: set[str]
 def concept_groups(x: np.ndarray, novel: np.ndarray, slots: np.ndarray, old_ids: np.ndarray, new: dict[str, Any],
                    upd: UpdateConfig, niter: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The rows of concepts the old model lacks, which seed new clusters, and their groups (one per new
-    cluster, -1 for a row left out). The rows: novel rows (no cluster accepts them) and the new-shard
-    parts of grown clusters (cluster.refit.fresh_rows); x's rows with their old cluster slots and
-    `new` = news() of this sample. The groups: cluster.refit.novel_groups, at most
-    update.max_new_clusters, at the granularity of the old clusters, less the groups whose rows come from
-    old and new shards alike (keep_fresh: outliers of old concepts)."""
+    cluster, -1 for a row left out). The rows: novel rows (no cluster accepts them), the new-shard
+    parts of grown clusters (cluster.refit.fresh_rows) and new rows whose neighbourhoods are new
+    (cluster.drift.fresh_neighbourhoods); x's rows with their old cluster slots and `new` = news() of
+    this sample. The groups: cluster.refit.novel_groups, at most update.max_new_clusters, at the
+    granularity of the old clusters, less the groups whose rows come from old and new shards alike
+    (keep_fresh: outliers of old concepts)."""
     grown = [int(np.flatnonzero(old_ids == c)[0]) for c in new["grown"] if c in old_ids]
-    concept = novel | fresh_rows(x, slots, new["is_new"], grown, upd.min_new_cluster_rows, niter, seed)
+    concept = (novel | fresh_rows(x, slots, new["is_new"], grown, upd.min_new_cluster_rows, niter, seed)
+               | fresh_neighbourhoods(x, new["is_new"], seed))
     wanted = min(upd.max_new_clusters, int(concept.sum()) // upd.min_new_cluster_rows)
     tight = typical_tightness(x[~concept], slots[~concept], upd.min_new_cluster_rows)
     groups = novel_groups(x[concept], wanted, niter, seed, upd.min_new_cluster_rows, tight)
@@ -538,7 +546,9 @@ def _update(cfg: Config, lease: Lease, history: Versions) -> dict[str, Any]:
 def print_drift(report_: dict[str, Any]) -> None:
     print(f"drift: {report_['new_rows']} new rows, score {report_['score']:.3f} ({report_['status']}; warn at "
           f"{report_['thresholds']['warn']}, refit at {report_['thresholds']['refit']}), novel "
-          f"{report_['novel_rows']} ({report_['novel_share']:.1%}), low-confidence {report_['low_confidence_share']:.1%}, "
+          f"{report_['novel_rows']} ({report_['novel_share']:.1%}), "
+          + (f"fresh {report_['fresh_share']:.1%}, " if report_.get("fresh_share") is not None else "")
+          + f"low-confidence {report_['low_confidence_share']:.1%}, "
           f"total variation {report_['total_variation']:.3f}")
     if report_["grown"] or report_["shrunk"]:
         print(f"drift: grew {report_['grown']}, shrank {report_['shrunk']}")

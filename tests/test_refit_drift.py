@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scaleclust.cluster.drift import DriftCounts, calibrate, report
+from scaleclust.cluster.drift import DriftCounts, Novelty, calibrate, fresh_neighbourhoods, fresh_threshold, report
 from scaleclust.cluster.refit import (fresh_rows, keep_fresh, match_ids, match_similar, novel_groups,
                                       prototypes, subspace_similarity, typical_tightness, warm_kmeans, warm_subspaces)
 from scaleclust.cluster.subspaces import SubspaceAssigner, fit_subspaces
@@ -93,6 +93,64 @@ def test_fresh_rows_find_a_new_concept_inside_a_grown_cluster_and_only_there() -
     fresh = fresh_rows(x, slots, is_new, [0, 2, 3], 20, 10, 0)
     assert fresh[concept == 1].all() and not fresh[concept != 1].any()
     assert fresh_rows(x, slots, np.zeros(len(x), bool), [0, 2, 3], 20, 10, 0).sum() == 0
+
+
+def test_fresh_threshold_is_a_binomial_tail_below_alpha() -> None:
+    """t of m new neighbours is rarer than alpha for an old concept's row at that share of new rows; t - 1
+    is not. Where even m of m would be chance, m grows; beyond 30 neighbours nothing can be fresh."""
+    from math import comb
+
+    for share in (0.01, 0.12, 0.25, 0.5, 0.6):
+        m, t = fresh_threshold(share, 1e-3)
+        tail = [sum(comb(m, j) * share ** j * (1 - share) ** (m - j) for j in range(c, m + 1)) for c in (t, t - 1)]
+        assert tail[0] <= 1e-3 < tail[1] and t <= m
+    assert fresh_threshold(0.25) == (10, 8) and fresh_threshold(0.6)[0] > 10
+    m, t = fresh_threshold(0.9)
+    assert t > m
+
+
+def test_fresh_neighbourhoods_mark_a_concept_inside_an_old_cluster_and_nothing_else() -> None:
+    """A new concept close to an old one (a novelty test accepts it) whose rows come only from new shards:
+    its rows are fresh; new rows of the old concepts, mixed with old rows, are not, at any mix."""
+    rng = np.random.default_rng(12)
+    centres = unit(rng, 4, 32)
+    near = centres[0] + 0.3 * unit(rng, 1, 32)[0]  # a concept inside cluster 0's reach
+    old, _ = blobs(centres[:3], 900, 0.06, 1)
+    for new_rows in (150, 600, 1800):
+        known, _ = blobs(centres[:3], new_rows, 0.06, 2)
+        concept, _ = blobs((near / np.linalg.norm(near))[None], 60, 0.03, 3)
+        x = np.concatenate([old, known, concept])
+        is_new = np.r_[np.zeros(len(old), bool), np.ones(len(known) + len(concept), bool)]
+        fresh = fresh_neighbourhoods(x, is_new)
+        assert fresh[-60:].mean() > 0.9 and fresh[len(old):-60].mean() < 0.01 and not fresh[:len(old)].any()
+        novelty = calibrate(old, np.argmax(old @ centres[:3].T, axis=1), np.arange(3), 0.01)
+        assert novelty.novel(x[-60:]).mean() < 0.5  # the novelty test alone misses it
+    assert not fresh_neighbourhoods(x, np.zeros(len(x), bool)).any()
+
+
+def test_drift_counts_fresh_share_against_the_models_reference() -> None:
+    """The drift's neighbourhood test: the novelty file keeps reference rows of the model's sample; a
+    night whose rows hold a concept that cluster 0 accepts gets that concept's share as fresh, and it
+    adds to the score; a night of old concepts gets none. Without a reference there is no test."""
+    rng = np.random.default_rng(13)
+    centres = unit(rng, 3, 32)
+    old, label = blobs(centres, 3000, 0.06, 4)
+    novelty = Novelty.from_bytes(calibrate(old, label, np.arange(3), 0.01, reference_rows=1000).to_bytes())
+    assert novelty.reference is not None and novelty.reference.shape == (1000, 32)
+    near = centres[0] + 0.3 * unit(rng, 1, 32)[0]
+    for planted in (0, 100):
+        known, known_label = blobs(centres, 400 - planted, 0.06, 5)
+        concept, _ = blobs((near / np.linalg.norm(near))[None], planted, 0.03, 6)
+        x = np.concatenate([known, concept]) if planted else known
+        counts = DriftCounts()
+        counts.add(np.r_[known_label, np.zeros(planted, int)], np.ones(len(x)), novelty.novel(x),
+                   [f"k{i}" for i in range(len(x))], 0.5, 3, x, sample_rows=200)
+        fresh = counts.fresh_share(novelty.reference)
+        out = report({0: 1000, 1: 1000, 2: 1000}, counts, 2.0, 5, 0.1, 0.25, fresh)
+        assert len(counts.sample) == 200 and out["fresh_share"] == round(fresh, 5)
+        assert (0.2 <= fresh <= 0.25) if planted else fresh == 0.0  # a quarter of the rows, less any novel
+        assert abs(out["score"] - (out["total_variation"] + out["novel_share"] + fresh)) < 1e-4
+    assert counts.fresh_share(None) is None
 
 
 def test_subspace_similarity_is_the_cosine_of_principal_angles() -> None:

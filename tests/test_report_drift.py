@@ -30,13 +30,14 @@ def test_report_shows_the_latest_drift(tmp_path: Path) -> None:
     index = Path(report.run(cfg, run, shards)["report"])
     assert overview_table(index, "run") is not None and overview_table(index, "drift") is None
 
-    # A night whose 50 new rows all land in cluster 0, 10 of them far from every cluster.
+    # A night whose 50 new rows all land in cluster 0, 10 of them far from every cluster, and 0.1 of
+    # them accepted yet in neighbourhoods of new rows only.
     sizes = dict(zip(*(run.read_table(run.clusters, ["cluster", "size"])[c].to_pylist() for c in ("cluster", "size"))))
     counts = DriftCounts()
     novel = np.arange(50) < 10
     counts.add(np.zeros(50, np.int32), np.full(50, 0.9, np.float32), novel, [f"k{i}" for i in range(50)], 0.5, 20)
     drift = {"parent": "00002-20261129T000000Z", "shards": ["00002"],
-             **drift_report(sizes, counts, 2.0, 5, 0.1, 0.25)}
+             **drift_report(sizes, counts, 2.0, 5, 0.1, 0.25, fresh=0.1)}
     history = Versions(run)
     older = {**drift, "score": 0.0, "status": "ok", "grown": [], "shrunk": []}  # an earlier night's report
     run.write_marker(history.path("00002-20261129T000000Z", "drift.json"), older)
@@ -48,8 +49,9 @@ def test_report_shows_the_latest_drift(tmp_path: Path) -> None:
     total = sum(sizes.values())
     tv = 0.5 * (abs(1 - sizes[0] / total) + sum(n / total for c, n in sizes.items() if c != 0))
     assert table["version"] == "00003-20261130T000000Z"
-    assert table["drift score"] == f"{tv + 0.2:.3f} (refit; warn at 0.1, refit at 0.25)"
+    assert table["drift score"] == f"{tv + 0.2 + 0.1:.3f} (refit; warn at 0.1, refit at 0.25)"
     assert table["novel rows"].startswith("10 (20.0%)")
+    assert table["fresh rows"].startswith("10.0% accepted by a cluster")
     assert table["new rows"] == "50"
     assert table["grew (new share >= 2.0x fitted)"] == "0"
     shrunk = [c for c, n in sorted(sizes.items()) if c != 0 and n / total * 50 >= 5]

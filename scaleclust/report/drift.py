@@ -23,6 +23,8 @@ def drift_section(run: RunDir) -> dict[str, Any] | None:
             ("drift score", f"{drift['score']:.3f} ({drift['status']}; warn at {limits['warn']}, refit at {limits['refit']})"),
             ("new rows", f"{drift['new_rows']:,}"),
             ("novel rows", f"{drift['novel_rows']:,} ({drift['novel_share']:.1%}) far from every cluster"),
+            *([("fresh rows", f"{drift['fresh_share']:.1%} accepted by a cluster, in neighbourhoods only new rows fill")]
+              if drift.get("fresh_share") is not None else []),
             ("low-confidence share", f"{drift['low_confidence_share']:.1%}"),
             ("total variation of shares", f"{drift['total_variation']:.3f}"),
             (f"grew (new share >= {limits['growth']}x fitted)", _ids(drift["grown"])),
