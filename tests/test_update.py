@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Callable
 
 import boto3
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -247,6 +249,52 @@ def test_mlc_warm_refit_keeps_ids(tmp_path: Path, make_config) -> None:
     kept = [k for k in before if before[k] in {m["id"] for m in id_map["matched"]}]
     assert sum(before[k] == after[k] for k in kept) >= 0.9 * len(kept)
     assert second["new_shards"] == new and second["rows"] == 60 and verify(cfg.run_dir) == []
+
+
+def write_part(dump: Path, part: int, x: np.ndarray) -> list[str]:
+    """Rows x as part `part` of a precomputed-embedding dump (keys PART-ROW); returns the keys."""
+    for folder in ("img_emb", "metadata"):
+        (dump / folder).mkdir(parents=True, exist_ok=True)
+    keys = [f"{part}-{i:04d}" for i in range(len(x))]
+    np.save(dump / "img_emb" / f"img_emb_{part}.npy", x.astype(np.float16))
+    pq.write_table(pa.table({"key": keys}), dump / "metadata" / f"metadata_{part}.parquet")
+    return keys
+
+
+@pytest.mark.slow
+def test_a_concept_inside_an_old_clusters_reach_is_fresh_and_gets_a_new_id(tmp_path: Path, make_config) -> None:
+    """A night whose new concept lies within cluster 0's reach: few of its rows are novel and the shares
+    move too little to refit, but its rows' neighbourhoods hold only new rows. The drift reports them as
+    fresh, the update refits, and the concept gets its own new id while the old clusters keep theirs."""
+    rng = np.random.default_rng(3)
+
+    def unit(v: np.ndarray) -> np.ndarray:
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+    def blobs(centres: np.ndarray, n: int, noise: float) -> np.ndarray:
+        return unit(centres[rng.integers(0, len(centres), n)] + noise * rng.standard_normal((n, centres.shape[1])))
+
+    centres = unit(rng.standard_normal((3, 16)))
+    near = unit(centres[0] + 0.35 * unit(rng.standard_normal(16)))
+    dump = tmp_path / "dump"
+    for part in range(3):
+        write_part(dump, part, blobs(centres, 300, 0.08))
+    cfg = make_config(str(tmp_path / "run"), str(dump), input={"format": "laion_embeddings"},
+                      cluster={"sample_size": 2000})
+    first = update(cfg)
+    write_part(dump, 3, blobs(centres, 240, 0.08))
+    planted = write_part(dump, 4, blobs(near[None], 60, 0.04))
+    second = update(cfg)
+    run = RunDir(cfg.run_dir, cfg.storage)
+    drift = run.marker(Versions(run).path(second["version"], "drift.json"))
+    assert drift["novel_share"] < 0.1 and drift["grown_excess"] < cfg.update.grown_refit  # novelty alone: no refit
+    assert drift["total_variation"] + drift["novel_share"] < cfg.update.drift_refit
+    assert 0.15 <= drift["fresh_share"] <= 0.21  # the planted fifth of the night, less its novel rows
+    assert second["refit"] and drift["status"] == "refit"
+    model = run.marker(run.path(second["model_dir"], "model.json"))
+    assert model["seeded_new"] == 1 and model["k"] == 4
+    assert_new_concept_got_a_new_id(run, first, second, sorted(first["shards"]), second["new_shards"], planted)
+    assert verify(cfg.run_dir, cfg.storage) == []
 
 
 def test_names_and_their_synset_ids_are_carried_by_cluster_id(tmp_path: Path) -> None:
