@@ -149,6 +149,8 @@ def test_drift_counts_fresh_share_against_the_models_reference() -> None:
         out = report({0: 1000, 1: 1000, 2: 1000}, counts, 2.0, 5, 0.1, 0.25, fresh)
         assert len(counts.sample) == 200 and out["fresh_share"] == round(fresh, 5)
         assert (0.2 <= fresh <= 0.25) if planted else fresh == 0.0  # a quarter of the rows, less any novel
+        fewer = counts.fresh_share(novelty.reference, queries=100)  # a night of many shards: 100 of the rows
+        assert (0.15 <= fewer <= 0.3) if planted else fewer == 0.0
         assert abs(out["score"] - (out["total_variation"] + out["novel_share"] + fresh)) < 1e-4
     assert counts.fresh_share(None) is None
 

@@ -158,16 +158,19 @@ class DriftCounts:
             self.sample = np.concatenate([self.sample, sample])
             self.sample_novel = np.concatenate([self.sample_novel, novel])
 
-    def fresh_share(self, reference: np.ndarray | None) -> float | None:
+    def fresh_share(self, reference: np.ndarray | None, queries: int = FRESH_QUERIES) -> float | None:
         """Share of the sampled rows that a cluster accepts yet whose neighbourhoods, among the reference
         (rows the model knew) and the sample, are new (fresh_neighbourhoods): rows of a concept an old
-        cluster took in. None without a reference or a sample."""
+        cluster took in. On `queries` of the sampled rows at most (a night of more shards than that
+        samples a row of each). None without a reference or a sample."""
         if reference is None or self.sample is None or self.sample_novel is None or not len(self.sample):
             return None
-        x = np.concatenate([reference, self.sample]).astype(np.float32)
-        is_new = np.concatenate([np.zeros(len(reference), bool), np.ones(len(self.sample), bool)])
+        pick = np.unique(np.linspace(0, len(self.sample) - 1, min(queries, len(self.sample))).round().astype(np.int64))
+        sample, novel = self.sample[pick], self.sample_novel[pick]
+        x = np.concatenate([reference, sample]).astype(np.float32)
+        is_new = np.concatenate([np.zeros(len(reference), bool), np.ones(len(sample), bool)])
         fresh = fresh_neighbourhoods(x, is_new, rows=len(x))[len(reference):]
-        return float((fresh & ~self.sample_novel).mean())
+        return float((fresh & ~novel).mean())
 
     def merge(self, other: "DriftCounts", examples: int) -> None:
         if other.sample is not None and other.sample_novel is not None:
