@@ -6,8 +6,9 @@ throughout.
 Steps, each committed before the next, so a killed update re-run resumes (see scaleclust.versions):
 1. embed the shards no marker covers (the embed stage skips committed ones); index them when the run has
    an index; assign them with the current model (the assign stage skips assigned ones);
-2. drift of the new shards' rows against the latest version (Ray task per shard) and the refit decision,
-   recorded in versions/V/decision.json and drift.json;
+2. drift of the new shards' rows against the latest version (Ray task per shard; novel rows, and rows
+   whose neighbourhoods only new rows fill) and the refit decision, recorded in versions/V/decision.json
+   and drift.json;
 3. on refit: a warm start from the current model on a fresh sample (k-means from the centroids; MLC
    keeps its head and refits its subspaces, both in a Ray task; the heads trained with Ray Train
    (scan, spice, sic, scl, turtle) train update.refit_steps steps from the committed head, grown by
@@ -91,9 +92,10 @@ def _novelty(run: RunDir, model_id: str) -> Novelty:
 
 # drift -------------------------------------------------------------------------------------------
 
-def drift_shard(item: dict[str, Any], run: RunDir, novelty: Novelty, low: float, sample_rows: int) -> DriftCounts:
+def drift_shard(item: dict[str, Any], run: RunDir, novelty: Novelty, low: float,
+                sample_rows: int) -> tuple[str, DriftCounts]:
     """One new shard's contribution to the drift report: its assignments joined to its embeddings, and
-    `sample_rows` of its rows for the neighbourhood test."""
+    `sample_rows` of its rows for the neighbourhood test; with the shard's name."""
     emb = run.read_table(run.embeddings(item["shard"]), ["key", "embedding"])
     asg = run.read_table(run.path("assignments", item["file"]), ["key", "cluster", "confidence"])
     asg = asg.take(pc.index_in(emb["key"], value_set=asg["key"].combine_chunks()))
@@ -101,19 +103,21 @@ def drift_shard(item: dict[str, Any], run: RunDir, novelty: Novelty, low: float,
     x = embedding_matrix(emb["embedding"])
     counts.add(asg["cluster"].to_numpy(), asg["confidence"].to_numpy(), novelty.novel(x), emb["key"].to_pylist(), low,
                EXAMPLES, x, sample_rows)
-    return counts
+    return item["shard"], counts
 
 
 def drift(run: RunDir, latest: dict[str, Any], new: list[str], upd: UpdateConfig) -> dict[str, Any]:
     """The drift report of the rows of `new` shards against the latest version's clusters; the
-    neighbourhood test runs here on FRESH_QUERIES rows sampled over the shards and the model's reference."""
+    neighbourhood test runs here on FRESH_QUERIES rows sampled over the shards and the model's reference.
+    The shards' parts merge in shard order, so the report does not depend on which task finished first."""
     print(f"drift: {len(new)} new shard(s) against version {latest['version']}", flush=True)
     markers = run.committed("assignments")
     novelty = _novelty(run, latest["model"])
     total = DriftCounts()
-    for part in map_shards(drift_shard, [{"shard": s, "file": markers[s]["file"]} for s in new], num_cpus=1,
-                           run=run, novelty=replace(novelty, reference=None), low=upd.low_confidence,
-                           sample_rows=-(-FRESH_QUERIES // max(len(new), 1))):
+    parts = map_shards(drift_shard, [{"shard": s, "file": markers[s]["file"]} for s in new], num_cpus=1,
+                       run=run, novelty=replace(novelty, reference=None), low=upd.low_confidence,
+                       sample_rows=-(-FRESH_QUERIES // max(len(new), 1)))
+    for _, part in sorted(parts, key=lambda named: named[0]):
         total.merge(part, EXAMPLES)
     fitted = {int(c): n for c, n in latest["sizes"].items()}
     return {"parent": latest["version"], "shards": new,

@@ -120,6 +120,11 @@ def fresh_neighbourhoods(x: np.ndarray, is_new: np.ndarray, seed: int = 0, rows:
     return fresh
 
 
+def evenly(n: int, k: int) -> np.ndarray:
+    """Indices of min(k, n) of n rows, evenly spaced (first and last included): a sample without a seed."""
+    return np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(np.int64))
+
+
 @dataclass
 class DriftCounts:
     """What the new rows of one or more shards contribute: rows per cluster id, low-confidence and
@@ -140,8 +145,8 @@ class DriftCounts:
         """Count rows with their clusters, confidences and novelty; with their embeddings x, keep
         `sample_rows` of them, evenly spaced, as the sample."""
         if x is not None and sample_rows > 0 and len(x):
-            pick = np.unique(np.linspace(0, len(x) - 1, min(sample_rows, len(x))).round().astype(np.int64))
-            self._keep(np.asarray(x, np.float16)[pick], np.asarray(novel, bool)[pick])
+            pick = evenly(len(x), sample_rows)
+            self._keep(np.asarray(x)[pick].astype(np.float16), np.asarray(novel, bool)[pick])
         self.rows += len(clusters)
         self.low_confidence += int((confidence < low).sum())
         self.novel += int(novel.sum())
@@ -165,7 +170,7 @@ class DriftCounts:
         samples a row of each). None without a reference or a sample."""
         if reference is None or self.sample is None or self.sample_novel is None or not len(self.sample):
             return None
-        pick = np.unique(np.linspace(0, len(self.sample) - 1, min(queries, len(self.sample))).round().astype(np.int64))
+        pick = evenly(len(self.sample), queries)
         sample, novel = self.sample[pick], self.sample_novel[pick]
         x = np.concatenate([reference, sample]).astype(np.float32)
         is_new = np.concatenate([np.zeros(len(reference), bool), np.ones(len(sample), bool)])
