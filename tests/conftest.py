@@ -153,6 +153,22 @@ def kill_when_present(proc: subprocess.Popen, folder: Path, pattern: str, timeou
     proc.wait()
 
 
+def a_state_loads(files: list[Path]) -> bool:
+    """Whether one of the checkpoint state files loads whole: kill_when_present's `until` for a kill after a
+    complete checkpoint (a state file appears when its upload starts, and a kill then can cut it short)."""
+    import torch
+
+    from scaleclust.train.loop import UNREADABLE
+
+    for path in files:
+        try:
+            torch.load(path, weights_only=True)
+            return True
+        except UNREADABLE:
+            continue
+    return False
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

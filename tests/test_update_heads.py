@@ -22,7 +22,7 @@ from scaleclust.storage import listdir
 from scaleclust.update import update
 from scaleclust.verify import verify
 from scaleclust.versions import Versions
-from tests.conftest import kill_when_present
+from tests.conftest import a_state_loads, kill_when_present
 from tests.shards import NEW_CONCEPT, write_synthetic_shards
 from tests.test_update import (arrivals, assert_new_concept_got_a_new_id, clusters_by_key, labels_by_key,
                                version_files)
@@ -103,7 +103,8 @@ def test_killed_scan_refit_ends_where_an_unbroken_one_ends(tmp_path: Path, make_
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     proc = subprocess.Popen([sys.executable, "-m", "scaleclust.cli", "update", str(job)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    kill_when_present(proc, tmp_path / "b" / "model" / "train", "refit-*/checkpoint_*/state.pt")
+    # killed once a whole checkpoint is there: one cut short mid-upload is skipped, and the re-run starts afresh
+    kill_when_present(proc, tmp_path / "b" / "model" / "train", "refit-*/checkpoint_*/state.pt", until=a_state_loads)
     run = RunDir(str(tmp_path / "b"), StorageConfig())
     history = Versions(run)
     assert history.latest()["version"] == first["version"]  # the pointer never moved
