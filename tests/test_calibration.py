@@ -1,6 +1,6 @@
 """The label-free confidence temperature (scaleclust.cluster.calibration): its search hits its target,
-neighbour agreement counts what it says, and a head that is right about as often as its neighbours
-agree is no longer reported as nearly always sure."""
+neighbour agreement counts what it says, a head that is right about as often as its neighbours agree
+is no longer reported as nearly always sure, and a head less sure than that is not made surer."""
 from __future__ import annotations
 
 import numpy as np
@@ -44,6 +44,14 @@ def test_an_overconfident_head_is_calibrated_to_its_neighbours() -> None:
     found = calibrate(x, logits)
     assert found["mean_confidence_raw"] > 0.99 and found["temperature"] > 1
     assert abs(found["mean_confidence"] - found["agreement"]) < 1e-3 and found["mean_confidence"] < 0.75
+
+
+def test_an_underconfident_head_keeps_its_own_softmax() -> None:
+    x, truth = blobs(400, 4)
+    logits = 0.5 * np.eye(2)[truth]  # right on every row, and its neighbours agree, yet barely sure
+    found = calibrate(x, logits)
+    assert found["agreement"] == 1.0 and found["temperature"] == 1.0
+    assert found["mean_confidence"] == found["mean_confidence_raw"] < 0.65
 
 
 def test_head_assigner_applies_its_temperature() -> None:

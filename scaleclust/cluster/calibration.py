@@ -9,6 +9,12 @@ means does not shrink as the data grows (a billion rows' 50 nearest are all dupl
 cross many clusters when k is large. Neighbour agreement still overrates accuracy where two classes
 overlap in the features, which no label-free signal can see; it is the estimate that transfers.
 NEIGHBOR_SHARE was chosen on three labelled sets together (docs/measurements.md#calibrated-confidence).
+
+The temperature only cools (T >= 1): a head less sure than its rows' neighbours agree keeps its own
+softmax. Agreement measures how smooth a partition is, not whether it is right, and a poor partition
+can be smooth: SCL's and TURTLE's heads were right on 0.35-0.46 of the rows with a raw mean confidence
+of 0.14-0.44, while their neighbours agreed on 0.58-0.74, so warming them to agreement made their error
+worse on every set.
 """
 from __future__ import annotations
 
@@ -65,10 +71,11 @@ def temperature(logits: np.ndarray, target: float, iters: int = 60) -> float:
 
 def calibrate(x: np.ndarray, logits: np.ndarray) -> dict[str, float]:
     """The temperature for a head from its logits on sample rows x (unit rows), with the evidence:
-    rows, neighbours per row, neighbour agreement, mean confidence before and after."""
+    rows, neighbours per row, neighbour agreement, mean confidence before and after. At least 1 (the
+    module docstring): the mean confidence becomes the agreement, or stays below it."""
     clusters = np.argmax(logits, axis=1)
     agreement, m = neighbor_agreement(x, clusters, logits.shape[1])
-    t = temperature(logits, agreement)
+    t = max(1.0, temperature(logits, agreement))
     return {"temperature": round(t, 6), "rows": int(len(x)), "neighbors": m, "agreement": round(agreement, 5),
             "mean_confidence_raw": round(float(softmax(logits).max(axis=1).mean()), 5),
             "mean_confidence": round(float(softmax(logits, t).max(axis=1).mean()), 5)}
