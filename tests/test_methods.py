@@ -95,16 +95,16 @@ def test_sic_recovers_planted_clusters_named_by_planted_nouns() -> None:
 
 
 def test_scl_adds_the_contrastive_term_on_consistent_neighbours() -> None:
-    # projection and heads fixed by hand: f = unit rows, logits = f; rows 0, 1 in cluster 0, rows 2, 3 in 1;
+    # projection and heads fixed by hand: f = unit rows, logits = 10 x; rows 0, 1 in cluster 0, rows 2, 3 in 1;
     # row 0's second neighbour lies in cluster 1, so it is no positive (the consistency condition)
     method = SCL(SclConfig(heads=1, hidden=0, projection=2, neighbors=2, temperature=0.5, contrastive_weight=2.0,
                          label_confidence=0.0), k=2)
     head = method.head(2)
     with torch.no_grad():
-        head.project[0].weight.copy_(torch.eye(2))
-        head.project[0].bias.zero_()
-        head.clusters.heads.weight.copy_(torch.eye(2) * 10)
-        head.clusters.heads.bias.zero_()
+        head.project.weight.copy_(torch.eye(2))
+        head.project.bias.zero_()
+        head.heads.weight.copy_(torch.eye(2) * 10)
+        head.heads.bias.zero_()
     x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])
     near = torch.stack([x[[1, 2]], x[[0, 1]], x[[3, 2]], x[[2, 3]]])
     total, stats = method.loss(head, x, 0, near)
@@ -119,6 +119,19 @@ def test_scl_adds_the_contrastive_term_on_consistent_neighbours() -> None:
     assert stats["consistent"] == pytest.approx(7 / 8)
     logits, f = head(x, features=True)
     assert logits.shape == (1, 4, 2) and torch.allclose(f.norm(dim=1), torch.ones(4))
+
+
+def test_scl_heads_read_the_trunk_and_not_the_projection() -> None:
+    head = SCL(SclConfig(heads=2, hidden=8, projection=4), k=3).head(6)
+    head.eval()
+    x = torch.randn(5, 6)
+    before = head(x)
+    with torch.no_grad():
+        head.project.weight.normal_()  # only the contrastive term reads the projection
+    assert torch.equal(head(x), before) and not torch.allclose(head(x, features=True)[1], torch.zeros(5, 4))
+    saved_before_the_change = {"project.0.weight": torch.zeros(8, 6), "clusters.heads.weight": torch.zeros(6, 4)}
+    with pytest.raises(ValueError, match="earlier scaleclust.*fit the model again"):
+        head.load_state_dict(saved_before_the_change)
 
 
 def test_scl_recovers_planted_clusters() -> None:

@@ -96,14 +96,10 @@ def grow_state(head: nn.Module, x_novel: torch.Tensor, groups: torch.Tensor, n: 
                 state[prefix + "bias"] = torch.cat([state[prefix + "bias"], biases])
                 start += width
             return state
-        if hasattr(head, "clusters"):  # SCL: heads on the unit projection
-            features, prefix, layer = (lambda v: F.normalize(head.project(v), dim=-1)), "clusters.", head.clusters.heads
-        else:  # SCAN, SPICE, SIC: heads on the trunk
-            features, prefix, layer = head.trunk, "", head.heads
-        weight, bias = _grow_blocks(layer.weight, layer.bias, head.n_heads, features(x), groups, n,
-                                    None if x_known is None else features(x_known))
-        prefix += "heads."
-        state[prefix + "weight"], state[prefix + "bias"] = weight, bias
+        # SCAN, SPICE, SIC, SCL: heads on the trunk
+        weight, bias = _grow_blocks(head.heads.weight, head.heads.bias, head.n_heads, head.trunk(x), groups, n,
+                                    None if x_known is None else head.trunk(x_known))
+        state["heads.weight"], state["heads.bias"] = weight, bias
         return state
     finally:
         head.train(training)

@@ -16,11 +16,14 @@ of it, on frozen embeddings (no image augmentations, hence no instance-level vie
   averaged over the anchors that have at least one positive. Unlabelled rows are neither anchors,
   positives nor negatives.
 
-`SCL` is the recipe (a `Method`) with its config section `SclConfig` (cluster.scl, in settings.py): cluster heads read
-the learnt unit projection f; the loss is SCAN's consistency + entropy plus contrastive_weight x this
-term on f.
+`SCL` is the recipe (a `Method`) with its config section `SclConfig` (cluster.scl, in settings.py): SCAN's
+cluster heads on its trunk and, beside them, a learnt unit projection f of the trunk (the heads do not
+read f); the loss is SCAN's consistency + entropy plus contrastive_weight x this term on f, which
+shapes the trunk the heads read.
 """
 from __future__ import annotations
+
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -79,21 +82,29 @@ def cluster_contrastive_loss(f: torch.Tensor, labels: torch.Tensor, neighbors: t
     return (-log_prob.sum(1) / pos_mask.sum(1)).mean()
 
 
-class ProjectedHeads(nn.Module):
-    """Linear(D->h) BN ReLU (hidden > 0), Linear(->p), L2-normalised: f; then `heads` linear cluster
-    heads on f. forward(x): logits (heads, b, K); forward(x, features=True): (logits, f (b, p))."""
+class ProjectedHeads(ClusterHeads):
+    """SCAN's heads (`heads` linear cluster heads on a shared Linear(D->h) BN ReLU trunk) with, beside
+    the heads, a Linear(->p) projection of the trunk, L2-normalised: f, which only the contrastive term
+    reads. forward(x): logits (heads, b, K); forward(x, features=True): (logits, f (b, p)).
+
+    The heads once read f instead: a unit 128-d bottleneck under the heads held SCL below k-means on
+    every labelled set (ACC 0.41-0.46); beside them it matches SCAN (docs/measurements.md)."""
 
     def __init__(self, in_dim: int, k: int, heads: int, hidden: int, projection: int) -> None:
-        super().__init__()
-        trunk = [nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU()] if hidden > 0 else []
-        self.project = nn.Sequential(*trunk, nn.Linear(hidden if hidden > 0 else in_dim, projection))
-        self.clusters = ClusterHeads(projection, k, heads, 0)
-        self.k, self.n_heads = k, heads
+        super().__init__(in_dim, k, heads, hidden)
+        self.project = nn.Linear(hidden if hidden > 0 else in_dim, projection)
 
     def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        f = nn.functional.normalize(self.project(x), dim=-1)
-        logits = self.clusters(f)
-        return (logits, f) if features else logits
+        h = self.trunk(x)
+        logits = self.heads(h).view(len(x), self.n_heads, self.k).transpose(0, 1)
+        return (logits, nn.functional.normalize(self.project(h), dim=-1)) if features else logits
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
+        """torch's, with a clear error for a head saved when the heads read the projection."""
+        if "clusters.heads.weight" in state_dict:
+            raise ValueError("this SCL head was saved by an earlier scaleclust, whose cluster heads read the "
+                             "projection; fit the model again (scaleclust fit)")
+        return super().load_state_dict(state_dict, *args, **kwargs)
 
 
 class SCL(SCAN):

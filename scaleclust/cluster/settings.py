@@ -66,12 +66,12 @@ class SpiceConfig(HeadsConfig):
 
 
 class SclConfig(HeadsConfig):
-    """SCL (cluster.method scl): cluster heads on a learnt unit projection; SCAN's consistency + entropy,
-    plus the cluster-aware contrastive term on the projection (positives: batch rows and neighbours that
-    share the row's pseudo-label)."""
+    """SCL (cluster.method scl): SCAN's heads and trunk and, beside the heads, a learnt unit projection of
+    the trunk; SCAN's consistency + entropy, plus the cluster-aware contrastive term on the projection,
+    which shapes the trunk (positives: batch rows and neighbours that share the row's pseudo-label)."""
 
     self_label_steps: int = Field(0, ge=0, description="further steps adding SCAN's self-labelling")
-    projection: int = Field(128, gt=0, description="width of the unit projection the heads and contrast read")
+    projection: int = Field(128, gt=0, description="width of the unit projection the contrastive term reads")
     entropy_weight: float = Field(5.0, ge=0, description="weight of the entropy of the mean prediction")
     contrastive_weight: float = Field(1.0, ge=0, description="weight of the cluster-aware contrastive term")
     temperature: float = Field(0.1, gt=0, description="contrastive temperature tau")
