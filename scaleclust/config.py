@@ -152,9 +152,9 @@ class ClusterConfig(Strict):
 
     method: str = Field(
         "scan", description="scan, spice, sic or scl: heads trained on neighbours from the index (Ray Train; the "
-        "index stage runs before their fit); scan is the default, ahead of every other method on every labelled set "
+        "index stage runs before their fit); scan is the default, first or tied with scl on every labelled set "
         "(docs/measurements.md); kmeans (spherical, faiss); mlc (rate reduction, Ray Train); turtle (Ray Train, no "
-        "neighbours); scl and turtle are experimental (below k-means there; fit says so)")
+        "neighbours) is experimental (below k-means there; fit says so)")
     k: int | Literal["auto"] = Field(10, description="clusters (>= 2), or 'auto': chosen among k_candidates without "
                                    "labels, before training, on a sample of the embeddings (scaleclust/cluster/"
                                    "choose_k.py; mlc: after training, in its head's features); model.json keeps "
