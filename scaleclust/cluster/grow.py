@@ -1,7 +1,7 @@
 """Growing a trained cluster head by new outputs, for new concepts found at a refit (plain torch).
 
-A head's last layer is linear over some features f(x) (the trunk's output for SCAN/SPICE/SIC heads,
-the unit projection for SCL, each space's slice of x for TURTLE). A new cluster's output row in every
+A head's last layer is linear over some features f(x) (the trunk's output for SCAN/SPICE/SIC/SCL
+heads, each space's slice of x for TURTLE). A new cluster's output row in every
 head is the unit prototype of its group of novel rows in that feature space (the normalised mean of
 their features, centred on the known rows' mean when those are given: features after a ReLU share a
 large common part, which would point every new row at the old clusters too), scaled to the mean norm of the head's existing rows, so its logits live on the same
