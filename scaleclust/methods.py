@@ -389,10 +389,7 @@ def calibrate_confidence(run: RunDir, markers: Markers, method: Method, state: d
     calibration.ROWS rows, with its evidence, for model.json; printed."""
     x, _ = sample_embeddings(run, markers, calibration.ROWS, seed + 1)
     found = calibration.calibrate(x, head_assigner(method, state, dim, k, head).logits(x))
-    said = (f"so that the mean confidence ({found['mean_confidence_raw']:.3f} raw) is" if found["temperature"] > 1
-            else f"as the mean confidence {found['mean_confidence_raw']:.3f} is already below")
-    print(f"confidence: temperature {found['temperature']:.3f}, {said} the rows' neighbour agreement "
-          f"{found['agreement']:.3f} ({found['neighbors']} nearest of {found['rows']} sampled rows)")
+    print(calibration.describe(found))
     return found
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from scaleclust.cluster.calibration import calibrate, neighbor_agreement, softmax, temperature
+from scaleclust.cluster.calibration import calibrate, describe, neighbor_agreement, softmax, temperature
 from scaleclust.cluster.heads import HeadAssigner
 
 
@@ -44,6 +44,7 @@ def test_an_overconfident_head_is_calibrated_to_its_neighbours() -> None:
     found = calibrate(x, logits)
     assert found["mean_confidence_raw"] > 0.99 and found["temperature"] > 1
     assert abs(found["mean_confidence"] - found["agreement"]) < 1e-3 and found["mean_confidence"] < 0.75
+    assert describe(found).startswith(f"confidence: temperature {found['temperature']:.3f}, so that the mean")
 
 
 def test_an_underconfident_head_keeps_its_own_softmax() -> None:
@@ -52,6 +53,7 @@ def test_an_underconfident_head_keeps_its_own_softmax() -> None:
     found = calibrate(x, logits)
     assert found["agreement"] == 1.0 and found["temperature"] == 1.0
     assert found["mean_confidence"] == found["mean_confidence_raw"] < 0.65
+    assert "temperature 1.000, as the mean confidence" in describe(found)
 
 
 def test_head_assigner_applies_its_temperature() -> None:

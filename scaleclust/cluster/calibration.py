@@ -3,7 +3,8 @@
 A head's softmax is overconfident: trained to make neighbours agree and then on its own confident
 rows, it puts most rows above 0.98 while far fewer are right. The fix is one temperature T, as in
 temperature scaling, chosen without labels: the mean confidence softmax(logits / T).max() over a
-sample equals how often a row's near neighbours fall in its cluster. The neighbours are a fixed
+sample equals how often a row's near neighbours fall in its cluster (unless it is already lower: below).
+The neighbours are a fixed
 share of a cluster's size within a fixed-size sample (NEIGHBOR_SHARE of rows / k), so what "near"
 means does not shrink as the data grows (a billion rows' 50 nearest are all duplicates) and does not
 cross many clusters when k is large. Neighbour agreement still overrates accuracy where two classes
@@ -67,6 +68,14 @@ def temperature(logits: np.ndarray, target: float, iters: int = 60) -> float:
         else:
             hi = mid
     return float(np.exp((lo + hi) / 2))
+
+
+def describe(found: dict[str, float]) -> str:
+    """One line on calibrate's result, for the fit's output."""
+    said = (f"so that the mean confidence ({found['mean_confidence_raw']:.3f} raw) is" if found["temperature"] > 1
+            else f"as the mean confidence {found['mean_confidence_raw']:.3f} is already at most")
+    return (f"confidence: temperature {found['temperature']:.3f}, {said} the rows' neighbour agreement "
+            f"{found['agreement']:.3f} ({found['neighbors']} nearest of {found['rows']} sampled rows)")
 
 
 def calibrate(x: np.ndarray, logits: np.ndarray) -> dict[str, float]:

@@ -11,8 +11,8 @@ would (the 0.1 quantile of the same over the non-novel rows): a cut between the 
 head's own logit scale, which an absolute margin would not be (an untrained head's logits differ by
 hundredths, a trained one's by tens). The new output thus starts where its concept is, and training
 refines it with the rest. Old outputs are unchanged. Where the head's features no longer tell the new
-concept from an old one (SCL's small projection, trained on the old concepts only, can merge them), the
-start is weaker and the refit's training has to pull them apart.
+concept from an old one (a trunk trained on the old concepts only can merge them), the start is weaker
+and the refit's training has to pull them apart.
 """
 from __future__ import annotations
 

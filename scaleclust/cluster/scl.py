@@ -3,8 +3,9 @@
 No official code exists and only the paper's description was available here, so this is our reading
 of it, on frozen embeddings (no image augmentations, hence no instance-level view pairs):
 
-- Features: f = normalise(g(x)), a projection g of the frozen embedding; the caller's head gives f
-  for the batch rows and for each row's m nearest neighbours (neighbours travel as embeddings).
+- Features: f = normalise(g(h(x))), a projection g of the trunk's output h(x) for the frozen embedding
+  x; the caller's head gives f for the batch rows and for each row's m nearest neighbours (neighbours
+  travel as embeddings).
 - Pseudo-clusters: one label per batch row (the cluster head's argmax, or -1 for a row that should
   take no part).
 - Consistency condition (the consensus of visual similarity and cluster boundaries): neighbour n of
@@ -103,13 +104,14 @@ class ProjectedHeads(ClusterHeads):
         """torch's, with a clear error for a head saved when the heads read the projection."""
         if "clusters.heads.weight" in state_dict:
             raise ValueError("this SCL head was saved by an earlier scaleclust, whose cluster heads read the "
-                             "projection; fit the model again (scaleclust fit)")
+                             "projection; remove the run directory's model/ folder (with its train/ "
+                             "checkpoints, which would resume the old head) and fit again")
         return super().load_state_dict(state_dict, *args, **kwargs)
 
 
 class SCL(SCAN):
-    """SCAN's loss on the projected heads, plus the cluster-aware contrastive term over rows and all
-    their neighbours, with pseudo-labels from the mean of the heads' probabilities."""
+    """SCAN's loss on the heads, plus the cluster-aware contrastive term on the projection over rows and
+    all their neighbours, with pseudo-labels from the mean of the heads' probabilities."""
 
     config: SclConfig
 
