@@ -152,7 +152,11 @@ def test_turtle_assigner_gives_the_labelling_argmax_and_its_probability() -> Non
     x = np.array([[2.0, 0.0], [0.0, 1.0]], np.float32)
     cluster, confidence, second = HeadAssigner(OneHead(encoder, 2), 0).assign(x)
     assert cluster.tolist() == [0, 1] and second.tolist() == [1, 0]
-    np.testing.assert_allclose(confidence, [1 / (1 + np.exp(-2.0)), 1 / (1 + np.exp(-1.0))], rtol=1e-5)
+    s = np.sqrt(2.0)  # the encoder reads each space times sqrt(its width)
+    np.testing.assert_allclose(confidence, [1 / (1 + np.exp(-2.0 * s)), 1 / (1 + np.exp(-1.0 * s))], rtol=1e-5)
+    saved_before_the_scale = {k: v for k, v in encoder.state_dict().items() if k != "scale"}
+    with pytest.raises(ValueError, match="earlier scaleclust.*unscaled.*model/ folder"):
+        TaskEncoder((2,), 2).load_state_dict(saved_before_the_scale)
 
 
 @pytest.mark.parametrize("section, values, field", [

@@ -1,7 +1,7 @@
 """Growing a trained cluster head by new outputs, for new concepts found at a refit (plain torch).
 
 A head's last layer is linear over some features f(x) (the trunk's output for SCAN/SPICE/SIC/SCL
-heads, each space's slice of x for TURTLE). A new cluster's output row in every
+heads, each space's scaled slice of x for TURTLE). A new cluster's output row in every
 head is the unit prototype of its group of novel rows in that feature space (the normalised mean of
 their features, centred on the known rows' mean when those are given: features after a ReLU share a
 large common part, which would point every new row at the old clusters too), scaled to the mean norm of the head's existing rows, so its logits live on the same
@@ -82,19 +82,17 @@ def grow_state(head: nn.Module, x_novel: torch.Tensor, groups: torch.Tensor, n: 
     x_known = None if x_known is None else x_known.to(torch.float32)
     groups = groups.to(torch.int64)
     try:
-        if hasattr(head, "maps"):  # TURTLE's task encoder: one weight-normalised linear map per space
-            start = 0
+        if hasattr(head, "maps"):  # TURTLE's task encoder: one weight-normalised linear map per (scaled) space
+            spaces, known = head.spaces(x), None if x_known is None else head.spaces(x_known)
             for s, layer in enumerate(head.maps):
-                width = layer.in_features
-                rows, biases = new_outputs(layer.weight, layer.bias, x[:, start:start + width], groups, n,
-                                           None if x_known is None else x_known[:, start:start + width])
+                rows, biases = new_outputs(layer.weight, layer.bias, spaces[s], groups, n,
+                                           None if known is None else known[s])
                 prefix = f"maps.{s}."
                 state[prefix + "parametrizations.weight.original0"] = torch.cat(
                     [state[prefix + "parametrizations.weight.original0"], rows.norm(dim=1, keepdim=True)])
                 state[prefix + "parametrizations.weight.original1"] = torch.cat(
                     [state[prefix + "parametrizations.weight.original1"], rows])
                 state[prefix + "bias"] = torch.cat([state[prefix + "bias"], biases])
-                start += width
             return state
         # SCAN, SPICE, SIC, SCL: heads on the trunk
         weight, bias = _grow_blocks(head.heads.weight, head.heads.bias, head.n_heads, head.trunk(x), groups, n,
