@@ -46,3 +46,10 @@ class Assigner(Protocol):
 def unwrap(head: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel (or similar) wrapper, or the head itself."""
     return getattr(head, "module", head)
+
+
+def saved_by_earlier(what: str, change: str) -> ValueError:
+    """The error for a head whose saved state an earlier scaleclust wrote in a layout this one cannot
+    read (`change`: what differed). The fit's checkpoints would resume the old state, so they go too."""
+    return ValueError(f"this {what} was saved by an earlier scaleclust, {change}; remove the run directory's "
+                      f"model/ folder (with its train/ checkpoints, which would resume it) and fit again")

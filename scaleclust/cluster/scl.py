@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from scaleclust.cluster.heads import ClusterHeads
+from scaleclust.cluster.method import saved_by_earlier
 from scaleclust.cluster.settings import SclConfig
 from scaleclust.cluster.scan import SCAN
 from scaleclust.cluster.shapes import check_shape
@@ -103,9 +104,7 @@ class ProjectedHeads(ClusterHeads):
     def load_state_dict(self, state_dict: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
         """torch's, with a clear error for a head saved when the heads read the projection."""
         if "clusters.heads.weight" in state_dict:
-            raise ValueError("this SCL head was saved by an earlier scaleclust, whose cluster heads read the "
-                             "projection; remove the run directory's model/ folder (with its train/ "
-                             "checkpoints, which would resume the old head) and fit again")
+            raise saved_by_earlier("SCL head", "whose cluster heads read the projection")
         return super().load_state_dict(state_dict, *args, **kwargs)
 
 

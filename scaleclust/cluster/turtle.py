@@ -17,9 +17,11 @@ Input scale: the reference trains on raw encoder features, whose norms run to te
 unit rows, so at its settings (weight-normalised maps that start with norm ~0.6, Adam steps of 1e-3)
 every labelling stayed nearly uniform (mean top probability 0.14-0.15 of 10) and TURTLE scored below
 k-means on every labelled set. Each space's block is therefore multiplied by sqrt(its width), which
-gives its coordinates unit mean square, for the task encoder and the inner classifiers alike (the
-scale is a buffer of the encoder, saved with it): ACC 0.39/0.35/0.39 -> 0.60/0.58/0.65 on mnist5k,
-animals and digits8 at seed 0 (docs/measurements.md#methods-x-data-sets).
+gives its coordinates unit mean square, for the task encoder and the inner classifiers alike: ACC
+0.39/0.35/0.39 -> 0.60/0.58/0.65 on mnist5k, animals and digits8 at seed 0
+(docs/measurements.md#methods-x-data-sets). The scale is a buffer of the encoder, saved with it,
+though dims give it: an encoder saved before it existed has none, and is refused rather than read at
+the wrong scale.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from scaleclust.cluster.method import unwrap
+from scaleclust.cluster.method import saved_by_earlier, unwrap
 from scaleclust.cluster.settings import TurtleConfig
 from scaleclust.cluster.shapes import check_shape
 
@@ -83,9 +85,7 @@ class TaskEncoder(nn.Module):
     def load_state_dict(self, state_dict: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
         """torch's, with a clear error for an encoder saved before its input was scaled."""
         if "scale" not in state_dict:
-            raise ValueError("this TURTLE task encoder was saved by an earlier scaleclust, which read unscaled "
-                             "rows; remove the run directory's model/ folder (with its train/ checkpoints, "
-                             "which would resume the old encoder) and fit again")
+            raise saved_by_earlier("TURTLE task encoder", "which read unscaled rows")
         return super().load_state_dict(state_dict, *args, **kwargs)
 
 
