@@ -109,16 +109,19 @@ def drift_shard(item: dict[str, Any], run: RunDir, novelty: Novelty, low: float,
 def drift(run: RunDir, latest: dict[str, Any], new: list[str], upd: UpdateConfig) -> dict[str, Any]:
     """The drift report of the rows of `new` shards against the latest version's clusters; the
     neighbourhood test runs here on FRESH_QUERIES rows sampled over the shards and the model's reference.
-    The shards' parts merge in shard order, so the report does not depend on which task finished first."""
+    The shards' counts merge as their tasks finish; their sampled rows (FRESH_QUERIES in all, or one per
+    shard) join in shard order, so the report does not depend on which task finished first."""
     print(f"drift: {len(new)} new shard(s) against version {latest['version']}", flush=True)
     markers = run.committed("assignments")
     novelty = _novelty(run, latest["model"])
-    total = DriftCounts()
-    parts = map_shards(drift_shard, [{"shard": s, "file": markers[s]["file"]} for s in new], num_cpus=1,
-                       run=run, novelty=replace(novelty, reference=None), low=upd.low_confidence,
-                       sample_rows=-(-FRESH_QUERIES // max(len(new), 1)))
-    for _, part in sorted(parts, key=lambda named: named[0]):
-        total.merge(part, EXAMPLES)
+    total, samples = DriftCounts(), {}
+    for shard, part in map_shards(drift_shard, [{"shard": s, "file": markers[s]["file"]} for s in new],
+                                  num_cpus=1, run=run, novelty=replace(novelty, reference=None),
+                                  low=upd.low_confidence, sample_rows=-(-FRESH_QUERIES // max(len(new), 1))):
+        samples[shard] = DriftCounts(sample=part.sample, sample_novel=part.sample_novel)
+        total.merge(replace(part, sample=None, sample_novel=None), EXAMPLES)
+    for shard in sorted(samples):
+        total.merge(samples[shard], EXAMPLES)
     fitted = {int(c): n for c, n in latest["sizes"].items()}
     return {"parent": latest["version"], "shards": new,
             **report(fitted, total, upd.growth, upd.min_expected_rows, upd.drift_warn, upd.drift_refit,

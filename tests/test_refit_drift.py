@@ -198,6 +198,24 @@ def test_drift_report_counts_shares_growth_and_novelty() -> None:
     assert out["low_confidence_share"] == 0.2
 
 
+def test_merged_counts_do_not_depend_on_the_order_of_the_parts() -> None:
+    """Shards' parts merge as their tasks finish: the counts and the examples come out the same."""
+    def part(shard: str, seed: int) -> DriftCounts:
+        rng = np.random.default_rng(seed)
+        counts = DriftCounts()
+        counts.add(rng.integers(0, 3, 50), rng.random(50), rng.random(50) < 0.3, [f"{shard}-{i:02d}" for i in range(50)],
+                   low=0.2, examples=4)
+        return counts
+
+    merged = []
+    for order in (["a", "b", "c"], ["c", "a", "b"]):
+        total = DriftCounts()
+        for shard in order:
+            total.merge(part(shard, ord(shard)), 4)
+        merged.append((total.per_cluster, total.novel_per_cluster, total.novel, total.novel_examples))
+    assert merged[0] == merged[1] and merged[0][3][0].startswith("a-")
+
+
 def test_a_grown_cluster_alone_can_trigger_a_refit() -> None:
     """on_drift refits when one grown cluster took update.grown_refit of the new rows beyond its share,
     even with the drift score below update.drift_refit; never and a smaller excess do not."""

@@ -178,6 +178,8 @@ class DriftCounts:
         return float((fresh & ~novel).mean())
 
     def merge(self, other: "DriftCounts", examples: int) -> None:
+        """Add another part's counts and sample. The counts and the examples (the first `examples` keys in
+        sort order) do not depend on the order of merging; the sample joins in merge order."""
         if other.sample is not None and other.sample_novel is not None:
             self._keep(other.sample, other.sample_novel)
         self.rows += other.rows
@@ -186,7 +188,7 @@ class DriftCounts:
         for mine, theirs in ((self.per_cluster, other.per_cluster), (self.novel_per_cluster, other.novel_per_cluster)):
             for cid, n in theirs.items():
                 mine[cid] = mine.get(cid, 0) + n
-        self.novel_examples = (self.novel_examples + other.novel_examples)[:examples]
+        self.novel_examples = sorted(self.novel_examples + other.novel_examples)[:examples]
 
 
 def report(fitted: dict[int, int], counts: DriftCounts, growth: float, min_expected: float,
