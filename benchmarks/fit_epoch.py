@@ -24,7 +24,8 @@ from scaleclust.config import StorageConfig, TrainConfig
 from scaleclust.tables import METADATA, embedding_array, write_commit
 from scaleclust.index.synthetic import clustered_vectors
 from scaleclust.rundir import RunDir
-from scaleclust.train.loop import embeddings_dataset, train
+from scaleclust.sample import deal_sample
+from scaleclust.train.loop import train
 
 DIM, SHARD_ROWS = 512, 50_000
 
@@ -46,9 +47,9 @@ def measure(run: RunDir, rows: int, workers: int, steps: int) -> float:
     """Rows/s of all workers over `steps` MLC steps through the Ray Train loop."""
     markers = run.committed("embeddings")
     method = MLC(MLCConfig(hidden=512, out_dim=32, batch_size=512, steps=steps, warmup_steps=steps // 2))
-    dataset = embeddings_dataset(run, markers, rows, seed=0)
+    sample = deal_sample(run, markers, rows, seed=0, shares=workers)
     settings = TrainConfig(workers=workers, cpus_per_worker=1, checkpoint_every=steps, max_failures=0)
-    _, facts = train(run, f"epoch-{rows}-{workers}-{time.time_ns()}", method, DIM, dataset, settings, seed=0)
+    _, facts = train(run, f"epoch-{rows}-{workers}-{time.time_ns()}", method, DIM, sample, settings, seed=0)
     return facts["rows_per_second"] * workers
 
 

@@ -51,8 +51,8 @@ from scaleclust.index.actors import IndexNeighbors, searchers
 from scaleclust.index.device import usable_gpus
 from scaleclust.index.manifest import load_manifest
 from scaleclust.rundir import RunDir
-from scaleclust.sample import sample_embeddings
-from scaleclust.train.loop import embeddings_dataset, train
+from scaleclust.sample import DealtSample, deal_sample, sample_embeddings
+from scaleclust.train.loop import train
 
 Assigner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 Markers = dict[str, dict[str, Any]]
@@ -278,8 +278,8 @@ def fit_mlc(cfg: Config, run: RunDir, markers: Markers) -> dict[str, Any]:
     if memory > ray.cluster_resources().get("memory", 0):
         raise ConfigError(f"cluster.assign_memory_gb: {cluster.assign_memory_gb} GiB exceeds the Ray cluster's "
                           f"memory ({ray.cluster_resources().get('memory', 0) / GB:.1f} GiB); the task could never start")
-    dataset = embeddings_dataset(run, markers, cluster.sample_size, cluster.seed)
-    state, facts = train(run, train_name(fit_params(cluster)), method, dim, dataset, cluster.train, cluster.seed)
+    sample = deal_sample(run, markers, cluster.sample_size, cluster.seed, cluster.train.workers)
+    state, facts = train(run, train_name(fit_params(cluster)), method, dim, sample, cluster.train, cluster.seed)
     facts.pop("recent_stats")
     print(f"fit: trained {facts['steps']} steps on {facts['workers']} workers, final loss {facts['final_loss']:.4f}")
     task = ray.remote(num_cpus=1, memory=memory)(_mlc_assigner_task)
@@ -353,23 +353,26 @@ class Trained:
 
 
 def train_head(cfg: Config, run: RunDir, markers: Markers, method: Method, params: dict[str, Any],
-               prefix: str = "fit", init_state: dict[str, Any] | None = None) -> Trained:
-    """Train `method`'s head on the Ray Train loop on cfg.cluster's sample, with each row's neighbours from
-    the index when the method needs them, under the name `prefix`-hash(params + the index's state), so
-    the same identity resumes; start from `init_state` (a warm refit) when no checkpoint of that name
-    exists. Keeps the head with the lowest loss over the last steps (no labels)."""
+               prefix: str = "fit", init_state: dict[str, Any] | None = None,
+               sample: DealtSample | None = None) -> Trained:
+    """Train `method`'s head on the Ray Train loop on cfg.cluster's sample (`sample` when the caller has
+    read it already), with each row's neighbours from the index when the method needs them, under the
+    name `prefix`-hash(params + the index's state), so the same identity resumes; start from
+    `init_state` (a warm refit) when no checkpoint of that name exists. Keeps the head with the lowest
+    loss over the last steps (no labels)."""
     cluster, dim, found = cfg.cluster, next(iter(markers.values()))["dim"], {}
-    dataset = embeddings_dataset(run, markers, cluster.sample_size, cluster.seed)
+    if sample is None:
+        sample = deal_sample(run, markers, cluster.sample_size, cluster.seed, cluster.train.workers)
     if method.neighbors:
         manifest = load_manifest(run)
         params = {**params, "nprobe": cfg.index.nprobe, "index_next_id": manifest["next_id"]}
         found["neighbors"] = {"m": method.neighbors, "nprobe": cfg.index.nprobe, "index": manifest["spec"]["factory"]}
         with searchers(run, manifest, cfg.index.shards_per_searcher) as actors:
             neighbors = IndexNeighbors(actors, method.neighbors, cfg.index.nprobe)
-            state, facts = train(run, train_name(params, prefix), method, dim, dataset, cluster.train, cluster.seed,
+            state, facts = train(run, train_name(params, prefix), method, dim, sample, cluster.train, cluster.seed,
                                  neighbors, init_state=init_state)
     else:
-        state, facts = train(run, train_name(params, prefix), method, dim, dataset, cluster.train, cluster.seed,
+        state, facts = train(run, train_name(params, prefix), method, dim, sample, cluster.train, cluster.seed,
                              init_state=init_state)
     recent, chosen, said = facts.pop("recent_stats"), 0, ""
     if isinstance(method, HeadsMethod):

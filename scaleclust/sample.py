@@ -13,6 +13,7 @@ from __future__ import annotations
 import zlib
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -124,11 +125,52 @@ def sample_embeddings(run: RunDir, markers: dict[str, dict[str, Any]], n: int, s
     return (np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)), extra
 
 
-def gather(refs: list[tuple[ray.ObjectRef, ray.ObjectRef]], dim: int) -> np.ndarray:
-    """The float32 rows of sample_refs' reads, in their order: for a sample drawn once and handed to
-    several tasks (it stays in the object store while any holds its refs)."""
-    blocks = [ray.get(x).astype(np.float32) for x, _ in refs]
-    return np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)
+def _read_dealt(run: RunDir, shard: str, rows: np.ndarray, shares: int) -> np.ndarray | tuple[np.ndarray, ...]:
+    """One shard's sampled fp16 rows dealt into `shares` parts: part r holds rows r, r + shares, ..."""
+    x = _read_sample(run, shard, rows, (), np.float16)[0]
+    return tuple(x[r::shares] for r in range(shares)) if shares > 1 else x
+
+
+_dealt_task = ray.remote(num_cpus=READ_CPUS)(_read_dealt)
+
+
+@dataclass(frozen=True)
+class DealtSample:
+    """A seeded sample of committed rows, read once by one task per shard and dealt into shares in the
+    object store: share r holds rows r, r + len(shares), ... of every shard's sampled rows, so every
+    share samples every shard (shards are often ordered by source, crawl or class), and each row
+    crosses the network once, to the one reader of its share. A Train worker reads one share; a caller
+    that needs the whole sample gathers it."""
+
+    shares: list[list[ray.ObjectRef]]  # [share][shard]: fp16 blocks, shards in name order
+    sizes: list[int]  # rows per share
+    dim: int
+
+    def share(self, rank: int) -> np.ndarray:
+        """Share `rank`'s fp16 rows, shard by shard."""
+        blocks = [ray.get(ref) for ref in self.shares[rank]]
+        return np.concatenate(blocks) if blocks else np.zeros((0, self.dim), np.float16)
+
+    def gather(self) -> np.ndarray:
+        """Every row as float32, in the order sample_embeddings gives them (shard, then row)."""
+        blocks = []
+        for refs in zip(*self.shares):  # one shard's parts, share by share
+            parts = [ray.get(ref) for ref in refs]
+            block = np.empty((sum(map(len, parts)), self.dim), np.float32)
+            for rank, part in enumerate(parts):
+                block[rank::len(parts)] = part
+            blocks.append(block)
+        return np.concatenate(blocks) if blocks else np.zeros((0, self.dim), np.float32)
+
+
+def deal_sample(run: RunDir, markers: dict[str, dict[str, Any]], n: int, seed: int, shares: int) -> DealtSample:
+    """The rows of sample_embeddings(run, markers, n, seed), dealt into `shares` shares (DealtSample)."""
+    plan = sample_plan(markers, n, seed)
+    refs = [_dealt_task.options(num_returns=shares).remote(run, shard, rows, shares) for shard, rows in plan.items()]
+    per_shard = [[ref] if shares == 1 else list(ref) for ref in refs]
+    sizes = [sum(len(rows[r::shares]) for rows in plan.values()) for r in range(shares)]
+    dim = int(next(iter(markers.values()))["dim"]) if markers else 0
+    return DealtSample([[parts[r] for parts in per_shard] for r in range(shares)], sizes, dim)
 
 
 def sample_blocks(run: RunDir, markers: dict[str, dict[str, Any]], n: int, seed: int,

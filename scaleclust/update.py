@@ -51,7 +51,7 @@ from scaleclust.parallel import map_shards
 from scaleclust.pipeline import BY_NAME, STAGES, prepare, run_stage
 from scaleclust.ray_setup import ensure_ray
 from scaleclust.rundir import RunDir, cluster_ids
-from scaleclust.sample import gather, sample_embeddings, sample_plan, sample_refs
+from scaleclust.sample import DealtSample, deal_sample, sample_embeddings, sample_plan
 from scaleclust.stage import Context, leased
 from scaleclust.storage import copy_file, join, remove
 from scaleclust.versions import Versions
@@ -255,13 +255,13 @@ def refit_cluster(cluster: ClusterConfig, upd: UpdateConfig, old: dict[str, Any]
                                       fitted.method: section.model_copy(update=steps)})
 
 
-def warm_start(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, sample: list, old: dict[str, Any],
+def warm_start(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, sample: DealtSample, old: dict[str, Any],
                seed: int, new: dict[str, Any]) -> dict[str, Any]:
-    """The committed head grown for new concepts, on the refit's sample (sample_refs; a Ray task): each
+    """The committed head grown for new concepts, on the refit's sample (a Ray task): each
     group of rows of a concept the old model lacks (concept_groups; `new` is news() of this sample) seeds
     a new output (cluster.grow). Returns the grown state ("head"), the number of new outputs, and the
     counts of novel and new-concept rows."""
-    x = gather(sample, int(old["dim"]))
+    x = sample.gather()
     novel = _novelty(run, old["model_id"]).novel(x)
     method = methods.get(old["method"]).build(methods.model_cluster(old))
     state = methods.read(run, run.path("models", old["model_id"], "head.pt"))
@@ -276,7 +276,7 @@ def warm_start(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, sample: l
             "rows": int(len(x))}
 
 
-def finish_heads(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, sample: list, old: dict[str, Any],
+def finish_heads(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, sample: DealtSample, old: dict[str, Any],
                  trained: methods.Trained, warm: dict[str, Any],
                  started: float) -> tuple[dict[str, Any], dict[str, Any]]:
     """After the refit's training (a Ray task), on the refit's sample: ids matched by the Hungarian
@@ -284,7 +284,7 @@ def finish_heads(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, sample:
     ones' from the old model's novelty calibration: the rows each old cluster held when it was
     committed, so new rows an old cluster absorbed cannot carry its id off to another concept), novelty
     calibrated, models/NEW/ written (model.json last)."""
-    x = gather(sample, int(old["dim"]))
+    x = sample.gather()
     method = methods.get(old["method"]).build(cluster)
     slots = methods.head_assigner(method, trained.state, old["dim"], int(cluster.k), trained.head).assign(x)[0]
     old_ids = cluster_ids(old)
@@ -310,12 +310,11 @@ def refit_heads(cfg: Config, run: RunDir, markers: dict[str, dict[str, Any]], ol
     (warm_start), trains update.refit_steps steps on a fresh seeded sample over all shards, each row with
     its neighbours from the index (which the update has extended by the new shards), under a Train name
     of its own (refit-, the old model, the version, the seed), so a killed refit resumes from its newest
-    checkpoint and ends where an unbroken one ends. The sample is read once, for the growth, the ids and
-    the novelty calibration (the Train loop draws the same rows through Ray Data). Returns finish_heads'
-    (meta, id mapping)."""
+    checkpoint and ends where an unbroken one ends. The sample is read once, for the growth, the training,
+    the ids and the novelty calibration. Returns finish_heads' (meta, id mapping)."""
     started = time.time()
     sample_cfg = cfg.cluster.model_copy(update={"seed": seed})
-    sample = sample_refs(run, markers, sample_cfg.sample_size, seed)
+    sample = deal_sample(run, markers, sample_cfg.sample_size, seed, sample_cfg.train.workers)
     new = news(markers, sample_cfg.sample_size, seed, unseen, grown)
     warm = ray.get(ray.remote(num_cpus=1)(warm_start).remote(
         run, refit_cluster(sample_cfg, cfg.update, old, int(old["k"])), cfg.update, sample, old, seed, new))
@@ -326,7 +325,8 @@ def refit_heads(cfg: Config, run: RunDir, markers: dict[str, dict[str, Any]], ol
     else:
         method = methods.get(old["method"]).build(cluster)
     identity = {"from": old["model_id"], "version": version, "seed": seed, "params": methods.fit_params(cluster)}
-    trained = methods.train_head(refit_cfg, run, markers, method, identity, prefix="refit", init_state={"head": warm["head"]})
+    trained = methods.train_head(refit_cfg, run, markers, method, identity, prefix="refit",
+                                 init_state={"head": warm["head"]}, sample=sample)
     print(f"refit: {old['method']} trained from model {old['model_id']} with {warm['n_new']} new output(s) "
           f"({warm['concept']} rows of new concepts, {warm['novel']} of them novel, in the {warm['rows']}-row sample)")
     finish = ray.remote(num_cpus=1)(finish_heads)

@@ -85,6 +85,24 @@ def test_ray_tasks_draw_the_same_sample_and_keys(tmp_path: Path, monkeypatch: py
     assert keys == {"00001": ["00001-1199", "00001-0", "00001-7", "00001-7"], "00002": ["00002-2"]}
 
 
+@pytest.mark.timeout(120)
+def test_a_dealt_sample_gives_every_share_rows_of_every_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             ray_local) -> None:
+    """Shards are often ordered by source or class: Train workers that each saw some shards only would
+    train one shared head on different data. Share r holds rows r, r + 3, ... of every shard's sampled rows."""
+    run, markers, vectors = _write_run(tmp_path, monkeypatch)
+    chosen = sample.quotas({s: m["embedded"] for s, m in markers.items()}, 700)
+    picked = {s: vectors[s][sample.pick_rows(s, markers[s]["embedded"], chosen[s], 3)] for s in sorted(chosen)}
+    dealt = sample.deal_sample(run, markers, 700, seed=3, shares=3)
+    for rank in range(3):
+        share = dealt.share(rank)
+        assert np.array_equal(share, np.concatenate([rows[rank::3] for rows in picked.values()]))
+        assert len(share) == dealt.sizes[rank]
+    assert np.array_equal(dealt.gather(), _reference(markers, vectors, 700, 3))  # whole again, in the sample's order
+    one = sample.deal_sample(run, markers, 700, seed=3, shares=1)  # one worker: the sample as drawn
+    assert np.array_equal(one.gather(), _reference(markers, vectors, 700, 3)) and one.sizes == [700]
+
+
 def test_an_s3_sample_fetches_the_row_groups_that_hold_its_rows(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Bytes received from the S3 server (counted where s3fs reads a body) stay within 2x the row groups
     that hold the sampled rows, and the rows are those a whole read gives."""

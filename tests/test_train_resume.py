@@ -14,6 +14,7 @@ from torch import nn
 
 from scaleclust.config import StorageConfig, TrainConfig
 from scaleclust.rundir import RunDir
+from scaleclust.sample import DealtSample
 from scaleclust.train import loop
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.timeout(300), pytest.mark.slow]  # Ray Train: ~30 s+
@@ -71,11 +72,11 @@ def test_one_ranks_read_failure_makes_every_rank_resume_from_the_same_older_chec
         torch.save({"head": head.state_dict(), "optimizer": method.optimizer(head).state_dict(), "step": step,
                     "losses": [0.0] * step, "starts": [0], "stats": []}, folder / loop.STATE)
     rows = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float16)
-    dataset = ray.data.from_numpy(rows).map_batches(lambda b: {"x": b["data"]}).materialize()
+    sample = DealtSample([[ray.put(rows[rank::2])] for rank in range(2)], [32, 32], 8)
     monkeypatch.setattr(loop, "train_worker", fails_on_rank_0)
     monkeypatch.delenv(loop.POLL_ENV, raising=False)
     settings = TrainConfig(workers=2, checkpoint_every=2, poll_seconds=0.25)
-    _, facts = loop.train(run, NAME, method, 8, dataset, settings, seed=0)
+    _, facts = loop.train(run, NAME, method, 8, sample, settings, seed=0)
     assert facts["steps"] == 6
     assert facts["recent_stats"][-1]["poll"] == 0.25  # the fit ran with cluster.train.poll_seconds
     assert loop.POLL_ENV not in os.environ  # and left the driver's environment as it found it

@@ -1,5 +1,6 @@
-"""Train any clustering `Method` with Ray Train: a TorchTrainer (DDP) over N workers, embedding batches
-streamed from the run directory by Ray Data, checkpoints under RUN/model/train/ every N steps.
+"""Train any clustering `Method` with Ray Train: a TorchTrainer (DDP) over N workers, each reading its
+share of the sample from the object store (scaleclust.sample.DealtSample), checkpoints under
+RUN/model/train/ every N steps.
 
 Resuming is by name: a run with the same method parameters (same name under the same storage path)
 continues from its newest complete checkpoint, whether a worker died (FailureConfig) or the whole job
@@ -30,13 +31,13 @@ import numpy as np
 import ray
 import ray.train
 import torch
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from scaleclust.cluster.method import Method, unwrap
 from scaleclust.config import TrainConfig
 from scaleclust.rundir import RunDir
-from scaleclust.sample import sample_refs
+from scaleclust.sample import DealtSample
 from scaleclust.storage import arrow_filesystem, join, listdir, read_bytes, remove
 
 STATE = "state.pt"
@@ -45,38 +46,6 @@ KEEP_STATS = 50  # last steps' stats kept in the checkpoint (label-free head sel
 KEEP = 2  # checkpoints kept under model/train/NAME/
 CHECKPOINT = re.compile(r"checkpoint_step_(\d+)")
 POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
-
-
-def _as_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {"x": batch["data"]}
-
-
-def _every(batch: dict[str, np.ndarray], start: int, step: int) -> dict[str, np.ndarray]:
-    return {name: values[start::step] for name, values in batch.items()}
-
-
-def worker_shares(dataset: ray.data.Dataset, workers: int) -> list[ray.data.MaterializedDataset]:
-    """Each Train worker's share of the sample: every `workers`-th row of every block from the worker's
-    rank on. A block is one shard's sampled rows, so every share holds rows of every shard. Shards are
-    often ordered by source, crawl or class; a split by block order gave each worker some shards only,
-    and the gradients of workers that see different halves of the data pull one shared head towards
-    mixing them (SCAN on the demo's MNIST shards, written class by class: ACC 0.45 on 2 workers, 0.79
-    on 1). Deterministic, so every attempt of a fit gives a rank the same rows."""
-    return [dataset.map_batches(_every, batch_size=None, batch_format="numpy",
-                                fn_kwargs={"start": rank, "step": workers}).materialize() for rank in range(workers)]
-
-
-def embeddings_dataset(run: RunDir, markers: dict[str, dict[str, Any]], sample_size: int,
-                       seed: int) -> ray.data.MaterializedDataset:
-    """A uniform random sample of about `sample_size` committed rows as fp16 rows `x`, materialised in
-    the object store once (bounded by sample_size). Drawn by the project's one sampler
-    (scaleclust.sample: parallel reads of the row groups that hold sampled rows); blocks keep shard
-    order and the sample is seeded, so every attempt of a fit sees the same rows in the same order: a
-    resumed fit retraces an unbroken one."""
-    refs = [x for x, _ in sample_refs(run, markers, sample_size, seed)]
-    ds = ray.data.from_numpy_refs(refs)
-    ds.context.execution_options.preserve_order = True
-    return ds.map_batches(_as_rows, batch_format="numpy").materialize()
 
 
 def _save(folder: str, head: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, losses: list[float],
@@ -141,18 +110,18 @@ def prune(run: RunDir, name: str, keep: int = KEEP) -> None:
 
 
 class WorkerSample:
-    """A worker's share of the sample, read once through Ray Data and kept (fp16, bounded by
+    """A worker's share of the sample, read once from the object store and kept (fp16, bounded by
     sample_size / workers), then replayed in a fresh permutation each epoch. Epoch e's order depends
     only on (seed, rank, e), so a run resumed at step s sees exactly the batches an unbroken run sees
-    from step s on, and small samples do not pay Ray Data's per-epoch start-up on every pass.
+    from step s on.
 
     With `neighbors` (rows -> their neighbours' embeddings (b, m, d) from the index), each row's
     neighbours are fetched once, in chunks, and kept beside it: the share is self-contained and holds
     rows x (1 + m) x d fp16, bounded by sample_size / workers, never by the dataset."""
 
-    def __init__(self, shard: Any, batch_size: int, seed: int, rank: int,
+    def __init__(self, rows: np.ndarray, batch_size: int, seed: int, rank: int,
                  neighbors: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
-        self.rows = torch.cat([b["x"] for b in shard.iter_torch_batches(batch_size=4096)])
+        self.rows = torch.from_numpy(rows)
         self.near = None if neighbors is None else torch.cat(
             [torch.from_numpy(neighbors(self.rows[i:i + 4096].numpy())) for i in range(0, len(self.rows), 4096)])
         self.batch_size, self.seed, self.rank = batch_size, seed, rank
@@ -190,7 +159,7 @@ def train_worker(config: dict[str, Any]) -> None:
     step, losses, kept = int(state["step"]), list(state["losses"]), list(state["stats"])
     starts = [*state["starts"], step]  # where each attempt began: a resumed run shows two
     skipped = list(state.get("skipped", []))
-    sample = WorkerSample(ray.train.get_dataset_shard(f"train_{rank}"), config["batch_size"], config["seed"], rank,
+    sample = WorkerSample(config["sample"].share(rank), config["batch_size"], config["seed"], rank,
                           config.get("neighbors"))
     head.train()
     started, rows = time.time(), 0
@@ -233,11 +202,12 @@ def controller_polls(seconds: float) -> Iterator[None]:
         os.environ.pop(POLL_ENV, None)
 
 
-def train(run: RunDir, name: str, method: Method, in_dim: int, dataset: ray.data.MaterializedDataset,
-          settings: TrainConfig, seed: int, neighbors: Callable[[np.ndarray], np.ndarray] | None = None,
+def train(run: RunDir, name: str, method: Method, in_dim: int, sample: DealtSample, settings: TrainConfig,
+          seed: int, neighbors: Callable[[np.ndarray], np.ndarray] | None = None,
           init_state: dict[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Fit the method's head with Ray Train as run `name` (the same name resumes); returns the final head
-    state dict and training facts (with `recent_stats`: rank 0's stats of the last steps).
+    state dict and training facts (with `recent_stats`: rank 0's stats of the last steps). Rank r trains
+    on `sample`'s share r (deal_sample into settings.workers shares).
     `neighbors` maps rows to their neighbours' embeddings, for methods with neighbors > 0.
     `init_state` warm-starts a run that has no checkpoint yet: {"head": state dict} of method.head's
     shape, and optionally {"optimizer": state dict} of method.optimizer's."""
@@ -245,18 +215,17 @@ def train(run: RunDir, name: str, method: Method, in_dim: int, dataset: ray.data
         raise ValueError(f"init_state holds {sorted(init_state)}; only 'head' and 'optimizer' start a run")
     if method.neighbors and neighbors is None:
         raise ValueError("this method trains on neighbours: pass the index's neighbour lookup")
-    shares = worker_shares(dataset, settings.workers)
-    batch_size = max(1, min(method.batch_size, min(share.count() for share in shares)))
+    if len(sample.shares) != settings.workers:
+        raise ValueError(f"the sample is dealt into {len(sample.shares)} shares for {settings.workers} workers")
+    batch_size = max(1, min(method.batch_size, min(sample.sizes)))
     fs, path = arrow_filesystem(run.model("train"), run.storage)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"method": method, "in_dim": in_dim, "seed": seed, "batch_size": batch_size,
-                           "checkpoint_every": settings.checkpoint_every, "run": run, "name": name,
+                           "checkpoint_every": settings.checkpoint_every, "run": run, "name": name, "sample": sample,
                            "neighbors": neighbors if method.neighbors else None, "init_state": init_state},
         scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=settings.use_gpu,
                                      resources_per_worker={"CPU": settings.cpus_per_worker}),
-        datasets={f"train_{rank}": share for rank, share in enumerate(shares)},
-        dataset_config=DataConfig(datasets_to_split=[]),
         run_config=RunConfig(name=name, storage_path=path, storage_filesystem=fs,
                              failure_config=FailureConfig(max_failures=settings.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=KEEP)),
