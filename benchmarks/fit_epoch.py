@@ -4,7 +4,7 @@ workers, on synthetic clustered embeddings (d=512) committed to a run directory 
 An epoch at 1M rows is ~2,000 steps of 512 rows; on a 2-CPU machine that is hours, so each
 configuration runs --steps steps (checkpoint at the end included) and the epoch time is rows divided by
 the measured throughput (rows/s of all workers; checkpointing included; excluded: the workers' start-up
-and their one read of their share of the materialised sample, which happens once per fit, since every
+and their one read of their share of the sample, which happens once per fit, since every
 epoch replays the share from memory). Printed side by side with the 2-vs-1-worker ratio.
 
     .venv/bin/python benchmarks/fit_epoch.py [--rows 100000 1000000] [--steps 30]

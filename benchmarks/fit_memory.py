@@ -10,7 +10,7 @@ vectors, --per-part rows per part, ingested by the embed stage and indexed by th
 measured). The fit stage then runs in a fresh subprocess with its own local Ray; a thread there samples
 every 0.1 s the processes descending from it (Ray's daemons and workers) from /proc/PID/status: VmHWM is
 the kernel's exact peak RSS of a process. Processes are grouped by their title: Train workers, index
-searchers, other Ray workers (Ray Data tasks, Train's controller), Ray daemons; the driver is the fit
+searchers, other Ray workers (read tasks, Train's controller), Ray daemons; the driver is the fit
 stage's own process.
 
     nice -n 10 .venv/bin/python benchmarks/fit_memory.py                        # 250k vs 1M rows

@@ -125,52 +125,64 @@ def sample_embeddings(run: RunDir, markers: dict[str, dict[str, Any]], n: int, s
     return (np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)), extra
 
 
-def _read_dealt(run: RunDir, shard: str, rows: np.ndarray, shares: int) -> np.ndarray | tuple[np.ndarray, ...]:
-    """One shard's sampled fp16 rows dealt into `shares` parts: part r holds rows r, r + shares, ..."""
-    x = _read_sample(run, shard, rows, (), np.float16)[0]
-    return tuple(x[r::shares] for r in range(shares)) if shares > 1 else x
+def _read_dealt(run: RunDir, plan: list[tuple[str, np.ndarray]], shares: int,
+                offset: int) -> np.ndarray | tuple[np.ndarray, ...]:
+    """The sampled fp16 rows of a run of consecutive shards, dealt into `shares` parts: part r holds the
+    rows whose position in the whole sample is r modulo `shares` (the run starts at position `offset`
+    modulo `shares`)."""
+    x = np.concatenate([_read_sample(run, shard, rows, (), np.float16)[0] for shard, rows in plan])
+    parts = tuple(x[(r - offset) % shares::shares] for r in range(shares))
+    return parts if shares > 1 else parts[0]
 
 
 _dealt_task = ray.remote(num_cpus=READ_CPUS)(_read_dealt)
+PART_ROWS = 512  # rows a read task gives each share at least (where the sample has them): Ray keeps a task's
+# return of under 100 KiB in its owner's process, here the driver, so parts of a few rows per shard would
+# gather the whole sample there at LAION's shard count (ten rows per shard of a 2M-row sample)
 
 
 @dataclass(frozen=True)
 class DealtSample:
-    """A seeded sample of committed rows, read once by one task per shard and dealt into shares in the
-    object store: share r holds rows r, r + len(shares), ... of every shard's sampled rows, so every
-    share samples every shard (shards are often ordered by source, crawl or class), and each row
-    crosses the network once, to the one reader of its share. A Train worker reads one share; a caller
-    that needs the whole sample gathers it."""
+    """A seeded sample of committed rows dealt into shares in the object store: share r holds the rows
+    r, r + len(shares), r + 2 len(shares), ... of the sample, so the shares differ by one row at most and
+    each holds rows of every shard (shards are often ordered by source, crawl or class). Read once, by
+    tasks of a few consecutive shards each; each row crosses the network once, to the one reader of its
+    share. A Train worker reads one share; a caller that needs the whole sample gathers it."""
 
-    shares: list[list[ray.ObjectRef]]  # [share][shard]: fp16 blocks, shards in name order
+    shares: list[list[ray.ObjectRef]]  # [share][read task]: fp16 blocks, in the sample's order
     sizes: list[int]  # rows per share
     dim: int
 
     def share(self, rank: int) -> np.ndarray:
-        """Share `rank`'s fp16 rows, shard by shard."""
-        blocks = [ray.get(ref) for ref in self.shares[rank]]
+        """Share `rank`'s fp16 rows, in the sample's order."""
+        blocks = ray.get(self.shares[rank])
         return np.concatenate(blocks) if blocks else np.zeros((0, self.dim), np.float16)
 
     def gather(self) -> np.ndarray:
         """Every row as float32, in the order sample_embeddings gives them (shard, then row)."""
-        blocks = []
-        for refs in zip(*self.shares):  # one shard's parts, share by share
-            parts = [ray.get(ref) for ref in refs]
-            block = np.empty((sum(map(len, parts)), self.dim), np.float32)
-            for rank, part in enumerate(parts):
-                block[rank::len(parts)] = part
-            blocks.append(block)
-        return np.concatenate(blocks) if blocks else np.zeros((0, self.dim), np.float32)
+        x = np.empty((sum(self.sizes), self.dim), np.float32)
+        for rank in range(len(self.shares)):
+            x[rank::len(self.shares)] = self.share(rank)
+        return x
 
 
 def deal_sample(run: RunDir, markers: dict[str, dict[str, Any]], n: int, seed: int, shares: int) -> DealtSample:
-    """The rows of sample_embeddings(run, markers, n, seed), dealt into `shares` shares (DealtSample)."""
-    plan = sample_plan(markers, n, seed)
-    refs = [_dealt_task.options(num_returns=shares).remote(run, shard, rows, shares) for shard, rows in plan.items()]
-    per_shard = [[ref] if shares == 1 else list(ref) for ref in refs]
-    sizes = [sum(len(rows[r::shares]) for rows in plan.values()) for r in range(shares)]
+    """The rows of sample_embeddings(run, markers, n, seed), dealt into `shares` shares (DealtSample).
+    A read task takes consecutive shards until it holds PART_ROWS rows per share."""
+    tasks: list[list[ray.ObjectRef]] = []
+    group: list[tuple[str, np.ndarray]] = []
+    held = total = 0
+    plan = list(sample_plan(markers, n, seed).items())
+    for i, (shard, rows) in enumerate(plan):
+        group.append((shard, rows))
+        held += len(rows)
+        if held >= shares * PART_ROWS or i == len(plan) - 1:
+            refs = _dealt_task.options(num_returns=shares).remote(run, group, shares, total % shares)
+            tasks.append([refs] if shares == 1 else list(refs))
+            total, held, group = total + held, 0, []
     dim = int(next(iter(markers.values()))["dim"]) if markers else 0
-    return DealtSample([[parts[r] for parts in per_shard] for r in range(shares)], sizes, dim)
+    return DealtSample([[parts[r] for parts in tasks] for r in range(shares)],
+                       [len(range(r, total, shares)) for r in range(shares)], dim)
 
 
 def sample_blocks(run: RunDir, markers: dict[str, dict[str, Any]], n: int, seed: int,

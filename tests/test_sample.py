@@ -89,18 +89,22 @@ def test_ray_tasks_draw_the_same_sample_and_keys(tmp_path: Path, monkeypatch: py
 def test_a_dealt_sample_gives_every_share_rows_of_every_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              ray_local) -> None:
     """Shards are often ordered by source or class: Train workers that each saw some shards only would
-    train one shared head on different data. Share r holds rows r, r + 3, ... of every shard's sampled rows."""
+    train one shared head on different data. Share r holds rows r, r + shares, ... of the whole sample."""
     run, markers, vectors = _write_run(tmp_path, monkeypatch)
-    chosen = sample.quotas({s: m["embedded"] for s, m in markers.items()}, 700)
-    picked = {s: vectors[s][sample.pick_rows(s, markers[s]["embedded"], chosen[s], 3)] for s in sorted(chosen)}
+    monkeypatch.setattr(sample, "PART_ROWS", 50)  # a read task holds 3 x 50 rows or more
+    reference = _reference(markers, vectors, 700, 3)  # 314, 125 and 261 rows of the three shards
     dealt = sample.deal_sample(run, markers, 700, seed=3, shares=3)
+    assert len(dealt.shares[0]) == 2  # the first shard alone, the second (125 rows) with the third
     for rank in range(3):
-        share = dealt.share(rank)
-        assert np.array_equal(share, np.concatenate([rows[rank::3] for rows in picked.values()]))
-        assert len(share) == dealt.sizes[rank]
-    assert np.array_equal(dealt.gather(), _reference(markers, vectors, 700, 3))  # whole again, in the sample's order
+        assert np.array_equal(dealt.share(rank).astype(np.float32), reference[rank::3])
+        assert len(dealt.share(rank)) == dealt.sizes[rank]
+    assert np.array_equal(dealt.gather(), reference)  # whole again, in the sample's order
     one = sample.deal_sample(run, markers, 700, seed=3, shares=1)  # one worker: the sample as drawn
-    assert np.array_equal(one.gather(), _reference(markers, vectors, 700, 3)) and one.sizes == [700]
+    assert np.array_equal(one.gather(), reference) and one.sizes == [700]
+    # shards that give fewer rows than there are shares, read by one task: every share within one row
+    few = sample.deal_sample(run, markers, 10, seed=3, shares=7)
+    assert len(few.shares[0]) == 1 and few.sizes == [2, 2, 2, 1, 1, 1, 1]
+    assert np.array_equal(few.gather(), _reference(markers, vectors, 10, 3))
 
 
 def test_an_s3_sample_fetches_the_row_groups_that_hold_its_rows(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
