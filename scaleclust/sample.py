@@ -138,7 +138,7 @@ def _read_dealt(run: RunDir, plan: list[tuple[str, np.ndarray]], shares: int,
 _dealt_task = ray.remote(num_cpus=READ_CPUS)(_read_dealt)
 PART_ROWS = 512  # rows a read task gives each share at least (where the sample has them): Ray keeps a task's
 # return of under 100 KiB in its owner's process, here the driver, so parts of a few rows per shard would
-# gather the whole sample there at LAION's shard count (ten rows per shard of a 2M-row sample)
+# gather the whole sample there at LAION's shard count (about nine rows per shard of a 2M-row sample)
 
 
 @dataclass(frozen=True)
@@ -150,8 +150,13 @@ class DealtSample:
     share. A Train worker reads one share; a caller that needs the whole sample gathers it."""
 
     shares: list[list[ray.ObjectRef]]  # [share][read task]: fp16 blocks, in the sample's order
-    sizes: list[int]  # rows per share
+    rows: int  # in the whole sample
     dim: int
+
+    @property
+    def sizes(self) -> list[int]:
+        """Rows per share."""
+        return [len(range(rank, self.rows, len(self.shares))) for rank in range(len(self.shares))]
 
     def share(self, rank: int) -> np.ndarray:
         """Share `rank`'s fp16 rows, in the sample's order."""
@@ -160,7 +165,7 @@ class DealtSample:
 
     def gather(self) -> np.ndarray:
         """Every row as float32, in the order sample_embeddings gives them (shard, then row)."""
-        x = np.empty((sum(self.sizes), self.dim), np.float32)
+        x = np.empty((self.rows, self.dim), np.float32)
         for rank in range(len(self.shares)):
             x[rank::len(self.shares)] = self.share(rank)
         return x
@@ -181,8 +186,7 @@ def deal_sample(run: RunDir, markers: dict[str, dict[str, Any]], n: int, seed: i
             tasks.append([refs] if shares == 1 else list(refs))
             total, held, group = total + held, 0, []
     dim = int(next(iter(markers.values()))["dim"]) if markers else 0
-    return DealtSample([[parts[r] for parts in tasks] for r in range(shares)],
-                       [len(range(r, total, shares)) for r in range(shares)], dim)
+    return DealtSample([[parts[r] for parts in tasks] for r in range(shares)], total, dim)
 
 
 def sample_blocks(run: RunDir, markers: dict[str, dict[str, Any]], n: int, seed: int,

@@ -72,7 +72,7 @@ def test_one_ranks_read_failure_makes_every_rank_resume_from_the_same_older_chec
         torch.save({"head": head.state_dict(), "optimizer": method.optimizer(head).state_dict(), "step": step,
                     "losses": [0.0] * step, "starts": [0], "stats": []}, folder / loop.STATE)
     rows = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float16)
-    sample = DealtSample([[ray.put(rows[rank::2])] for rank in range(2)], [32, 32], 8)
+    sample = DealtSample([[ray.put(rows[rank::2])] for rank in range(2)], 64, 8)
     monkeypatch.setattr(loop, "train_worker", fails_on_rank_0)
     monkeypatch.delenv(loop.POLL_ENV, raising=False)
     settings = TrainConfig(workers=2, checkpoint_every=2, poll_seconds=0.25)

@@ -5,8 +5,8 @@ rows, it puts most rows above 0.98 while far fewer are right. The fix is one tem
 temperature scaling, chosen without labels: the mean confidence softmax(logits / T).max() over a
 sample equals how often a row's near neighbours fall in its cluster (unless it is already lower: below).
 The neighbours are a fixed share of a cluster's size within a fixed-size sample (NEIGHBOR_SHARE of
-rows / k), so what "near" means does not shrink as the data grows (a billion rows' 50 nearest are all duplicates) and does not
-cross many clusters when k is large. Neighbour agreement still overrates accuracy where two classes
+rows / k), so what "near" means does not shrink as the data grows (a billion rows' 50 nearest are all
+duplicates) and does not cross many clusters when k is large. Neighbour agreement still overrates accuracy where two classes
 overlap in the features, which no label-free signal can see; it is the estimate that transfers.
 NEIGHBOR_SHARE was chosen on three labelled sets together (docs/measurements.md#calibrated-confidence).
 
