@@ -153,6 +153,21 @@ def kill_when_present(proc: subprocess.Popen, folder: Path, pattern: str, timeou
     proc.wait()
 
 
+def joined_slow_train_env(poll_seconds: float = 4.0) -> dict[str, str]:
+    """The environment of a CLI subprocess whose Ray Train fit a test kills mid-training: it joins the
+    session's Ray (RAY_ADDRESS, as a job's driver joins its cluster; its death ends its job), and its Train
+    controller polls the workers every `poll_seconds`. A worker's report waits for a poll (a queue of one),
+    so after the first checkpoint the run cannot reach its last before about (checkpoints - 2) polls: the
+    kill lands mid-training even when a loaded machine delays the test's watch by seconds. At the fit's own
+    0.5 s a small fit's steps take a second or two, and a kill that came after the last checkpoint left
+    the re-run nothing to resume."""
+    import ray
+
+    from scaleclust.train.loop import POLL_ENV
+
+    return {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, POLL_ENV: str(poll_seconds)}
+
+
 def a_state_loads(files: list[Path]) -> bool:
     """Whether one of the checkpoint state files loads whole: kill_when_present's `until` for a kill after a
     complete checkpoint (a state file appears when its upload starts, and a kill then can cut it short)."""

@@ -5,7 +5,6 @@ test is here, on SIC: every method but kmeans trains on the same loop (SCAN in t
 test_fit_mlc.py), so one kill (of a command that joins the session's Ray) covers them."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,6 @@ from typing import Any
 
 import pytest
 import numpy as np
-import ray
 import torch
 import yaml
 
@@ -22,7 +20,7 @@ from scaleclust.config import ConfigError, from_dict
 from scaleclust.pipeline import prepare, run_stage
 from scaleclust.rundir import RunDir
 from scaleclust.verify import verify
-from tests.conftest import NOUNS, SharedRun, kill_when_present
+from tests.conftest import NOUNS, SharedRun, joined_slow_train_env, kill_when_present
 
 HEADS = {"heads": 2, "hidden": 16, "steps": 60, "batch_size": 16, "neighbors": 4, "lr": 0.01, "select_steps": 20}
 METHODS: dict[str, dict[str, Any]] = {
@@ -102,11 +100,9 @@ def test_killed_fit_resumes_from_its_newest_checkpoint(shared_run: SharedRun, tm
     data = copy_shared(shared_run, tmp_path / "killed", "sic")
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(data))
     train_dir = tmp_path / "killed" / "run" / "model" / "train"
-    # The command joins the session's Ray (RAY_ADDRESS, as a job's driver joins its cluster) rather than starting
-    # one of its own; its driver's death ends its job, whose actors Ray then stops.
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     proc = subprocess.Popen([sys.executable, "-m", "scaleclust.cli", "fit", str(tmp_path / "job.yaml")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=joined_slow_train_env())
     kill_when_present(proc, train_dir, "*/checkpoint_*/state.pt", timeout=400, settle=1)
     assert not (tmp_path / "killed" / "run" / "model" / "model.json").exists(), "kill must land mid-fit"
     assert (tmp_path / "killed" / "run" / "semantic" / "space.json").exists()
@@ -117,6 +113,7 @@ def test_killed_fit_resumes_from_its_newest_checkpoint(shared_run: SharedRun, tm
     _, model = fit_and_assign({**data, "cluster": {**data["cluster"], "train": {**data["cluster"]["train"], **knobs}}},
                               shared_run.rows)
     facts = model["train"]
+    assert newest < facts["steps"], f"the kill landed after the last checkpoint (step {newest}): nothing to resume"
     assert len(facts["starts"]) == 2 and facts["starts"][1] > 0, facts["starts"]  # resumed, not restarted
     # From the newest complete checkpoint, never an older one (Ray Train's own record lags its uploads).
     # A worker orphaned by the kill may still upload a newer one before the re-run starts: hence >=.

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import ray
 import yaml
 
 from scaleclust.config import StorageConfig
@@ -22,7 +20,7 @@ from scaleclust.storage import listdir
 from scaleclust.update import update
 from scaleclust.verify import verify
 from scaleclust.versions import Versions
-from tests.conftest import a_state_loads, kill_when_present
+from tests.conftest import a_state_loads, joined_slow_train_env, kill_when_present
 from tests.shards import NEW_CONCEPT, write_synthetic_shards
 from tests.test_update import (arrivals, assert_new_concept_got_a_new_id, clusters_by_key, labels_by_key,
                                version_files)
@@ -99,12 +97,12 @@ def test_killed_scan_refit_ends_where_an_unbroken_one_ends(tmp_path: Path, make_
     before = version_files(tmp_path / "b", first)
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(killed_cfg.model_dump(mode="json")))
-    # the command joins the session's Ray (as a job's driver joins its cluster); its death ends its job
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    proc = subprocess.Popen([sys.executable, "-m", "scaleclust.cli", "update", str(job)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "scaleclust.cli", "update", str(job)], env=joined_slow_train_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     # killed once a whole checkpoint is there: one cut short mid-upload is skipped, and the re-run starts afresh
     kill_when_present(proc, tmp_path / "b" / "model" / "train", "refit-*/checkpoint_*/state.pt", until=a_state_loads)
+    newest = max(int(p.name.rsplit("_", 1)[1])
+                 for p in (tmp_path / "b" / "model" / "train").glob("refit-*/checkpoint_step_*"))
     run = RunDir(str(tmp_path / "b"), StorageConfig())
     history = Versions(run)
     assert history.latest()["version"] == first["version"]  # the pointer never moved
@@ -113,6 +111,7 @@ def test_killed_scan_refit_ends_where_an_unbroken_one_ends(tmp_path: Path, make_
     assert resumed["refit"] and resumed["k"] == unbroken["k"]
     models = [json.loads((tmp_path / side / m["model_dir"] / "model.json").read_text())
               for side, m in (("a", unbroken), ("b", resumed))]
+    assert newest < models[1]["train"]["steps"], f"the kill landed after the last checkpoint (step {newest})"
     assert models[1]["train"]["starts"][0] == 0 and len(models[1]["train"]["starts"]) == 2  # resumed, not redone
     assert models[1]["train"]["starts"][1] > 0
     heads = [hashlib.sha256((tmp_path / side / m["model_dir"] / "head.pt").read_bytes()).hexdigest()
