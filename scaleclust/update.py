@@ -174,7 +174,7 @@ def concept_groups(x: np.ndarray, novel: np.ndarray, slots: np.ndarray, old_ids:
     concept = (novel | fresh_rows(x, slots, new["is_new"], grown, upd.min_new_cluster_rows, niter, seed)
                | fresh_neighbourhoods(x, new["is_new"], seed))
     wanted = min(upd.max_new_clusters, int(concept.sum()) // upd.min_new_cluster_rows)
-    tight = typical_tightness(x[~concept], slots[~concept], upd.min_new_cluster_rows)
+    tight = typical_tightness(x, np.where(concept, -1, slots), upd.min_new_cluster_rows)
     groups = novel_groups(x[concept], wanted, niter, seed, upd.min_new_cluster_rows, tight)
     return concept, keep_fresh(groups, new["is_new"][concept], float(np.mean(new["is_new"])))
 
@@ -268,7 +268,7 @@ def warm_start(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, sample: D
     assigner = methods.head_assigner(method, state, old["dim"], int(old["k"]), int(old["head"]))
     concept, groups = concept_groups(x, novel, assigner.assign(x)[0], cluster_ids(old), new, upd, cluster.niter, seed)
     n_new = int(groups.max()) + 1 if len(groups) else 0
-    known = x[~concept][:: max(1, int((~concept).sum()) // KNOWN_ROWS)]
+    known = x[np.flatnonzero(~concept)[:: max(1, int((~concept).sum()) // KNOWN_ROWS)]]
     trained = assigner.head.inner if isinstance(assigner.head, OneHead) else assigner.head
     grown = grow_state(trained, torch.from_numpy(x[concept][groups >= 0]), torch.from_numpy(groups[groups >= 0]),
                        n_new, torch.from_numpy(known))

@@ -302,3 +302,46 @@ def test_grown_heads_keep_old_rows_and_seed_new_outputs_on_novel_groups() -> Non
             assert (HeadAssigner(view(grown), index).assign(x_old)[0] == before).mean() >= 0.95
             novel = HeadAssigner(view(grown), index).assign(x_new)[0]
             assert (novel == new_label + 3).mean() >= 0.9, type(head).__name__
+
+
+def test_the_refit_pieces_a_batch_at_a_time_equal_their_whole_matrix_definitions() -> None:
+    """A refit runs these on a whole sample of millions of rows, so each works a batch (or one cluster) at
+    a time; on rows spread over several batches each equals its definition on the whole matrix: novelty
+    (no cluster's threshold met), every assigner's argmax, softmax confidence and runner-up (choice.top_two,
+    here on a head's logits), the prototypes
+    (normalised float64 means), the calibration's thresholds (a quantile of each cluster's cosines), and
+    the typical tightness with the rows of slot -1 left out (as if they were not given)."""
+    import torch
+
+    from scaleclust.cluster.choice import top_two
+    from scaleclust.cluster.heads import ClusterHeads, HeadAssigner
+
+    rng = np.random.default_rng(11)
+    x, label = blobs(unit(rng, 7, 16), 2_500, 0.3, 12)
+    novelty = calibrate(x[:400], label[:400], np.arange(7), 0.3)
+    sims = x @ novelty.prototypes.T
+    assert np.array_equal(novelty.novel(x, batch_size=300), (sims - novelty.thresholds).max(axis=1) < 0)
+    assert 0 < novelty.novel(x).sum() < len(x)
+
+    torch.manual_seed(0)
+    assigner = HeadAssigner(ClusterHeads(16, 7, heads=2, hidden=8), 1, temperature=0.5)
+    p = assigner.probabilities(x)
+    cluster, confidence, second = top_two(assigner.logits, x, assigner.temperature, batch_size=300)
+    assert np.array_equal(cluster, p.argmax(axis=1)) and np.allclose(confidence, p.max(axis=1), rtol=1e-5)
+    assert all(np.array_equal(a, b) for a, b in zip(assigner.assign(x), (cluster, confidence, second)))
+    runner_up = np.where(np.arange(7) == cluster[:, None], -np.inf, p).argmax(axis=1)
+    assert np.array_equal(second, runner_up) and (second != cluster).all()
+
+    sums = np.stack([x[cluster == s].astype(np.float64).sum(axis=0) for s in range(7)])
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    want = np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0)  # an empty slot: a zero row
+    assert 0 < (norms[:, 0] > 0).sum() and np.allclose(prototypes(x, cluster, 7), want, atol=1e-12)
+
+    whole = calibrate(x, cluster, np.arange(7), 0.1)
+    for s in range(7):
+        rows = x[cluster == s]
+        if len(rows):
+            assert whole.thresholds[s] == np.quantile(rows @ whole.prototypes[s], 0.1)
+    left_out = label == 3
+    assert (typical_tightness(x, np.where(left_out, -1, label), 20)
+            == typical_tightness(x[~left_out], label[~left_out], 20))

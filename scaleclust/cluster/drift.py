@@ -39,10 +39,13 @@ class Novelty:
     thresholds: np.ndarray   # (k,) cosine each cluster needs to accept a row
     reference: np.ndarray | None = None  # (r, d) float16: rows the model knew (None in files made before)
 
-    def novel(self, x: np.ndarray) -> np.ndarray:
-        """Boolean mask of rows of x that no cluster accepts."""
-        sims = np.asarray(x, np.float32) @ self.prototypes.T
-        return (sims - self.thresholds).max(axis=1) < 0
+    def novel(self, x: np.ndarray, batch_size: int = 16384) -> np.ndarray:
+        """Boolean mask of rows of x that no cluster accepts (a batch at a time: memory O(batch x k))."""
+        out = np.empty(len(x), bool)
+        for i in range(0, len(x), batch_size):
+            sims = np.asarray(x[i:i + batch_size], np.float32) @ self.prototypes.T
+            out[i:i + len(sims)] = (sims - self.thresholds).max(axis=1) < 0
+        return out
 
     def to_bytes(self) -> bytes:
         sink = io.BytesIO()
@@ -66,8 +69,10 @@ def calibrate(x: np.ndarray, clusters: np.ndarray, ids: np.ndarray, quantile: fl
     keep = np.random.default_rng(0).choice(len(x), min(reference_rows, len(x)), replace=False)
     protos = np.zeros((len(ids), x.shape[1]), np.float32)
     thresholds = np.full(len(ids), np.inf, np.float32)  # a cluster without rows accepts nothing
+    order = np.argsort(clusters, kind="stable")  # each cluster's rows in one slice, in their order: one pass, not k
+    ordered = np.asarray(clusters)[order]
     for slot, cid in enumerate(ids):
-        rows = x[clusters == cid]
+        rows = x[order[np.searchsorted(ordered, cid):np.searchsorted(ordered, cid, side="right")]]
         if len(rows) == 0:
             continue
         mean = rows.mean(axis=0)

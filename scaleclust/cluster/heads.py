@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from scaleclust.cluster.choice import top_two
 from scaleclust.cluster.method import unwrap
 from scaleclust.cluster.shapes import check_shape
 from scaleclust.cluster.settings import HeadsConfig
@@ -112,8 +113,5 @@ class HeadAssigner:
         return torch.from_numpy(self.logits(x, batch_size) / self.temperature).softmax(-1).numpy()
 
     def assign(self, x: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(cluster int32, confidence float32, second-choice cluster int32) per row."""
-        p = self.probabilities(x)
-        order = np.argsort(-p, axis=1)[:, :2]
-        rows = np.arange(len(p))
-        return order[:, 0].astype(np.int32), p[rows, order[:, 0]].astype(np.float32), order[:, 1].astype(np.int32)
+        """(cluster int32, confidence float32, second-choice cluster int32) per row (choice.top_two)."""
+        return top_two(self.logits, x, self.temperature)

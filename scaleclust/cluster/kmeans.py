@@ -9,6 +9,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from scaleclust.cluster.choice import top_two
+
 
 def spherical_kmeans(x: np.ndarray, k: int, niter: int, restarts: int, seed: int,
                      gpus: int = 0) -> tuple[np.ndarray, float]:
@@ -26,14 +28,6 @@ def spherical_kmeans(x: np.ndarray, k: int, niter: int, restarts: int, seed: int
 
 def soft_assign(x: np.ndarray, centroids: np.ndarray, temperature: float) -> dict[str, np.ndarray]:
     """Nearest and second-nearest centroid by cosine, with confidence = softmax(cos / T) of the first."""
-    sims = np.asarray(x, np.float32) @ np.asarray(centroids, np.float32).T
-    order = np.argsort(-sims, axis=1)[:, :2]
-    logits = (sims - sims.max(axis=1, keepdims=True)) / temperature
-    prob = np.exp(logits)
-    prob /= prob.sum(axis=1, keepdims=True)
-    rows = np.arange(len(x))
-    return {
-        "cluster": order[:, 0].astype(np.int32),
-        "confidence": prob[rows, order[:, 0]].astype(np.float32),
-        "cluster2": order[:, -1].astype(np.int32),
-    }
+    centroids = np.asarray(centroids, np.float32)
+    cluster, confidence, second = top_two(lambda rows: np.asarray(rows, np.float32) @ centroids.T, x, temperature)
+    return {"cluster": cluster, "confidence": confidence, "cluster2": second}

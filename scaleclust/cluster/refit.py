@@ -1,4 +1,4 @@
-"""Warm-started refits and cluster-id matching across refits (plain numpy/faiss).
+"""Warm-started refits and cluster-id matching across refits (numpy, faiss, and torch for one blockwise sum).
 
 Warm start, k-means: k-means begins from the current centroids, plus a few new centroids seeded by
 k-means among the rows no current cluster accepts (novel rows), so a concept absent before can get its
@@ -18,6 +18,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+import torch
 
 from scaleclust.cluster.kmeans import spherical_kmeans
 from scaleclust.cluster.subspaces import SubspaceAssigner, fit_subspaces
@@ -32,17 +33,20 @@ LOOSER = 1.5  # typical_tightness: how much looser than the typical cluster one 
 def tightness(x: np.ndarray) -> float:
     """How tight a group of unit rows is: the median cosine of its rows to its prototype (their
     normalised mean). Unlike the distance between prototypes, it does not depend on the group's size."""
-    x = np.asarray(x, np.float64)
-    mean = x.mean(axis=0)
-    return float(np.median(x @ (mean / max(float(np.linalg.norm(mean)), 1e-12))))
+    x = np.asarray(x, np.float32)
+    mean = x.mean(axis=0, dtype=np.float64)  # accumulated in float64 without a float64 copy of the rows
+    return float(np.median(x @ (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)))
 
 
 def typical_tightness(x: np.ndarray, slots: np.ndarray, min_rows: int) -> float | None:
     """The tightness a group may have and still be one concept at a model's granularity: that of its
     typical cluster (the median over its clusters with at least `min_rows` of the rows x, given with
-    their cluster slots), with LOOSER times its looseness (1 - tightness), as clusters' widths vary;
-    None when no cluster has that many rows."""
-    found = [tightness(x[slots == s]) for s in np.unique(slots) if int((slots == s).sum()) >= min_rows]
+    their cluster slots; a row of slot -1 is left out), with LOOSER times its looseness (1 - tightness), as
+    clusters' widths vary; None when no cluster has that many rows."""
+    order = np.argsort(slots, kind="stable")  # each cluster's rows in one slice, in their order: one pass, not k
+    found = [tightness(x[order[start:start + count]])
+             for slot, start, count in zip(*np.unique(np.asarray(slots)[order], return_index=True, return_counts=True))
+             if slot >= 0 and count >= min_rows]
     return 1.0 - LOOSER * (1.0 - float(np.median(found))) if found else None
 
 
@@ -198,8 +202,10 @@ def prototypes(x: np.ndarray, slots: np.ndarray, k: int) -> np.ndarray:
     """(k, d) prototype of each cluster slot: the normalised mean of the rows of x (n, d) assigned to it
     (a zero row for a slot without rows, which then matches nothing). The id matching of head refits
     compares these, so two models are compared on the same rows whatever their parameters look like."""
-    x = np.asarray(x, np.float64)
-    sums = np.zeros((k, x.shape[1]))
-    np.add.at(sums, np.asarray(slots, np.int64), x)
+    sums = torch.zeros((k, x.shape[1]), dtype=torch.float64)
+    slots = torch.as_tensor(np.asarray(slots, np.int64))
+    for i in range(0, len(x), 8192):  # float64 a block at a time, not a float64 copy of every row
+        sums.index_add_(0, slots[i:i + 8192], torch.as_tensor(np.asarray(x[i:i + 8192], np.float64)))
+    sums = sums.numpy()
     norms = np.linalg.norm(sums, axis=1, keepdims=True)
     return np.where(norms > 0, sums / np.maximum(norms, 1e-12), 0.0)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scaleclust.cluster.choice import top_two
+
 
 @dataclass(frozen=True)
 class SubspaceAssigner:
@@ -23,18 +25,11 @@ class SubspaceAssigner:
         return np.square(proj).sum(-1)
 
     def assign(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(cluster int32, confidence float32, second-choice cluster int32) of each row.
+        """(cluster int32, confidence float32, second-choice cluster int32) of each row (choice.top_two).
 
         Confidence is softmax(scores / temperature) at the chosen cluster, as for k-means centroids.
         """
-        scores = self.scores(feats)
-        order = np.argsort(-scores, axis=1)[:, :2]
-        logits = (scores - scores.max(axis=1, keepdims=True)) / self.temperature
-        prob = np.exp(logits)
-        prob /= prob.sum(axis=1, keepdims=True)
-        rows = np.arange(len(scores))
-        return (order[:, 0].astype(np.int32), prob[rows, order[:, 0]].astype(np.float32),
-                order[:, -1].astype(np.int32))
+        return top_two(self.scores, feats, self.temperature)
 
 
 def fit_subspaces(feats: np.ndarray, labels: np.ndarray, k: int, rank: int,
