@@ -41,6 +41,7 @@ from scaleclust.cluster.grow import grow_state
 from scaleclust.cluster.heads import OneHead
 from scaleclust.cluster.sic import SIC
 from scaleclust.cluster.mlc import head_features
+from scaleclust.cluster.kmeans import soft_assign
 from scaleclust.cluster.refit import (fresh_rows, keep_fresh, match_ids, match_similar, novel_groups,
                                       prototypes, subspace_similarity, typical_tightness, warm_kmeans, warm_subspaces)
 from scaleclust.cluster.subspaces import SubspaceAssigner, fit_subspaces
@@ -209,7 +210,7 @@ def refit_model(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers:
         z, c = head_features(head, x)
         feats = z if old["space"] == "z" else c
         old_bases = methods.read(run, was("subspaces.npy"))
-        concept, groups = concept_groups(x, novel, np.argmax(SubspaceAssigner(old_bases).scores(feats), axis=1),
+        concept, groups = concept_groups(x, novel, SubspaceAssigner(old_bases).assign(feats)[0],
                                          old_ids, new, upd, cluster.niter, seed)
         n_new = int(groups.max()) + 1 if len(groups) else 0
         seeds = fit_subspaces(feats[concept][groups >= 0], groups[groups >= 0], n_new, old_bases.shape[2]).bases
@@ -217,18 +218,18 @@ def refit_model(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers:
         ids, mapping = match_similar(subspace_similarity(bases, old_bases), old_ids, upd.match_floor, next_id)
         copy_file(was("head.pt"), now("head.pt"), run.storage)  # the head is kept
         methods.save(run, now("subspaces.npy"), bases.astype(np.float32))
-        slots = np.argmax(SubspaceAssigner(bases).scores(feats), axis=1)
+        slots = SubspaceAssigner(bases).assign(feats)[0]
         facts = {"params": old["params"], "k": int(len(bases)), "space": old["space"]}
     else:
         old_centroids = methods.read(run, was("centroids.npy"))
-        concept, groups = concept_groups(x, novel, np.argmax(x @ old_centroids.T, axis=1), old_ids, new, upd,
+        concept, groups = concept_groups(x, novel, soft_assign(x, old_centroids, 1.0)["cluster"], old_ids, new, upd,
                                          cluster.niter, seed)
         n_new = int(groups.max()) + 1 if len(groups) else 0
         seeds = prototypes(x[concept][groups >= 0], groups[groups >= 0], n_new).astype(np.float32)
         centroids = warm_kmeans(x, np.concatenate([old_centroids, seeds]), cluster.niter, seed)
         ids, mapping = match_ids(old_centroids, old_ids, centroids, upd.match_floor, next_id)
         methods.save(run, now("centroids.npy"), centroids.astype(np.float32))
-        slots = np.argmax(x @ centroids.T, axis=1)
+        slots = soft_assign(x, centroids, 1.0)["cluster"]
         facts = {"params": methods.fit_params(cluster), "k": int(len(centroids))}
     run.write_bytes(_novelty_url(run, model_id), calibrate(x, ids[slots], ids, upd.novelty_quantile).to_bytes())
     meta = {"method": old["method"], **facts, "model_id": model_id, "dim": int(x.shape[1]), "sample_rows": int(len(x)),

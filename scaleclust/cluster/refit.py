@@ -148,7 +148,7 @@ def warm_subspaces(feats: np.ndarray, init: np.ndarray, niter: int) -> np.ndarra
     keeps its old value (a cluster the sample lacks is not lost). Returns the bases."""
     bases = np.asarray(init, np.float32)
     for _ in range(niter):
-        labels = np.argmax(SubspaceAssigner(bases).scores(feats), axis=1)
+        labels = SubspaceAssigner(bases).assign(feats)[0]
         fitted = fit_subspaces(feats, labels, len(bases), bases.shape[2]).bases
         empty = np.bincount(labels, minlength=len(bases)) == 0
         fitted[empty] = bases[empty]
