@@ -153,12 +153,13 @@ def kill_when_present(proc: subprocess.Popen, folder: Path, pattern: str, timeou
     proc.wait()
 
 
-def joined_slow_train_env(poll_seconds: float = 4.0) -> dict[str, str]:
+def joined_slow_train_env(poll_seconds: float = 6.0) -> dict[str, str]:
     """The environment of a CLI subprocess whose Ray Train fit a test kills mid-training: it joins the
     session's Ray (RAY_ADDRESS, as a job's driver joins its cluster; its death ends its job), and its Train
-    controller polls the workers every `poll_seconds`. A worker's report waits for a poll (a queue of one),
-    so after the first checkpoint the run cannot reach its last before about (checkpoints - 2) polls: the
-    kill lands mid-training even when a loaded machine delays the test's watch by seconds. At the fit's own
+    controller polls the workers every `poll_seconds`. A worker uploads a checkpoint, then waits for the
+    poll that takes its previous report (a queue of one), so the last of m checkpoints cannot be uploaded
+    before (m - 3) polls after the first: the kill lands mid-training even when a loaded machine delays the
+    test's watch by seconds (a refit of 4 checkpoints: one poll). At the fit's own
     0.5 s a small fit's steps take a second or two, and a kill that came after the last checkpoint left
     the re-run nothing to resume."""
     import ray
@@ -166,6 +167,20 @@ def joined_slow_train_env(poll_seconds: float = 4.0) -> dict[str, str]:
     from scaleclust.train.loop import POLL_ENV
 
     return {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, POLL_ENV: str(poll_seconds)}
+
+
+def checkpoint_steps(train_dir: Path, runs: str = "*") -> list[int]:
+    """The steps of the checkpoints of the Train runs `runs` (a glob) under train_dir whose state file
+    loads whole (a kill may cut one short), in order."""
+    import torch
+
+    steps = []
+    for state in train_dir.glob(f"{runs}/checkpoint_step_*/state.pt"):
+        try:
+            steps.append(int(torch.load(state, weights_only=True)["step"]))
+        except (RuntimeError, EOFError, OSError):
+            continue
+    return sorted(steps)
 
 
 def a_state_loads(files: list[Path]) -> bool:

@@ -20,7 +20,7 @@ from scaleclust.config import ConfigError, from_dict
 from scaleclust.pipeline import prepare, run_stage
 from scaleclust.rundir import RunDir
 from scaleclust.verify import verify
-from tests.conftest import NOUNS, SharedRun, joined_slow_train_env, kill_when_present
+from tests.conftest import NOUNS, SharedRun, checkpoint_steps, joined_slow_train_env, kill_when_present
 
 HEADS = {"heads": 2, "hidden": 16, "steps": 60, "batch_size": 16, "neighbors": 4, "lr": 0.01, "select_steps": 20}
 METHODS: dict[str, dict[str, Any]] = {
@@ -76,17 +76,6 @@ def test_fit_with_two_workers_assigns_every_row(shared_run: SharedRun, tmp_path:
     reason = methods.get(method).experimental
     said = [line for line in capsys.readouterr().out.splitlines() if "is experimental" in line]
     assert said == ([f"fit: {method} is experimental: {reason}"] if reason else [])
-
-
-def checkpoint_steps(train_dir: Path) -> list[int]:
-    """The steps of the checkpoints whose state file loads whole (a kill may cut one short)."""
-    steps = []
-    for state in train_dir.glob("*/checkpoint_step_*/state.pt"):
-        try:
-            steps.append(int(torch.load(state, weights_only=True)["step"]))
-        except (RuntimeError, EOFError, OSError):
-            continue
-    return sorted(steps)
 
 
 @pytest.mark.subprocess

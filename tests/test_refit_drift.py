@@ -3,6 +3,7 @@ concept, novelty calibration, the drift report, and a summary partial's round tr
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from scaleclust.cluster.drift import DriftCounts, Novelty, calibrate, fresh_neighbourhoods, fresh_threshold, report
 from scaleclust.cluster.refit import (fresh_rows, keep_fresh, match_ids, match_similar, novel_groups,
@@ -306,42 +307,62 @@ def test_grown_heads_keep_old_rows_and_seed_new_outputs_on_novel_groups() -> Non
 
 def test_the_refit_pieces_a_batch_at_a_time_equal_their_whole_matrix_definitions() -> None:
     """A refit runs these on a whole sample of millions of rows, so each works a batch (or one cluster) at
-    a time; on rows spread over several batches each equals its definition on the whole matrix: novelty
-    (no cluster's threshold met), every assigner's argmax, softmax confidence and runner-up (choice.top_two,
-    here on a head's logits), the prototypes
-    (normalised float64 means), the calibration's thresholds (a quantile of each cluster's cosines), and
-    the typical tightness with the rows of slot -1 left out (as if they were not given)."""
+    a time; on rows spread over several batches and blocks each equals its definition on the whole matrix:
+    novelty (no cluster's threshold met), every assigner's argmax, softmax confidence and runner-up
+    (choice.top_two, under a head's logits, k-means's cosines and MLC's subspace energies), the prototypes
+    (normalised float64 means), the calibration's thresholds (a quantile of each cluster's cosines; none
+    for an id without rows, and rows of a cluster not in ids ignored), the tightness (median float64
+    cosine to the normalised mean) and the typical tightness with the rows of slot -1 left out."""
     import torch
 
     from scaleclust.cluster.choice import top_two
     from scaleclust.cluster.heads import ClusterHeads, HeadAssigner
+    from scaleclust.cluster.kmeans import soft_assign
+    from scaleclust.cluster.refit import tightness
 
     rng = np.random.default_rng(11)
-    x, label = blobs(unit(rng, 7, 16), 2_500, 0.3, 12)
+    x, label = blobs(unit(rng, 7, 16), 9_000, 0.3, 12)  # over choice.BATCH and prototypes' block of rows
     novelty = calibrate(x[:400], label[:400], np.arange(7), 0.3)
     sims = x @ novelty.prototypes.T
     assert np.array_equal(novelty.novel(x, batch_size=300), (sims - novelty.thresholds).max(axis=1) < 0)
     assert 0 < novelty.novel(x).sum() < len(x)
 
+    def whole(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        best = scores.argmax(axis=1)
+        return best, np.where(np.arange(scores.shape[1]) == best[:, None], -np.inf, scores).argmax(axis=1)
+
     torch.manual_seed(0)
     assigner = HeadAssigner(ClusterHeads(16, 7, heads=2, hidden=8), 1, temperature=0.5)
     p = assigner.probabilities(x)
     cluster, confidence, second = top_two(assigner.logits, x, assigner.temperature, batch_size=300)
-    assert np.array_equal(cluster, p.argmax(axis=1)) and np.allclose(confidence, p.max(axis=1), rtol=1e-5)
+    assert all(map(np.array_equal, (cluster, second), whole(assigner.logits(x))))
+    assert np.allclose(confidence, p.max(axis=1), rtol=1e-5) and (second != cluster).all()
     assert all(np.array_equal(a, b) for a, b in zip(assigner.assign(x), (cluster, confidence, second)))
-    runner_up = np.where(np.arange(7) == cluster[:, None], -np.inf, p).argmax(axis=1)
-    assert np.array_equal(second, runner_up) and (second != cluster).all()
+    centroids = unit(rng, 5, 16).astype(np.float32)
+    out = soft_assign(x, centroids, 0.1)
+    assert all(map(np.array_equal, (out["cluster"], out["cluster2"]), whole(x @ centroids.T)))
+    bases = np.linalg.qr(rng.standard_normal((4, 16, 2)))[0].astype(np.float32)
+    subspaces = SubspaceAssigner(bases)
+    got = subspaces.assign(x)
+    assert all(map(np.array_equal, (got[0], got[2]), whole(subspaces.scores(x))))
+    nan = top_two(lambda rows: np.where(np.arange(3) == 0, np.nan, rows[:, :3]), x[:10], 1.0)
+    assert (nan[0] != 0).all() and (nan[2] != 0).all() and (nan[0] != nan[2]).all()  # a NaN score never wins
 
     sums = np.stack([x[cluster == s].astype(np.float64).sum(axis=0) for s in range(7)])
     norms = np.linalg.norm(sums, axis=1, keepdims=True)
     want = np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0)  # an empty slot: a zero row
     assert 0 < (norms[:, 0] > 0).sum() and np.allclose(prototypes(x, cluster, 7), want, atol=1e-12)
 
-    whole = calibrate(x, cluster, np.arange(7), 0.1)
+    found = calibrate(x, label, np.arange(8), 0.1)  # id 7 has no rows
+    assert found.thresholds[7] == np.inf and not found.prototypes[7].any()
     for s in range(7):
-        rows = x[cluster == s]
-        if len(rows):
-            assert whole.thresholds[s] == np.quantile(rows @ whole.prototypes[s], 0.1)
+        assert found.thresholds[s] == np.quantile(x[label == s] @ found.prototypes[s], 0.1)
+    fewer = calibrate(x, label, np.arange(6), 0.1)  # the rows of cluster 6 are not any id's
+    assert np.array_equal(fewer.thresholds, found.thresholds[:6])
+
+    rows = x[label == 2].astype(np.float64)
+    mean = rows.mean(axis=0)
+    assert tightness(x[label == 2]) == pytest.approx(float(np.median(rows @ (mean / np.linalg.norm(mean)))), abs=1e-12)
     left_out = label == 3
     assert (typical_tightness(x, np.where(left_out, -1, label), 20)
             == typical_tightness(x[~left_out], label[~left_out], 20))

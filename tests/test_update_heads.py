@@ -20,7 +20,7 @@ from scaleclust.storage import listdir
 from scaleclust.update import update
 from scaleclust.verify import verify
 from scaleclust.versions import Versions
-from tests.conftest import a_state_loads, joined_slow_train_env, kill_when_present
+from tests.conftest import a_state_loads, checkpoint_steps, joined_slow_train_env, kill_when_present
 from tests.shards import NEW_CONCEPT, write_synthetic_shards
 from tests.test_update import (arrivals, assert_new_concept_got_a_new_id, clusters_by_key, labels_by_key,
                                version_files)
@@ -101,8 +101,7 @@ def test_killed_scan_refit_ends_where_an_unbroken_one_ends(tmp_path: Path, make_
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     # killed once a whole checkpoint is there: one cut short mid-upload is skipped, and the re-run starts afresh
     kill_when_present(proc, tmp_path / "b" / "model" / "train", "refit-*/checkpoint_*/state.pt", until=a_state_loads)
-    newest = max(int(p.name.rsplit("_", 1)[1])
-                 for p in (tmp_path / "b" / "model" / "train").glob("refit-*/checkpoint_step_*"))
+    newest = checkpoint_steps(tmp_path / "b" / "model" / "train", "refit-*")[-1]
     run = RunDir(str(tmp_path / "b"), StorageConfig())
     history = Versions(run)
     assert history.latest()["version"] == first["version"]  # the pointer never moved

@@ -35,7 +35,8 @@ def tightness(x: np.ndarray) -> float:
     normalised mean). Unlike the distance between prototypes, it does not depend on the group's size."""
     x = np.asarray(x, np.float32)
     mean = x.mean(axis=0, dtype=np.float64)  # accumulated in float64 without a float64 copy of the rows
-    return float(np.median(x @ (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)))
+    unit = mean / max(float(np.linalg.norm(mean)), 1e-12)
+    return float(np.median(np.concatenate([x[i:i + 8192] @ unit for i in range(0, len(x), 8192)])))
 
 
 def typical_tightness(x: np.ndarray, slots: np.ndarray, min_rows: int) -> float | None:
