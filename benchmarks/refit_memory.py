@@ -24,14 +24,10 @@ import subprocess
 import sys
 import time
 
+from fit_cost import memory_kib, reset_peak  # this folder's: /proc/self/status figures, the peak's reset
+
 NEW_CONCEPTS = 5  # concepts the old model lacks, in the night's new shards
 NEW_SHARE = 0.1  # share of the sample from the night's new shards (a fifth of them of new concepts)
-
-
-def memory(field: str) -> int:
-    """This process's VmRSS (now) or VmHWM (peak since the last reset) in bytes, from /proc (Linux)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
 
 
 def sequence(which: str, rows: int, dim: int, k: int) -> dict[str, float]:
@@ -62,9 +58,8 @@ def sequence(which: str, rows: int, dim: int, k: int) -> dict[str, float]:
     known = np.flatnonzero(truth < k)
     reference = calibrate(x[known], truth[known], ids, 0.05)  # the old model's novelty file
     is_new = arrived
-    base = memory("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # the peak (VmHWM) restarts from now: the set-up's temporaries do not count
+    base = memory_kib("VmRSS") * 1024
+    reset_peak()  # the peak (VmHWM) restarts from now: the set-up's temporaries do not count
     started = time.time()
     if which == "warm":
         novel = reference.novel(x)
@@ -82,7 +77,7 @@ def sequence(which: str, rows: int, dim: int, k: int) -> dict[str, float]:
         novelty = calibrate(x, ids[slots], ids, 0.05)
         facts = {"prototypes": int(len(protos)), "accepting": int(np.isfinite(novelty.thresholds).sum())}
     seconds = time.time() - started
-    extra = max(0, memory("VmHWM") - base)
+    extra = max(0, memory_kib("VmHWM") * 1024 - base)
     return {"which": which, "rows": rows, "dim": dim, "k": k, "seconds": round(seconds, 2),
             "extra_bytes_per_row": round(extra / rows), "extra_over_rows": round(extra / (rows * dim * 4), 2), **facts}
 

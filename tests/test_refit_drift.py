@@ -321,7 +321,7 @@ def test_the_refit_pieces_a_batch_at_a_time_equal_their_whole_matrix_definitions
     from scaleclust.cluster.refit import tightness
 
     rng = np.random.default_rng(11)
-    x, label = blobs(unit(rng, 7, 16), 9_000, 0.3, 12)  # over choice.BATCH and prototypes' block of rows
+    x, label = blobs(unit(rng, 7, 16), 9_000, 0.3, 12)  # over choice.BATCH and refit.BLOCK rows
     novelty = calibrate(x[:400], label[:400], np.arange(7), 0.3)
     sims = x @ novelty.prototypes.T
     assert np.array_equal(novelty.novel(x, batch_size=300), (sims - novelty.thresholds).max(axis=1) < 0)
@@ -333,7 +333,9 @@ def test_the_refit_pieces_a_batch_at_a_time_equal_their_whole_matrix_definitions
 
     torch.manual_seed(0)
     assigner = HeadAssigner(ClusterHeads(16, 7, heads=2, hidden=8), 1, temperature=0.5)
-    p = assigner.probabilities(x)
+    z = assigner.logits(x) / assigner.temperature
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
     cluster, confidence, second = top_two(assigner.logits, x, assigner.temperature, batch_size=300)
     assert all(map(np.array_equal, (cluster, second), whole(assigner.logits(x))))
     assert np.allclose(confidence, p.max(axis=1), rtol=1e-5) and (second != cluster).all()

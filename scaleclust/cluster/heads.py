@@ -108,10 +108,6 @@ class HeadAssigner:
         module.train(training)
         return torch.cat(parts).numpy() if parts else np.zeros((0, module.k), np.float32)
 
-    def probabilities(self, x: torch.Tensor | np.ndarray, batch_size: int = 4096) -> np.ndarray:
-        """softmax(logits / temperature) of rows x."""
-        return torch.from_numpy(self.logits(x, batch_size) / self.temperature).softmax(-1).numpy()
-
     def assign(self, x: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(cluster int32, confidence float32, second-choice cluster int32) per row (choice.top_two)."""
         return top_two(self.logits, x, self.temperature)

@@ -27,6 +27,7 @@ from scaleclust.cluster.subspaces import SubspaceAssigner, fit_subspaces
 # many times the sample's. An old concept's part has odds near the sample's: at a base share of one half, a part of
 # 20 such rows reaches 4 (a new share of 0.8) about 3 standard deviations out.
 FRESH_ODDS = 4.0
+BLOCK = 8192  # rows taken to float64 at a time (tightness, prototypes): never a float64 copy of a sample
 LOOSER = 1.5  # typical_tightness: how much looser than the typical cluster one concept may be
 
 
@@ -36,7 +37,7 @@ def tightness(x: np.ndarray) -> float:
     x = np.asarray(x, np.float32)
     mean = x.mean(axis=0, dtype=np.float64)  # accumulated in float64 without a float64 copy of the rows
     unit = mean / max(float(np.linalg.norm(mean)), 1e-12)
-    return float(np.median(np.concatenate([x[i:i + 8192] @ unit for i in range(0, len(x), 8192)])))
+    return float(np.median(np.concatenate([x[i:i + BLOCK] @ unit for i in range(0, len(x), BLOCK)])))
 
 
 def typical_tightness(x: np.ndarray, slots: np.ndarray, min_rows: int) -> float | None:
@@ -205,8 +206,8 @@ def prototypes(x: np.ndarray, slots: np.ndarray, k: int) -> np.ndarray:
     compares these, so two models are compared on the same rows whatever their parameters look like."""
     sums = torch.zeros((k, x.shape[1]), dtype=torch.float64)
     slots = torch.as_tensor(np.asarray(slots, np.int64))
-    for i in range(0, len(x), 8192):  # float64 a block at a time, not a float64 copy of every row
-        sums.index_add_(0, slots[i:i + 8192], torch.as_tensor(np.asarray(x[i:i + 8192], np.float64)))
+    for i in range(0, len(x), BLOCK):
+        sums.index_add_(0, slots[i:i + BLOCK], torch.as_tensor(np.asarray(x[i:i + BLOCK], np.float64)))
     sums = sums.numpy()
     norms = np.linalg.norm(sums, axis=1, keepdims=True)
     return np.where(norms > 0, sums / np.maximum(norms, 1e-12), 0.0)
