@@ -50,6 +50,7 @@ from scaleclust.config import ClusterConfig, Config, ConfigError
 from scaleclust.index.actors import IndexNeighbors, searchers
 from scaleclust.index.device import usable_gpus
 from scaleclust.index.manifest import load_manifest
+from scaleclust.ray_setup import check_task_memory
 from scaleclust.rundir import RunDir
 from scaleclust.sample import DealtSample, deal_sample, sample_embeddings
 from scaleclust.train.loop import train
@@ -275,9 +276,7 @@ def fit_mlc(cfg: Config, run: RunDir, markers: Markers) -> dict[str, Any]:
     dim = next(iter(markers.values()))["dim"]
     check_assign_memory(cluster, min(cluster.assign_sample, sum(m["embedded"] for m in markers.values())), dim)
     memory = int(cluster.assign_memory_gb * GB)
-    if memory > ray.cluster_resources().get("memory", 0):
-        raise ConfigError(f"cluster.assign_memory_gb: {cluster.assign_memory_gb} GiB exceeds the Ray cluster's "
-                          f"memory ({ray.cluster_resources().get('memory', 0) / GB:.1f} GiB); the task could never start")
+    check_task_memory(cfg, memory, "cluster.assign_memory_gb", "the MLC assigner fit")
     sample = deal_sample(run, markers, cluster.sample_size, cluster.seed, cluster.train.workers)
     state, facts = train(run, train_name(fit_params(cluster)), method, dim, sample, cluster.train, cluster.seed)
     facts.pop("recent_stats")

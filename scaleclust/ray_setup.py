@@ -6,7 +6,7 @@ import os
 
 import ray
 
-from scaleclust.config import Config
+from scaleclust.config import Config, ConfigError
 from scaleclust.console import quiet_ray_logs, verbose
 
 
@@ -22,9 +22,7 @@ def ensure_ray(cfg: Config) -> None:
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     loud = verbose()
-    joined = os.environ.get("RAY_ADDRESS", "")
-    # An http(s) RAY_ADDRESS names a Job API (as for `scaleclust submit`), not a cluster to join.
-    address = cfg.ray.address or (None if joined.startswith(("http://", "https://")) else joined)
+    address = cluster_address(cfg)
     level = logging.INFO if loud else logging.WARNING
     if address:
         ray.init(address=address, log_to_driver=True, logging_level=level)
@@ -39,3 +37,28 @@ def ensure_ray(cfg: Config) -> None:
                  dashboard_host="127.0.0.1", log_to_driver=loud, logging_level=level)
     quiet_ray_logs()
     ray.data.DataContext.get_current().enable_progress_bars = loud
+
+
+GIB = 1 << 30
+
+
+def cluster_address(cfg: Config) -> str | None:
+    """The cluster the driver joins: ray.address, else RAY_ADDRESS; None starts a local Ray. An http(s)
+    RAY_ADDRESS names a Job API (as for `scaleclust submit`), not a cluster to join."""
+    joined = os.environ.get("RAY_ADDRESS", "")
+    return cfg.ray.address or (None if joined.startswith(("http://", "https://")) else joined) or None
+
+
+def check_task_memory(cfg: Config, need: int, field: str, what: str) -> None:
+    """A task that requests `need` bytes of Ray memory runs only on a node that has them. On a local Ray,
+    which never grows, none that small is a ConfigError naming `field`, the setting that sizes the task,
+    before it waits forever; on a joined cluster the autoscaler may still add such a node, so it is a
+    warning line."""
+    largest = max((node["Resources"].get("memory", 0) for node in ray.nodes() if node.get("Alive")), default=0)
+    if need <= largest:
+        return
+    said = (f"{field}: {what} needs about {need / GIB:.1f} GiB in one Ray task, more than any node's "
+            f"{largest / GIB:.1f} GiB of Ray memory")
+    if cluster_address(cfg) is None:
+        raise ConfigError(f"{said}; the task could never start")
+    print(f"warning: {said} now; the task waits for a node that has it", flush=True)

@@ -50,7 +50,7 @@ from scaleclust.tables import embedding_matrix
 from scaleclust.lease import Lease
 from scaleclust.parallel import map_shards
 from scaleclust.pipeline import BY_NAME, STAGES, prepare, run_stage
-from scaleclust.ray_setup import ensure_ray
+from scaleclust.ray_setup import GIB, check_task_memory, ensure_ray
 from scaleclust.rundir import RunDir, cluster_ids
 from scaleclust.sample import DealtSample, deal_sample, sample_embeddings, sample_plan
 from scaleclust.stage import Context, leased
@@ -59,6 +59,17 @@ from scaleclust.versions import Versions
 
 EXAMPLES = 20  # novel keys listed in drift.json
 KNOWN_ROWS = 20_000  # sampled rows the old clusters accept that place a grown head's new outputs' biases
+
+
+def sample_task(cfg: Config, fn: Any, rows: int, dim: int, field: str) -> Any:
+    """`fn` as a Ray task of 1 CPU that requests the memory of a task holding `rows` x `dim` sampled
+    float32 rows: the rows, then at most 0.7 of their size again (the batches' scores, the rows of new
+    concepts and their masks: benchmarks/refit_memory.py), so twice the rows' size, plus a GiB for the
+    process itself (torch, the head). Requested, Ray never puts two such tasks, or one beside the index's
+    searchers, on a node too small for both (at jobs/laion.yaml's refit sample: 13 GiB). `field` sizes it."""
+    memory = 2 * rows * dim * 4 + GIB
+    check_task_memory(cfg, memory, field, f"a sample of {rows:,} rows x {dim}")
+    return ray.remote(num_cpus=1, memory=memory)(fn)
 
 
 def refit_policy(cfg: Config) -> str:
@@ -317,7 +328,8 @@ def refit_heads(cfg: Config, run: RunDir, markers: dict[str, dict[str, Any]], ol
     sample_cfg = cfg.cluster.model_copy(update={"seed": seed})
     sample = deal_sample(run, markers, sample_cfg.sample_size, seed, sample_cfg.train.workers)
     new = news(markers, sample_cfg.sample_size, seed, unseen, grown)
-    warm = ray.get(ray.remote(num_cpus=1)(warm_start).remote(
+    rows, dim = sample.rows, sample.dim
+    warm = ray.get(sample_task(cfg, warm_start, rows, dim, "cluster.sample_size").remote(
         run, refit_cluster(sample_cfg, cfg.update, old, int(old["k"])), cfg.update, sample, old, seed, new))
     cluster = refit_cluster(sample_cfg, cfg.update, old, int(old["k"]) + warm["n_new"])
     refit_cfg = cfg.model_copy(update={"cluster": cluster})
@@ -330,7 +342,7 @@ def refit_heads(cfg: Config, run: RunDir, markers: dict[str, dict[str, Any]], ol
                                  init_state={"head": warm["head"]}, sample=sample)
     print(f"refit: {old['method']} trained from model {old['model_id']} with {warm['n_new']} new output(s) "
           f"({warm['concept']} rows of new concepts, {warm['novel']} of them novel, in the {warm['rows']}-row sample)")
-    finish = ray.remote(num_cpus=1)(finish_heads)
+    finish = sample_task(cfg, finish_heads, rows, dim, "cluster.sample_size")
     return ray.get(finish.remote(run, cluster, cfg.update, sample, old, trained, warm, started))
 
 
@@ -444,8 +456,9 @@ def _first_version(ctx: Context, history: Versions, lease: Lease) -> dict[str, A
             run_stage(stage.name, ctx)
     model = run.marker(run.model("model.json"))
     markers = run.committed("embeddings")
-    ray.get(ray.remote(num_cpus=1)(_calibrate).remote(run, model, markers, cfg.assign.temperature, cfg.update,
-                                                      cfg.cluster.seed))
+    rows = min(cfg.update.calibration_rows, sum(m["embedded"] for m in markers.values()))
+    task = sample_task(cfg, _calibrate, rows, int(model["dim"]), "update.calibration_rows")
+    ray.get(task.remote(run, model, markers, cfg.assign.temperature, cfg.update, cfg.cluster.seed))
     version = history.start(None)
     summarise(cfg, run, history, version, None, sorted(markers))
     after_summary(ctx, None, history, relabel=True)
@@ -523,8 +536,11 @@ def _update(cfg: Config, lease: Lease, history: Versions) -> dict[str, Any]:
             if methods.get(old["method"]).warm == "head":
                 meta, mapping = refit_heads(cfg, run, markers, old, seed, version, unseen, report_["grown"])
             else:
-                size = cfg.cluster.assign_sample if old["method"] == "mlc" else cfg.cluster.sample_size
-                task = ray.remote(num_cpus=1)(refit_model)
+                mlc = old["method"] == "mlc"
+                size = cfg.cluster.assign_sample if mlc else cfg.cluster.sample_size
+                rows = min(size, sum(m["embedded"] for m in markers.values()))
+                task = sample_task(cfg, refit_model, rows, int(old["dim"]),
+                                   "cluster.assign_sample" if mlc else "cluster.sample_size")
                 meta, mapping = ray.get(task.remote(run, cfg.cluster, cfg.update, markers, old, seed,
                                                     news(markers, size, seed, unseen, report_["grown"])))
             run.write_json(history.path(version, "id_map.json"), mapping)

@@ -318,3 +318,31 @@ def test_names_and_their_synset_ids_are_carried_by_cluster_id(tmp_path: Path) ->
         got = run.read_table(run.clusters).to_pydict()
         assert got["name"] == ["cat", None, "dog"] and got["top_names"] == [["tabby"], [], ["beagle"]]
         assert got["name_id"] == (["n02121620", None, "n02084071"] if version == "new" else [None] * 3)
+
+
+def _resources() -> dict[str, float]:
+    import ray
+
+    return ray.get_runtime_context().get_assigned_resources()
+
+
+def test_a_sample_task_requests_its_rows_memory_and_one_no_node_holds_is_refused(tmp_path: Path, make_config,
+                                                                                   capsys) -> None:
+    import ray
+
+    from scaleclust.config import ConfigError
+    from scaleclust.ray_setup import GIB
+    from scaleclust.update import sample_task
+
+    cfg = make_config(str(tmp_path / "run"), str(tmp_path / "shards" / "*.tar"))
+    got = ray.get(sample_task(cfg, _resources, 10_000, 512, "cluster.sample_size").remote())
+    assert got["CPU"] == 1 and got["memory"] == 2 * 10_000 * 512 * 4 + GIB  # twice the rows, plus the process
+    largest = max(node["Resources"]["memory"] for node in ray.nodes() if node["Alive"])
+    rows = int(largest // (8 * 768)) + 1  # twice its float32 rows alone outgrow the largest node
+    with pytest.raises(ConfigError, match=rf"cluster\.sample_size: a sample of {rows:,} rows x 768 needs .* "
+                                          r"could never start"):
+        sample_task(cfg, _resources, rows, 768, "cluster.sample_size")
+    # a joined cluster may grow a node that holds it (its autoscaler): a warning, and the task waits
+    joined = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": "auto"})})
+    sample_task(joined, _resources, rows, 768, "cluster.sample_size")
+    assert "warning: cluster.sample_size" in capsys.readouterr().out
