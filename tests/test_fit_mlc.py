@@ -3,6 +3,8 @@ embedded run. A fit killed mid-way and resumed is tested once for the Train loop
 kmeans shares (test_fit_methods.py, on SIC)."""
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -31,9 +33,19 @@ def test_mlc_pipeline_with_ray_train(tmp_path: Path, shared_run: SharedRun, ray_
     shared_run.copy(tmp_path)
     cfg = from_dict(mlc_config(tmp_path, "run"))
     local = ray_local  # the Train workers' temp folder
+    # a worker killed mid-upload left its folder, checkpoint and all (its id is past any process's);
+    # a running worker's folder stays
+    gone = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
+    orphan, alive = local / f"{LOCAL_CHECKPOINT_PREFIX}{gone}-x", local / f"{LOCAL_CHECKPOINT_PREFIX}{os.getpid()}-y"
+    for folder in (orphan, alive):
+        folder.mkdir()
+        (folder / "state.pt").write_bytes(b"0" * 1000)
     before = set(local.glob(f"{LOCAL_CHECKPOINT_PREFIX}*"))
     metrics = run_all(cfg)
-    assert set(local.glob(f"{LOCAL_CHECKPOINT_PREFIX}*")) <= before  # checkpoints uploaded, local copies gone
+    after = set(local.glob(f"{LOCAL_CHECKPOINT_PREFIX}*"))
+    assert after <= before  # checkpoints uploaded, local copies gone
+    assert alive in after and orphan not in after
+    shutil.rmtree(alive)
     assert verify(cfg.run_dir, deep=True) == []
     model = RunDir(cfg.run_dir, cfg.storage).marker(RunDir(cfg.run_dir, cfg.storage).model("model.json"))
     assert model["method"] == "mlc" and model["k"] == 3

@@ -23,8 +23,10 @@ import io
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -41,7 +43,7 @@ from scaleclust.sample import DealtSample
 from scaleclust.storage import arrow_filesystem, join, listdir, read_bytes, remove
 
 STATE = "state.pt"
-LOCAL_CHECKPOINT_PREFIX = "scaleclust-ckpt-"  # temporary folder a checkpoint is written to before upload
+LOCAL_CHECKPOINT_PREFIX = "scaleclust-ckpt-"  # + PID-: the temporary folder a checkpoint is written to before upload
 KEEP_STATS = 50  # last steps' stats kept in the checkpoint (label-free head selection reads them)
 KEEP = 2  # checkpoints kept under model/train/NAME/
 CHECKPOINT = re.compile(r"checkpoint_step_(\d+)")
@@ -55,6 +57,30 @@ def _save(folder: str, head: torch.nn.Module, optimizer: torch.optim.Optimizer, 
                 "losses": losses, "starts": starts, "stats": stats, "skipped": skipped},
                os.path.join(folder, STATE))
     return ray.train.Checkpoint.from_directory(folder)
+
+
+def sweep_local_checkpoints() -> list[str]:
+    """Remove the local checkpoint folders of workers that are gone, and return them: a worker killed while
+    its checkpoint uploaded never ran its TemporaryDirectory's cleanup, and a long-lived node would
+    otherwise keep one folder (a head and its optimizer's state) per kill. A folder names its worker's
+    process id; one whose process still runs (or whose id was reused) is left."""
+    swept = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{LOCAL_CHECKPOINT_PREFIX}*-*"):
+        pid = folder.name[len(LOCAL_CHECKPOINT_PREFIX):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            swept.append(str(folder))
+    return swept
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def checkpoints(run: RunDir, name: str) -> list[tuple[int, str]]:
@@ -145,6 +171,8 @@ def train_worker(config: dict[str, Any]) -> None:
     """The per-worker loop: resume (or start from config["init_state"], else a fresh head), then step
     until method.steps, checkpointing every N steps."""
     method: Method = config["method"]
+    for folder in sweep_local_checkpoints():
+        print(f"fit {config['name']}: removed {folder}, the local checkpoint copy of a worker that was killed")
     torch.manual_seed(config["seed"])
     head = method.head(config["in_dim"])
     rank = ray.train.get_context().get_world_rank()
@@ -180,7 +208,7 @@ def train_worker(config: dict[str, Any]) -> None:
         if step % config["checkpoint_every"] == 0 or step == method.steps:
             metrics = {"step": step, "loss": losses[-1], "rows_per_second": rows / (time.time() - started)}
             # report uploads the checkpoint before it returns; the local copy then goes (it once piled up in /tmp)
-            with tempfile.TemporaryDirectory(prefix=LOCAL_CHECKPOINT_PREFIX) as folder:
+            with tempfile.TemporaryDirectory(prefix=f"{LOCAL_CHECKPOINT_PREFIX}{os.getpid()}-") as folder:
                 checkpoint = _save(folder, head, optimizer, step, losses, starts, kept, skipped) if rank == 0 else None
                 ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_step_{step:08d}")
 
