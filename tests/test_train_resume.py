@@ -83,3 +83,24 @@ def test_one_ranks_read_failure_makes_every_rank_resume_from_the_same_older_chec
     assert facts["starts"] == [0, 2]  # every rank resumed at step 2, the newest that rank 0 could read
     assert len(facts["skipped_checkpoints"]) == 1
     assert facts["skipped_checkpoints"][0].startswith("checkpoint_step_00000004 (OSError: injected read failure")
+
+
+def refuses(config: dict) -> None:
+    raise AssertionError("a Train worker started for a fit whose last checkpoint was written")
+
+
+def test_a_fit_killed_after_its_last_checkpoint_returns_it_without_training_and_records_the_attempt(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = RunDir(str(tmp_path / "run"), StorageConfig())
+    method = Linear()
+    for step in (2, 4, 6):  # the killed job wrote its last checkpoint (step 6 of 6), then died before its commit
+        folder = Path(run.model("train")) / NAME / f"checkpoint_step_{step:08d}"
+        folder.mkdir(parents=True)
+        torch.save({"head": method.head(8).state_dict(), "step": step, "losses": [float(step)] * step,
+                    "starts": [0], "stats": [{"loss": float(step)}]}, folder / loop.STATE)
+    sample = DealtSample([[ray.put(np.zeros((32, 8), np.float16))] for _ in range(2)], 64, 8)
+    monkeypatch.setattr(loop, "train_worker", refuses)
+    _, facts = loop.train(run, NAME, method, 8, sample, TrainConfig(workers=2, checkpoint_every=2), seed=0)
+    assert facts["steps"] == 6 and facts["final_loss"] == 6.0 and facts["recent_stats"] == [{"loss": 6.0}]
+    assert facts["starts"] == [0, 6]  # the attempt that found the fit done is recorded
+    assert [step for step, _ in loop.checkpoints(run, NAME)] == [6, 4]  # pruned to loop.KEEP, as after a fit

@@ -233,7 +233,8 @@ def controller_polls(seconds: float) -> Iterator[None]:
 def train(run: RunDir, name: str, method: Method, in_dim: int, sample: DealtSample, settings: TrainConfig,
           seed: int, neighbors: Callable[[np.ndarray], np.ndarray] | None = None,
           init_state: dict[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Fit the method's head with Ray Train as run `name` (the same name resumes); returns the final head
+    """Fit the method's head with Ray Train as run `name` (the same name resumes; one whose last checkpoint
+    is written already returns it without starting Ray Train); returns the final head
     state dict and training facts (with `recent_stats`: rank 0's stats of the last steps). Rank r trains
     on `sample`'s share r (deal_sample into settings.workers shares).
     `neighbors` maps rows to their neighbours' embeddings, for methods with neighbors > 0.
@@ -246,6 +247,10 @@ def train(run: RunDir, name: str, method: Method, in_dim: int, sample: DealtSamp
     if len(sample.shares) != settings.workers:
         raise ValueError(f"the sample is dealt into {len(sample.shares)} shares for {settings.workers} workers")
     batch_size = max(1, min(method.batch_size, min(sample.sizes)))
+    finished = finished_state(run, name, method.steps)
+    if finished is not None:
+        print(f"fit {name}: its last checkpoint (step {method.steps}) is already written; nothing left to train")
+        return _result(run, name, finished, [*finished["starts"], method.steps], batch_size, settings, None)
     fs, path = arrow_filesystem(run.model("train"), run.storage)
     trainer = TorchTrainer(
         train_worker,
@@ -268,9 +273,28 @@ def train(run: RunDir, name: str, method: Method, in_dim: int, sample: DealtSamp
     except UNREADABLE as err:
         raise RuntimeError(f"fit {name}: its last checkpoint {done[0][1]} cannot be read ({type(err).__name__}: "
                            f"{err}); run the fit again to read it (it resumes there)") from err
+    return _result(run, name, state, state["starts"], batch_size, settings, result.metrics.get("rows_per_second"))
+
+
+def finished_state(run: RunDir, name: str, steps: int) -> dict[str, Any] | None:
+    """The state of fit `name`'s newest checkpoint when it is at `steps` and loads whole, else None: a fit
+    killed after its last checkpoint, before its caller committed the result, is not started again (it would
+    start Ray Train to train nothing, and its attempt would go unrecorded in `starts`)."""
+    done = checkpoints(run, name)
+    if not done or done[0][0] < steps:
+        return None
+    try:
+        return load_state(done[0][1], run)
+    except UNREADABLE:
+        return None  # cut short by the kill: Ray Train resumes from the one before
+
+
+def _result(run: RunDir, name: str, state: dict[str, Any], starts: list[int], batch_size: int,
+            settings: TrainConfig, rows_per_second: float | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """train's result from the fit's last state; the older checkpoints pruned."""
     prune(run, name)
     tail = state["losses"][-10:]
-    return state["head"], {"steps": int(state["step"]), "starts": state["starts"], "batch_size": batch_size,
-                           "workers": settings.workers,
-                           "final_loss": sum(tail) / len(tail), "rows_per_second": result.metrics.get("rows_per_second"),
-                           "recent_stats": state.get("stats", []), "skipped_checkpoints": state.get("skipped", [])}
+    return state["head"], {"steps": int(state["step"]), "starts": starts, "batch_size": batch_size,
+                           "workers": settings.workers, "final_loss": sum(tail) / len(tail),
+                           "rows_per_second": rows_per_second, "recent_stats": state.get("stats", []),
+                           "skipped_checkpoints": state.get("skipped", [])}
