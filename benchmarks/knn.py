@@ -154,7 +154,7 @@ def main() -> None:
                     print(row, flush=True)
                     if recall >= args.target and spec.bytes_per_vector <= 100:
                         met.append((qps, row))
-            del indexes
+            indexes = []  # freed before the next kind is built
             print(f"  bytes/vector arithmetic: {spec.to_dict()['arithmetic']}")
     # exact search timed again after the IVF rows: the faster of the two is the bar (load may change)
     _, again_s = timed(exact_search, shards, eq, K)
