@@ -9,6 +9,8 @@ import ray
 from scaleclust.config import Config, ConfigError
 from scaleclust.console import quiet_ray_logs, verbose
 
+GIB = 1 << 30
+
 
 def ensure_ray(cfg: Config) -> None:
     """Join the configured cluster, else the one named by RAY_ADDRESS (set for a Ray job's entrypoint,
@@ -39,8 +41,6 @@ def ensure_ray(cfg: Config) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = loud
 
 
-GIB = 1 << 30
-
 
 def cluster_address(cfg: Config) -> str | None:
     """The cluster the driver joins: ray.address, else RAY_ADDRESS; None starts a local Ray. An http(s)
@@ -50,15 +50,17 @@ def cluster_address(cfg: Config) -> str | None:
 
 
 def check_task_memory(cfg: Config, need: int, field: str, what: str) -> None:
-    """A task that requests `need` bytes of Ray memory runs only on a node that has them. On a local Ray,
-    which never grows, none that small is a ConfigError naming `field`, the setting that sizes the task,
-    before it waits forever; on a joined cluster the autoscaler may still add such a node, so it is a
-    warning line."""
-    largest = max((node["Resources"].get("memory", 0) for node in ray.nodes() if node.get("Alive")), default=0)
+    """A task of 1 CPU that requests `need` bytes of Ray memory runs only on a node that has both. On a
+    local Ray (one the config starts, or ray.address 'local'), which never grows, no such node is a
+    ConfigError naming `field`, the setting that sizes the task, before the task waits forever. On a joined
+    cluster an autoscaler may still add one, so it is a warning line that says what to lower if none comes."""
+    largest = max((node["Resources"].get("memory", 0) for node in ray.nodes()
+                   if node.get("Alive") and node["Resources"].get("CPU", 0) >= 1), default=0)
     if need <= largest:
         return
-    said = (f"{field}: {what} needs about {need / GIB:.1f} GiB in one Ray task, more than any node's "
-            f"{largest / GIB:.1f} GiB of Ray memory")
-    if cluster_address(cfg) is None:
+    said = (f"{field}: {what} needs about {need / GIB:.1f} GiB in one Ray task, more than the "
+            f"{largest / GIB:.1f} GiB of Ray memory of any node with a CPU")
+    if cluster_address(cfg) in (None, "local"):
         raise ConfigError(f"{said}; the task could never start")
-    print(f"warning: {said} now; the task waits for a node that has it", flush=True)
+    print(f"warning: {said} now; the task waits for such a node, forever if the cluster cannot add one "
+          f"(then lower {field})", flush=True)

@@ -121,8 +121,12 @@ def sample_embeddings(run: RunDir, markers: dict[str, dict[str, Any]], n: int, s
                  for s, rows in sample_plan(markers, n, seed).items()]
     extra = {c: [v for _, e in parts for v in e[c]] for c in columns}
     dim = next(iter(markers.values()))["dim"] if markers else 0
-    blocks = [x.astype(np.float32) for x, _ in parts]
-    return (np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)), extra
+    x = np.empty((sum(len(part) for part, _ in parts), dim), np.float32)  # filled in place: no float32 copy per part
+    at = 0
+    for part, _ in parts:
+        x[at:at + len(part)] = part
+        at += len(part)
+    return x, extra
 
 
 def _read_dealt(run: RunDir, plan: list[tuple[str, np.ndarray]], shares: int,

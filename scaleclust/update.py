@@ -26,13 +26,14 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 import torch
+from ray.remote_function import RemoteFunction
 
 from scaleclust import methods
 from scaleclust.stages import fit, summary
@@ -61,12 +62,13 @@ EXAMPLES = 20  # novel keys listed in drift.json
 KNOWN_ROWS = 20_000  # sampled rows the old clusters accept that place a grown head's new outputs' biases
 
 
-def sample_task(cfg: Config, fn: Any, rows: int, dim: int, field: str) -> Any:
+def sample_task(cfg: Config, fn: Callable[..., Any], rows: int, dim: int, field: str) -> RemoteFunction:
     """`fn` as a Ray task of 1 CPU that requests the memory of a task holding `rows` x `dim` sampled
     float32 rows: the rows, then at most 0.7 of their size again (the batches' scores, the rows of new
-    concepts and their masks: benchmarks/refit_memory.py), so twice the rows' size, plus a GiB for the
-    process itself (torch, the head). Requested, Ray never puts two such tasks, or one beside the index's
-    searchers, on a node too small for both (at jobs/laion.yaml's refit sample: 13 GiB). `field` sizes it."""
+    concepts and their masks: benchmarks/refit_memory.py; the fp16 parts read, half the rows' size, while
+    sample_embeddings fills its matrix), so twice the rows' size, plus a GiB for the process itself (torch,
+    the head): 12.4 GiB at jobs/laion.yaml's refit sample. Ray then never puts the task on a node that has
+    less memory than that left by the other tasks that request memory. `field` sizes it."""
     memory = 2 * rows * dim * 4 + GIB
     check_task_memory(cfg, memory, field, f"a sample of {rows:,} rows x {dim}")
     return ray.remote(num_cpus=1, memory=memory)(fn)

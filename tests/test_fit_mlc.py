@@ -12,7 +12,7 @@ import pytest
 from scaleclust.config import from_dict
 from scaleclust.pipeline import run_all
 from scaleclust.rundir import RunDir
-from scaleclust.train.loop import LOCAL_CHECKPOINT_PREFIX
+from scaleclust.train.loop import LOCAL_CHECKPOINT_PREFIX, local_checkpoint_prefix
 from scaleclust.verify import verify
 from tests.conftest import NOUNS, SharedRun
 
@@ -36,16 +36,18 @@ def test_mlc_pipeline_with_ray_train(tmp_path: Path, shared_run: SharedRun, ray_
     # a worker killed mid-upload left its folder, checkpoint and all (its id is past any process's);
     # a running worker's folder stays
     gone = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
-    orphan, alive = local / f"{LOCAL_CHECKPOINT_PREFIX}{gone}-x", local / f"{LOCAL_CHECKPOINT_PREFIX}{os.getpid()}-y"
+    orphan, alive = (local / (local_checkpoint_prefix(pid) + "x") for pid in (gone, os.getpid()))
     for folder in (orphan, alive):
         folder.mkdir()
         (folder / "state.pt").write_bytes(b"0" * 1000)
     before = set(local.glob(f"{LOCAL_CHECKPOINT_PREFIX}*"))
-    metrics = run_all(cfg)
-    after = set(local.glob(f"{LOCAL_CHECKPOINT_PREFIX}*"))
+    try:
+        metrics = run_all(cfg)
+        after = set(local.glob(f"{LOCAL_CHECKPOINT_PREFIX}*"))
+    finally:
+        shutil.rmtree(alive)
     assert after <= before  # checkpoints uploaded, local copies gone
     assert alive in after and orphan not in after
-    shutil.rmtree(alive)
     assert verify(cfg.run_dir, deep=True) == []
     model = RunDir(cfg.run_dir, cfg.storage).marker(RunDir(cfg.run_dir, cfg.storage).model("model.json"))
     assert model["method"] == "mlc" and model["k"] == 3

@@ -342,6 +342,9 @@ def test_a_sample_task_requests_its_rows_memory_and_one_no_node_holds_is_refused
     with pytest.raises(ConfigError, match=rf"cluster\.sample_size: a sample of {rows:,} rows x 768 needs .* "
                                           r"could never start"):
         sample_task(cfg, _resources, rows, 768, "cluster.sample_size")
+    local = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": "local"})})
+    with pytest.raises(ConfigError, match="could never start"):
+        sample_task(local, _resources, rows, 768, "cluster.sample_size")
     # a joined cluster may grow a node that holds it (its autoscaler): a warning, and the task waits
     joined = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": "auto"})})
     sample_task(joined, _resources, rows, 768, "cluster.sample_size")

@@ -59,16 +59,25 @@ def _save(folder: str, head: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     return ray.train.Checkpoint.from_directory(folder)
 
 
+def local_checkpoint_prefix(pid: int) -> str:
+    """The prefix of the temporary folders the worker process `pid` writes its checkpoints to before upload."""
+    return f"{LOCAL_CHECKPOINT_PREFIX}{pid}-"
+
+
 def sweep_local_checkpoints() -> list[str]:
-    """Remove the local checkpoint folders of workers that are gone, and return them: a worker killed while
-    its checkpoint uploaded never ran its TemporaryDirectory's cleanup, and a long-lived node would
-    otherwise keep one folder (a head and its optimizer's state) per kill. A folder names its worker's
-    process id; one whose process still runs (or whose id was reused) is left."""
-    swept = []
+    """Remove the local checkpoint folders of workers that are gone, and return those removed: a worker
+    killed while its checkpoint uploaded never ran its TemporaryDirectory's cleanup, and a long-lived node
+    would otherwise keep one folder (a head and its optimizer's state) per kill. A folder names its
+    worker's process id; one whose process still runs (or whose id was reused) is left. (Two containers
+    whose process ids differ but whose temporary folder is shared would see each other's as gone: KubeRay's
+    pods each have their own.)"""
+    swept: list[str] = []
     for folder in Path(tempfile.gettempdir()).glob(f"{LOCAL_CHECKPOINT_PREFIX}*-*"):
         pid = folder.name[len(LOCAL_CHECKPOINT_PREFIX):].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
+        if not (pid.isdigit() and folder.is_dir() and not folder.is_symlink()) or _alive(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
             swept.append(str(folder))
     return swept
 
@@ -76,7 +85,7 @@ def sweep_local_checkpoints() -> list[str]:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no such process; an id past any process's
         return False
     except PermissionError:  # another user's process
         return True
@@ -208,7 +217,7 @@ def train_worker(config: dict[str, Any]) -> None:
         if step % config["checkpoint_every"] == 0 or step == method.steps:
             metrics = {"step": step, "loss": losses[-1], "rows_per_second": rows / (time.time() - started)}
             # report uploads the checkpoint before it returns; the local copy then goes (it once piled up in /tmp)
-            with tempfile.TemporaryDirectory(prefix=f"{LOCAL_CHECKPOINT_PREFIX}{os.getpid()}-") as folder:
+            with tempfile.TemporaryDirectory(prefix=local_checkpoint_prefix(os.getpid())) as folder:
                 checkpoint = _save(folder, head, optimizer, step, losses, starts, kept, skipped) if rank == 0 else None
                 ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_step_{step:08d}")
 
