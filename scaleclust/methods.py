@@ -52,7 +52,7 @@ from scaleclust.index.device import usable_gpus
 from scaleclust.index.manifest import load_manifest
 from scaleclust.ray_setup import check_task_memory
 from scaleclust.rundir import RunDir
-from scaleclust.sample import DealtSample, deal_sample, sample_embeddings
+from scaleclust.sample import DealtSample, deal_sample, sample_embeddings, sampled_rows
 from scaleclust.train.loop import train
 
 Assigner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -148,10 +148,6 @@ def read(run: RunDir, url: str) -> Any:
     return np.load(data) if url.endswith(".npy") else torch.load(data, weights_only=True)
 
 
-def _sample_rows(cluster: ClusterConfig, markers: Markers) -> int:
-    return min(cluster.sample_size, sum(m["embedded"] for m in markers.values()))
-
-
 # k: auto -----------------------------------------------------------------------------------------
 
 def said_k(found: dict[str, Any]) -> str:
@@ -170,7 +166,7 @@ def resolve_k(cfg: Config, run: RunDir, markers: Markers) -> tuple[Config, dict[
     returns the config at that k and model.json's facts about it (k_auto). Otherwise the config as given."""
     if cfg.cluster.k != "auto" or get(cfg.cluster.method).chooses_k:
         return cfg, {}
-    rows = min(choose_k.ROWS, sum(m["embedded"] for m in markers.values()))
+    rows = sampled_rows(markers, choose_k.ROWS)
     if not choose_k.usable(cfg.cluster.k_candidates, rows):
         raise ConfigError(f"cluster.k_candidates: none fits the {rows} sampled rows (each k needs "
                           f"{choose_k.MIN_ROWS_PER_CLUSTER} rows per cluster); lower the candidates or add input")
@@ -265,7 +261,7 @@ def _mlc_assigner_task(run: RunDir, cluster: ClusterConfig, markers: Markers, st
     save(run, run.model("head.pt"), state)
     save(run, run.model("subspaces.npy"), assigner.subspaces.bases)
     return commit(run, cluster, started, k=int(k), dim=int(x.shape[1]), space=assigner.space,
-                  sample_rows=_sample_rows(cluster, markers), assign_sample_rows=int(len(x)),
+                  sample_rows=sampled_rows(markers, cluster.sample_size), assign_sample_rows=int(len(x)),
                   train=facts, **chosen)
 
 
@@ -274,7 +270,7 @@ def fit_mlc(cfg: Config, run: RunDir, markers: Markers) -> dict[str, Any]:
     started, cluster = time.time(), cfg.cluster
     method = build_mlc(cluster)
     dim = next(iter(markers.values()))["dim"]
-    check_assign_memory(cluster, min(cluster.assign_sample, sum(m["embedded"] for m in markers.values())), dim)
+    check_assign_memory(cluster, sampled_rows(markers, cluster.assign_sample), dim)
     memory = int(cluster.assign_memory_gb * GB)
     check_task_memory(cfg, memory, "cluster.assign_memory_gb", "the MLC assigner fit")
     sample = deal_sample(run, markers, cluster.sample_size, cluster.seed, cluster.train.workers)
@@ -404,7 +400,7 @@ def fit_on_train(cfg: Config, run: RunDir, markers: Markers, method: Method | No
     trained = train_head(cfg, run, markers, method, {**fit_params(cluster), **(identity or {})})
     save(run, run.model("head.pt"), trained.state)
     return commit(run, cluster, started, k=int(cluster.k), dim=int(next(iter(markers.values()))["dim"]),
-                  head=trained.head, sample_rows=_sample_rows(cluster, markers), **trained.found, train=trained.facts,
+                  head=trained.head, sample_rows=sampled_rows(markers, cluster.sample_size), **trained.found, train=trained.facts,
                   **extra)
 
 

@@ -110,6 +110,11 @@ def sample_refs(run: RunDir, markers: dict[str, dict[str, Any]], n: int, seed: i
     return [tuple(_read_task.remote(run, shard, rows, tuple(columns), dtype)) for shard, rows in plan.items()]
 
 
+def sampled_rows(markers: dict[str, dict[str, Any]], n: int) -> int:
+    """How many rows a sample of `n` over the committed `markers` holds: n, or every row when fewer."""
+    return min(n, sum(m["embedded"] for m in markers.values()))
+
+
 def sample_embeddings(run: RunDir, markers: dict[str, dict[str, Any]], n: int, seed: int,
                       columns: tuple[str, ...] = ()) -> tuple[np.ndarray, dict[str, list]]:
     """Up to `n` rows drawn uniformly over committed shards: (float32 matrix, requested extra columns;

@@ -53,7 +53,7 @@ from scaleclust.parallel import map_shards
 from scaleclust.pipeline import BY_NAME, STAGES, prepare, run_stage
 from scaleclust.ray_setup import GIB, check_task_memory, ensure_ray
 from scaleclust.rundir import RunDir, cluster_ids
-from scaleclust.sample import DealtSample, deal_sample, sample_embeddings, sample_plan
+from scaleclust.sample import DealtSample, deal_sample, sample_embeddings, sample_plan, sampled_rows
 from scaleclust.stage import Context, leased
 from scaleclust.storage import copy_file, join, remove
 from scaleclust.versions import Versions
@@ -69,9 +69,33 @@ def sample_task(cfg: Config, fn: Callable[..., Any], rows: int, dim: int, field:
     sample_embeddings fills its matrix), so twice the rows' size, plus a GiB for the process itself (torch,
     the head): 12.4 GiB at jobs/laion.yaml's refit sample. Ray then never puts the task on a node that has
     less memory than that left by the other tasks that request memory. `field` sizes it."""
-    memory = 2 * rows * dim * 4 + GIB
+    memory = sample_memory(rows, dim)
     check_task_memory(cfg, memory, field, f"a sample of {rows:,} rows x {dim}")
     return ray.remote(num_cpus=1, memory=memory)(fn)
+
+
+def sample_memory(rows: int, dim: int) -> int:
+    """Bytes sample_task requests for `rows` x `dim` sampled rows."""
+    return 2 * rows * dim * 4 + GIB
+
+
+def refit_size(cfg: Config, method: str) -> tuple[int, str]:
+    """The rows a refit of `method` samples at most, and the setting that says so."""
+    if method == "mlc":
+        return cfg.cluster.assign_sample, "cluster.assign_sample"
+    return cfg.cluster.sample_size, "cluster.sample_size"
+
+
+def check_refit_memory(cfg: Config, run: RunDir, latest: dict[str, Any]) -> None:
+    """Whether a node can hold the refit's sample tasks, before the night's work: on the rows committed
+    so far (sample_task checks again on the rows it reads, the night's new ones counted)."""
+    if refit_policy(cfg) == "never":
+        return
+    model = run.marker(run.path("models", latest["model"], "model.json"))
+    size, field = refit_size(cfg, model["method"])
+    rows = sampled_rows(run.committed("embeddings"), size)
+    check_task_memory(cfg, sample_memory(rows, int(model["dim"])), field, f"the refit's sample of {rows:,} rows x "
+                      f"{model['dim']}")
 
 
 def refit_policy(cfg: Config) -> str:
@@ -458,7 +482,7 @@ def _first_version(ctx: Context, history: Versions, lease: Lease) -> dict[str, A
             run_stage(stage.name, ctx)
     model = run.marker(run.model("model.json"))
     markers = run.committed("embeddings")
-    rows = min(cfg.update.calibration_rows, sum(m["embedded"] for m in markers.values()))
+    rows = sampled_rows(markers, cfg.update.calibration_rows)
     task = sample_task(cfg, _calibrate, rows, int(model["dim"]), "update.calibration_rows")
     ray.get(task.remote(run, model, markers, cfg.assign.temperature, cfg.update, cfg.cluster.seed))
     version = history.start(None)
@@ -504,6 +528,7 @@ def _update(cfg: Config, lease: Lease, history: Versions) -> dict[str, Any]:
     clock.lap("versions")
     if latest is None:
         return _first_version(ctx, history, lease)
+    check_refit_memory(cfg, run, latest)
     run_stage("embed", ctx)
     clock.lap("embed")
     if BY_NAME["index"].when(ctx):
@@ -538,11 +563,8 @@ def _update(cfg: Config, lease: Lease, history: Versions) -> dict[str, Any]:
             if methods.get(old["method"]).warm == "head":
                 meta, mapping = refit_heads(cfg, run, markers, old, seed, version, unseen, report_["grown"])
             else:
-                mlc = old["method"] == "mlc"
-                size = cfg.cluster.assign_sample if mlc else cfg.cluster.sample_size
-                rows = min(size, sum(m["embedded"] for m in markers.values()))
-                task = sample_task(cfg, refit_model, rows, int(old["dim"]),
-                                   "cluster.assign_sample" if mlc else "cluster.sample_size")
+                size, field = refit_size(cfg, old["method"])
+                task = sample_task(cfg, refit_model, sampled_rows(markers, size), int(old["dim"]), field)
                 meta, mapping = ray.get(task.remote(run, cfg.cluster, cfg.update, markers, old, seed,
                                                     news(markers, size, seed, unseen, report_["grown"])))
             run.write_json(history.path(version, "id_map.json"), mapping)

@@ -223,10 +223,26 @@ def test_killed_update_resumes_and_leaves_the_old_version_untouched(tmp_path: Pa
     assert verify(cfg.run_dir) == [] and verify(cfg.run_dir, version=third["version"]) == []
 
 
-def test_mlc_warm_refit_keeps_ids(tmp_path: Path, make_config) -> None:
+def record_sample_tasks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int, str]]:
+    """The update's sample tasks as they are made: (function, rows, dim, the setting that sizes them)."""
+    from scaleclust import update as module
+
+    made, real = [], module.sample_task
+
+    def sample_task(cfg, fn, rows, dim, field):
+        made.append((fn.__name__, rows, dim, field))
+        return real(cfg, fn, rows, dim, field)
+
+    monkeypatch.setattr(module, "sample_task", sample_task)
+    return made
+
+
+def test_mlc_warm_refit_keeps_ids(tmp_path: Path, make_config, monkeypatch: pytest.MonkeyPatch) -> None:
     """An MLC run refits warm: the head is kept, the subspaces are refitted from the old ones on a fresh
     sample (plus one seeded among the planted concept's novel rows), and unchanged clusters keep their ids."""
     from tests.test_fit_mlc import MLC, TRAIN
+
+    made = record_sample_tasks(monkeypatch)
 
     shards = tmp_path / "shards"
     old = [Path(p).stem for p in write_synthetic_shards(shards, 3, 12)]
@@ -249,6 +265,10 @@ def test_mlc_warm_refit_keeps_ids(tmp_path: Path, make_config) -> None:
     kept = [k for k in before if before[k] in {m["id"] for m in id_map["matched"]}]
     assert sum(before[k] == after[k] for k in kept) >= 0.9 * len(kept)
     assert second["new_shards"] == new and second["rows"] == 60 and verify(cfg.run_dir) == []
+    # the tasks that hold a sample request memory for the rows they read: version 1's calibration all 36
+    # rows, the refit all 60 (fewer than assign_sample's 500)
+    assert made == [("_calibrate", 36, model["dim"], "update.calibration_rows"),
+                    ("refit_model", 60, model["dim"], "cluster.assign_sample")]
 
 
 def write_part(dump: Path, part: int, x: np.ndarray) -> list[str]:

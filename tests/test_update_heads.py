@@ -23,7 +23,7 @@ from scaleclust.versions import Versions
 from tests.conftest import a_state_loads, checkpoint_steps, joined_slow_train_env, kill_when_present
 from tests.shards import NEW_CONCEPT, write_synthetic_shards
 from tests.test_update import (arrivals, assert_new_concept_got_a_new_id, clusters_by_key, labels_by_key,
-                               version_files)
+                               record_sample_tasks, version_files)
 
 # 1200 s: three or four update runs each; the killed refit took 324 s in a suite run here and over 600 s in one CI run
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.timeout(1200)]
@@ -43,8 +43,10 @@ def scan_config(make_config, run_dir: str, shards: str, checkpoint_every: int = 
 
 
 @pytest.mark.slow
-def test_scan_three_nights_on_s3_new_concept_gets_a_new_id(tmp_path: Path, s3_endpoint: str, make_config) -> None:
+def test_scan_three_nights_on_s3_new_concept_gets_a_new_id(tmp_path: Path, s3_endpoint: str, make_config,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     arrive = arrivals(s3_endpoint, "nightly-scan")
+    made = record_sample_tasks(monkeypatch)
 
     local = tmp_path / "shards"
     cfg = scan_config(make_config, "s3://nightly-scan/run", "s3://nightly-scan/shards/*.tar",
@@ -69,6 +71,9 @@ def test_scan_three_nights_on_s3_new_concept_gets_a_new_id(tmp_path: Path, s3_en
     assert not [e for e in listdir(run.model("train"), run.storage) if "refit-" in e]
     planted = [k for k, v in labels_by_key(run, night3).items() if v == NEW_CONCEPT]
     assert_new_concept_got_a_new_id(run, second, third, night1 + night2, night3, planted)
+    # version 1's calibration holds all 60 rows, the refit's tasks around the training its whole sample (120)
+    assert made == [("_calibrate", 60, model["dim"], "update.calibration_rows"),
+                    *[(fn, 120, model["dim"], "cluster.sample_size") for fn in ("warm_start", "finish_heads")]]
     assert verify(cfg.run_dir, cfg.storage) == []
     for version in (first, second, third):
         assert verify(cfg.run_dir, cfg.storage, version=version["version"]) == []
