@@ -54,3 +54,19 @@ def test_mlc_pipeline_with_ray_train(tmp_path: Path, shared_run: SharedRun, ray_
     assert model["train"]["steps"] == 40 and model["train"]["workers"] == 2 and model["train"]["starts"] == [0]
     assert metrics["counts"]["assigned"] == shared_run.rows
     assert metrics["labels"]["acc"] > 0.6  # three visually distinct classes; chance is 1/3
+
+
+@pytest.mark.timeout(300)
+def test_an_assigner_task_no_node_can_hold_fails_before_training(tmp_path: Path, shared_run: SharedRun,
+                                                                   ray_local: Path) -> None:
+    import ray
+
+    from scaleclust.config import ConfigError
+    from scaleclust.pipeline import prepare, run_stage
+
+    shared_run.copy(tmp_path)
+    nodes = max(node["Resources"]["memory"] for node in ray.nodes() if node["Alive"]) / (1 << 30)
+    cfg = from_dict(mlc_config(tmp_path, "run", assign_memory_gb=round(nodes + 1, 1)))
+    with pytest.raises(ConfigError, match=r"cluster\.assign_memory_gb: the MLC assigner fit needs .* could never start"):
+        run_stage("fit", prepare(cfg))
+    assert not (tmp_path / "run" / "model" / "train").exists()  # refused before the Train loop started
