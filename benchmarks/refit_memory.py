@@ -8,8 +8,10 @@ pieces in the same order on synthetic unit rows (k Gaussian concepts, and NEW_CO
 the NEW_SHARE of rows from new shards) with a real SCAN head of k outputs (random weights),
 each sequence in a fresh process, and prints per sequence the peak resident memory above the rows
 themselves (bytes per sample row, and as a multiple of the rows' own size) and the seconds. The third
-sequence, `assign`, is the head's assignment alone (cluster, confidence, runner-up), which the assign
-stage runs on every shard.
+sequence, `kmeans`, is a k-means refit's pieces (update.refit_model once its sample is read: the old
+centroids' clusters, the rows of new concepts, k-means from the old centroids plus seeds, the ids, the
+calibration); the fourth, `assign`, is the head's assignment alone (cluster, confidence, runner-up), which
+the assign stage runs on every shard.
 
     .venv/bin/python benchmarks/refit_memory.py --rows 100000 200000 --dim 768 --k 1000
 
@@ -31,13 +33,15 @@ NEW_SHARE = 0.1  # share of the sample from the night's new shards (a fifth of t
 
 
 def sequence(which: str, rows: int, dim: int, k: int) -> dict[str, float]:
-    """Run one helper's pieces (warm or finish) on `rows` synthetic rows; its peak memory and seconds."""
+    """Run one helper's pieces (warm, finish, kmeans or assign) on `rows` synthetic rows; its peak memory
+    and seconds."""
     import numpy as np
     import torch
 
     from scaleclust.cluster.drift import calibrate
     from scaleclust.cluster.heads import ClusterHeads, HeadAssigner
-    from scaleclust.cluster.refit import prototypes
+    from scaleclust.cluster.kmeans import soft_assign
+    from scaleclust.cluster.refit import match_ids, prototypes, warm_kmeans
     from scaleclust.config import UpdateConfig
     from scaleclust.update import concept_groups
 
@@ -68,6 +72,18 @@ def sequence(which: str, rows: int, dim: int, k: int) -> dict[str, float]:
                                          10, 0)
         known = x[np.flatnonzero(~concept)[:: max(1, int((~concept).sum()) // 20_000)]]
         facts = {"concept_rows": int(concept.sum()), "known_rows": int(len(known))}
+    elif which == "kmeans":  # a k-means refit (update.refit_model) after its sample is read
+        old = centres[:k] / np.linalg.norm(centres[:k], axis=1, keepdims=True)
+        novel = reference.novel(x)
+        concept, groups = concept_groups(x, novel, soft_assign(x, old, 1.0)["cluster"], ids,
+                                         {"is_new": is_new, "grown": [0, 1]}, UpdateConfig(), 10, 0)
+        n_new = int(groups.max()) + 1 if len(groups) else 0
+        seeds = prototypes(x[concept][groups >= 0], groups[groups >= 0], n_new).astype(np.float32)
+        centroids = warm_kmeans(x, np.concatenate([old, seeds]), 10, 0)
+        new_ids, _ = match_ids(old, ids, centroids, 0.5, k)
+        slots = soft_assign(x, centroids, 1.0)["cluster"]
+        calibrate(x, new_ids[slots], new_ids, 0.05)
+        facts = {"seeded": n_new}
     elif which == "assign":  # what the assign stage does with each shard's rows, for comparison
         slots = assigner.assign(x)[0]
         facts = {"rows_per_second": round(rows / (time.time() - started))}
@@ -95,7 +111,7 @@ def main() -> None:
         return
     print(f"{'task':8} {'rows':>9} {'dim':>5} {'k':>6} {'s':>8} {'extra B/row':>12} {'extra / rows':>13}")
     for rows in args.rows:
-        for which in ("warm", "finish", "assign"):
+        for which in ("warm", "finish", "kmeans", "assign"):
             done = subprocess.run([sys.executable, __file__, "--child", which, str(rows), str(args.dim), str(args.k)],
                                   capture_output=True, text=True, check=True)
             r = json.loads(done.stdout.strip().splitlines()[-1])
