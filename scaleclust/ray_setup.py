@@ -41,7 +41,6 @@ def ensure_ray(cfg: Config) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = loud
 
 
-
 def cluster_address(cfg: Config) -> str | None:
     """The cluster the driver joins: ray.address, else RAY_ADDRESS; None starts a local Ray. An http(s)
     RAY_ADDRESS names a Job API (as for `scaleclust submit`), not a cluster to join."""

@@ -174,11 +174,13 @@ def checkpoint_steps(train_dir: Path, runs: str = "*") -> list[int]:
     loads whole (a kill may cut one short), in order."""
     import torch
 
+    from scaleclust.train.loop import UNREADABLE
+
     steps = []
     for state in train_dir.glob(f"{runs}/checkpoint_step_*/state.pt"):
         try:
             steps.append(int(torch.load(state, weights_only=True)["step"]))
-        except (RuntimeError, EOFError, OSError):
+        except UNREADABLE:
             continue
     return sorted(steps)
 
