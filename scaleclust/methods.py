@@ -74,11 +74,16 @@ class MethodEntry:
     fit: Callable[..., dict[str, Any]] | None = None  # (cfg, run, markers, **facts for model.json); None: fit_on_train
     load: Callable[[RunDir, dict[str, Any], float], Assigner] | None = None  # None: load_head
     build: Callable[[ClusterConfig], Method] | None = None  # the recipe, for the Ray-Train default
+    # the recipe when training needs the run's data (sic: its semantic space's nouns), with its facts for
+    # model.json; None: build(cluster). `recipe` reads it for fits and refits alike
+    from_run: Callable[[Config, RunDir, Markers, int], tuple[Method, dict[str, Any]]] | None = None
     neighbors: bool = False  # trains on neighbours from the index (the index stage runs before the fit)
     files: tuple[str, ...] = ("head.pt",)  # the model files model.json describes
     check: Callable[[Config], None] | None = None  # what the config alone cannot validate, before any work
     warm: Literal["task", "head"] = "head"  # a nightly refit: from the model's arrays in one Ray task, or
     # by training the committed head (grown by new outputs) on the Ray Train loop (scaleclust.update)
+    refit_sample: Literal["sample_size", "assign_sample"] = "sample_size"  # the cluster field that sizes a
+    # refit's sample (mlc refits its subspaces, on an assign sample)
     chooses_k: bool = False  # k: auto is chosen by the method after training (else by choose_k before it)
     experimental: str = ""  # why its clusters are not to be trusted over k-means's (README's quality table);
     # the fit prints it. Empty: the method beats k-means at its defaults on every labelled set
@@ -102,6 +107,13 @@ def get(name: str) -> MethodEntry:
     if name not in REGISTRY:
         raise ConfigError(f"cluster.method: {name!r} is not a method; use one of {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
+
+
+def recipe(cfg: Config, run: RunDir, markers: Markers, dim: int) -> tuple[Method, dict[str, Any]]:
+    """The `Method` cfg.cluster trains and its facts for model.json: from the run's data where the method
+    needs it (its entry's from_run), else from the config alone."""
+    entry = get(cfg.cluster.method)
+    return entry.from_run(cfg, run, markers, dim) if entry.from_run else (entry.build(cfg.cluster), {})
 
 
 def needs_index(cluster: ClusterConfig) -> bool:
@@ -319,20 +331,20 @@ def _sic_space(cfg: Config, run: RunDir, markers: Markers, dim: int) -> tuple[np
                                  "signature": signature(cfg)}
 
 
-def sic_nouns(cfg: Config, run: RunDir, markers: Markers, dim: int) -> tuple[torch.Tensor, dict[str, Any]]:
-    """SIC's nouns' vectors (a tensor) and facts, built in a Ray task with the encoder's resources."""
+def sic_recipe(cfg: Config, run: RunDir, markers: Markers, dim: int) -> tuple[SIC, dict[str, Any]]:
+    """SIC against its semantic space's nouns, built in a Ray task with the encoder's resources; the
+    space's facts ("semantic") for model.json."""
     task = ray.remote(num_cpus=cfg.embed.cpus_per_actor, num_gpus=cfg.embed.gpus_per_actor)(_sic_space)
     nouns, semantic = ray.get(task.remote(cfg, run, markers, dim))
-    return torch.tensor(nouns), semantic  # a copy: arrays from the object store are read-only
+    # torch.tensor copies: arrays from the object store are read-only
+    return SIC(cfg.cluster.sic, int(cfg.cluster.k), torch.tensor(nouns)), {"semantic": semantic}
 
 
 def fit_sic(cfg: Config, run: RunDir, markers: Markers, **facts: Any) -> dict[str, Any]:
-    """The default Ray-Train fit, after building SIC's semantic space; its nouns' vectors train the heads
-    and their signature joins the fit's identity."""
-    nouns, semantic = sic_nouns(cfg, run, markers, next(iter(markers.values()))["dim"])
-    print(f"fit: sic trains against {len(nouns)} nouns of the semantic space")
-    method = SIC(cfg.cluster.sic, int(cfg.cluster.k), nouns)
-    return fit_on_train(cfg, run, markers, method, {"semantic": semantic["signature"]}, semantic=semantic, **facts)
+    """The default Ray-Train fit of SIC's recipe; its semantic space's signature joins the fit's identity."""
+    method, found = recipe(cfg, run, markers, next(iter(markers.values()))["dim"])
+    print(f"fit: sic trains against {found['semantic']['nouns']} nouns of the semantic space")
+    return fit_on_train(cfg, run, markers, method, {"semantic": found["semantic"]["signature"]}, **found, **facts)
 
 
 @dataclass(frozen=True)
@@ -444,17 +456,18 @@ def fit_turtle(cfg: Config, run: RunDir, markers: Markers, **facts: Any) -> dict
     return fit_on_train(cfg, run, markers, method, **facts)
 
 
-def _heads(recipe: type) -> Callable[[ClusterConfig], Method]:
+def _heads(kind: type) -> Callable[[ClusterConfig], Method]:
     """The builder of a multi-head method from its own section of the config (cluster.<name>)."""
-    return lambda cluster: recipe(getattr(cluster, cluster.method), int(cluster.k))
+    return lambda cluster: kind(getattr(cluster, cluster.method), int(cluster.k))
 
 
 register(MethodEntry("kmeans", "task", fit=fit_kmeans, load=load_kmeans, files=("centroids.npy",), warm="task"))
 register(MethodEntry("mlc", "ray_train", fit=fit_mlc, load=load_mlc, build=build_mlc,
-                     files=("head.pt", "subspaces.npy"), check=check_mlc, warm="task", chooses_k=True))
+                     files=("head.pt", "subspaces.npy"), check=check_mlc, warm="task", refit_sample="assign_sample",
+                     chooses_k=True))
 register(MethodEntry("scan", "ray_train", build=_heads(SCAN), neighbors=True))
 register(MethodEntry("spice", "ray_train", build=_heads(SPICE), neighbors=True))
-register(MethodEntry("sic", "ray_train", fit=fit_sic, build=_heads(SIC), neighbors=True))
+register(MethodEntry("sic", "ray_train", fit=fit_sic, build=_heads(SIC), from_run=sic_recipe, neighbors=True))
 register(MethodEntry("scl", "ray_train", build=_heads(SCL), neighbors=True))
 register(MethodEntry("turtle", "ray_train", fit=fit_turtle, build=build_turtle,
                      experimental="at its defaults it scored below k-means on some of the labelled sets of "

@@ -40,7 +40,6 @@ from scaleclust.stages import fit, summary
 from scaleclust.cluster.drift import FRESH_QUERIES, DriftCounts, Novelty, calibrate, fresh_neighbourhoods, report
 from scaleclust.cluster.grow import grow_state
 from scaleclust.cluster.heads import OneHead
-from scaleclust.cluster.sic import SIC
 from scaleclust.cluster.mlc import head_features
 from scaleclust.cluster.kmeans import soft_assign
 from scaleclust.cluster.refit import (fresh_rows, keep_fresh, match_ids, match_similar, novel_groups,
@@ -79,11 +78,10 @@ def sample_memory(rows: int, dim: int) -> int:
     return 2 * rows * dim * 4 + GIB
 
 
-def refit_size(cfg: Config, method: str) -> tuple[int, str]:
-    """The rows a refit of `method` samples at most, and the setting that says so."""
-    if method == "mlc":
-        return cfg.cluster.assign_sample, "cluster.assign_sample"
-    return cfg.cluster.sample_size, "cluster.sample_size"
+def refit_size(cluster: ClusterConfig, method: str) -> tuple[int, str]:
+    """The rows a refit of `method` samples at most (its entry's refit_sample), and the setting that says so."""
+    field = methods.get(method).refit_sample
+    return int(getattr(cluster, field)), f"cluster.{field}"
 
 
 def check_refit_memory(cfg: Config, run: RunDir, latest: dict[str, Any]) -> None:
@@ -92,7 +90,7 @@ def check_refit_memory(cfg: Config, run: RunDir, latest: dict[str, Any]) -> None
     if refit_policy(cfg) == "never":
         return
     model = run.marker(run.path("models", latest["model"], "model.json"))
-    size, field = refit_size(cfg, model["method"])
+    size, field = refit_size(cfg.cluster, model["method"])
     rows = sampled_rows(run.committed("embeddings"), size)
     check_task_memory(cfg, sample_memory(rows, int(model["dim"])), field, f"the refit's sample of {rows:,} rows x "
                       f"{model['dim']}")
@@ -229,7 +227,7 @@ def refit_model(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers:
     old bases' slots), on a fresh assign sample; ids by subspace similarity."""
     started = time.time()
     mlc = old["method"] == "mlc"
-    x, _ = sample_embeddings(run, markers, cluster.assign_sample if mlc else cluster.sample_size, seed)
+    x, _ = sample_embeddings(run, markers, refit_size(cluster, old["method"])[0], seed)
     novel = _novelty(run, old["model_id"]).novel(x)
     old_ids = cluster_ids(old)
     next_id = old.get("next_cluster_id", int(old_ids.max()) + 1)
@@ -352,23 +350,21 @@ def refit_heads(cfg: Config, run: RunDir, markers: dict[str, dict[str, Any]], ol
     the ids and the novelty calibration. Returns finish_heads' (meta, id mapping)."""
     started = time.time()
     sample_cfg = cfg.cluster.model_copy(update={"seed": seed})
-    sample = deal_sample(run, markers, sample_cfg.sample_size, seed, sample_cfg.train.workers)
-    new = news(markers, sample_cfg.sample_size, seed, unseen, grown)
+    size, field = refit_size(sample_cfg, old["method"])
+    sample = deal_sample(run, markers, size, seed, sample_cfg.train.workers)
+    new = news(markers, size, seed, unseen, grown)
     rows, dim = sample.rows, sample.dim
-    warm = ray.get(sample_task(cfg, warm_start, rows, dim, "cluster.sample_size").remote(
+    warm = ray.get(sample_task(cfg, warm_start, rows, dim, field).remote(
         run, refit_cluster(sample_cfg, cfg.update, old, int(old["k"])), cfg.update, sample, old, seed, new))
     cluster = refit_cluster(sample_cfg, cfg.update, old, int(old["k"]) + warm["n_new"])
     refit_cfg = cfg.model_copy(update={"cluster": cluster})
-    if old["method"] == "sic":
-        method = SIC(cluster.sic, int(cluster.k), methods.sic_nouns(refit_cfg, run, markers, old["dim"])[0])
-    else:
-        method = methods.get(old["method"]).build(cluster)
+    method, _ = methods.recipe(refit_cfg, run, markers, int(old["dim"]))  # the old model's facts carry over
     identity = {"from": old["model_id"], "version": version, "seed": seed, "params": methods.fit_params(cluster)}
     trained = methods.train_head(refit_cfg, run, markers, method, identity, prefix="refit",
                                  init_state={"head": warm["head"]}, sample=sample)
     print(f"refit: {old['method']} trained from model {old['model_id']} with {warm['n_new']} new output(s) "
           f"({warm['concept']} rows of new concepts, {warm['novel']} of them novel, in the {warm['rows']}-row sample)")
-    finish = sample_task(cfg, finish_heads, rows, dim, "cluster.sample_size")
+    finish = sample_task(cfg, finish_heads, rows, dim, field)
     return ray.get(finish.remote(run, cluster, cfg.update, sample, old, trained, warm, started))
 
 
@@ -563,7 +559,7 @@ def _update(cfg: Config, lease: Lease, history: Versions) -> dict[str, Any]:
             if methods.get(old["method"]).warm == "head":
                 meta, mapping = refit_heads(cfg, run, markers, old, seed, version, unseen, report_["grown"])
             else:
-                size, field = refit_size(cfg, old["method"])
+                size, field = refit_size(cfg.cluster, old["method"])
                 task = sample_task(cfg, refit_model, sampled_rows(markers, size), int(old["dim"]), field)
                 meta, mapping = ray.get(task.remote(run, cfg.cluster, cfg.update, markers, old, seed,
                                                     news(markers, size, seed, unseen, report_["grown"])))

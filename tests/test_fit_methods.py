@@ -2,7 +2,8 @@
 images, neighbours from the index, and their assignments pass `scaleclust verify`; each copies the
 session's embedded and indexed run (tests/conftest.py, shared_run). The Train loop's one kill-and-resume
 test is here, on SIC: every method but kmeans trains on the same loop (SCAN in test_fit_scan.py, MLC in
-test_fit_mlc.py), so one kill (of a command that joins the session's Ray) covers them."""
+test_fit_mlc.py), so one kill (of a command that joins the session's Ray) covers them. SIC's nightly refit is
+here too: the one method whose recipe is built from the run (its nouns) for a refit as for a fit."""
 from __future__ import annotations
 
 import subprocess
@@ -18,8 +19,9 @@ import yaml
 from scaleclust import methods
 from scaleclust.config import ConfigError, from_dict
 from scaleclust.pipeline import prepare, run_stage
-from scaleclust.rundir import RunDir
+from scaleclust.rundir import RunDir, cluster_ids
 from scaleclust.verify import verify
+from scaleclust.versions import Versions
 from tests.conftest import NOUNS, SharedRun, checkpoint_steps, joined_slow_train_env, kill_when_present
 
 HEADS = {"heads": 2, "hidden": 16, "steps": 60, "batch_size": 16, "neighbors": 4, "lr": 0.01, "select_steps": 20}
@@ -119,6 +121,36 @@ def test_killed_fit_resumes_from_its_newest_checkpoint(shared_run: SharedRun, tm
     # A fit is deterministic given its seed (same rows per rank, epoch order from (seed, rank, epoch)), so
     # the resumed fit retraces the unbroken one.
     assert facts["final_loss"] == pytest.approx(reference["final_loss"], rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sic_refits_warm_against_the_nouns_of_its_semantic_space(shared_run: SharedRun, tmp_path: Path) -> None:
+    """A nightly refit builds SIC as its fit does, from the run (its semantic space's nouns, through the
+    registry's `recipe`; without them SIC cannot train), trains the committed head warm for
+    update.refit_steps, and writes the refitted model with the fit's semantic facts and every old id kept."""
+    import ray
+
+    from scaleclust.update import _calibrate, refit_heads
+
+    data = copy_shared(shared_run, tmp_path, "sic")
+    data["cluster"]["train"]["workers"] = 1
+    data["update"] = {"refit_steps": 20}
+    cfg = from_dict(data)
+    ctx = prepare(cfg)
+    run_stage("fit", ctx)
+    run = ctx.run
+    old, markers = run.marker(run.model("model.json")), run.committed("embeddings")
+    # what the first update keeps of the model before any night refits it: its archive and novelty calibration
+    Versions(run).archive_model(old, list(methods.get("sic").files))
+    ray.get(ray.remote(_calibrate).remote(run, old, markers, cfg.assign.temperature, cfg.update, cfg.cluster.seed))
+    meta, mapping = refit_heads(cfg, run, markers, old, cfg.cluster.seed + 1, "00002", unseen=set(), grown=[])
+    assert meta["method"] == "sic" and meta["warm_from"] == old["model_id"] and meta["semantic"] == old["semantic"]
+    assert meta["train"]["steps"] == 20 and meta["train"]["starts"] == [0] and meta["seeded_new"] == 0
+    assert meta["k"] == old["k"] and sorted(meta["cluster_ids"]) == cluster_ids(old).tolist()
+    assert mapping["retired"] == []
+    refitted = methods.read(run, run.path("models", meta["model_id"], "head.pt"))
+    assert any(not torch.equal(refitted[name], value) for name, value in methods.read(run, run.model("head.pt")).items())
 
 
 @pytest.mark.slow
