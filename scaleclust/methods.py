@@ -75,7 +75,8 @@ class MethodEntry:
     load: Callable[[RunDir, dict[str, Any], float], Assigner] | None = None  # None: load_head
     build: Callable[[ClusterConfig], Method] | None = None  # the recipe, for the Ray-Train default
     # the recipe when training needs the run's data (sic: its semantic space's nouns), with its facts for
-    # model.json; None: build(cluster). `recipe` reads it for fits and refits alike
+    # model.json; None: build(cluster). `recipe` reads it for fits and refits alike; `build` is still
+    # needed, to load a committed head and to grow it at night
     from_run: Callable[[Config, RunDir, Markers, int], tuple[Method, dict[str, Any]]] | None = None
     neighbors: bool = False  # trains on neighbours from the index (the index stage runs before the fit)
     files: tuple[str, ...] = ("head.pt",)  # the model files model.json describes
@@ -408,7 +409,9 @@ def fit_on_train(cfg: Config, run: RunDir, markers: Markers, method: Method | No
     """The default fit of a Ray-Train method: train_head, then commit head.pt and model.json.
     `identity` joins the fit's identity (the Train run's name)."""
     started, cluster = time.time(), cfg.cluster
-    method = method or get(cluster.method).build(cluster)
+    if method is None:
+        method, found = recipe(cfg, run, markers, int(next(iter(markers.values()))["dim"]))
+        extra = {**found, **extra}
     trained = train_head(cfg, run, markers, method, {**fit_params(cluster), **(identity or {})})
     save(run, run.model("head.pt"), trained.state)
     return commit(run, cluster, started, k=int(cluster.k), dim=int(next(iter(markers.values()))["dim"]),

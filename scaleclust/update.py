@@ -81,7 +81,7 @@ def sample_memory(rows: int, dim: int) -> int:
 def refit_size(cluster: ClusterConfig, method: str) -> tuple[int, str]:
     """The rows a refit of `method` samples at most (its entry's refit_sample), and the setting that says so."""
     field = methods.get(method).refit_sample
-    return int(getattr(cluster, field)), f"cluster.{field}"
+    return getattr(cluster, field), f"cluster.{field}"
 
 
 def check_refit_memory(cfg: Config, run: RunDir, latest: dict[str, Any]) -> None:
@@ -216,9 +216,11 @@ def concept_groups(x: np.ndarray, novel: np.ndarray, slots: np.ndarray, old_ids:
 
 
 def refit_model(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers: dict[str, dict[str, Any]],
-                old: dict[str, Any], seed: int, new: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Warm-started refit of the current model on a fresh sample, ids matched to the old model's; written
-    to models/NEW/ (model.json last). Returns the new model's metadata and the id mapping.
+                old: dict[str, Any], seed: int, size: int, new: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Warm-started refit of the current model on a fresh sample of at most `size` rows (refit_size, read on
+    the driver: the task's worker may lack a method registered from outside the package), ids matched to
+    the old model's; written to models/NEW/ (model.json last). Returns the new model's metadata and the id
+    mapping.
 
     kmeans: k-means from the old centroids plus centroids seeded on new concepts (concept_groups; `new` is
     news() of this sample); ids by centroid cosine.
@@ -227,7 +229,7 @@ def refit_model(run: RunDir, cluster: ClusterConfig, upd: UpdateConfig, markers:
     old bases' slots), on a fresh assign sample; ids by subspace similarity."""
     started = time.time()
     mlc = old["method"] == "mlc"
-    x, _ = sample_embeddings(run, markers, refit_size(cluster, old["method"])[0], seed)
+    x, _ = sample_embeddings(run, markers, size, seed)
     novel = _novelty(run, old["model_id"]).novel(x)
     old_ids = cluster_ids(old)
     next_id = old.get("next_cluster_id", int(old_ids.max()) + 1)
@@ -561,7 +563,7 @@ def _update(cfg: Config, lease: Lease, history: Versions) -> dict[str, Any]:
             else:
                 size, field = refit_size(cfg.cluster, old["method"])
                 task = sample_task(cfg, refit_model, sampled_rows(markers, size), int(old["dim"]), field)
-                meta, mapping = ray.get(task.remote(run, cfg.cluster, cfg.update, markers, old, seed,
+                meta, mapping = ray.get(task.remote(run, cfg.cluster, cfg.update, markers, old, seed, size,
                                                     news(markers, size, seed, unseen, report_["grown"])))
             run.write_json(history.path(version, "id_map.json"), mapping)
             decision["model"] = meta["model_id"]
