@@ -343,7 +343,7 @@ def sic_recipe(cfg: Config, run: RunDir, markers: Markers, dim: int) -> tuple[SI
 
 def fit_sic(cfg: Config, run: RunDir, markers: Markers, **facts: Any) -> dict[str, Any]:
     """The default Ray-Train fit of SIC's recipe; its semantic space's signature joins the fit's identity."""
-    method, found = recipe(cfg, run, markers, next(iter(markers.values()))["dim"])
+    method, found = sic_recipe(cfg, run, markers, next(iter(markers.values()))["dim"])
     print(f"fit: sic trains against {found['semantic']['nouns']} nouns of the semantic space")
     return fit_on_train(cfg, run, markers, method, {"semantic": found["semantic"]["signature"]}, **found, **facts)
 
@@ -408,13 +408,13 @@ def fit_on_train(cfg: Config, run: RunDir, markers: Markers, method: Method | No
                  identity: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """The default fit of a Ray-Train method: train_head, then commit head.pt and model.json.
     `identity` joins the fit's identity (the Train run's name)."""
-    started, cluster = time.time(), cfg.cluster
+    started, cluster, dim = time.time(), cfg.cluster, int(next(iter(markers.values()))["dim"])
     if method is None:
-        method, found = recipe(cfg, run, markers, int(next(iter(markers.values()))["dim"]))
+        method, found = recipe(cfg, run, markers, dim)
         extra = {**found, **extra}
     trained = train_head(cfg, run, markers, method, {**fit_params(cluster), **(identity or {})})
     save(run, run.model("head.pt"), trained.state)
-    return commit(run, cluster, started, k=int(cluster.k), dim=int(next(iter(markers.values()))["dim"]),
+    return commit(run, cluster, started, k=int(cluster.k), dim=dim,
                   head=trained.head, sample_rows=sampled_rows(markers, cluster.sample_size), **trained.found, train=trained.facts,
                   **extra)
 
